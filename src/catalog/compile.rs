@@ -1,0 +1,711 @@
+//! Reads catalog files and compiles them into a `Catalog`, reporting every problem at once.
+//!
+//! Each file is indexed for positions first, then deserialized one operation at a time, so a
+//! broken operation is reported without hiding the next one. Semantic checks (path
+//! parameters against inputs, output and dedupe of triggers, pagination parameters, sample
+//! inputs) run on every operation that deserialized.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use include_dir::{Dir, include_dir};
+use serde::de::DeserializeOwned;
+
+use super::spec::{
+    AppSpec, CategoryFileSpec, InputSpec, OperationSpec, OutputSpec, PaginationSpec, PaginationStyleSpec, RetrySpec,
+};
+use super::*;
+use crate::diagnostic::{Diagnostics, Position, PositionIndex, Segment, hint, parse_path};
+
+static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/operations");
+
+/// One catalog file: where it came from (for messages), its app and stem, and its text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub display: String,
+    pub app: String,
+    pub stem: String,
+    pub text: String,
+}
+
+/// The files a catalog is compiled from: the embedded ones, then any overrides.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogSource {
+    pub files: Vec<SourceFile>,
+}
+
+impl CatalogSource {
+    /// The catalog built into the binary.
+    pub fn embedded() -> Self {
+        let mut files = Vec::new();
+        for app_dir in EMBEDDED.dirs() {
+            let app = app_dir.path().to_string_lossy().into_owned();
+            for file in app_dir.files() {
+                if file.path().extension().is_some_and(|e| e == "yaml") {
+                    files.push(SourceFile {
+                        display: format!("operations/{}", file.path().display()),
+                        app: app.clone(),
+                        stem: stem_of(file.path()),
+                        text: file.contents_utf8().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+        }
+        files.sort_by(|a, b| a.display.cmp(&b.display));
+        Self { files }
+    }
+
+    /// Adds every `<app>/<category>.yaml` below `dir`; later files override earlier ones.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<(), Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let io_error = |diags: &mut Diagnostics, path: &Path, e: std::io::Error| {
+            diags.push(&path.display().to_string(), Position::default(), format!("cannot read: {e}"));
+        };
+        let app_dirs = match read_dir_sorted(dir) {
+            Ok(d) => d,
+            Err(e) => {
+                io_error(&mut diags, dir, e);
+                return Err(diags);
+            }
+        };
+        for app_dir in app_dirs.into_iter().filter(|p| p.is_dir()) {
+            let app = app_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let entries = match read_dir_sorted(&app_dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    io_error(&mut diags, &app_dir, e);
+                    continue;
+                }
+            };
+            for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => self.files.push(SourceFile {
+                        display: path.display().to_string(),
+                        app: app.clone(),
+                        stem: stem_of(&path),
+                        text,
+                    }),
+                    Err(e) => io_error(&mut diags, &path, e),
+                }
+            }
+        }
+        diags.into_result()
+    }
+
+    /// Compiles every file. All problems come back together.
+    pub fn compile(&self) -> Result<Catalog, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let mut apps = BTreeMap::new();
+        for file in self.files.iter().filter(|f| f.stem == "app") {
+            if let Some(app) = compile_app_file(file, &mut diags) {
+                apps.insert(file.app.clone(), Arc::new(app));
+            }
+        }
+        let mut operations: BTreeMap<String, Arc<Operation>> = BTreeMap::new();
+        for file in self.files.iter().filter(|f| f.stem != "app") {
+            let Some(app) = apps.get(&file.app) else {
+                diags.push(
+                    &file.display,
+                    Position { line: 1, col: 1 },
+                    format!("app `{}` has no app.yaml beside this file", file.app),
+                );
+                continue;
+            };
+            for op in compile_category_file(file, app, &mut diags) {
+                operations.insert(op.key.to_string(), Arc::new(op));
+            }
+        }
+        diags.into_result()?;
+        Ok(Catalog { apps, operations })
+    }
+}
+
+/// The embedded catalog. It is checked by the test suite, so failing here is a build defect.
+pub fn load_embedded() -> Result<Catalog, Diagnostics> {
+    CatalogSource::embedded().compile()
+}
+
+/// The embedded catalog, with operations from `extra` added or overriding.
+pub fn load(extra: Option<&Path>) -> Result<Catalog, Diagnostics> {
+    let mut source = CatalogSource::embedded();
+    if let Some(dir) = extra {
+        source.add_dir(dir)?;
+    }
+    source.compile()
+}
+
+fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    out.sort();
+    Ok(out)
+}
+
+fn stem_of(path: &Path) -> String {
+    path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// Where to report: the file, its position index and the path prefix of the current node.
+struct Site<'a> {
+    file: &'a str,
+    index: &'a PositionIndex,
+    prefix: Vec<Segment>,
+}
+
+impl Site<'_> {
+    fn at(&self, rel: &str) -> Position {
+        let mut path = self.prefix.clone();
+        path.extend(parse_path(rel));
+        self.index.locate(&path)
+    }
+
+    fn push(&self, diags: &mut Diagnostics, rel: &str, message: impl Into<String>) {
+        diags.push(self.file, self.at(rel), message);
+    }
+}
+
+/// Indexes and parses one file; returns the index and the raw value, or reports why not.
+fn parse_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<(PositionIndex, serde_yaml::Value)> {
+    let index = match PositionIndex::build(&file.text) {
+        Ok(index) => index,
+        Err((pos, msg)) => {
+            diags.push(&file.display, pos, format!("invalid YAML: {msg}"));
+            return None;
+        }
+    };
+    if !index.duplicate_keys.is_empty() {
+        for (path, pos) in &index.duplicate_keys {
+            diags.push(&file.display, *pos, format!("{path}: duplicate key"));
+        }
+        return None;
+    }
+    match serde_yaml::from_str(&file.text) {
+        Ok(value) => Some((index, value)),
+        Err(e) => {
+            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            diags.push(&file.display, pos, format!("invalid YAML: {e}"));
+            None
+        }
+    }
+}
+
+/// Deserializes `value` into `T`, reporting a failure at the exact field.
+fn deserialize<T: DeserializeOwned>(value: serde_yaml::Value, site: &Site, diags: &mut Diagnostics) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let rel = if path == "." { String::new() } else { path };
+            let mut full = site.prefix.clone();
+            full.extend(parse_path(&rel));
+            let shown = crate::diagnostic::path_to_string(&full);
+            let message = e.into_inner().to_string();
+            let message = if shown.is_empty() { message } else { format!("{shown}: {message}") };
+            site.push(diags, &rel, message);
+            None
+        }
+    }
+}
+
+fn compile_app_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<App> {
+    let (index, value) = parse_file(file, diags)?;
+    let site = Site { file: &file.display, index: &index, prefix: Vec::new() };
+    let spec: AppSpec = deserialize(value, &site, diags)?;
+    let before = diags.len();
+    let mut auth = Vec::new();
+    for (i, a) in spec.auth.iter().enumerate() {
+        match AuthKind::parse(a) {
+            Some(kind) => auth.push(kind),
+            None => site.push(
+                diags,
+                &format!("auth[{i}]"),
+                format!("auth[{i}]: unknown auth kind `{a}`; expected private_token, oauth2 or bearer"),
+            ),
+        }
+    }
+    let headers = match spec.rate_limit.headers.as_str() {
+        "ghl" => RateLimitHeaders::Ghl,
+        "capsule" => RateLimitHeaders::Capsule,
+        other => {
+            site.push(
+                diags,
+                "rate_limit.headers",
+                format!("rate_limit.headers: unknown style `{other}`; expected ghl or capsule"),
+            );
+            RateLimitHeaders::Ghl
+        }
+    };
+    let per = match spec.rate_limit.per.as_str() {
+        "location" => BudgetOwner::Location,
+        "user" => BudgetOwner::User,
+        other => {
+            site.push(
+                diags,
+                "rate_limit.per",
+                format!("rate_limit.per: unknown owner `{other}`; expected location or user"),
+            );
+            BudgetOwner::Location
+        }
+    };
+    let mut limits = Vec::new();
+    for (i, l) in spec.rate_limit.limits.iter().enumerate() {
+        match parse_rate(l) {
+            Ok(r) => limits.push(r),
+            Err(e) => site.push(diags, &format!("rate_limit.limits[{i}]"), format!("rate_limit.limits[{i}]: {e}")),
+        }
+    }
+    let retry = compile_retry(&spec.retry, &site, "retry", diags);
+    let timeout = parse_duration(&spec.timeout).map_err(|e| site.push(diags, "timeout", format!("timeout: {e}"))).ok();
+    let page_bound = std::num::NonZeroU32::new(spec.page_bound);
+    if page_bound.is_none() {
+        site.push(diags, "page_bound", "page_bound: must be at least 1");
+    }
+    if !spec.base_url.starts_with("http://") && !spec.base_url.starts_with("https://") {
+        site.push(diags, "base_url", format!("base_url: `{}` is not an http(s) URL", spec.base_url));
+    }
+    if diags.len() > before {
+        return None;
+    }
+    Some(App {
+        id: file.app.clone(),
+        name: spec.name,
+        base_url: spec.base_url.trim_end_matches('/').to_owned(),
+        auth,
+        oauth2: spec.oauth2.map(|o| OAuth2Endpoints {
+            authorize_url: o.authorize_url,
+            token_url: o.token_url,
+            default_scopes: o.default_scopes,
+        }),
+        rate_limits: RateLimits { headers, per, limits },
+        retry: retry?,
+        timeout: timeout?,
+        page_bound: page_bound?,
+    })
+}
+
+fn compile_retry(spec: &RetrySpec, site: &Site, at: &str, diags: &mut Diagnostics) -> Option<RetryPolicy> {
+    let max_attempts = std::num::NonZeroU32::new(spec.max_attempts);
+    if max_attempts.is_none() {
+        site.push(diags, &format!("{at}.max_attempts"), format!("{at}.max_attempts: must be at least 1"));
+    }
+    let initial = parse_duration(&spec.initial_backoff)
+        .map_err(|e| site.push(diags, &format!("{at}.initial_backoff"), format!("{at}.initial_backoff: {e}")))
+        .ok();
+    let max = parse_duration(&spec.max_backoff)
+        .map_err(|e| site.push(diags, &format!("{at}.max_backoff"), format!("{at}.max_backoff: {e}")))
+        .ok();
+    if !(spec.multiplier >= 1.0 && spec.multiplier.is_finite()) {
+        site.push(diags, &format!("{at}.multiplier"), format!("{at}.multiplier: must be at least 1"));
+        return None;
+    }
+    Some(RetryPolicy {
+        max_attempts: max_attempts?,
+        initial_backoff: initial?,
+        max_backoff: max?,
+        multiplier: spec.multiplier,
+    })
+}
+
+fn compile_category_file(file: &SourceFile, app: &App, diags: &mut Diagnostics) -> Vec<Operation> {
+    let Some((index, value)) = parse_file(file, diags) else { return Vec::new() };
+    let root = Site { file: &file.display, index: &index, prefix: Vec::new() };
+    if !is_snake_case(&file.stem) {
+        root.push(diags, "", format!("category `{}` (the file name) must be snake_case", file.stem));
+        return Vec::new();
+    }
+    let Some(spec) = deserialize::<CategoryFileSpec>(value, &root, diags) else { return Vec::new() };
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, raw) in spec.operations.into_iter().enumerate() {
+        let site = Site {
+            file: &file.display,
+            index: &index,
+            prefix: vec![Segment::Key("operations".into()), Segment::Index(i)],
+        };
+        let Some(op) = deserialize::<OperationSpec>(raw, &site, diags) else { continue };
+        if let Some(first) = seen.get(&op.key) {
+            let line = index.locate_str(&format!("operations[{first}]")).line;
+            site.push(
+                diags,
+                "key",
+                format!("operations[{i}].key: duplicate operation key `{}` (first defined at line {line})", op.key),
+            );
+            continue;
+        }
+        seen.insert(op.key.clone(), i);
+        if let Some(compiled) = compile_operation(op, &file.stem, app, &file.display, &site, diags) {
+            out.push(compiled);
+        }
+    }
+    out
+}
+
+fn compile_operation(
+    spec: OperationSpec,
+    category: &str,
+    app: &App,
+    source: &str,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Operation> {
+    let before = diags.len();
+    let here = crate::diagnostic::path_to_string(&site.prefix);
+    let err = |diags: &mut Diagnostics, rel: &str, msg: String| {
+        let label = if rel.is_empty() { here.clone() } else { format!("{here}.{rel}") };
+        site.push(diags, rel, format!("{label}: {msg}"));
+    };
+
+    if !is_snake_case(&spec.key) {
+        err(diags, "key", format!("`{}` is not snake_case", spec.key));
+    }
+    let kind = match spec.kind.as_str() {
+        "trigger" => Some(Kind::Trigger),
+        "action" => Some(Kind::Action),
+        other => {
+            err(diags, "kind", format!("unknown kind `{other}`; expected trigger or action"));
+            None
+        }
+    };
+    let method = match spec.method.as_str() {
+        "GET" => Some(Method::Get),
+        "POST" => Some(Method::Post),
+        "PUT" => Some(Method::Put),
+        "PATCH" => Some(Method::Patch),
+        "DELETE" => Some(Method::Delete),
+        other => {
+            err(diags, "method", format!("unknown method `{other}`; expected GET, POST, PUT, PATCH or DELETE"));
+            None
+        }
+    };
+    let path = PathTemplate::parse(&spec.path).map_err(|e| err(diags, "path", e)).ok();
+    if !spec.path.starts_with('/') {
+        err(diags, "path", format!("`{}` must start with `/`", spec.path));
+    }
+    let body = match spec.body.as_deref() {
+        None | Some("json") => BodyEncoding::Json,
+        Some("form") => BodyEncoding::Form,
+        Some("array") => BodyEncoding::Array,
+        Some(other) => {
+            err(diags, "body", format!("unknown body encoding `{other}`; expected json, form or array"));
+            BodyEncoding::Json
+        }
+    };
+    let response = match spec.response.as_deref() {
+        None | Some("json") => ResponseKind::Json,
+        Some("text") => ResponseKind::Text,
+        Some("binary") => ResponseKind::Binary,
+        Some(other) => {
+            err(diags, "response", format!("unknown response kind `{other}`; expected json, text or binary"));
+            ResponseKind::Json
+        }
+    };
+
+    let inputs = compile_inputs(&spec.inputs, &err, diags);
+
+    // Path parameters and path inputs must match both ways.
+    if let Some(path) = &path {
+        let params: Vec<&str> = path.params().collect();
+        for p in &params {
+            if !inputs.iter().any(|i| i.name == *p && i.location == InputLocation::Path) {
+                err(diags, "path", format!("path parameter `{{{p}}}` has no input with `in: path`"));
+            }
+        }
+        for (n, input) in inputs.iter().enumerate() {
+            if input.location == InputLocation::Path && !params.contains(&input.name.as_str()) {
+                err(
+                    diags,
+                    &format!("inputs[{n}]"),
+                    format!("path input `{}` does not appear in the path `{}`", input.name, path.as_str()),
+                );
+            }
+        }
+    }
+    if body == BodyEncoding::Array {
+        let body_inputs: Vec<&Input> = inputs.iter().filter(|i| i.location == InputLocation::Body).collect();
+        if body_inputs.len() != 1 || body_inputs[0].name != "body" || !matches!(body_inputs[0].ty, InputType::Array(_))
+        {
+            err(diags, "body", "an array body takes exactly one body input, named `body`, of type array".into());
+        }
+    }
+
+    let output = spec.output.as_ref().and_then(|o| compile_output(o, &err, diags));
+    let dedupe = match spec.dedupe.as_deref() {
+        None => None,
+        Some(d) => match Dedupe::parse(d) {
+            Some(d) => Some(d),
+            None => {
+                err(diags, "dedupe", format!("unknown dedupe rule `{d}`; expected id, id_updated or content"));
+                None
+            }
+        },
+    };
+    if kind == Some(Kind::Trigger) {
+        if spec.output.is_none() {
+            err(diags, "", "a trigger needs an `output` (where its records are)".into());
+        }
+        if spec.dedupe.is_none() {
+            err(diags, "", "a trigger needs a `dedupe` rule (id, id_updated or content)".into());
+        }
+    }
+    if let (Some(d), Some(o)) = (dedupe, &output) {
+        match (d, &o.records) {
+            (Dedupe::Content, Records::Items(_)) => err(
+                diags,
+                "dedupe",
+                "`content` is for single-record outputs; a list dedupes by `id` or `id_updated`".into(),
+            ),
+            (Dedupe::Id | Dedupe::IdUpdated, Records::Record(_)) => err(
+                diags,
+                "dedupe",
+                format!("`{}` is for list outputs; a single record dedupes by `content`", d.as_str()),
+            ),
+            (Dedupe::Id | Dedupe::IdUpdated, _) if o.id.is_none() => {
+                err(diags, "dedupe", format!("`{}` needs `output.id`", d.as_str()))
+            }
+            (Dedupe::IdUpdated, _) if o.updated.is_none() => {
+                err(diags, "dedupe", "`id_updated` needs `output.updated`".into())
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = &spec.since
+        && !inputs.iter().any(|i| &i.name == since)
+    {
+        err(
+            diags,
+            "since",
+            format!(
+                "`since` names `{since}`, which is not an input{}",
+                hint(since, inputs.iter().map(|i| i.name.as_str()))
+            ),
+        );
+    }
+
+    let pagination = compile_pagination(spec.pagination.as_ref(), &inputs, &err, diags);
+    let retry = match &spec.retry {
+        Some(r) => compile_retry(r, site, "retry", diags),
+        None => Some(app.retry.clone()),
+    };
+
+    // Sample inputs: known names, right types, every required input present.
+    let mut sample_input = serde_json::Map::new();
+    for (name, value) in &spec.sample_input {
+        match inputs.iter().find(|i| &i.name == name) {
+            None => err(
+                diags,
+                &format!("sample_input.{name}"),
+                format!("`{name}` is not an input{}", hint(name, inputs.iter().map(|i| i.name.as_str()))),
+            ),
+            Some(input) if !input.ty.accepts(value) => {
+                err(diags, &format!("sample_input.{name}"), format!("`{name}` should be {}, found {value}", input.ty))
+            }
+            Some(input) => {
+                if let Some(allowed) = &input.allowed
+                    && !allowed.contains(value)
+                {
+                    err(
+                        diags,
+                        &format!("sample_input.{name}"),
+                        format!("`{value}` is not one of the allowed values of `{name}`"),
+                    );
+                }
+            }
+        }
+        sample_input.insert(name.clone(), value.clone());
+    }
+    for input in inputs.iter().filter(|i| i.required) {
+        if !spec.sample_input.contains_key(&input.name) {
+            err(diags, "sample_input", format!("required input `{}` is missing", input.name));
+        }
+    }
+    let sample_output = spec.sample_output.clone().unwrap_or(serde_json::Value::Null);
+    if response == ResponseKind::Json && sample_output.is_null() {
+        err(diags, "", "a JSON operation needs a `sample_output`".into());
+    }
+
+    if diags.len() > before {
+        return None;
+    }
+    Some(Operation {
+        key: OperationKey { app: app.id.clone(), category: category.to_owned(), name: spec.key },
+        name: spec.name,
+        kind: kind?,
+        description: spec.description.trim().to_owned(),
+        deprecated: spec.deprecated,
+        method: method?,
+        path: path?,
+        version: spec.version,
+        scope: spec.scope.map(Scope),
+        body,
+        response,
+        notes: spec.notes.map(|n| n.trim().to_owned()),
+        inputs,
+        output,
+        pagination,
+        dedupe,
+        since: spec.since,
+        retry: retry?,
+        sample_input,
+        sample_output,
+        source: source.to_owned(),
+    })
+}
+
+fn compile_inputs(
+    specs: &[InputSpec],
+    err: &dyn Fn(&mut Diagnostics, &str, String),
+    diags: &mut Diagnostics,
+) -> Vec<Input> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, s) in specs.iter().enumerate() {
+        let at = format!("inputs[{n}]");
+        let location = match s.location.as_str() {
+            "path" => Some(InputLocation::Path),
+            "query" => Some(InputLocation::Query),
+            "body" => Some(InputLocation::Body),
+            "header" => Some(InputLocation::Header),
+            other => {
+                err(
+                    diags,
+                    &format!("{at}.in"),
+                    format!("unknown location `{other}`; expected path, query, body or header"),
+                );
+                None
+            }
+        };
+        let ty = InputType::parse(&s.ty, s.items.as_deref()).map_err(|e| err(diags, &format!("{at}.type"), e)).ok();
+        if !seen.insert(s.name.clone()) {
+            err(diags, &format!("{at}.name"), format!("input `{}` is declared twice", s.name));
+        }
+        if s.help.trim().is_empty() {
+            err(diags, &format!("{at}.help"), format!("input `{}` needs a help text", s.name));
+        }
+        if let (Some(ty), Some(allowed)) = (&ty, &s.allowed) {
+            for v in allowed.iter().filter(|v| !ty.accepts(v)) {
+                err(diags, &format!("{at}.enum"), format!("allowed value {v} is not a {ty}"));
+            }
+        }
+        if let (Some(location), Some(ty)) = (location, ty) {
+            out.push(Input {
+                name: s.name.clone(),
+                location,
+                ty,
+                required: s.required || location == InputLocation::Path,
+                allowed: s.allowed.clone(),
+                help: s.help.trim().to_owned(),
+            });
+        }
+    }
+    out
+}
+
+fn compile_output(
+    spec: &OutputSpec,
+    err: &dyn Fn(&mut Diagnostics, &str, String),
+    diags: &mut Diagnostics,
+) -> Option<Output> {
+    let records = match (&spec.items, &spec.record) {
+        (Some(items), None) => Records::Items(FieldPath::parse(items)),
+        (None, Some(record)) => Records::Record(FieldPath::parse(record)),
+        (Some(_), Some(_)) => {
+            err(diags, "output", "give either `items` (a list) or `record` (one record), not both".into());
+            return None;
+        }
+        (None, None) => {
+            err(diags, "output", "give `items` (a list) or `record` (one record)".into());
+            return None;
+        }
+    };
+    Some(Output {
+        records,
+        id: spec.id.as_deref().map(FieldPath::parse),
+        updated: spec.updated.as_deref().map(FieldPath::parse),
+    })
+}
+
+fn compile_pagination(
+    spec: Option<&PaginationSpec>,
+    inputs: &[Input],
+    err: &dyn Fn(&mut Diagnostics, &str, String),
+    diags: &mut Diagnostics,
+) -> Pagination {
+    let place = |loc: &Option<String>, diags: &mut Diagnostics| match loc.as_deref() {
+        None | Some("query") => ParamPlace::Query,
+        Some("body") => ParamPlace::Body,
+        Some(other) => {
+            err(diags, "pagination.in", format!("unknown location `{other}`; expected query or body"));
+            ParamPlace::Query
+        }
+    };
+    let need = |name: &str, place: ParamPlace, diags: &mut Diagnostics| {
+        let want = match place {
+            ParamPlace::Query => InputLocation::Query,
+            ParamPlace::Body => InputLocation::Body,
+        };
+        if !inputs.iter().any(|i| i.name == name && i.location == want) {
+            err(diags, "pagination", format!("pagination uses `{name}`, which is not a {} input", want.as_str()));
+        }
+    };
+    let positive = |n: u32, diags: &mut Diagnostics| {
+        if n == 0 {
+            err(diags, "pagination.page_size", "page_size must be at least 1".into());
+        }
+    };
+    let style = match spec {
+        None => return Pagination::None,
+        Some(PaginationSpec::Bare(s)) if s == "none" => return Pagination::None,
+        Some(PaginationSpec::Bare(s)) => {
+            err(diags, "pagination", format!("`{s}` needs its parameters; write `style: {s}` with them, or `none`"));
+            return Pagination::None;
+        }
+        Some(PaginationSpec::Styled(style)) => style,
+    };
+    match style {
+        PaginationStyleSpec::None => Pagination::None,
+        PaginationStyleSpec::Offset { limit, offset, page_size, location } => {
+            let place = place(location, diags);
+            need(limit, place, diags);
+            need(offset, place, diags);
+            positive(*page_size, diags);
+            Pagination::Offset { limit: limit.clone(), offset: offset.clone(), page_size: *page_size, place }
+        }
+        PaginationStyleSpec::Page { page, size, page_size, location } => {
+            let place = place(location, diags);
+            need(page, place, diags);
+            need(size, place, diags);
+            positive(*page_size, diags);
+            Pagination::Page { page: page.clone(), size: size.clone(), page_size: *page_size, place }
+        }
+        PaginationStyleSpec::StartAfter { limit, page_size } => {
+            need(limit, ParamPlace::Query, diags);
+            need("startAfter", ParamPlace::Query, diags);
+            need("startAfterId", ParamPlace::Query, diags);
+            positive(*page_size, diags);
+            Pagination::StartAfter { limit: limit.clone(), page_size: *page_size }
+        }
+        PaginationStyleSpec::Cursor { param, next, has_more, limit, page_size } => {
+            need(param, ParamPlace::Query, diags);
+            if let Some(l) = limit {
+                need(l, ParamPlace::Query, diags);
+            }
+            positive(*page_size, diags);
+            let next = match next.strip_prefix("$last.") {
+                Some(rest) => CursorSource::LastItem(FieldPath::parse(rest)),
+                None => CursorSource::Body(FieldPath::parse(next)),
+            };
+            Pagination::Cursor {
+                param: param.clone(),
+                next,
+                has_more: has_more.as_deref().map(FieldPath::parse),
+                limit: limit.clone(),
+                page_size: *page_size,
+            }
+        }
+        PaginationStyleSpec::LinkHeader { size, page_size } => {
+            need(size, ParamPlace::Query, diags);
+            positive(*page_size, diags);
+            Pagination::LinkHeader { size: size.clone(), page_size: *page_size }
+        }
+    }
+}

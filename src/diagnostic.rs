@@ -1,0 +1,332 @@
+//! Problems found in a user's files, placed at `file:line:col`.
+//!
+//! This module owns two things: `Diagnostic`/`Diagnostics`, the one way the catalog and the
+//! recipe compiler report what is wrong (every problem at once, then a count), and
+//! `PositionIndex`, which remembers where each node of a YAML document starts so that a
+//! problem found after deserialization can still point at its line. It knows nothing of
+//! operations or recipes.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A line and column, both counted from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub file: String,
+    pub position: Position,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Position { line, col } = self.position;
+        write!(f, "{}:{line}:{col}: {}", self.file, self.message)
+    }
+}
+
+/// Every problem found in one pass, in file and line order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics(Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, file: &str, position: Position, message: impl Into<String>) {
+        self.0.push(Diagnostic { file: file.to_owned(), position, message: message.into() });
+    }
+
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.0.extend(other.0);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+
+    /// Sorted by file, line and column, so output is stable whatever the checking order.
+    pub fn sorted(mut self) -> Self {
+        self.0.sort();
+        self.0.dedup();
+        self
+    }
+
+    /// `Ok(())` when nothing was found.
+    pub fn into_result(self) -> Result<(), Diagnostics> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.sorted()) }
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        let n = self.0.len();
+        write!(f, "{n} problem{}", if n == 1 { "" } else { "s" })
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// A step in a path through a YAML document: a mapping key or a sequence index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders a path as users write it: `operations[3].inputs[0].type`.
+pub fn path_to_string(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Where every node of one YAML document starts. Mapping entries are placed at their key,
+/// so an error about a field points at the field's name.
+#[derive(Debug, Default)]
+pub struct PositionIndex {
+    positions: HashMap<String, Position>,
+    /// Keys that appear twice in one mapping, with the position of the second.
+    pub duplicate_keys: Vec<(String, Position)>,
+}
+
+impl PositionIndex {
+    /// Indexes `source`. A YAML syntax error comes back with its position.
+    pub fn build(source: &str) -> Result<Self, (Position, String)> {
+        let mut builder = IndexBuilder::default();
+        let mut parser = Parser::new_from_str(source);
+        parser.load(&mut builder, false).map_err(|e| {
+            let m = e.marker();
+            (marker_position(m), e.info().to_owned())
+        })?;
+        Ok(builder.index)
+    }
+
+    /// The position of the node at `path`, or of its nearest indexed ancestor.
+    pub fn locate(&self, path: &[Segment]) -> Position {
+        for len in (0..=path.len()).rev() {
+            if let Some(p) = self.positions.get(&path_to_string(&path[..len])) {
+                return *p;
+            }
+        }
+        Position { line: 1, col: 1 }
+    }
+
+    /// Like `locate`, from a path already rendered as text (`operations[2].inputs[0]`).
+    pub fn locate_str(&self, path: &str) -> Position {
+        self.locate(&parse_path(path))
+    }
+}
+
+/// Parses `a.b[2].c` (as `path_to_string` writes it) back into segments.
+pub fn parse_path(path: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            let key = &rest[..open];
+            if !key.is_empty() {
+                out.push(Segment::Key(key.to_owned()));
+            }
+            rest = &rest[open..];
+            while let Some(stripped) = rest.strip_prefix('[') {
+                let Some(close) = stripped.find(']') else { break };
+                if let Ok(i) = stripped[..close].parse() {
+                    out.push(Segment::Index(i));
+                }
+                rest = &stripped[close + 1..];
+            }
+        } else if !rest.is_empty() {
+            out.push(Segment::Key(rest.to_owned()));
+        }
+    }
+    out
+}
+
+fn marker_position(m: &Marker) -> Position {
+    // yaml-rust2 counts lines from 1 and columns from 0.
+    Position { line: m.line(), col: m.col() + 1 }
+}
+
+/// What the builder is inside of: a mapping (waiting for a key or a value) or a sequence.
+#[derive(Debug)]
+enum Frame {
+    Mapping { keys: Vec<String>, pending_key: Option<String> },
+    Sequence { next: usize },
+}
+
+#[derive(Debug, Default)]
+struct IndexBuilder {
+    index: PositionIndex,
+    stack: Vec<Frame>,
+    path: Vec<Segment>,
+}
+
+impl IndexBuilder {
+    /// Called at the start of every node (scalar, mapping, sequence): works out the node's
+    /// path and records it. Returns whether the node was a mapping key.
+    fn enter_node(&mut self, mark: Marker, scalar: Option<&str>) -> bool {
+        let pos = marker_position(&mark);
+        match self.stack.last_mut() {
+            Some(Frame::Mapping { keys, pending_key }) => match pending_key.take() {
+                None => {
+                    // This node is a key.
+                    let key = scalar.unwrap_or("<complex key>").to_owned();
+                    if keys.contains(&key) {
+                        let mut p = self.path.clone();
+                        p.push(Segment::Key(key.clone()));
+                        self.index.duplicate_keys.push((path_to_string(&p), pos));
+                    } else {
+                        keys.push(key.clone());
+                        let mut p = self.path.clone();
+                        p.push(Segment::Key(key.clone()));
+                        self.index.positions.entry(path_to_string(&p)).or_insert(pos);
+                    }
+                    if let Some(Frame::Mapping { pending_key, .. }) = self.stack.last_mut() {
+                        *pending_key = Some(key);
+                    }
+                    return true;
+                }
+                Some(key) => {
+                    self.path.push(Segment::Key(key));
+                }
+            },
+            Some(Frame::Sequence { next }) => {
+                let i = *next;
+                *next += 1;
+                self.path.push(Segment::Index(i));
+                self.index.positions.entry(path_to_string(&self.path)).or_insert(pos);
+            }
+            None => {
+                self.index.positions.entry(String::new()).or_insert(pos);
+            }
+        }
+        false
+    }
+
+    /// Called when a value node (not a key) is complete.
+    fn leave_node(&mut self) {
+        if !self.stack.is_empty() || !self.path.is_empty() {
+            self.path.pop();
+        }
+    }
+}
+
+impl MarkedEventReceiver for IndexBuilder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(value, ..) => {
+                if !self.enter_node(mark, Some(&value)) && !self.stack.is_empty() {
+                    self.leave_node();
+                }
+            }
+            Event::Alias(_) => {
+                if !self.enter_node(mark, None) && !self.stack.is_empty() {
+                    self.leave_node();
+                }
+            }
+            Event::MappingStart(..) => {
+                self.enter_node(mark, None);
+                self.stack.push(Frame::Mapping { keys: Vec::new(), pending_key: None });
+            }
+            Event::SequenceStart(..) => {
+                self.enter_node(mark, None);
+                self.stack.push(Frame::Sequence { next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                if !self.stack.is_empty() {
+                    self.leave_node();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// ` (did you mean `x`?)`, or nothing.
+pub fn hint<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(word, candidates).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+spec: x.json
+operations:
+  - key: a
+    inputs:
+      - name: id
+        type: string
+  - key: b
+    key: c
+";
+
+    #[test]
+    fn places_nested_keys_and_items() {
+        let index = PositionIndex::build(DOC).unwrap();
+        assert_eq!(index.locate_str("spec"), Position { line: 1, col: 1 });
+        assert_eq!(index.locate_str("operations[0]"), Position { line: 3, col: 5 });
+        assert_eq!(index.locate_str("operations[0].inputs[0].type"), Position { line: 6, col: 9 });
+        assert_eq!(index.locate_str("operations[1].key"), Position { line: 7, col: 5 });
+        // An unknown child falls back to its parent.
+        assert_eq!(index.locate_str("operations[0].inputs[0].nope"), Position { line: 5, col: 9 });
+    }
+
+    #[test]
+    fn reports_duplicate_keys() {
+        let index = PositionIndex::build(DOC).unwrap();
+        assert_eq!(index.duplicate_keys, vec![("operations[1].key".to_owned(), Position { line: 8, col: 5 })]);
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let (pos, msg) = PositionIndex::build("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(pos.line >= 1, "{msg}");
+    }
+
+    #[test]
+    fn suggests_close_words() {
+        assert_eq!(did_you_mean("emial", ["email", "phone"]), Some("email"));
+        assert_eq!(did_you_mean("zzz", ["email", "phone"]), None);
+    }
+}

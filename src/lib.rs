@@ -1,0 +1,21 @@
+//! ghlflow: a self-hosted automation engine for GoHighLevel.
+//!
+//! Data flows one way through the crate:
+//!
+//! ```text
+//! operations/*.yaml ─▶ catalog ─▶ recipe compile ─▶ scheduler ─▶ executor ─▶ http
+//!                                                                          (auth, rate limit,
+//!                                                                           retry, pagination)
+//! ```
+//!
+//! - `catalog` reads the operation files (embedded at build time) and compiles them into
+//!   typed operations: method, path template, inputs, output shape, pagination, dedupe.
+//! - `diagnostic` is how every user file reports problems: `file:line:col: message`, all at
+//!   once.
+//! - `cli` turns parsed command lines into calls on the modules above and renders results.
+//!
+//! No module reaches back up the flow.
+
+pub mod catalog;
+pub mod cli;
+pub mod diagnostic;

@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests: paths to fixtures and to ../shared, and a way to
+//! run the built binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// The shared reference folder that sits beside the repository (specs, maps). Overridable
+/// with GHLFLOW_SHARED for other layouts.
+pub fn shared() -> PathBuf {
+    match std::env::var_os("GHLFLOW_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => root().join("../shared"),
+    }
+}
+
+/// Runs the `ghlflow` binary with `args` in `dir`.
+pub fn ghlflow(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the ghlflow binary runs")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
