@@ -197,7 +197,11 @@ impl IndexBuilder {
         match self.stack.last_mut() {
             Some(Frame::Mapping { keys, pending_key }) => match pending_key.take() {
                 None => {
-                    // This node is a key.
+                    // This node is a key. A block mapping's own start marker lands after
+                    // its first key, so the mapping is placed at that first key instead.
+                    if keys.is_empty() {
+                        self.index.positions.insert(path_to_string(&self.path), pos);
+                    }
                     let key = scalar.unwrap_or("<complex key>").to_owned();
                     if keys.contains(&key) {
                         let mut p = self.path.clone();
@@ -242,15 +246,11 @@ impl IndexBuilder {
 impl MarkedEventReceiver for IndexBuilder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(value, ..) => {
-                if !self.enter_node(mark, Some(&value)) && !self.stack.is_empty() {
-                    self.leave_node();
-                }
+            Event::Scalar(value, ..) if !self.enter_node(mark, Some(&value)) && !self.stack.is_empty() => {
+                self.leave_node();
             }
-            Event::Alias(_) => {
-                if !self.enter_node(mark, None) && !self.stack.is_empty() {
-                    self.leave_node();
-                }
+            Event::Alias(_) if !self.enter_node(mark, None) && !self.stack.is_empty() => {
+                self.leave_node();
             }
             Event::MappingStart(..) => {
                 self.enter_node(mark, None);

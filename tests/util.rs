@@ -9,11 +9,6 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `tests/fixtures/<rel>`.
-pub fn fixture(rel: &str) -> PathBuf {
-    root().join("tests/fixtures").join(rel)
-}
-
 /// The shared reference folder that sits beside the repository (specs, maps). Overridable
 /// with GHLFLOW_SHARED for other layouts.
 pub fn shared() -> PathBuf {

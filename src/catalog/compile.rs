@@ -79,18 +79,32 @@ impl CatalogSource {
                 }
             };
             for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => self.files.push(SourceFile {
-                        display: path.display().to_string(),
-                        app: app.clone(),
-                        stem: stem_of(&path),
-                        text,
-                    }),
-                    Err(e) => io_error(&mut diags, &path, e),
+                if let Err(e) = self.add_file(&app, &path) {
+                    diags.extend(e);
                 }
             }
         }
         diags.into_result()
+    }
+
+    /// Adds one file of `app`; its stem is the category (or `app` for the app file).
+    pub fn add_file(&mut self, app: &str, path: &Path) -> Result<(), Diagnostics> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                self.files.push(SourceFile {
+                    display: path.display().to_string(),
+                    app: app.to_owned(),
+                    stem: stem_of(path),
+                    text,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let mut diags = Diagnostics::default();
+                diags.push(&path.display().to_string(), Position::default(), format!("cannot read: {e}"));
+                Err(diags)
+            }
+        }
     }
 
     /// Compiles every file. All problems come back together.
@@ -586,11 +600,13 @@ fn compile_inputs(
                 err(diags, &format!("{at}.enum"), format!("allowed value {v} is not a {ty}"));
             }
         }
-        if let (Some(location), Some(ty)) = (location, ty) {
+        // A broken input is still listed (its problems are already reported), so that
+        // checks that refer to it by name do not report it missing as well.
+        if let Some(location) = location {
             out.push(Input {
                 name: s.name.clone(),
                 location,
-                ty,
+                ty: ty.unwrap_or(InputType::Any),
                 required: s.required || location == InputLocation::Path,
                 allowed: s.allowed.clone(),
                 help: s.help.trim().to_owned(),

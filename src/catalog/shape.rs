@@ -58,7 +58,7 @@ impl Shape {
     /// Follows a reference such as `contact.emails.0.address` (numbers index arrays,
     /// `[0]`-style segments are already split off by the caller). Returns the shape reached,
     /// or the longest prefix that exists when the path leaves the known shape.
-    pub fn resolve<'a>(&self, path: &'a [String]) -> Result<&Shape, (usize, &Shape)> {
+    pub fn resolve(&self, path: &[String]) -> Result<&Shape, (usize, &Shape)> {
         let mut cur = self;
         for (depth, part) in path.iter().enumerate() {
             cur = match cur {
@@ -67,13 +67,7 @@ impl Shape {
                     Some(s) => s,
                     None => return Err((depth, cur)),
                 },
-                Shape::Array(element) => {
-                    if part.parse::<usize>().is_ok() || part == "length" {
-                        element
-                    } else {
-                        return Err((depth, cur));
-                    }
-                }
+                Shape::Array(element) if (part.parse::<usize>().is_ok() || part == "length") => element,
                 _ => return Err((depth, cur)),
             };
         }

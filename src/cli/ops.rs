@@ -93,7 +93,8 @@ fn list(catalog: &Catalog, app: Option<&str>, category: Option<&str>, kind: Opti
         return print(&format!("{}\n", serde_json::to_string_pretty(&rows).unwrap_or_default()));
     }
     if ops.is_empty() {
-        return Err(CliError::Invalid("no operation matches these filters".into()));
+        eprintln!("no operation matches these filters");
+        return Ok(());
     }
     print(&render_table(&ops))
 }
@@ -198,7 +199,7 @@ fn show_json(op: &Operation, base_url: &str) -> Value {
             "id": o.id.as_ref().map(|p| p.to_string()),
             "updated": o.updated.as_ref().map(|p| p.to_string()),
         })),
-        "output_fields": op.record_shape().flatten(3).into_iter().map(|(path, ty)| json!({"path": path, "type": ty})).collect::<Vec<_>>(),
+        "output_fields": match op.kind { Kind::Trigger => op.record_shape(), Kind::Action => op.body_shape() }.flatten(3).into_iter().map(|(path, ty)| json!({"path": path, "type": ty})).collect::<Vec<_>>(),
         "pagination": describe_pagination(&op.pagination),
         "dedupe": op.dedupe.map(|d| d.as_str()),
         "since": op.since,
@@ -323,9 +324,12 @@ fn render_show(op: &Operation, base_url: &str) -> String {
         let updated = o.updated.as_ref().map(|p| format!(", updated `{p}`")).unwrap_or_default();
         let _ = writeln!(out, "  {records}{id}{updated}");
     }
-    let fields = op.record_shape().flatten(2);
+    // A polled trigger hands recipes one record; a step hands them the whole response body.
+    let (fields, what) = match op.kind {
+        Kind::Trigger => (op.record_shape().flatten(2), "fields of a trigger item, as {{trigger.<field>}}"),
+        Kind::Action => (op.body_shape().flatten(3), "response fields, as {{steps.<step id>.<field>}}"),
+    };
     if !fields.is_empty() {
-        let what = if op.kind == Kind::Trigger { "trigger item fields ({{trigger.<field>}})" } else { "record fields" };
         let _ = writeln!(out, "  {what}:");
         let w = fields.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         for (path, ty) in fields {
