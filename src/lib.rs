@@ -12,10 +12,17 @@
 //!   typed operations: method, path template, inputs, output shape, pagination, dedupe.
 //! - `diagnostic` is how every user file reports problems: `file:line:col: message`, all at
 //!   once.
+//! - `config` reads ghlflow.yaml: connections, credentials (`${VAR}` from the environment),
+//!   where state lives.
+//! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
+//! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
 //!
 //! No module reaches back up the flow.
 
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod diagnostic;
+pub mod http;
+pub mod store;

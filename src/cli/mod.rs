@@ -2,6 +2,8 @@
 //! (0 ok, 1 runtime failure, 2 invalid input or config). Data goes to stdout; errors,
 //! logs and progress to stderr. Each subcommand's rendering lives in its own file.
 
+mod call;
+mod connect;
 mod ops;
 
 use std::io::Write;
@@ -19,8 +21,18 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     operations: Option<PathBuf>,
 
+    /// Log format on stderr: `text` or `json` (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +40,10 @@ enum Command {
     /// Browse the operations catalog.
     #[command(subcommand)]
     Ops(ops::OpsCommand),
+    /// Run one operation on a connection and print the response.
+    Call(call::CallArgs),
+    /// Get a connection's first OAuth tokens through the browser.
+    Connect(connect::ConnectArgs),
 }
 
 /// A failed command: what went wrong, and whether the user's input was at fault.
@@ -59,7 +75,15 @@ pub type CliResult = Result<(), CliError>;
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {}", e.message());
@@ -68,13 +92,33 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> CliResult {
+async fn run(cli: Cli) -> CliResult {
+    let operations = cli.operations.as_deref();
     match cli.command {
         Command::Ops(cmd) => {
-            let catalog = load_catalog(cli.operations.as_deref())?;
+            let catalog = load_catalog(operations)?;
             ops::run(cmd, &catalog)
         }
+        Command::Call(args) => call::run(args, operations).await,
+        Command::Connect(args) => connect::run(args, operations).await,
     }
+}
+
+/// Logs go to stderr; `GHLFLOW_LOG` (or `RUST_LOG`) sets the filter, default `warn`.
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("GHLFLOW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load_config(path: &std::path::Path, catalog: &Catalog) -> Result<crate::config::Config, CliError> {
+    crate::config::Config::load(path, catalog, &crate::config::process_env)
+        .map_err(|d| CliError::Invalid(format!("invalid configuration:\n{d}")))
 }
 
 fn load_catalog(extra: Option<&std::path::Path>) -> Result<Catalog, CliError> {

@@ -1,0 +1,541 @@
+//! `ghlflow.yaml`: the user's connections and where state lives.
+//!
+//! This module owns reading that file: `${VAR}` interpolation from the environment (every
+//! missing variable named at once, each at its line), the Spec types that mirror the file,
+//! and the checked `Config` the rest of the program uses. Values that came from secrets are
+//! wrapped in `Secret`, which never prints itself, and are registered with a `Redactor` that
+//! scrubs them from any text before it is shown or stored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{App, AuthKind, Catalog};
+use crate::diagnostic::{Diagnostics, Position, PositionIndex, Segment, hint, parse_path, path_to_string};
+
+/// A value that must never be shown: tokens, client secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that sends it (an Authorization header, a token
+    /// request). Never format it into a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Scrubs known secret values out of text (API messages, recorded inputs, logs).
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Redactor {
+    /// Remembers a secret; values shorter than 4 characters are not worth matching.
+    pub fn add(&self, secret: &str) {
+        if secret.len() >= 4
+            && let Ok(mut list) = self.secrets.write()
+            && !list.iter().any(|s| s == secret)
+        {
+            list.push(secret.to_owned());
+            // Longest first, so a secret that contains another is replaced whole.
+            list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let Ok(list) = self.secrets.read() else { return text.to_owned() };
+        let mut out = text.to_owned();
+        for s in list.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+
+    /// Redacts every string inside a JSON value.
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value as V;
+        match value {
+            V::String(s) => V::String(self.redact(s)),
+            V::Array(items) => V::Array(items.iter().map(|v| self.redact_json(v)).collect()),
+            V::Object(map) => V::Object(map.iter().map(|(k, v)| (k.clone(), self.redact_json(v))).collect()),
+            other => other.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file, mirrored.
+
+/// `ghlflow.yaml`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Named connections to the APIs; recipes refer to them by name.
+    pub connections: BTreeMap<String, ConnectionSpec>,
+    /// The state directory (sled), relative to this file. Default `.ghlflow/state`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// How long run history is kept, e.g. `30d`. Default 30 days.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+/// One connection: an app, its account and its credentials.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    /// The app: `ghl` or `capsule`.
+    pub app: String,
+    /// GHL: the sub-account (location) the connection acts on.
+    #[serde(default)]
+    pub location_id: Option<String>,
+    /// GHL: the agency (company) id, for agency-level operations.
+    #[serde(default)]
+    pub company_id: Option<String>,
+    /// The credentials.
+    pub auth: AuthSpec,
+    /// `read_write` (default) or `read_only`: a read-only connection refuses every operation
+    /// whose scope is a write scope.
+    #[serde(default)]
+    pub access: Option<String>,
+    /// Overrides the app's API address (tests, sandboxes).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// How many requests may be in flight on this connection at once. Default 4.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+/// Credentials, by kind.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSpec {
+    /// A GHL private integration token.
+    PrivateToken {
+        /// The token.
+        token: String,
+    },
+    /// A static bearer token (Capsule personal access token).
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// OAuth2 with refresh tokens. `ghlflow connect NAME` obtains the first tokens.
+    Oauth2 {
+        /// The app's client id.
+        client_id: String,
+        /// The app's client secret.
+        client_secret: String,
+        /// A refresh token, if you have one; after a refresh the stored token wins.
+        #[serde(default)]
+        refresh_token: Option<String>,
+        /// Overrides the app's token endpoint (tests, sandboxes).
+        #[serde(default)]
+        token_url: Option<String>,
+        /// Overrides the app's authorization page.
+        #[serde(default)]
+        authorize_url: Option<String>,
+        /// The local port `ghlflow connect` listens on for the redirect. Default 8976.
+        #[serde(default)]
+        redirect_port: Option<u16>,
+        /// Scopes to ask for; default: the app's.
+        #[serde(default)]
+        scopes: Option<Vec<String>>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// The checked form.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Credentials, checked.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A static token sent as `Authorization: Bearer`.
+    Static(Secret),
+    OAuth2(OAuth2Settings),
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuth2Settings {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub refresh_token: Option<Secret>,
+    pub token_url: String,
+    pub authorize_url: String,
+    pub redirect_port: u16,
+    pub scopes: Vec<String>,
+}
+
+/// One connection, ready for the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub app: Arc<App>,
+    pub location_id: Option<String>,
+    pub company_id: Option<String>,
+    pub auth: Auth,
+    pub access: Access,
+    pub base_url: String,
+    pub concurrency: NonZeroU32,
+}
+
+impl Connection {
+    /// The default value of an input named `locationId`, `location_id` or `companyId`.
+    pub fn default_for(&self, input: &str) -> Option<&str> {
+        match input {
+            "locationId" | "location_id" => self.location_id.as_deref(),
+            "companyId" => self.company_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub connections: BTreeMap<String, Arc<Connection>>,
+    /// The sled directory, resolved against the file's folder.
+    pub state_dir: PathBuf,
+    /// The recipes folder beside the file.
+    pub recipes_dir: PathBuf,
+    pub retention: Duration,
+    pub redactor: Redactor,
+}
+
+impl Config {
+    /// Reads and checks `path`, taking `${VAR}` values from `env`.
+    pub fn load(path: &Path, catalog: &Catalog, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Diagnostics> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut d = Diagnostics::default();
+            d.push(&display, Position::default(), format!("cannot read the configuration: {e}"));
+            d
+        })?;
+        Self::parse(&text, path, catalog, env)
+    }
+
+    /// Checks `text` as if read from `path`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        catalog: &Catalog,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Diagnostics> {
+        let display = path.display().to_string();
+        let mut diags = Diagnostics::default();
+        let index = match PositionIndex::build(text) {
+            Ok(i) => i,
+            Err((pos, msg)) => {
+                diags.push(&display, pos, format!("invalid YAML: {msg}"));
+                return Err(diags);
+            }
+        };
+        for (p, pos) in &index.duplicate_keys {
+            diags.push(&display, *pos, format!("{p}: duplicate key"));
+        }
+        diags.clone().into_result()?;
+        let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let mut d = Diagnostics::default();
+            d.push(&display, pos, format!("invalid YAML: {e}"));
+            d
+        })?;
+
+        // ${VAR}: every string scalar, every missing variable reported.
+        let redactor = Redactor::default();
+        let mut path_stack = Vec::new();
+        interpolate(&mut value, &mut path_stack, env, &mut |p, name| {
+            diags.push(
+                &display,
+                index.locate(p),
+                format!("{}: environment variable `{name}` is not set", path_to_string(p)),
+            );
+        });
+        diags.clone().into_result()?;
+
+        let spec: ConfigSpec = match serde_path_to_error::deserialize(value) {
+            Ok(s) => s,
+            Err(e) => {
+                let at = e.path().to_string();
+                let at = if at == "." { String::new() } else { at };
+                diags.push(&display, index.locate(&parse_path(&at)), format!("{at}: {}", e.into_inner()));
+                return Err(diags);
+            }
+        };
+
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut connections = BTreeMap::new();
+        for (name, c) in &spec.connections {
+            let at = |field: &str| {
+                let p = format!("connections.{name}{}{field}", if field.is_empty() { "" } else { "." });
+                (index.locate_str(&p), p)
+            };
+            let mut problem = |field: &str, msg: String| {
+                let (pos, p) = at(field);
+                diags.push(&display, pos, format!("{p}: {msg}"));
+            };
+            let Some(app) = catalog.app(&c.app) else {
+                let apps: Vec<&str> = catalog.apps().map(|a| a.id.as_str()).collect();
+                problem(
+                    "app",
+                    format!("unknown app `{}`{}; apps: {}", c.app, hint(&c.app, apps.iter().copied()), apps.join(", ")),
+                );
+                continue;
+            };
+            let access = match c.access.as_deref() {
+                None | Some("read_write") => Access::ReadWrite,
+                Some("read_only") => Access::ReadOnly,
+                Some(other) => {
+                    problem("access", format!("unknown access `{other}`; expected read_write or read_only"));
+                    continue;
+                }
+            };
+            let auth = match &c.auth {
+                AuthSpec::PrivateToken { token } | AuthSpec::Bearer { token } => {
+                    let kind = if matches!(c.auth, AuthSpec::PrivateToken { .. }) {
+                        AuthKind::PrivateToken
+                    } else {
+                        AuthKind::Bearer
+                    };
+                    if !app.auth.contains(&kind) {
+                        problem("auth.type", format!("app `{}` does not take this kind of credential", app.id));
+                    }
+                    if token.trim().is_empty() {
+                        problem("auth.token", "the token is empty".into());
+                    }
+                    redactor.add(token);
+                    Auth::Static(Secret::new(token.trim()))
+                }
+                AuthSpec::Oauth2 {
+                    client_id,
+                    client_secret,
+                    refresh_token,
+                    token_url,
+                    authorize_url,
+                    redirect_port,
+                    scopes,
+                } => {
+                    let Some(endpoints) = app.oauth2.as_ref().filter(|_| app.auth.contains(&AuthKind::OAuth2)) else {
+                        problem("auth.type", format!("app `{}` does not support OAuth2", app.id));
+                        continue;
+                    };
+                    redactor.add(client_secret);
+                    if let Some(r) = refresh_token {
+                        redactor.add(r);
+                    }
+                    Auth::OAuth2(OAuth2Settings {
+                        client_id: client_id.clone(),
+                        client_secret: Secret::new(client_secret.clone()),
+                        refresh_token: refresh_token.clone().filter(|r| !r.is_empty()).map(Secret::new),
+                        token_url: token_url.clone().unwrap_or_else(|| endpoints.token_url.clone()),
+                        authorize_url: authorize_url.clone().unwrap_or_else(|| endpoints.authorize_url.clone()),
+                        redirect_port: redirect_port.unwrap_or(8976),
+                        scopes: scopes.clone().unwrap_or_else(|| endpoints.default_scopes.clone()),
+                    })
+                }
+            };
+            let base_url = c.base_url.clone().unwrap_or_else(|| app.base_url.clone());
+            if url::Url::parse(&base_url).map(|u| u.host().is_none()).unwrap_or(true) {
+                problem("base_url", format!("`{base_url}` is not an http(s) URL"));
+                continue;
+            }
+            let Some(concurrency) = NonZeroU32::new(c.concurrency.unwrap_or(4)) else {
+                problem("concurrency", "must be at least 1".into());
+                continue;
+            };
+            connections.insert(
+                name.clone(),
+                Arc::new(Connection {
+                    name: name.clone(),
+                    app: app.clone(),
+                    location_id: c.location_id.clone().filter(|s| !s.is_empty()),
+                    company_id: c.company_id.clone().filter(|s| !s.is_empty()),
+                    auth,
+                    access,
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    concurrency,
+                }),
+            );
+        }
+        let retention = match spec.retention.as_deref().map(crate::catalog::parse_duration) {
+            None => Duration::from_secs(30 * 86_400),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                diags.push(&display, index.locate_str("retention"), format!("retention: {e}"));
+                Duration::ZERO
+            }
+        };
+        diags.into_result()?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            connections,
+            state_dir: base_dir.join(spec.state.as_deref().unwrap_or(".ghlflow/state")),
+            recipes_dir: base_dir.join("recipes"),
+            retention,
+            redactor,
+        })
+    }
+
+    /// The connection called `name`, or an error that lists the others.
+    pub fn connection(&self, name: &str) -> Result<&Arc<Connection>, String> {
+        self.connections.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.connections.keys().map(String::as_str).collect();
+            format!(
+                "no connection named `{name}` in {}{}; connections: {}",
+                self.path.display(),
+                hint(name, names.iter().copied()),
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        })
+    }
+}
+
+/// Replaces `${VAR}` in every string scalar; `$${` stays a literal `${`.
+fn interpolate(
+    value: &mut serde_yaml::Value,
+    path: &mut Vec<Segment>,
+    env: &dyn Fn(&str) -> Option<String>,
+    missing: &mut dyn FnMut(&[Segment], &str),
+) {
+    match value {
+        serde_yaml::Value::String(s) if s.contains("${") => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                if rest[..start].ends_with('$') {
+                    out.push_str(&rest[..start - 1]);
+                    out.push_str("${");
+                    rest = &rest[start + 2..];
+                    continue;
+                }
+                out.push_str(&rest[..start]);
+                let Some(end) = rest[start..].find('}') else {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                    break;
+                };
+                let name = &rest[start + 2..start + end];
+                match env(name) {
+                    Some(v) => out.push_str(&v),
+                    None => missing(path, name),
+                }
+                rest = &rest[start + end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(Segment::Index(i));
+                interpolate(item, path, env, missing);
+                path.pop();
+            }
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                path.push(Segment::Key(k.as_str().unwrap_or_default().to_owned()));
+                interpolate(v, path, env, missing);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The process environment, for `Config::load`.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        crate::catalog::load_embedded().unwrap()
+    }
+
+    const FILE: &str = "\
+connections:
+  ghl:
+    app: ghl
+    location_id: ${GHL_LOCATION_ID}
+    auth: { type: private_token, token: '${GHL_TOKEN}' }
+  capsule:
+    app: capsule
+    auth: { type: bearer, token: '${CAPSULE_TOKEN}' }
+    access: read_only
+";
+
+    #[test]
+    fn interpolates_and_resolves_paths_against_the_file() {
+        let env = |n: &str| Some(format!("value-of-{n}"));
+        let config = Config::parse(FILE, Path::new("/srv/flows/ghlflow.yaml"), &catalog(), &env).unwrap();
+        let ghl = config.connection("ghl").unwrap();
+        assert_eq!(ghl.location_id.as_deref(), Some("value-of-GHL_LOCATION_ID"));
+        assert_eq!(ghl.base_url, "https://services.leadconnectorhq.com");
+        assert_eq!(config.state_dir, PathBuf::from("/srv/flows/.ghlflow/state"));
+        assert_eq!(config.connection("capsule").unwrap().access, Access::ReadOnly);
+        assert_eq!(config.redactor.redact("x value-of-GHL_TOKEN y"), "x <redacted> y");
+        assert!(!format!("{:?}", ghl.auth).contains("value-of-GHL_TOKEN"));
+    }
+
+    #[test]
+    fn names_every_missing_variable_at_its_line() {
+        let err = Config::parse(FILE, Path::new("ghlflow.yaml"), &catalog(), &|_| None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "ghlflow.yaml:4:5: connections.ghl.location_id: environment variable `GHL_LOCATION_ID` is not set"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("`GHL_TOKEN`"), "{text}");
+        assert!(text.contains("`CAPSULE_TOKEN`"), "{text}");
+        assert_eq!(err.len(), 3);
+    }
+
+    #[test]
+    fn rejects_unknown_apps_and_fields() {
+        let text = "connections:\n  x:\n    app: ghll\n    auth: { type: private_token, token: t }\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &|_| None).unwrap_err().to_string();
+        assert!(err.contains("g.yaml:3:5: connections.x.app: unknown app `ghll` (did you mean `ghl`?)"), "{err}");
+        let text = "connections:\n  x:\n    app: ghl\n    tokn: 1\n    auth: { type: private_token, token: t }\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &|_| None).unwrap_err().to_string();
+        assert!(err.contains("g.yaml:4:5: connections.x.tokn: unknown field `tokn`"), "{err}");
+    }
+}

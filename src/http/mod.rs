@@ -1,0 +1,323 @@
+//! The HTTP layer: every request ghlflow sends goes through `HttpClient`.
+//!
+//! `request` builds a request from an operation and its inputs; this module sends it with
+//! the connection's credentials (`auth`), inside the connection's concurrency bound and its
+//! shared budget (`ratelimit`), retrying what can be retried (`retry`) and reading the
+//! answer as the operation says. `paginate` walks multi-page results. Nothing here knows
+//! about recipes or runs.
+
+pub mod auth;
+pub mod error;
+pub mod paginate;
+pub mod ratelimit;
+pub mod request;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+pub use error::HttpError;
+pub use paginate::{Page, Pager};
+pub use request::{PreparedRequest, RequestBody, prepare};
+
+use crate::catalog::{BudgetOwner, Method, Operation, ResponseKind};
+use crate::config::{Access, Connection, Redactor};
+use crate::store::Store;
+use auth::TokenSource;
+use ratelimit::Budget;
+
+/// How many 429s in a row one request waits out before it gives up.
+const MAX_RATE_LIMIT_WAITS: u32 = 20;
+
+/// A successful response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// The body: JSON as sent; text as a string; binary as `{contentType, size, base64}`.
+    pub body: Value,
+    /// The `Link: <...>; rel="next"` target, if any.
+    pub next_link: Option<String>,
+}
+
+/// The one HTTP client of a process: connection pools, budgets, tokens and concurrency
+/// bounds, shared by everything that sends.
+#[derive(Debug)]
+pub struct HttpClient {
+    http: reqwest::Client,
+    store: Option<Store>,
+    redactor: Redactor,
+    budgets: Mutex<HashMap<String, Arc<Budget>>>,
+    tokens: Mutex<HashMap<String, Arc<TokenSource>>>,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl HttpClient {
+    /// `store` keeps OAuth tokens; without one, refreshed tokens live in memory only.
+    pub fn new(store: Option<Store>, redactor: Redactor) -> Result<Self, HttpError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ghlflow/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| HttpError::Transport {
+                request: "client setup".into(),
+                reason: e.to_string(),
+                timeout: false,
+            })?;
+        Ok(HttpClient {
+            http,
+            store,
+            redactor,
+            budgets: Mutex::default(),
+            tokens: Mutex::default(),
+            slots: Mutex::default(),
+        })
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Checks, builds and sends one request of `op`.
+    pub async fn execute(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        inputs: &Map<String, Value>,
+    ) -> Result<Response, HttpError> {
+        check_access(connection, op)?;
+        let request = prepare(op, connection, inputs)?;
+        self.send(connection, op, &request).await
+    }
+
+    /// Sends a prepared request: budget, token, retries.
+    pub async fn send(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        request: &PreparedRequest,
+    ) -> Result<Response, HttpError> {
+        let budget = self.budget(connection);
+        let tokens = self.token_source(connection);
+        let slots = self.slots(connection);
+        let mut delays = retry::delays(&op.retry);
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        let mut rate_waits = 0u32;
+        loop {
+            attempt += 1;
+            let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
+            let outcome = async {
+                let _slot = slots.acquire().await.ok();
+                budget.acquire().await;
+                let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
+                let sent = self.send_once(connection, op, request, token.expose()).await;
+                Ok::<_, HttpError>((token, sent))
+            }
+            .instrument(span.clone())
+            .await;
+            let (token, sent) = outcome?;
+            let result = match sent {
+                Ok(response) => {
+                    budget.observe(response.headers());
+                    span.record("status", response.status().as_u16());
+                    let status = response.status().as_u16();
+                    if status == 401 && tokens.refreshable() && !refreshed {
+                        refreshed = true;
+                        tokens.invalidate(&token).await;
+                        tracing::info!(parent: &span, "401: refreshing the token and trying once more");
+                        continue;
+                    }
+                    if status == 429 && rate_waits < MAX_RATE_LIMIT_WAITS {
+                        rate_waits += 1;
+                        let wait = budget.wait_after_429(response.headers());
+                        budget.pause(wait);
+                        tracing::warn!(parent: &span, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
+                        continue;
+                    }
+                    self.read_response(op, request, response).await
+                }
+                Err(e) => Err(self.transport_error(request, &e)),
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err(e) if e.is_retryable() && e.status() != Some(429) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(parent: &span, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        request: &PreparedRequest,
+        token: &str,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder =
+            self.http.request(method, request.url.clone()).timeout(connection.app.timeout).bearer_auth(token);
+        for (k, v) in &request.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        builder = match &request.body {
+            None => builder,
+            Some(RequestBody::Json(v)) => builder.json(v),
+            Some(RequestBody::Form(pairs)) => builder.form(pairs),
+        };
+        let _ = op;
+        builder.send().await
+    }
+
+    fn transport_error(&self, request: &PreparedRequest, e: &reqwest::Error) -> HttpError {
+        HttpError::Transport {
+            request: request.label.clone(),
+            reason: self.redactor.redact(&auth::without_url(e)),
+            timeout: e.is_timeout(),
+        }
+    }
+
+    async fn read_response(
+        &self,
+        op: &Operation,
+        request: &PreparedRequest,
+        response: reqwest::Response,
+    ) -> Result<Response, HttpError> {
+        let status = response.status().as_u16();
+        let next_link = response.headers().get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(request, &e))?;
+        if !(200..300).contains(&status) {
+            return Err(HttpError::Status {
+                request: request.label.clone(),
+                status,
+                message: self.redactor.redact(&error::extract_message(&bytes)),
+                retry_after,
+            });
+        }
+        let body = match op.response {
+            ResponseKind::Json if bytes.iter().all(u8::is_ascii_whitespace) => Value::Null,
+            ResponseKind::Json => serde_json::from_slice(&bytes).map_err(|e| HttpError::BadResponse {
+                request: request.label.clone(),
+                reason: format!(
+                    "expected JSON ({e}); the body starts with {:?}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                ),
+            })?,
+            ResponseKind::Text => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+            ResponseKind::Binary => json!({
+                "contentType": content_type,
+                "size": bytes.len(),
+                "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+            }),
+        };
+        Ok(Response { status, body, next_link })
+    }
+
+    fn budget(&self, connection: &Connection) -> Arc<Budget> {
+        let app = &connection.app;
+        let owner = match app.rate_limits.per {
+            BudgetOwner::Location => connection
+                .location_id
+                .as_deref()
+                .or(connection.company_id.as_deref())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("connection:{}", connection.name)),
+            BudgetOwner::User => format!("connection:{}", connection.name),
+        };
+        let key = format!("{}:{owner}", app.id);
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets
+            .entry(key)
+            .or_insert_with(|| Arc::new(Budget::new(&app.rate_limits.limits, app.rate_limits.headers)))
+            .clone()
+    }
+
+    fn token_source(&self, connection: &Connection) -> Arc<TokenSource> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.entry(connection.name.clone()).or_insert_with(|| Arc::new(TokenSource::new(connection))).clone()
+    }
+
+    fn slots(&self, connection: &Connection) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(connection.name.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(connection.concurrency.get() as usize)))
+            .clone()
+    }
+
+    /// The raw reqwest client, for the OAuth code exchange.
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// A read-only connection refuses operations with a write scope, before anything is sent.
+pub fn check_access(connection: &Connection, op: &Operation) -> Result<(), HttpError> {
+    if connection.access == Access::ReadOnly && op.writes() {
+        return Err(HttpError::ReadOnly {
+            op: op.key.to_string(),
+            scope: op.scope.as_ref().map(|s| s.0.clone()).unwrap_or_else(|| op.method.as_str().to_owned()),
+            connection: connection.name.clone(),
+        });
+    }
+    if connection.app.id != op.key.app {
+        return Err(HttpError::InvalidInput {
+            op: op.key.to_string(),
+            message: format!(
+                "connection `{}` is for app `{}`, not `{}`",
+                connection.name, connection.app.id, op.key.app
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The `rel="next"` target of one Link header value.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_next_link() {
+        let h = r#"<https://api.capsulecrm.com/api/v2/parties?page=3&perPage=100>; rel="next", <https://api.capsulecrm.com/api/v2/parties?page=1>; rel="prev""#;
+        assert_eq!(next_link(h).as_deref(), Some("https://api.capsulecrm.com/api/v2/parties?page=3&perPage=100"));
+        assert_eq!(next_link(r#"<https://x/p?page=1>; rel="prev""#), None);
+    }
+}

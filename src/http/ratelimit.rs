@@ -1,0 +1,277 @@
+//! Request budgets: one per (app, location or company, or Capsule user), shared by every
+//! recipe and call in the process.
+//!
+//! A budget holds the app's limits (`100/10s`, `200000/1d`, `4000/1h`). Short windows are
+//! tracked exactly (a log of send times: at most `count` in any `interval`, which satisfies a
+//! server that counts in sliding or fixed windows alike); the daily limit is a counter. What
+//! the server reports in its X-RateLimit-* headers corrects the budget downward (other
+//! clients may spend it too), and a 429 pauses the whole budget until the wait it names.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::catalog::{Rate, RateLimitHeaders};
+
+/// Windows longer than this, or allowing more requests than `EXACT_MAX`, are counted rather
+/// than logged.
+const EXACT_MAX: u32 = 10_000;
+
+#[derive(Debug)]
+enum Window {
+    /// At most `count` sends in any `interval`: the send times of the last `count` requests.
+    Sliding { count: u32, interval: Duration, sent: VecDeque<Instant> },
+    /// At most `count` sends per `interval`, counted from `started`.
+    Counted { count: u32, interval: Duration, started: Instant, used: u32 },
+}
+
+impl Window {
+    fn new(rate: &Rate, now: Instant) -> Self {
+        let count = rate.count.get();
+        if count <= EXACT_MAX {
+            Window::Sliding { count, interval: rate.interval, sent: VecDeque::with_capacity(count as usize) }
+        } else {
+            Window::Counted { count, interval: rate.interval, started: now, used: 0 }
+        }
+    }
+
+    /// How long until one more send fits; zero when it fits now.
+    fn wait(&mut self, now: Instant) -> Duration {
+        match self {
+            Window::Sliding { count, interval, sent } => {
+                while sent.front().is_some_and(|t| now.duration_since(*t) >= *interval) {
+                    sent.pop_front();
+                }
+                if (sent.len() as u32) < *count {
+                    Duration::ZERO
+                } else {
+                    let oldest = sent[sent.len() - *count as usize];
+                    (oldest + *interval).saturating_duration_since(now)
+                }
+            }
+            Window::Counted { count, interval, started, used } => {
+                if now.duration_since(*started) >= *interval {
+                    *started = now;
+                    *used = 0;
+                }
+                if *used < *count { Duration::ZERO } else { (*started + *interval).saturating_duration_since(now) }
+            }
+        }
+    }
+
+    fn record(&mut self, now: Instant) {
+        match self {
+            Window::Sliding { sent, .. } => sent.push_back(now),
+            Window::Counted { used, .. } => *used += 1,
+        }
+    }
+
+    /// The server says only `remaining` are left: count the difference as spent now.
+    fn correct(&mut self, remaining: u32, now: Instant) {
+        let _ = self.wait(now); // drop expired entries first
+        match self {
+            Window::Sliding { count, sent, .. } => {
+                let available = count.saturating_sub(sent.len() as u32);
+                for _ in remaining..available {
+                    sent.push_back(now);
+                }
+            }
+            Window::Counted { count, used, .. } => *used = (*used).max(count.saturating_sub(remaining)),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        match self {
+            Window::Sliding { interval, .. } | Window::Counted { interval, .. } => *interval,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    windows: Vec<Window>,
+    paused_until: Option<Instant>,
+}
+
+/// One shared request budget.
+#[derive(Debug)]
+pub struct Budget {
+    headers: RateLimitHeaders,
+    state: Mutex<State>,
+}
+
+impl Budget {
+    pub fn new(limits: &[Rate], headers: RateLimitHeaders) -> Self {
+        let now = Instant::now();
+        let mut windows: Vec<Window> = limits.iter().map(|r| Window::new(r, now)).collect();
+        windows.sort_by_key(Window::interval);
+        Budget { headers, state: Mutex::new(State { windows, paused_until: None }) }
+    }
+
+    /// Waits until one more request fits every window, then counts it.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let mut wait = state.paused_until.map(|t| t.saturating_duration_since(now)).unwrap_or_default();
+                for w in state.windows.iter_mut() {
+                    wait = wait.max(w.wait(now));
+                }
+                if wait.is_zero() {
+                    state.paused_until = None;
+                    for w in state.windows.iter_mut() {
+                        w.record(now);
+                    }
+                    return;
+                }
+                wait
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Stops every request on this budget for `wait`.
+    pub fn pause(&self, wait: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let until = Instant::now() + wait;
+        state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Corrects the budget from a response's rate-limit headers.
+    pub fn observe(&self, headers: &HeaderMap) {
+        let num =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match self.headers {
+            RateLimitHeaders::Ghl => {
+                // The burst window is the shortest; the daily one the longest.
+                if let (Some(max), Some(ms)) = (num("x-ratelimit-max"), num("x-ratelimit-interval-milliseconds"))
+                    && let Some(Window::Sliding { count, interval, .. }) = state.windows.first_mut()
+                    && max > 0
+                    && ms > 0
+                {
+                    *count = max.min(u64::from(EXACT_MAX)) as u32;
+                    *interval = Duration::from_millis(ms);
+                }
+                if let Some(remaining) = num("x-ratelimit-remaining")
+                    && let Some(w) = state.windows.first_mut()
+                {
+                    w.correct(remaining.min(u64::from(u32::MAX)) as u32, now);
+                }
+                if let Some(daily) = num("x-ratelimit-daily-remaining")
+                    && state.windows.len() > 1
+                    && let Some(w) = state.windows.last_mut()
+                {
+                    w.correct(daily.min(u64::from(u32::MAX)) as u32, now);
+                }
+            }
+            RateLimitHeaders::Capsule => {
+                if let Some(remaining) = num("x-ratelimit-remaining") {
+                    if let Some(w) = state.windows.first_mut() {
+                        w.correct(remaining.min(u64::from(u32::MAX)) as u32, now);
+                    }
+                    if remaining == 0
+                        && let Some(reset) = num("x-ratelimit-reset")
+                    {
+                        let until = now + until_epoch(reset);
+                        state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a 429 asks us to wait: Retry-After (seconds or a date), else the reset time
+    /// (Capsule) or the burst window (GHL), else the shortest window.
+    pub fn wait_after_429(&self, headers: &HeaderMap) -> Duration {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        if let Some(v) = text("retry-after") {
+            if let Ok(secs) = v.parse::<f64>()
+                && secs.is_finite()
+                && secs >= 0.0
+            {
+                return Duration::from_secs_f64(secs.min(86_400.0));
+            }
+            if let Ok(at) = httpdate_parse(v) {
+                return at.duration_since(SystemTime::now()).unwrap_or_default();
+            }
+        }
+        if let Some(reset) = text("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
+            return until_epoch(reset);
+        }
+        if let Some(ms) = text("x-ratelimit-interval-milliseconds").and_then(|v| v.parse::<u64>().ok()) {
+            return Duration::from_millis(ms);
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.windows.first().map(Window::interval).unwrap_or(Duration::from_secs(10))
+    }
+}
+
+/// Time from now until a Unix timestamp (seconds); zero if it has passed.
+fn until_epoch(epoch_secs: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Duration::from_secs(epoch_secs).saturating_sub(now)
+}
+
+/// RFC 7231 dates, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`.
+fn httpdate_parse(text: &str) -> Result<SystemTime, ()> {
+    let dt = chrono::DateTime::parse_from_rfc2822(text).map_err(|_| ())?;
+    Ok(UNIX_EPOCH + Duration::from_secs(dt.timestamp().max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::parse_rate;
+
+    #[tokio::test(start_paused = true)]
+    async fn never_lets_more_than_the_limit_through_in_any_window() {
+        let budget = Budget::new(&[parse_rate("100/10s").unwrap()], RateLimitHeaders::Ghl);
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..250 {
+            budget.acquire().await;
+            times.push(Instant::now().duration_since(start));
+        }
+        for (i, t) in times.iter().enumerate().skip(100) {
+            assert!(*t >= times[i - 100] + Duration::from_secs(10), "request {i} at {t:?} breaks the window");
+        }
+        // And it is not slower than it must be: 250 requests need just over 20 s.
+        assert!(times[249] <= Duration::from_millis(20_100), "{:?}", times[249]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_headers_lower_the_budget_and_a_pause_stops_everyone() {
+        let budget =
+            Budget::new(&[parse_rate("100/10s").unwrap(), parse_rate("200000/1d").unwrap()], RateLimitHeaders::Ghl);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        budget.observe(&h);
+        let start = Instant::now();
+        budget.acquire().await;
+        assert!(Instant::now().duration_since(start) >= Duration::from_secs(10));
+
+        budget.pause(Duration::from_secs(3));
+        let start = Instant::now();
+        budget.acquire().await;
+        assert!(Instant::now().duration_since(start) >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn reads_retry_after_in_seconds_and_capsule_reset() {
+        let budget = Budget::new(&[parse_rate("4000/1h").unwrap()], RateLimitHeaders::Capsule);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(budget.wait_after_429(&h), Duration::from_secs(7));
+        let mut h = HeaderMap::new();
+        let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 30;
+        h.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        let wait = budget.wait_after_429(&h);
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Turning an operation and its inputs into one concrete request: the only place that
+//! decides where each input goes. Inputs are checked first (unknown names, missing required
+//! ones, wrong types, values outside the allowed list), so a bad call sends nothing.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::error::HttpError;
+use crate::catalog::{BodyEncoding, InputLocation, InputType, Method, Operation, PathSegment};
+use crate::config::Connection;
+use crate::diagnostic::hint;
+
+/// Path segment characters left as they are: RFC 3986's unreserved set. Everything else,
+/// `/`, `?`, `#` and `%` included, is percent-encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A request ready to send, minus its credentials.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub method: Method,
+    pub url: Url,
+    /// Headers other than Authorization (Version, Accept, header inputs).
+    pub headers: Vec<(String, String)>,
+    pub body: Option<RequestBody>,
+    /// `METHOD /path` as the catalog writes it, for messages and logs.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestBody {
+    Json(Value),
+    Form(Vec<(String, String)>),
+}
+
+impl PreparedRequest {
+    /// The request as a person reads it; the Authorization header is shown redacted.
+    pub fn render(&self, auth_scheme: &str) -> String {
+        let mut out = format!("{} {}\n", self.method.as_str(), self.url);
+        out.push_str(&format!("Authorization: {auth_scheme} <redacted>\n"));
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        match &self.body {
+            None => {}
+            Some(RequestBody::Json(v)) => {
+                out.push_str("Content-Type: application/json\n\n");
+                out.push_str(&serde_json::to_string_pretty(v).unwrap_or_default());
+                out.push('\n');
+            }
+            Some(RequestBody::Form(pairs)) => {
+                out.push_str("Content-Type: application/x-www-form-urlencoded\n\n");
+                let encoded: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.push_str(&encoded.join("&"));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Checks `inputs` against the operation and builds the request for `connection`.
+pub fn prepare(
+    op: &Operation,
+    connection: &Connection,
+    inputs: &Map<String, Value>,
+) -> Result<PreparedRequest, HttpError> {
+    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
+    let invalid = |message: String| HttpError::InvalidInput { op: op.key.to_string(), message };
+    let values = check_inputs(op, connection, inputs).map_err(invalid)?;
+
+    // Path: every parameter percent-encoded as one segment.
+    let mut path = String::new();
+    for segment in op.path.segments() {
+        match segment {
+            PathSegment::Literal(text) => path.push_str(text),
+            PathSegment::Param(name) => {
+                let value = values.get(name).map(scalar_text).unwrap_or_default();
+                if value.is_empty() || value == "." || value == ".." {
+                    return Err(HttpError::Refused {
+                        request: label,
+                        reason: format!("path input `{name}` may not be {value:?}"),
+                    });
+                }
+                path.push_str(&utf8_percent_encode(&value, PATH_SEGMENT).to_string());
+            }
+        }
+    }
+    let mut url = join_url(&connection.base_url, &path)
+        .map_err(|reason| HttpError::Refused { request: label.clone(), reason })?;
+    ensure_same_host(&url, &connection.base_url, &label)?;
+
+    let mut headers = Vec::new();
+    if let Some(version) = &op.version {
+        headers.push(("Version".to_owned(), version.clone()));
+    }
+    headers.push(("Accept".to_owned(), "application/json".to_owned()));
+
+    let mut body_fields = Map::new();
+    {
+        let mut query = url.query_pairs_mut();
+        for input in &op.inputs {
+            let Some(value) = values.get(&input.name) else { continue };
+            match input.location {
+                InputLocation::Path => {}
+                InputLocation::Query => match value {
+                    Value::Array(items) => {
+                        for item in items {
+                            query.append_pair(&input.name, &scalar_text(item));
+                        }
+                    }
+                    other => {
+                        query.append_pair(&input.name, &scalar_text(other));
+                    }
+                },
+                InputLocation::Header => headers.push((input.name.clone(), scalar_text(value))),
+                InputLocation::Body => {
+                    body_fields.insert(input.name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+
+    let has_body_inputs = op.inputs.iter().any(|i| i.location == InputLocation::Body);
+    let body = match op.body {
+        BodyEncoding::Array => Some(RequestBody::Json(body_fields.remove("body").unwrap_or(Value::Array(Vec::new())))),
+        BodyEncoding::Form => {
+            Some(RequestBody::Form(body_fields.iter().map(|(k, v)| (k.clone(), scalar_text(v))).collect()))
+        }
+        BodyEncoding::Json if !body_fields.is_empty() => Some(RequestBody::Json(Value::Object(body_fields))),
+        // An operation that takes a body gets `{}` even when every field was left out, except
+        // DELETE, where most APIs expect no body at all.
+        BodyEncoding::Json if has_body_inputs && op.method != Method::Delete => {
+            Some(RequestBody::Json(Value::Object(Map::new())))
+        }
+        BodyEncoding::Json => None,
+    };
+    Ok(PreparedRequest { method: op.method, url, headers, body, label })
+}
+
+/// A next-page URL given by the API (a Link header, a `nextPageUrl`): sent as it is, but only
+/// to the connection's own host.
+pub fn prepare_next_url(
+    op: &Operation,
+    connection: &Connection,
+    next: &str,
+    previous: &PreparedRequest,
+) -> Result<PreparedRequest, HttpError> {
+    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
+    let url =
+        Url::parse(next).or_else(|_| Url::parse(&connection.base_url).and_then(|b| b.join(next))).map_err(|e| {
+            HttpError::Refused { request: label.clone(), reason: format!("next-page URL `{next}` is invalid: {e}") }
+        })?;
+    ensure_same_host(&url, &connection.base_url, &label)?;
+    Ok(PreparedRequest { url, ..previous.clone() })
+}
+
+fn join_url(base: &str, path: &str) -> Result<Url, String> {
+    Url::parse(&format!("{base}{path}")).map_err(|e| format!("cannot build a URL from `{base}` and `{path}`: {e}"))
+}
+
+/// Requests go only to the connection's host: scheme, host and port must match.
+fn ensure_same_host(url: &Url, base: &str, label: &str) -> Result<(), HttpError> {
+    let base = Url::parse(base).map_err(|e| HttpError::Refused { request: label.to_owned(), reason: e.to_string() })?;
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(HttpError::Refused {
+            request: label.to_owned(),
+            reason: format!("{} is not on the connection's host {}", url, base.host_str().unwrap_or_default()),
+        });
+    }
+    Ok(())
+}
+
+/// A scalar as it goes into a path, query or form: strings bare, everything else as JSON.
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The inputs, with connection defaults filled in, converted where the conversion loses
+/// nothing (`"20"` for an integer, `20` for a string), and checked. All problems at once.
+fn check_inputs(
+    op: &Operation,
+    connection: &Connection,
+    inputs: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    let mut problems = Vec::new();
+    let mut values = Map::new();
+    for (name, value) in inputs {
+        let Some(input) = op.input(name) else {
+            problems.push(format!("unknown input `{name}`{}", hint(name, op.inputs.iter().map(|i| i.name.as_str()))));
+            continue;
+        };
+        if value.is_null() {
+            continue;
+        }
+        match coerce(value, &input.ty) {
+            Some(v) => {
+                if let Some(allowed) = &input.allowed
+                    && !allowed_contains(allowed, &v)
+                {
+                    let list: Vec<String> = allowed.iter().map(scalar_text).collect();
+                    problems.push(format!("input `{name}` is {}, which is not one of: {}", short(&v), list.join(", ")));
+                }
+                values.insert(name.clone(), v);
+            }
+            None => problems.push(format!("input `{name}` should be {}, not {}", input.ty, short(value))),
+        }
+    }
+    for input in &op.inputs {
+        if !values.contains_key(&input.name)
+            && let Some(default) = connection.default_for(&input.name)
+        {
+            values.insert(input.name.clone(), Value::String(default.to_owned()));
+        }
+    }
+    let missing: Vec<&str> =
+        op.inputs.iter().filter(|i| i.required && !values.contains_key(&i.name)).map(|i| i.name.as_str()).collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
+        problems.push(format!(
+            "missing required input{} {}",
+            if missing.len() == 1 { "" } else { "s" },
+            list.join(", ")
+        ));
+    }
+    if problems.is_empty() { Ok(values) } else { Err(problems.join("; ")) }
+}
+
+fn allowed_contains(allowed: &[Value], v: &Value) -> bool {
+    match v {
+        // A comma-free array input with an enum: every element must be allowed.
+        Value::Array(items) => items.iter().all(|i| allowed.contains(i)),
+        other => allowed.contains(other),
+    }
+}
+
+/// The value in the input's type, when it converts without loss.
+fn coerce(value: &Value, ty: &InputType) -> Option<Value> {
+    if ty.accepts(value) {
+        return Some(value.clone());
+    }
+    match (ty, value) {
+        (InputType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
+        (InputType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
+        (InputType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
+        (InputType::Integer, Value::Number(n)) => {
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| Value::from(f as i64))
+        }
+        (InputType::Number, Value::String(s)) => {
+            s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number)
+        }
+        (InputType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        (InputType::Array(item), Value::Array(items)) => {
+            let item = item.as_deref()?;
+            items.iter().map(|v| coerce(v, item)).collect::<Option<Vec<_>>>().map(Value::Array)
+        }
+        _ => None,
+    }
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 60 { format!("{}...", text.chars().take(60).collect::<String>()) } else { text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+
+    fn setup() -> (crate::catalog::Catalog, Config) {
+        let catalog = crate::catalog::load_embedded().unwrap();
+        let config = Config::parse(
+            "connections:\n  ghl:\n    app: ghl\n    location_id: LOC1\n    auth: { type: private_token, token: pit-secret }\n",
+            std::path::Path::new("ghlflow.yaml"),
+            &catalog,
+            &|_| None,
+        )
+        .unwrap();
+        (catalog, config)
+    }
+
+    fn inputs(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn places_inputs_and_defaults_the_location() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.upsert_contact").unwrap();
+        let req =
+            prepare(op, config.connection("ghl").unwrap(), &inputs(json!({"email": "a@b.c", "tags": ["x"]}))).unwrap();
+        assert_eq!(req.url.as_str(), "https://services.leadconnectorhq.com/contacts/upsert");
+        assert_eq!(req.body, Some(RequestBody::Json(json!({"email": "a@b.c", "tags": ["x"], "locationId": "LOC1"}))));
+        assert!(req.headers.contains(&("Version".into(), "2021-07-28".into())));
+    }
+
+    #[test]
+    fn encodes_hostile_path_values_as_one_segment() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.get_contact").unwrap();
+        let conn = config.connection("ghl").unwrap();
+        let req = prepare(op, conn, &inputs(json!({"contactId": "../users/x?y=1#z"}))).unwrap();
+        assert_eq!(req.url.as_str(), "https://services.leadconnectorhq.com/contacts/..%2Fusers%2Fx%3Fy%3D1%23z");
+        assert!(matches!(prepare(op, conn, &inputs(json!({"contactId": ".."}))), Err(HttpError::Refused { .. })));
+    }
+
+    #[test]
+    fn reports_every_input_problem_and_sends_nothing() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.bulk_update_contact_tags").unwrap();
+        let err = prepare(op, config.connection("ghl").unwrap(), &inputs(json!({"type": "toggle", "tagz": []})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown input `tagz` (did you mean `tags`?)"), "{err}");
+        assert!(err.contains("input `type` is \"toggle\", which is not one of: add, remove"), "{err}");
+        assert!(err.contains("missing required inputs `contacts`, `tags`"), "{err}");
+    }
+
+    #[test]
+    fn converts_only_when_nothing_is_lost() {
+        assert_eq!(coerce(&json!("20"), &InputType::Integer), Some(json!(20)));
+        assert_eq!(coerce(&json!(20), &InputType::String), Some(json!("20")));
+        assert_eq!(coerce(&json!("2x"), &InputType::Integer), None);
+        assert_eq!(coerce(&json!({"a": 1}), &InputType::String), None);
+    }
+}

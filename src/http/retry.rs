@@ -1,0 +1,45 @@
+//! The retry policy (data from app.yaml, overridable per operation) turned into delays:
+//! exponential backoff with jitter, a bounded number of attempts.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::catalog::RetryPolicy;
+
+/// The waits before each retry: `max_attempts - 1` of them, growing by `multiplier` from
+/// `initial_backoff` up to `max_backoff`, each with random jitter.
+pub fn delays(policy: &RetryPolicy) -> impl Iterator<Item = Duration> + Send + use<> {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_factor(policy.multiplier as f32)
+        .with_max_times(policy.max_attempts.get().saturating_sub(1) as usize)
+        .with_jitter()
+        // backon seeds its jitter with a constant; a random seed keeps concurrent retries
+        // from waking together.
+        .with_jitter_seed(rand::random())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn grows_is_bounded_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: NonZeroU32::new(5).unwrap(),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            multiplier: 2.0,
+        };
+        let d: Vec<Duration> = delays(&policy).collect();
+        assert_eq!(d.len(), 4);
+        assert!(d[0] >= Duration::from_millis(100) && d[0] <= Duration::from_millis(200), "{d:?}");
+        assert!(d[3] >= Duration::from_millis(500) && d[3] <= Duration::from_millis(1000), "{d:?}");
+        let again: Vec<Duration> = delays(&policy).collect();
+        assert_ne!(d, again, "no jitter");
+    }
+}
