@@ -43,6 +43,8 @@ pub struct Response {
     pub body: Value,
     /// The `Link: <...>; rel="next"` target, if any.
     pub next_link: Option<String>,
+    /// The response headers (rate-limit and validator headers are read from here).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// The one HTTP client of a process: connection pools, budgets, tokens and concurrency
@@ -202,6 +204,7 @@ impl HttpClient {
         response: reqwest::Response,
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let next_link = response.headers().get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
         let retry_after = response
             .headers()
@@ -236,7 +239,7 @@ impl HttpClient {
                 "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
             }),
         };
-        Ok(Response { status, body, next_link })
+        Ok(Response { status, body, next_link, headers })
     }
 
     fn budget(&self, connection: &Connection) -> Arc<Budget> {
