@@ -26,3 +26,4 @@ pub mod config;
 pub mod diagnostic;
 pub mod http;
 pub mod store;
+pub mod template;

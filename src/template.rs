@@ -1,0 +1,790 @@
+//! Templates: handlebars over `trigger`, `steps`, `connection` and `env`, with the helpers
+//! users need for mapping data between APIs.
+//!
+//! Three decisions shape this module. Output is never HTML-escaped (`Smith & Sons` arrives
+//! as written). A template that is exactly one expression keeps the value's JSON type (a
+//! number stays a number, an array an array), so `{{trigger.tags}}` sends a list. And
+//! rendering is forgiving (a field missing from one item renders as nothing) while
+//! `references` lets the recipe compiler be strict about every name a template uses.
+//! Templates are parsed once, at compile time; rendering reuses the parsed form.
+
+use std::sync::{Arc, LazyLock};
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, Renderable, ScopedJson, StringOutput,
+};
+use serde_json::{Map, Value};
+
+/// The roots a template may name.
+pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env"];
+
+/// A parsed template, ready to render many times.
+#[derive(Debug, Clone)]
+pub struct CompiledTemplate {
+    source: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// No expressions: the text itself.
+    Literal(String),
+    /// Exactly `{{a.b.c}}`: the value at that path, with its type.
+    Path(Vec<String>),
+    /// Exactly one helper expression: its value, with its type.
+    Typed(Arc<Template>),
+    /// Anything else: text.
+    Text(Arc<Template>),
+}
+
+/// A name a template uses: `trigger.emailAddresses.0.address` as segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub segments: Vec<String>,
+    /// As written in the template.
+    pub raw: String,
+}
+
+/// Why a template does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    pub message: String,
+    /// Line and column inside the template text, when known (1-based).
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+}
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
+    let mut hb = Handlebars::new();
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.set_strict_mode(false);
+    for (name, f) in HELPERS {
+        hb.register_helper(name, Box::new(ValueHelper(*f)));
+    }
+    hb
+});
+
+impl CompiledTemplate {
+    /// Parses `source`. Unknown helpers are reported here, not at run time.
+    pub fn compile(source: &str) -> Result<CompiledTemplate, TemplateError> {
+        if !source.contains("{{") {
+            return Ok(CompiledTemplate { source: source.to_owned(), kind: Kind::Literal(source.to_owned()) });
+        }
+        let parsed = Template::compile(source).map_err(|e| TemplateError {
+            message: format!("template does not parse: {}", first_line(&e.reason().to_string())),
+            line: e.pos().map(|p| p.0),
+            col: e.pos().map(|p| p.1),
+        })?;
+        check_helpers(&parsed.elements)?;
+        let kind = match single_expression(&parsed) {
+            Some(SingleExpression::Path(segments)) => Kind::Path(segments),
+            Some(SingleExpression::Helper(inner)) => {
+                let wrapped = format!("{{{{__typed ({inner})}}}}");
+                let t = Template::compile(&wrapped).map_err(|e| TemplateError {
+                    message: e.to_string(),
+                    line: None,
+                    col: None,
+                })?;
+                Kind::Typed(Arc::new(t))
+            }
+            None => Kind::Text(Arc::new(parsed)),
+        };
+        Ok(CompiledTemplate { source: source.to_owned(), kind })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders against `context` (an object with trigger, steps, connection, env).
+    pub fn render(&self, context: &Context) -> Result<Value, String> {
+        match &self.kind {
+            Kind::Literal(text) => Ok(Value::String(text.clone())),
+            Kind::Path(segments) => Ok(lookup(context.data(), segments).cloned().unwrap_or(Value::Null)),
+            Kind::Typed(t) => {
+                let text = render_text(t, context)?;
+                serde_json::from_str(&text).map_err(|e| format!("internal: typed render gave {text:?}: {e}"))
+            }
+            Kind::Text(t) => render_text(t, context).map(Value::String),
+        }
+    }
+
+    /// Renders to a string (filters, conditions).
+    pub fn render_string(&self, context: &Context) -> Result<String, String> {
+        Ok(match self.render(context)? {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Every path the template names outside block contexts that change `this`
+    /// (`#each`, `#with`), where relative names refer to the block's item instead.
+    pub fn references(&self) -> Vec<Reference> {
+        let mut out = Vec::new();
+        match &self.kind {
+            Kind::Literal(_) => {}
+            Kind::Path(segments) => out.push(Reference { segments: segments.clone(), raw: segments.join(".") }),
+            Kind::Typed(_) | Kind::Text(_) => {
+                if let Ok(t) = Template::compile(&self.source) {
+                    collect_references(&t.elements, false, &mut out);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A context for rendering, built once per step.
+pub fn context(value: Value) -> Context {
+    Context::wraps(value).unwrap_or_else(|_| Context::null())
+}
+
+/// Is a rendered filter or `if` true? Empty, `false`, `0` and `null` (any case, trimmed) are false.
+pub fn truthy(rendered: &str) -> bool {
+    let t = rendered.trim().to_ascii_lowercase();
+    !(t.is_empty() || t == "false" || t == "0" || t == "null")
+}
+
+fn render_text(t: &Template, context: &Context) -> Result<String, String> {
+    let mut rc = RenderContext::new(None);
+    let mut out = StringOutput::new();
+    t.render(&REGISTRY, context, &mut rc, &mut out).map_err(|e| render_error(&e))?;
+    out.into_string().map_err(|e| e.to_string())
+}
+
+fn render_error(e: &RenderError) -> String {
+    first_line(&e.reason().to_string())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Follows `segments` through objects and arrays.
+pub fn lookup<'v>(value: &'v Value, segments: &[String]) -> Option<&'v Value> {
+    let mut cur = value;
+    for s in segments {
+        cur = match cur {
+            Value::Object(m) => m.get(s)?,
+            Value::Array(items) => items.get(s.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// `a.b.[0].c`, `a/b`, `this.x` → segments; `None` for `../x` and `@index`-style names.
+fn path_segments(raw: &str) -> Option<Vec<String>> {
+    if raw.starts_with("..") || raw.starts_with('@') {
+        return None;
+    }
+    let segs: Vec<String> = raw
+        .split(['.', '/'])
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .collect();
+    let segs = match segs.first().map(String::as_str) {
+        Some("this") => segs[1..].to_vec(),
+        _ => segs,
+    };
+    Some(segs)
+}
+
+enum SingleExpression {
+    Path(Vec<String>),
+    /// The expression's text between `{{` and `}}`.
+    Helper(String),
+}
+
+/// Whether the whole template is one `{{ ... }}` (surrounding whitespace allowed).
+fn single_expression(t: &Template) -> Option<SingleExpression> {
+    let meaningful: Vec<&TemplateElement> =
+        t.elements.iter().filter(|e| !matches!(e, TemplateElement::RawString(s) if s.trim().is_empty())).collect();
+    let [TemplateElement::Expression(h)] = meaningful.as_slice() else { return None };
+    match (&h.name, h.params.is_empty() && h.hash.is_empty()) {
+        (Parameter::Path(handlebars::Path::Relative((_, raw))), true) => path_segments(raw).map(SingleExpression::Path),
+        (Parameter::Name(name), true) if !is_helper(name) => path_segments(name).map(SingleExpression::Path),
+        (Parameter::Name(name), _) => {
+            let args: Vec<String> = h.params.iter().map(param_source).collect::<Option<_>>()?;
+            Some(SingleExpression::Helper(format!("{name} {}", args.join(" ")).trim().to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// A parameter written back as template source.
+fn param_source(p: &Parameter) -> Option<String> {
+    match p {
+        Parameter::Name(n) => Some(n.clone()),
+        Parameter::Path(handlebars::Path::Relative((_, raw)))
+        | Parameter::Path(handlebars::Path::Local((_, _, raw))) => Some(raw.clone()),
+        Parameter::Literal(v) => Some(v.to_string()),
+        Parameter::Subexpression(s) => match s.element.as_ref() {
+            TemplateElement::Expression(h) => {
+                let Parameter::Name(name) = &h.name else { return None };
+                let args: Vec<String> = h.params.iter().map(param_source).collect::<Option<_>>()?;
+                Some(format!("({name} {})", args.join(" ")))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_helper(name: &str) -> bool {
+    HELPERS.iter().any(|(n, _)| *n == name) || BUILTIN_BLOCKS.contains(&name)
+}
+
+const BUILTIN_BLOCKS: &[&str] = &["if", "unless", "each", "with", "lookup", "log"];
+
+/// Every helper a template calls must exist.
+fn check_helpers(elements: &[TemplateElement]) -> Result<(), TemplateError> {
+    for e in elements {
+        if let TemplateElement::Expression(h) | TemplateElement::HelperBlock(h) | TemplateElement::HtmlExpression(h) = e
+        {
+            check_helper(h, matches!(e, TemplateElement::HelperBlock(_)))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_helper(h: &HelperTemplate, block: bool) -> Result<(), TemplateError> {
+    if let Parameter::Name(name) = &h.name
+        && (block || !h.params.is_empty() || !h.hash.is_empty())
+        && !is_helper(name)
+    {
+        let names = HELPERS.iter().map(|(n, _)| *n).chain(BUILTIN_BLOCKS.iter().copied());
+        return Err(TemplateError {
+            message: format!("unknown helper `{name}`{}", crate::diagnostic::hint(name, names)),
+            line: None,
+            col: None,
+        });
+    }
+    for p in &h.params {
+        if let Parameter::Subexpression(s) = p
+            && let TemplateElement::Expression(inner) = s.element.as_ref()
+        {
+            check_helper(inner, true)?;
+        }
+    }
+    if let Some(t) = &h.template {
+        check_helpers(&t.elements)?;
+    }
+    if let Some(t) = &h.inverse {
+        check_helpers(&t.elements)?;
+    }
+    Ok(())
+}
+
+fn collect_references(elements: &[TemplateElement], in_scope_block: bool, out: &mut Vec<Reference>) {
+    for e in elements {
+        let (TemplateElement::Expression(h) | TemplateElement::HelperBlock(h) | TemplateElement::HtmlExpression(h)) = e
+        else {
+            continue;
+        };
+        let is_block = matches!(e, TemplateElement::HelperBlock(_));
+        match &h.name {
+            Parameter::Path(p) => push_path(p, in_scope_block, out),
+            Parameter::Name(n) if h.params.is_empty() && !is_block && !is_helper(n) => {
+                push_raw(n, in_scope_block, out);
+            }
+            _ => {}
+        }
+        for p in h.params.iter().chain(h.hash.values()) {
+            collect_param(p, in_scope_block, out);
+        }
+        let changes_scope = is_block && matches!(&h.name, Parameter::Name(n) if n == "each" || n == "with");
+        if let Some(t) = &h.template {
+            collect_references(&t.elements, in_scope_block || changes_scope, out);
+        }
+        if let Some(t) = &h.inverse {
+            collect_references(&t.elements, in_scope_block, out);
+        }
+    }
+}
+
+fn collect_param(p: &Parameter, in_scope_block: bool, out: &mut Vec<Reference>) {
+    match p {
+        Parameter::Path(path) => push_path(path, in_scope_block, out),
+        Parameter::Subexpression(s) => {
+            if let TemplateElement::Expression(h) = s.element.as_ref() {
+                for p in h.params.iter().chain(h.hash.values()) {
+                    collect_param(p, in_scope_block, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn push_path(p: &handlebars::Path, in_scope_block: bool, out: &mut Vec<Reference>) {
+    if let handlebars::Path::Relative((_, raw)) = p {
+        push_raw(raw, in_scope_block, out);
+    }
+}
+
+fn push_raw(raw: &str, in_scope_block: bool, out: &mut Vec<Reference>) {
+    let Some(segments) = path_segments(raw) else { return };
+    let Some(first) = segments.first() else { return };
+    // Inside #each / #with, names other than the roots belong to the block's item.
+    if in_scope_block && !ROOTS.contains(&first.as_str()) {
+        return;
+    }
+    out.push(Reference { segments, raw: raw.to_owned() });
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers. Each takes its arguments as JSON values (a missing field is null) and returns a
+// JSON value, so helpers nest and keep types.
+
+type HelperFn = fn(&[Value]) -> Result<Value, String>;
+
+struct ValueHelper(HelperFn);
+
+impl HelperDef for ValueHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let args: Vec<Value> = h.params().iter().map(|p| p.value().clone()).collect();
+        (self.0)(&args)
+            .map(ScopedJson::Derived)
+            .map_err(|m| handlebars::RenderErrorReason::Other(format!("{}: {m}", h.name())).into())
+    }
+}
+
+const HELPERS: &[(&str, HelperFn)] = &[
+    ("__typed", |a| Ok(Value::String(arg(a, 0).to_string()))),
+    // text
+    ("lower", |a| Ok(Value::String(text(arg(a, 0)).to_lowercase()))),
+    ("upper", |a| Ok(Value::String(text(arg(a, 0)).to_uppercase()))),
+    ("trim", |a| Ok(Value::String(text(arg(a, 0)).trim().to_owned()))),
+    ("split", |a| {
+        let sep = match arg(a, 1) {
+            Value::Null => ",".to_owned(),
+            v => text(v),
+        };
+        let t = text(arg(a, 0));
+        Ok(Value::Array(
+            t.split(sep.as_str())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ))
+    }),
+    ("join", |a| {
+        let sep = match arg(a, 1) {
+            Value::Null => ", ".to_owned(),
+            v => text(v),
+        };
+        Ok(Value::String(items(arg(a, 0)).iter().map(text).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(&sep)))
+    }),
+    ("concat", |a| Ok(Value::String(a.iter().map(text).collect()))),
+    ("replace", |a| Ok(Value::String(text(arg(a, 0)).replace(&text(arg(a, 1)), &text(arg(a, 2)))))),
+    ("truncate", |a| {
+        let n = number(arg(a, 1)).unwrap_or(0.0).max(0.0) as usize;
+        Ok(Value::String(text(arg(a, 0)).chars().take(n).collect()))
+    }),
+    ("default", |a| Ok(a.iter().find(|v| !is_empty(v)).cloned().unwrap_or(Value::Null))),
+    // arrays
+    ("first", |a| Ok(items(arg(a, 0)).into_iter().next().unwrap_or(Value::Null))),
+    ("last", |a| Ok(items(arg(a, 0)).into_iter().last().unwrap_or(Value::Null))),
+    ("pluck", |a| {
+        let path: Vec<String> = text(arg(a, 1)).split('.').map(str::to_owned).collect();
+        Ok(Value::Array(
+            items(arg(a, 0)).iter().filter_map(|i| lookup(i, &path).cloned()).filter(|v| !v.is_null()).collect(),
+        ))
+    }),
+    ("find", |a| {
+        let path: Vec<String> = text(arg(a, 1)).split('.').map(str::to_owned).collect();
+        let want = arg(a, 2);
+        Ok(items(arg(a, 0))
+            .into_iter()
+            .find(|i| lookup(i, &path).is_some_and(|v| loosely_equal(v, want)))
+            .unwrap_or(Value::Null))
+    }),
+    ("get", |a| {
+        let path: Vec<String> = text(arg(a, 1)).split('.').map(str::to_owned).collect();
+        Ok(lookup(arg(a, 0), &path).cloned().unwrap_or(Value::Null))
+    }),
+    ("length", |a| {
+        Ok(Value::from(match arg(a, 0) {
+            Value::Array(v) => v.len(),
+            Value::Object(m) => m.len(),
+            Value::String(s) => s.chars().count(),
+            Value::Null => 0,
+            _ => 1,
+        }))
+    }),
+    ("json", |a| Ok(Value::String(arg(a, 0).to_string()))),
+    ("object", |a| {
+        // object "key" value "key2" value2 ... : builds an object, leaving out empty values.
+        let mut m = Map::new();
+        for pair in a.chunks(2) {
+            if let [k, v] = pair
+                && !is_empty(v)
+            {
+                m.insert(text(k), v.clone());
+            }
+        }
+        Ok(Value::Object(m))
+    }),
+    ("array", |a| Ok(Value::Array(a.iter().filter(|v| !is_empty(v)).cloned().collect()))),
+    // numbers
+    ("number", |a| {
+        Ok(number(arg(a, 0)).and_then(serde_json::Number::from_f64).map(normalize_number).unwrap_or(Value::Null))
+    }),
+    ("add", |a| arithmetic(a, |x, y| x + y)),
+    ("sub", |a| arithmetic(a, |x, y| x - y)),
+    ("mul", |a| arithmetic(a, |x, y| x * y)),
+    ("div", |a| {
+        if number(arg(a, 1)) == Some(0.0) {
+            return Err("division by zero".into());
+        }
+        arithmetic(a, |x, y| x / y)
+    }),
+    ("round", |a| {
+        let digits = number(arg(a, 1)).unwrap_or(0.0) as i32;
+        let f = 10f64.powi(digits);
+        Ok(number(arg(a, 0))
+            .map(|x| (x * f).round() / f)
+            .and_then(serde_json::Number::from_f64)
+            .map(normalize_number)
+            .unwrap_or(Value::Null))
+    }),
+    // comparisons and logic, for filters and `if`
+    ("eq", |a| Ok(Value::Bool(loosely_equal(arg(a, 0), arg(a, 1))))),
+    ("ne", |a| Ok(Value::Bool(!loosely_equal(arg(a, 0), arg(a, 1))))),
+    ("gt", |a| compare(a, |o| o.is_gt())),
+    ("gte", |a| compare(a, |o| o.is_ge())),
+    ("lt", |a| compare(a, |o| o.is_lt())),
+    ("lte", |a| compare(a, |o| o.is_le())),
+    ("and", |a| Ok(Value::Bool(!a.is_empty() && a.iter().all(|v| truthy(&text(v)))))),
+    ("or", |a| Ok(Value::Bool(a.iter().any(|v| truthy(&text(v)))))),
+    ("not", |a| Ok(Value::Bool(!truthy(&text(arg(a, 0)))))),
+    ("contains", |a| {
+        let needle = arg(a, 1);
+        Ok(Value::Bool(match arg(a, 0) {
+            Value::Array(v) => v.iter().any(|x| loosely_equal(x, needle)),
+            Value::String(s) => s.contains(&text(needle)),
+            _ => false,
+        }))
+    }),
+    // dates
+    ("date", |a| {
+        let Some(dt) = parse_date(arg(a, 0)) else { return Ok(Value::Null) };
+        Ok(format_date(dt, arg(a, 1)))
+    }),
+    ("date_add", |a| {
+        let Some(dt) = parse_date(arg(a, 0)) else { return Ok(Value::Null) };
+        let amount = number(arg(a, 1)).ok_or("the amount must be a number")?;
+        let unit = text(arg(a, 2));
+        let secs = match unit.trim_end_matches('s') {
+            "second" | "" => 1.0,
+            "minute" => 60.0,
+            "hour" => 3_600.0,
+            "day" => 86_400.0,
+            "week" => 604_800.0,
+            other => return Err(format!("unknown unit `{other}`; use seconds, minutes, hours, days or weeks")),
+        };
+        let dt = dt + ChronoDuration::milliseconds((amount * secs * 1000.0) as i64);
+        Ok(format_date(dt, arg(a, 3)))
+    }),
+    ("now", |a| Ok(format_date(Utc::now(), arg(a, 0)))),
+    // phones
+    ("e164", |a| Ok(e164(&text(arg(a, 0)), &text(arg(a, 1))).map(Value::String).unwrap_or(Value::Null))),
+];
+
+fn arg(a: &[Value], i: usize) -> &Value {
+    a.get(i).unwrap_or(&Value::Null)
+}
+
+/// A value as text: strings bare, null empty, the rest as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items.clone(),
+        Value::Null => Vec::new(),
+        other => vec![other.clone()],
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        _ => None,
+    }
+}
+
+/// Whole numbers as integers, so `{{add 1 2}}` sends `3`, not `3.0`.
+fn normalize_number(n: serde_json::Number) -> Value {
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+        _ => Value::Number(n),
+    }
+}
+
+fn arithmetic(a: &[Value], f: fn(f64, f64) -> f64) -> Result<Value, String> {
+    match (number(arg(a, 0)), number(arg(a, 1))) {
+        (Some(x), Some(y)) => Ok(serde_json::Number::from_f64(f(x, y)).map(normalize_number).unwrap_or(Value::Null)),
+        _ => Ok(Value::Null),
+    }
+}
+
+fn loosely_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), _) | (_, Value::Number(_)) => match (number(a), number(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+        _ => text(a) == text(b),
+    }
+}
+
+fn compare(a: &[Value], ok: fn(std::cmp::Ordering) -> bool) -> Result<Value, String> {
+    let (x, y) = (arg(a, 0), arg(a, 1));
+    let ord = match (number(x), number(y)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y),
+        _ => Some(text(x).cmp(&text(y))),
+    };
+    Ok(Value::Bool(ord.is_some_and(ok)))
+}
+
+/// ISO 8601 / RFC 3339, `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`, or epoch milliseconds.
+pub fn parse_date(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        Value::String(s) => {
+            let s = s.trim();
+            if s.is_empty() {
+                return None;
+            }
+            if s.bytes().all(|b| b.is_ascii_digit()) && s.len() >= 10 {
+                return s.parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            }
+            DateTime::parse_from_rfc3339(s)
+                .map(|d| d.with_timezone(&Utc))
+                .ok()
+                .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok().map(|n| n.and_utc()))
+                .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").ok().map(|n| n.and_utc()))
+                .or_else(|| {
+                    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .map(|n| n.and_utc())
+                })
+        }
+        _ => None,
+    }
+}
+
+/// ISO 8601 by default; `epoch_ms` and `epoch` give numbers; anything else is a strftime format.
+fn format_date(dt: DateTime<Utc>, format: &Value) -> Value {
+    match format {
+        Value::Null => Value::String(dt.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        Value::String(f) if f == "epoch_ms" => Value::from(dt.timestamp_millis()),
+        Value::String(f) if f == "epoch" => Value::from(dt.timestamp()),
+        Value::String(f) => {
+            use std::fmt::Write as _;
+            let mut out = String::new();
+            match write!(out, "{}", dt.format(f)) {
+                Ok(()) => Value::String(out),
+                Err(_) => Value::Null,
+            }
+        }
+        _ => Value::String(dt.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    }
+}
+
+/// A phone number in E.164, read in the given country (ISO code or English name) when it
+/// has no `+` prefix. None when it is not a valid number.
+pub fn e164(raw: &str, country: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    let region = crate::template::country_code(country).and_then(|c| c.parse::<phonenumber::country::Id>().ok());
+    let parsed = phonenumber::parse(region, raw).ok()?;
+    if !phonenumber::is_valid(&parsed) {
+        return None;
+    }
+    Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// ISO 3166 alpha-2 code for a code or a common English country name.
+pub fn country_code(name: &str) -> Option<&'static str> {
+    let n = name.trim().to_ascii_lowercase();
+    if n.is_empty() {
+        return None;
+    }
+    COUNTRIES
+        .iter()
+        .find(|(code, names)| code.eq_ignore_ascii_case(&n) || names.iter().any(|x| *x == n))
+        .map(|(code, _)| *code)
+}
+
+const COUNTRIES: &[(&str, &[&str])] = &[
+    ("US", &["united states", "united states of america", "usa", "u.s.a.", "u.s."]),
+    ("GB", &["united kingdom", "uk", "great britain", "england", "scotland", "wales", "northern ireland"]),
+    ("IE", &["ireland"]),
+    ("CA", &["canada"]),
+    ("AU", &["australia"]),
+    ("NZ", &["new zealand"]),
+    ("DE", &["germany", "deutschland"]),
+    ("FR", &["france"]),
+    ("ES", &["spain", "españa"]),
+    ("IT", &["italy", "italia"]),
+    ("NL", &["netherlands", "the netherlands", "holland"]),
+    ("BE", &["belgium"]),
+    ("CH", &["switzerland"]),
+    ("AT", &["austria"]),
+    ("SE", &["sweden"]),
+    ("NO", &["norway"]),
+    ("DK", &["denmark"]),
+    ("FI", &["finland"]),
+    ("PL", &["poland"]),
+    ("PT", &["portugal"]),
+    ("CZ", &["czech republic", "czechia"]),
+    ("GR", &["greece"]),
+    ("IS", &["iceland"]),
+    ("MX", &["mexico", "méxico"]),
+    ("BR", &["brazil", "brasil"]),
+    ("AR", &["argentina"]),
+    ("CL", &["chile"]),
+    ("CO", &["colombia"]),
+    ("IN", &["india"]),
+    ("JP", &["japan"]),
+    ("CN", &["china"]),
+    ("KR", &["south korea", "korea, republic of", "republic of korea"]),
+    ("SG", &["singapore"]),
+    ("HK", &["hong kong"]),
+    ("ZA", &["south africa"]),
+    ("NG", &["nigeria"]),
+    ("KE", &["kenya"]),
+    ("AE", &["united arab emirates", "uae"]),
+    ("IL", &["israel"]),
+    ("TR", &["turkey", "türkiye"]),
+    ("PH", &["philippines"]),
+    ("MY", &["malaysia"]),
+    ("ID", &["indonesia"]),
+    ("TH", &["thailand"]),
+    ("VN", &["vietnam", "viet nam"]),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(t: &str, ctx: Value) -> Value {
+        CompiledTemplate::compile(t).unwrap().render(&context(ctx)).unwrap()
+    }
+
+    #[test]
+    fn one_expression_keeps_its_type() {
+        let ctx = json!({"trigger": {"n": 42, "tags": ["a", "b"], "o": {"x": 1}}});
+        assert_eq!(render("{{trigger.n}}", ctx.clone()), json!(42));
+        assert_eq!(render(" {{trigger.tags}} ", ctx.clone()), json!(["a", "b"]));
+        assert_eq!(render("{{trigger.o}}", ctx.clone()), json!({"x": 1}));
+        assert_eq!(render("{{split \"a, b,,c\" \",\"}}", ctx.clone()), json!(["a", "b", "c"]));
+        assert_eq!(render("{{add trigger.n 1}}", ctx.clone()), json!(43));
+        assert_eq!(render("n={{trigger.n}}", ctx), json!("n=42"));
+    }
+
+    #[test]
+    fn never_escapes_html() {
+        let ctx = json!({"trigger": {"name": "Smith & Sons <ltd>"}});
+        assert_eq!(render("{{trigger.name}}", ctx.clone()), json!("Smith & Sons <ltd>"));
+        assert_eq!(render("Co: {{trigger.name}}", ctx), json!("Co: Smith & Sons <ltd>"));
+    }
+
+    #[test]
+    fn missing_fields_render_as_nothing() {
+        let ctx = json!({"trigger": {}});
+        assert_eq!(render("{{trigger.missing.deep}}", ctx.clone()), Value::Null);
+        assert_eq!(render("x{{trigger.missing}}y", ctx.clone()), json!("xy"));
+        assert_eq!(render("{{lower trigger.missing}}", ctx), json!(""));
+    }
+
+    #[test]
+    fn array_indexes_and_helpers_for_mapping() {
+        let ctx = json!({"trigger": {"emails": [{"address": "A@X.COM", "type": "work"}, {"address": "b@y.com", "type": "home"}]}});
+        assert_eq!(render("{{lower trigger.emails.[0].address}}", ctx.clone()), json!("a@x.com"));
+        assert_eq!(render("{{trigger.emails.[1].address}}", ctx.clone()), json!("b@y.com"));
+        assert_eq!(render("{{pluck trigger.emails \"address\"}}", ctx.clone()), json!(["A@X.COM", "b@y.com"]));
+        assert_eq!(
+            render("{{get (find trigger.emails \"type\" \"home\") \"address\"}}", ctx.clone()),
+            json!("b@y.com")
+        );
+        assert_eq!(render("{{first (pluck trigger.emails \"address\")}}", ctx.clone()), json!("A@X.COM"));
+        assert_eq!(render("{{default trigger.none \"fallback\"}}", ctx), json!("fallback"));
+    }
+
+    #[test]
+    fn dates_and_phones() {
+        let ctx = json!({"trigger": {"due": "2026-03-01", "ms": 1767225600000i64}});
+        assert_eq!(render("{{date trigger.due}}", ctx.clone()), json!("2026-03-01T00:00:00.000Z"));
+        assert_eq!(render("{{date trigger.ms \"%Y-%m-%d\"}}", ctx.clone()), json!("2026-01-01"));
+        assert_eq!(render("{{date_add trigger.due 2 \"days\" \"%Y-%m-%d\"}}", ctx.clone()), json!("2026-03-03"));
+        assert_eq!(render("{{date trigger.due \"epoch_ms\"}}", ctx), json!(1772323200000i64));
+        assert_eq!(e164("020 7946 0018", "United Kingdom").as_deref(), Some("+442079460018"));
+        assert_eq!(e164("(415) 555-2671", "US").as_deref(), Some("+14155552671"));
+        assert_eq!(e164("+49 30 901820", "").as_deref(), Some("+4930901820"));
+        assert_eq!(e164("not a phone", "US"), None);
+    }
+
+    #[test]
+    fn truthiness_of_filters() {
+        for t in ["", "  ", "false", "FALSE", "0", "null", " Null "] {
+            assert!(!truthy(t), "{t:?}");
+        }
+        for t in ["true", "yes", "1", "x"] {
+            assert!(truthy(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn references_are_collected_and_unknown_helpers_rejected() {
+        let t = CompiledTemplate::compile(
+            "{{#if trigger.a}}{{lower steps.contact.contact.id}}{{/if}}{{#each trigger.items}}{{name}}{{/each}}",
+        )
+        .unwrap();
+        let refs: Vec<String> = t.references().into_iter().map(|r| r.segments.join(".")).collect();
+        assert_eq!(refs, vec!["trigger.a", "steps.contact.contact.id", "trigger.items"]);
+        let err = CompiledTemplate::compile("{{lowr trigger.a}}").unwrap_err();
+        assert!(err.message.contains("unknown helper `lowr` (did you mean `lower`?)"), "{}", err.message);
+        assert!(CompiledTemplate::compile("{{#if trigger.a}}").is_err());
+    }
+}
