@@ -337,7 +337,9 @@ impl Config {
                     if token.trim().is_empty() {
                         problem("auth.token", "the token is empty".into());
                     }
-                    redactor.add(token);
+                    // What is sent is the trimmed token, so that is what must be redacted (a
+                    // `${VAR}` read from a file often ends in a newline).
+                    redactor.add(token.trim());
                     Auth::Static(Secret::new(token.trim()))
                 }
                 AuthSpec::Oauth2 {

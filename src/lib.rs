@@ -25,5 +25,6 @@ pub mod cli;
 pub mod config;
 pub mod diagnostic;
 pub mod http;
+pub mod recipe;
 pub mod store;
 pub mod template;

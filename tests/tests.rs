@@ -1,9 +1,13 @@
 //! One integration test binary (faster to build than many): each module tests one capability
 //! from the outside, through the library API or the `ghlflow` binary.
 
+mod fake_api;
 mod util;
 
 mod catalog_counts;
 mod catalog_errors;
 mod cli_ops;
+mod http_layer;
+mod prism_conformance;
+mod recipe_validate;
 mod spec_conformance;

@@ -249,6 +249,37 @@ impl InputType {
     }
 }
 
+impl InputType {
+    /// The value in this type, when it converts without loss (`"20"` for an integer, `20`
+    /// for a string, `"true"` for a boolean); None when it does not fit.
+    pub fn coerce(&self, value: &serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        if self.accepts(value) {
+            return Some(value.clone());
+        }
+        match (self, value) {
+            (InputType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
+            (InputType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
+            (InputType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
+            (InputType::Integer, Value::Number(n)) => {
+                n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| Value::from(f as i64))
+            }
+            (InputType::Number, Value::String(s)) => {
+                s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number)
+            }
+            (InputType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" => Some(Value::Bool(true)),
+                "false" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            (InputType::Array(Some(item)), Value::Array(items)) => {
+                items.iter().map(|v| item.coerce(v)).collect::<Option<Vec<_>>>().map(Value::Array)
+            }
+            _ => None,
+        }
+    }
+}
+
 const TYPE_NAMES: &[&str] = &["string", "integer", "number", "boolean", "object", "array", "any"];
 
 impl fmt::Display for InputType {

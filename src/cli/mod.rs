@@ -5,6 +5,7 @@
 mod call;
 mod connect;
 mod ops;
+mod validate;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +45,11 @@ enum Command {
     Call(call::CallArgs),
     /// Get a connection's first OAuth tokens through the browser.
     Connect(connect::ConnectArgs),
+    /// Check every recipe against the catalog and ghlflow.yaml.
+    Validate(validate::ValidateArgs),
+    /// Print a JSON Schema.
+    #[command(subcommand)]
+    Schema(validate::SchemaCommand),
 }
 
 /// A failed command: what went wrong, and whether the user's input was at fault.
@@ -101,6 +107,8 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Call(args) => call::run(args, operations).await,
         Command::Connect(args) => connect::run(args, operations).await,
+        Command::Validate(args) => validate::run(args, operations),
+        Command::Schema(cmd) => validate::schema(cmd),
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::error::HttpError;
-use crate::catalog::{BodyEncoding, InputLocation, InputType, Method, Operation, PathSegment};
+use crate::catalog::{BodyEncoding, InputLocation, Method, Operation, PathSegment};
 use crate::config::Connection;
 use crate::diagnostic::hint;
 
@@ -131,9 +131,14 @@ pub fn prepare(
             Some(RequestBody::Form(body_fields.iter().map(|(k, v)| (k.clone(), scalar_text(v))).collect()))
         }
         BodyEncoding::Json if !body_fields.is_empty() => Some(RequestBody::Json(Value::Object(body_fields))),
-        // An operation that takes a body gets `{}` even when every field was left out, except
-        // DELETE, where most APIs expect no body at all.
-        BodyEncoding::Json if has_body_inputs && op.method != Method::Delete => {
+        // A POST, PUT or PATCH always carries a body, `{}` when it has no fields (GHL declares
+        // required bodies with no fields, e.g. Add Contact to Campaign). A DELETE carries one
+        // only when it declares body inputs (Remove from Workflow requires `{}` at least);
+        // other DELETEs send none, as most APIs expect.
+        BodyEncoding::Json
+            if matches!(op.method, Method::Post | Method::Put | Method::Patch)
+                || (op.method == Method::Delete && has_body_inputs) =>
+        {
             Some(RequestBody::Json(Value::Object(Map::new())))
         }
         BodyEncoding::Json => None,
@@ -202,7 +207,7 @@ fn check_inputs(
         if value.is_null() {
             continue;
         }
-        match coerce(value, &input.ty) {
+        match input.ty.coerce(value) {
             Some(v) => {
                 if let Some(allowed) = &input.allowed
                     && !allowed_contains(allowed, &v)
@@ -243,34 +248,6 @@ fn allowed_contains(allowed: &[Value], v: &Value) -> bool {
     }
 }
 
-/// The value in the input's type, when it converts without loss.
-fn coerce(value: &Value, ty: &InputType) -> Option<Value> {
-    if ty.accepts(value) {
-        return Some(value.clone());
-    }
-    match (ty, value) {
-        (InputType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
-        (InputType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
-        (InputType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
-        (InputType::Integer, Value::Number(n)) => {
-            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| Value::from(f as i64))
-        }
-        (InputType::Number, Value::String(s)) => {
-            s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number)
-        }
-        (InputType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" => Some(Value::Bool(true)),
-            "false" => Some(Value::Bool(false)),
-            _ => None,
-        },
-        (InputType::Array(item), Value::Array(items)) => {
-            let item = item.as_deref()?;
-            items.iter().map(|v| coerce(v, item)).collect::<Option<Vec<_>>>().map(Value::Array)
-        }
-        _ => None,
-    }
-}
-
 fn short(v: &Value) -> String {
     let text = v.to_string();
     if text.chars().count() > 60 { format!("{}...", text.chars().take(60).collect::<String>()) } else { text }
@@ -279,6 +256,7 @@ fn short(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::InputType;
     use crate::config::Config;
     use serde_json::json;
 
@@ -310,6 +288,22 @@ mod tests {
     }
 
     #[test]
+    fn sends_an_empty_body_where_the_api_requires_one() {
+        let (catalog, config) = setup();
+        let conn = config.connection("ghl").unwrap();
+        let body = |key: &str, v: Value| prepare(catalog.get(key).unwrap(), conn, &inputs(v)).unwrap().body;
+        let empty = Some(RequestBody::Json(json!({})));
+        // A POST with no body fields at all, and a DELETE whose optional body fields are left out.
+        let campaign = json!({"contactId": "c1", "campaignId": "k1"});
+        assert_eq!(body("ghl.contacts.add_contact_to_campaign", campaign), empty);
+        let workflow = json!({"contactId": "c1", "workflowId": "w1"});
+        assert_eq!(body("ghl.contacts.remove_from_workflow", workflow), empty);
+        // A DELETE without body inputs and a GET send none.
+        assert_eq!(body("ghl.contacts.remove_from_campaign", json!({"contactId": "c1", "campaignId": "k1"})), None);
+        assert_eq!(body("ghl.contacts.get_contact", json!({"contactId": "c1"})), None);
+    }
+
+    #[test]
     fn encodes_hostile_path_values_as_one_segment() {
         let (catalog, config) = setup();
         let op = catalog.get("ghl.contacts.get_contact").unwrap();
@@ -333,9 +327,9 @@ mod tests {
 
     #[test]
     fn converts_only_when_nothing_is_lost() {
-        assert_eq!(coerce(&json!("20"), &InputType::Integer), Some(json!(20)));
-        assert_eq!(coerce(&json!(20), &InputType::String), Some(json!("20")));
-        assert_eq!(coerce(&json!("2x"), &InputType::Integer), None);
-        assert_eq!(coerce(&json!({"a": 1}), &InputType::String), None);
+        assert_eq!(InputType::Integer.coerce(&json!("20")), Some(json!(20)));
+        assert_eq!(InputType::String.coerce(&json!(20)), Some(json!("20")));
+        assert_eq!(InputType::Integer.coerce(&json!("2x")), None);
+        assert_eq!(InputType::String.coerce(&json!({"a": 1})), None);
     }
 }

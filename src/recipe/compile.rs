@@ -1,0 +1,692 @@
+//! Checking and compiling recipe files. Every problem in every recipe is collected and
+//! reported at once, each at its `file:line:col`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::spec::{RecipeSpec, StepSpec, TriggerSpec};
+use super::*;
+use crate::catalog::{Catalog, Dedupe, Kind, Shape};
+use crate::config::{Access, Config};
+use crate::diagnostic::{Diagnostics, Position, PositionIndex, hint, parse_path};
+use crate::template::{CompiledTemplate, ROOTS, Reference};
+
+/// The shortest and longest `every`.
+const MIN_EVERY: Duration = Duration::from_secs(60);
+const MAX_EVERY: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_HOLD_ABOVE: u32 = 100;
+
+/// Compiles every `*.yaml` in `dir` (sorted by name). Problems from all files come together.
+pub fn load_recipes(
+    dir: &Path,
+    catalog: &Catalog,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Recipe>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut entries: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            diags.push(&dir.display().to_string(), Position::default(), format!("cannot read the recipes folder: {e}"));
+            return Err(diags);
+        }
+    };
+    entries.sort();
+    let mut recipes = Vec::new();
+    for path in entries {
+        let display = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match compile_recipe(&display, &stem(&path), &text, catalog, config, env) {
+                Ok(r) => recipes.push(r),
+                Err(d) => diags.extend(d),
+            },
+            Err(e) => diags.push(&display, Position::default(), format!("cannot read: {e}")),
+        }
+    }
+    diags.into_result()?;
+    Ok(recipes)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// The JSON Schema of recipe files, generated from the Spec types.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(RecipeSpec);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// Where a problem is: the file and its position index.
+struct Site<'a> {
+    file: &'a str,
+    index: &'a PositionIndex,
+}
+
+impl Site<'_> {
+    fn push(&self, diags: &mut Diagnostics, at: &str, message: impl Into<String>) {
+        let message = message.into();
+        let message = if at.is_empty() { message } else { format!("{at}: {message}") };
+        diags.push(self.file, self.index.locate_str(at), message);
+    }
+}
+
+/// What templates at one place may refer to.
+struct Scope<'a> {
+    trigger: Option<Shape>,
+    trigger_op: &'a str,
+    /// Earlier steps: id, operation key, response shape.
+    earlier: Vec<(String, String, Shape)>,
+    /// Every step id, to tell "later" from "unknown".
+    all_steps: Vec<String>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+const CONNECTION_FIELDS: &[&str] = &["name", "app", "location_id", "company_id", "base_url"];
+
+/// Checks and compiles one recipe file.
+pub fn compile_recipe(
+    file: &str,
+    id: &str,
+    text: &str,
+    catalog: &Catalog,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Recipe, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let index = match PositionIndex::build(text) {
+        Ok(i) => i,
+        Err((pos, msg)) => {
+            diags.push(file, pos, format!("invalid YAML: {msg}"));
+            return Err(diags);
+        }
+    };
+    for (p, pos) in &index.duplicate_keys {
+        diags.push(file, *pos, format!("{p}: duplicate key"));
+    }
+    diags.clone().into_result()?;
+    let site = Site { file, index: &index };
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        site.push(
+            &mut diags,
+            "",
+            format!("the recipe id (the file name) `{id}` may only hold letters, digits, `-` and `_`"),
+        );
+    }
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            diags.push(file, pos, format!("invalid YAML: {e}"));
+            return Err(diags);
+        }
+    };
+    let spec: RecipeSpec = match serde_path_to_error::deserialize(value) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e.path().to_string();
+            let at = if at == "." { String::new() } else { at };
+            let message = e.into_inner().to_string();
+            diags.push(
+                file,
+                index.locate(&parse_path(&at)),
+                if at.is_empty() { message } else { format!("{at}: {message}") },
+            );
+            return Err(diags);
+        }
+    };
+
+    let trigger = compile_trigger(&spec.trigger, catalog, config, env, &site, &mut diags);
+
+    // Steps: ids first (so references can tell "later" from "unknown").
+    let all_steps: Vec<String> = spec.steps.iter().map(|s| s.id.clone()).collect();
+    let mut seen_ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        let at = format!("steps[{i}].id");
+        if s.id.is_empty()
+            || !s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || s.id.starts_with(|c: char| c.is_ascii_digit())
+        {
+            site.push(
+                &mut diags,
+                &at,
+                format!("step id `{}` must be letters, digits and `_`, not starting with a digit", s.id),
+            );
+        }
+        if let Some(first) = seen_ids.insert(s.id.as_str(), i) {
+            site.push(&mut diags, &at, format!("step id `{}` is already used by steps[{first}]", s.id));
+        }
+    }
+    if spec.steps.is_empty() {
+        site.push(&mut diags, "steps", "a recipe needs at least one step");
+    }
+
+    // Even when the trigger has problems, its operation (if known) still tells what items
+    // look like, so step templates are checked without a cascade of follow-on errors.
+    let trigger_shape = Some(catalog.get(&spec.trigger.operation).map(|op| op.record_shape()).unwrap_or(Shape::Any));
+    let trigger_op = spec.trigger.operation.clone();
+    let mut scope = Scope { trigger: trigger_shape, trigger_op: &trigger_op, earlier: Vec::new(), all_steps, env };
+
+    let filter = spec.filter.as_deref().and_then(|f| compile_template(f, "filter", &scope, &site, &mut diags));
+
+    let mut steps = Vec::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        if let Some(step) = compile_step(i, s, catalog, config, &scope, &site, &mut diags) {
+            scope.earlier.push((step.id.clone(), step.operation.key.to_string(), step.operation.body_shape()));
+            steps.push(step);
+        } else {
+            // Keep later references to this step from being reported as unknown.
+            scope.earlier.push((s.id.clone(), s.operation.clone(), Shape::Any));
+        }
+    }
+
+    let Some(trigger) = trigger else {
+        // compile_trigger reports why whenever it returns None.
+        diags.into_result()?;
+        let mut d = Diagnostics::default();
+        d.push(file, Position { line: 1, col: 1 }, "trigger: could not be compiled");
+        return Err(d);
+    };
+    diags.into_result()?;
+    Ok(Recipe {
+        id: id.to_owned(),
+        name: spec.name,
+        file: file.to_owned(),
+        trigger,
+        filter,
+        steps,
+        autoreplay: spec.autoreplay,
+    })
+}
+
+fn compile_trigger(
+    spec: &TriggerSpec,
+    catalog: &Catalog,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Trigger> {
+    let before = diags.len();
+    let op = lookup_operation(&spec.operation, "trigger.operation", catalog, site, diags);
+    if let Some(op) = &op
+        && op.kind != Kind::Trigger
+    {
+        site.push(
+            diags,
+            "trigger.operation",
+            format!("`{}` is an action, not a trigger; `ghlflow ops list --kind trigger` lists the triggers", op.key),
+        );
+    }
+    let connection = lookup_connection(&spec.connection, "trigger.connection", config, site, diags);
+    if let (Some(op), Some(c)) = (&op, &connection) {
+        check_connection_fits(op, c, "trigger.connection", site, diags);
+    }
+
+    let schedule = match (&spec.every, &spec.cron) {
+        (Some(every), None) => match crate::catalog::parse_duration(every) {
+            Ok(d) if (MIN_EVERY..=MAX_EVERY).contains(&d) => Some(Schedule::Every(d)),
+            Ok(_) => {
+                site.push(diags, "trigger.every", format!("`{every}` is out of range: poll every 1m to 15m"));
+                None
+            }
+            Err(e) => {
+                site.push(diags, "trigger.every", e);
+                None
+            }
+        },
+        (None, Some(expr)) => compile_cron(expr, spec.timezone.as_deref(), site, diags),
+        (Some(_), Some(_)) => {
+            site.push(diags, "trigger.cron", "give either `every` or `cron`, not both");
+            None
+        }
+        (None, None) => {
+            site.push(diags, "trigger", "say when to poll: `every: 5m` (1m to 15m) or `cron: \"0 */5 * * *\"`");
+            None
+        }
+    };
+    if spec.timezone.is_some() && spec.cron.is_none() {
+        site.push(diags, "trigger.timezone", "`timezone` applies to `cron` only");
+    }
+    let start = match spec.start.as_deref() {
+        None | Some("now") => Start::Now,
+        Some("backfill") => Start::Backfill,
+        Some(other) => {
+            site.push(diags, "trigger.start", format!("unknown start `{other}`; expected now or backfill"));
+            Start::Now
+        }
+    };
+    let dedupe = match (spec.dedupe.as_deref(), &op) {
+        (Some(d), _) => match Dedupe::parse(d) {
+            Some(d) => Some(d),
+            None => {
+                site.push(
+                    diags,
+                    "trigger.dedupe",
+                    format!("unknown dedupe rule `{d}`; expected id, id_updated or content"),
+                );
+                None
+            }
+        },
+        (None, Some(op)) => op.dedupe,
+        (None, None) => None,
+    };
+    if let (Some(op), Some(d)) = (&op, dedupe)
+        && let Some(output) = &op.output
+    {
+        let list = matches!(output.records, crate::catalog::Records::Items(_));
+        match d {
+            Dedupe::Content if list => site.push(diags, "trigger.dedupe", "`content` is for single-record triggers"),
+            Dedupe::Id | Dedupe::IdUpdated if !list => site.push(
+                diags,
+                "trigger.dedupe",
+                format!("`{}` is for list triggers; this one watches a single record", d.as_str()),
+            ),
+            Dedupe::IdUpdated if output.updated.is_none() => {
+                site.push(diags, "trigger.dedupe", format!("`{}` has no updated-time field to compare", op.key))
+            }
+            _ => {}
+        }
+    }
+
+    // Trigger inputs: templates over connection and env only.
+    let scope = Scope { trigger: None, trigger_op: "", earlier: Vec::new(), all_steps: Vec::new(), env };
+    let input = match (&op, &connection) {
+        (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
+        _ => Vec::new(),
+    };
+
+    if diags.len() > before {
+        return None;
+    }
+    let (op, connection) = (op?, connection?);
+    let fingerprint = serde_json::json!({
+        "operation": op.key.to_string(),
+        "connection": connection.name,
+        "input": spec.input,
+        "dedupe": dedupe.map(|d| d.as_str()),
+    })
+    .to_string();
+    Some(Trigger {
+        operation: op,
+        connection,
+        input,
+        schedule: schedule?,
+        start,
+        hold_above: match spec.hold_above.unwrap_or(DEFAULT_HOLD_ABOVE) {
+            0 => None,
+            n => Some(n),
+        },
+        dedupe: dedupe?,
+        fingerprint,
+    })
+}
+
+fn compile_cron(expr: &str, timezone: Option<&str>, site: &Site, diags: &mut Diagnostics) -> Option<Schedule> {
+    let fields = expr.split_whitespace().count();
+    let full = match fields {
+        5 => format!("0 {expr}"),
+        6 | 7 => expr.to_owned(),
+        n => {
+            site.push(
+                diags,
+                "trigger.cron",
+                format!("`{expr}` has {n} fields; write 5 (minute hour day month weekday) or 6 with seconds first"),
+            );
+            return None;
+        }
+    };
+    let schedule = match cron::Schedule::from_str(&full) {
+        Ok(s) => s,
+        Err(e) => {
+            // The cron crate's message repeats the expression with a caret line; keep its reason.
+            let reason = e.to_string();
+            let reason = reason.lines().last().unwrap_or_default().trim().to_owned();
+            site.push(diags, "trigger.cron", format!("`{expr}` is not a valid cron expression: {reason}"));
+            return None;
+        }
+    };
+    let tz = match timezone {
+        None => chrono_tz::UTC,
+        Some(name) => match name.parse::<chrono_tz::Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                site.push(
+                    diags,
+                    "trigger.timezone",
+                    format!("unknown time zone `{name}`; use an IANA name such as Europe/London"),
+                );
+                return None;
+            }
+        },
+    };
+    let times: Vec<_> = schedule.upcoming(tz).take(20).collect();
+    if times.is_empty() {
+        site.push(diags, "trigger.cron", format!("`{expr}` never fires"));
+        return None;
+    }
+    if times.windows(2).any(|w| (w[1] - w[0]) < chrono::Duration::seconds(60)) {
+        site.push(
+            diags,
+            "trigger.cron",
+            format!("`{expr}` fires more than once a minute; ghlflow polls at most once a minute"),
+        );
+        return None;
+    }
+    Some(Schedule::Cron { schedule: Box::new(schedule), timezone: tz, source: expr.to_owned() })
+}
+
+fn lookup_operation(
+    key: &str,
+    at: &str,
+    catalog: &Catalog,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Arc<Operation>> {
+    match catalog.get(key) {
+        Some(op) => Some(op.clone()),
+        None => {
+            let suggestion = catalog.suggest(key).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            site.push(diags, at, format!("unknown operation `{key}`{suggestion}"));
+            None
+        }
+    }
+}
+
+fn lookup_connection(
+    name: &str,
+    at: &str,
+    config: &Config,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Arc<crate::config::Connection>> {
+    match config.connections.get(name) {
+        Some(c) => Some(c.clone()),
+        None => {
+            let names: Vec<&str> = config.connections.keys().map(String::as_str).collect();
+            site.push(
+                diags,
+                at,
+                format!(
+                    "unknown connection `{name}`{}; {} defines: {}",
+                    hint(name, names.iter().copied()),
+                    config.path.display(),
+                    names.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_connection_fits(
+    op: &Operation,
+    c: &crate::config::Connection,
+    at: &str,
+    site: &Site,
+    diags: &mut Diagnostics,
+) {
+    if c.app.id != op.key.app {
+        site.push(
+            diags,
+            at,
+            format!("connection `{}` is for app `{}`, but `{}` belongs to `{}`", c.name, c.app.id, op.key, op.key.app),
+        );
+    } else if c.access == Access::ReadOnly && op.writes() {
+        let scope = op.scope.as_ref().map(|s| s.0.as_str()).unwrap_or("a write");
+        site.push(diags, at, format!("`{}` writes (scope {scope}), but connection `{}` is read_only", op.key, c.name));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_step(
+    i: usize,
+    spec: &StepSpec,
+    catalog: &Catalog,
+    config: &Config,
+    scope: &Scope,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Step> {
+    let before = diags.len();
+    let at = format!("steps[{i}]");
+    let op = lookup_operation(&spec.operation, &format!("{at}.operation"), catalog, site, diags);
+    let connection = lookup_connection(&spec.connection, &format!("{at}.connection"), config, site, diags);
+    if let (Some(op), Some(c)) = (&op, &connection) {
+        check_connection_fits(op, c, &format!("{at}.connection"), site, diags);
+    }
+    let condition =
+        spec.condition.as_deref().and_then(|c| compile_template(c, &format!("{at}.if"), scope, site, diags));
+    let input = match (&op, &connection) {
+        (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, &format!("{at}.input"), false, scope, site, diags),
+        _ => Vec::new(),
+    };
+    if diags.len() > before {
+        return None;
+    }
+    Some(Step { id: spec.id.clone(), operation: op?, connection: connection?, condition, input })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_inputs(
+    inputs: &BTreeMap<String, Value>,
+    op: &Operation,
+    connection: &crate::config::Connection,
+    at: &str,
+    is_trigger: bool,
+    scope: &Scope,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Vec<(String, ValueTemplate)> {
+    let mut out = Vec::new();
+    for (name, value) in inputs {
+        let here = format!("{at}.{name}");
+        let Some(input) = op.input(name) else {
+            site.push(
+                diags,
+                &here,
+                format!(
+                    "unknown input `{name}` for {}{}",
+                    op.key,
+                    hint(name, op.inputs.iter().map(|i| i.name.as_str()))
+                ),
+            );
+            continue;
+        };
+        if let Some(t) = compile_value(value, &here, scope, site, diags) {
+            if let ValueTemplate::Literal(v) = &t {
+                match input.ty.coerce(v) {
+                    None => site.push(diags, &here, format!("`{name}` takes {}, not {v}", input.ty)),
+                    Some(c) => {
+                        if let Some(allowed) = &input.allowed
+                            && !allowed.contains(&c)
+                        {
+                            let list: Vec<String> = allowed
+                                .iter()
+                                .map(|a| a.as_str().map(str::to_owned).unwrap_or_else(|| a.to_string()))
+                                .collect();
+                            site.push(
+                                diags,
+                                &here,
+                                format!("`{name}` is {v}, which is not one of: {}", list.join(", ")),
+                            );
+                        }
+                    }
+                }
+            }
+            out.push((name.clone(), t));
+        }
+    }
+    // Required inputs: given, defaulted from the connection, or (triggers) filled by the poller.
+    let engine_filled = |n: &str| is_trigger && (op.since.as_deref() == Some(n) || pagination_param(op, n));
+    let missing: Vec<&str> = op
+        .inputs
+        .iter()
+        .filter(|i| {
+            i.required
+                && !inputs.contains_key(&i.name)
+                && connection.default_for(&i.name).is_none()
+                && !engine_filled(&i.name)
+        })
+        .map(|i| i.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
+        let at_or_parent = if inputs.is_empty() { at.rsplit_once('.').map(|(p, _)| p).unwrap_or(at) } else { at };
+        site.push(
+            diags,
+            at_or_parent,
+            format!(
+                "missing required input{} {} for {}",
+                if missing.len() == 1 { "" } else { "s" },
+                list.join(", "),
+                op.key
+            ),
+        );
+    }
+    out
+}
+
+/// Inputs the pager sets itself.
+fn pagination_param(op: &Operation, name: &str) -> bool {
+    use crate::catalog::Pagination as P;
+    match &op.pagination {
+        P::None => false,
+        P::Offset { limit, offset, .. } => name == limit || name == offset,
+        P::Page { page, size, .. } => name == page || name == size,
+        P::StartAfter { limit, .. } => name == limit || name == "startAfter" || name == "startAfterId",
+        P::Cursor { param, limit, .. } => name == param || limit.as_deref() == Some(name),
+        P::LinkHeader { size, .. } => name == size,
+    }
+}
+
+fn compile_value(
+    value: &Value,
+    at: &str,
+    scope: &Scope,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<ValueTemplate> {
+    match value {
+        Value::String(s) if s.contains("{{") => {
+            compile_template(s, at, scope, site, diags).map(ValueTemplate::Template)
+        }
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for (i, v) in items.iter().enumerate() {
+                out.push(compile_value(v, &format!("{at}[{i}]"), scope, site, diags)?);
+            }
+            Some(ValueTemplate::Array(out))
+        }
+        Value::Object(map) => {
+            let mut out = Vec::new();
+            for (k, v) in map {
+                out.push((k.clone(), compile_value(v, &format!("{at}.{k}"), scope, site, diags)?));
+            }
+            Some(ValueTemplate::Object(out))
+        }
+        other => Some(ValueTemplate::Literal(other.clone())),
+    }
+}
+
+fn compile_template(
+    source: &str,
+    at: &str,
+    scope: &Scope,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<CompiledTemplate> {
+    let t = match CompiledTemplate::compile(source) {
+        Ok(t) => t,
+        Err(e) => {
+            let place = match (e.line, e.col) {
+                (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
+                _ => String::new(),
+            };
+            site.push(diags, at, format!("{}{place}", e.message));
+            return None;
+        }
+    };
+    let before = diags.len();
+    for r in t.references() {
+        if let Some(problem) = check_reference(&r, scope) {
+            site.push(diags, at, problem);
+        }
+    }
+    (diags.len() == before).then_some(t)
+}
+
+/// Why a reference cannot work, if it cannot.
+fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
+    let first = r.segments.first()?.as_str();
+    let rest = &r.segments[1..];
+    match first {
+        "trigger" => {
+            let Some(shape) = &scope.trigger else {
+                return Some(format!("`{}`: trigger inputs can use only `connection` and `env`", r.raw));
+            };
+            field_problem(shape, rest, &r.raw, &format!("an item of {}", scope.trigger_op))
+        }
+        "steps" => {
+            let Some(step) = rest.first() else { return Some("`steps` needs a step id: `steps.<id>.<field>`".into()) };
+            if let Some((_, op, shape)) = scope.earlier.iter().find(|(id, ..)| id == step) {
+                return field_problem(shape, &rest[1..], &r.raw, &format!("the response of {op}"));
+            }
+            if scope.all_steps.contains(step) {
+                return Some(format!(
+                    "`{}` refers to step `{step}`, which has not run yet at this point (a step can use only earlier steps)",
+                    r.raw
+                ));
+            }
+            let known: Vec<&str> = scope.all_steps.iter().map(String::as_str).collect();
+            Some(format!(
+                "`{}` refers to step `{step}`, which does not exist{}",
+                r.raw,
+                hint(step, known.iter().copied())
+            ))
+        }
+        "connection" => match rest.first().map(String::as_str) {
+            None => None,
+            Some(f) if CONNECTION_FIELDS.contains(&f) && rest.len() == 1 => None,
+            Some(f) => Some(format!(
+                "`{}`: connections have {}{}",
+                r.raw,
+                CONNECTION_FIELDS.join(", "),
+                hint(f, CONNECTION_FIELDS.iter().copied())
+            )),
+        },
+        "env" => match rest.first() {
+            None => Some("`env` needs a variable name: `env.NAME`".into()),
+            Some(name) if (scope.env)(name).is_none() => {
+                Some(format!("`{}`: environment variable `{name}` is not set", r.raw))
+            }
+            Some(_) => None,
+        },
+        other => Some(format!(
+            "unknown name `{}`; templates can use {}{}",
+            r.raw,
+            ROOTS.join(", "),
+            hint(other, ROOTS.iter().copied())
+        )),
+    }
+}
+
+fn field_problem(shape: &Shape, path: &[String], raw: &str, what: &str) -> Option<String> {
+    match shape.resolve(path) {
+        Ok(_) => None,
+        Err((depth, at)) => {
+            let missing = &path[depth];
+            let names = at.field_names();
+            Some(format!("`{raw}`: {what} has no field `{missing}`{}", hint(missing, names.iter().copied())))
+        }
+    }
+}

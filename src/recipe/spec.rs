@@ -1,0 +1,82 @@
+//! Recipe files (`recipes/<id>.yaml`), mirrored exactly. Doc comments here are the user's
+//! reference for the format, and the source of the published JSON Schema
+//! (`docs/recipe.schema.json`).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One automation: a trigger, an optional filter, and the steps to run for each item.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "ghlflow recipe")]
+pub struct RecipeSpec {
+    /// What the recipe does, in a few words.
+    pub name: String,
+    /// A longer explanation, for people reading the file.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where items come from.
+    pub trigger: TriggerSpec,
+    /// A template; items for which it renders empty, `false`, `0` or `null` are skipped.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Replay failed runs automatically, with growing delays (default false).
+    #[serde(default)]
+    pub autoreplay: bool,
+    /// The actions to run for each item, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// The trigger: an operation polled on a schedule.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// A trigger operation's full key, e.g. `ghl.contacts.search_contacts`.
+    pub operation: String,
+    /// The connection (from ghlflow.yaml) to poll it on.
+    pub connection: String,
+    /// Inputs of the trigger operation; templates may use `connection` and `env`.
+    #[serde(default)]
+    pub input: BTreeMap<String, serde_json::Value>,
+    /// How often to poll, from `1m` to `15m`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Or a cron expression (5 fields, or 6 with seconds); it may fire at most once a minute.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// The time zone of `cron` (IANA name, default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// `now` (default): the first poll records what exists and fires nothing.
+    /// `backfill`: the first poll runs every existing item.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// A poll that finds more new items than this holds them for `ghlflow runs release` or
+    /// `discard` instead of running them (default 100; 0 never holds).
+    #[serde(default)]
+    pub hold_above: Option<u32>,
+    /// Overrides the operation's dedupe rule: `id`, `id_updated` or `content`.
+    #[serde(default)]
+    pub dedupe: Option<String>,
+}
+
+/// One action of the chain.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// The step's name; later steps read its response as `steps.<id>`.
+    pub id: String,
+    /// The operation's full key, e.g. `ghl.contacts.upsert_contact`.
+    pub operation: String,
+    /// The connection (from ghlflow.yaml) to run it on.
+    pub connection: String,
+    /// A template; the step is skipped when it renders empty, `false`, `0` or `null`.
+    #[serde(default, rename = "if")]
+    pub condition: Option<String>,
+    /// The operation's inputs. Strings are templates over `trigger`, `steps`, `connection`
+    /// and `env`; a template that is exactly one expression keeps the value's type.
+    #[serde(default)]
+    pub input: BTreeMap<String, serde_json::Value>,
+}

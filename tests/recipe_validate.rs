@@ -1,0 +1,84 @@
+//! Recipe validation: fixture recipes with one mistake each (named for the mistake) are
+//! rejected with every problem at `file:line:col`; the rendered text is snapshotted. The
+//! valid fixture compiles, and `ghlflow validate` reports through the binary.
+
+use std::path::Path;
+
+use ghlflow::catalog;
+use ghlflow::config::Config;
+use ghlflow::recipe;
+
+const DIR: &str = "tests/fixtures/recipes";
+
+fn env(name: &str) -> Option<String> {
+    (name == "GHLFLOW_FIXTURE_SET_VAR").then(|| "set".to_owned())
+}
+
+fn compile(file: &Path) -> Result<recipe::Recipe, ghlflow::diagnostic::Diagnostics> {
+    let catalog = catalog::load_embedded().unwrap();
+    let config = Config::load(&Path::new(DIR).join("ghlflow.yaml"), &catalog, &env).unwrap_or_else(|d| panic!("{d}"));
+    let text = std::fs::read_to_string(file).unwrap();
+    let id = file.file_stem().unwrap().to_string_lossy();
+    recipe::compile_recipe(&file.display().to_string(), &id, &text, &catalog, &config, &env)
+}
+
+#[test]
+fn the_valid_recipe_compiles_with_types_and_references_resolved() {
+    let r = compile(&Path::new(DIR).join("valid/mirror_people.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.trigger.operation.key.to_string(), "capsule.parties.party_updated");
+    assert_eq!(r.trigger.hold_above, Some(100));
+}
+
+#[test]
+fn each_mistake_is_reported_at_its_place() {
+    let dir = Path::new(DIR).join("mistakes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 15, "only {} kinds of mistake", files.len());
+    for file in files {
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let err = match compile(&file) {
+            Ok(_) => panic!("{name}: compiled, but it holds a mistake"),
+            Err(e) => e,
+        };
+        for d in err.iter() {
+            assert!(d.position.line >= 1, "{name}: {d}");
+        }
+        insta::assert_snapshot!(format!("recipe_error__{name}"), err.to_string());
+    }
+}
+
+#[test]
+fn validate_reports_all_recipes_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(Path::new(DIR).join("ghlflow.yaml"), dir.path().join("ghlflow.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    for f in ["unknown_input", "interval_out_of_range"] {
+        std::fs::copy(Path::new(DIR).join(format!("mistakes/{f}.yaml")), dir.path().join(format!("recipes/{f}.yaml")))
+            .unwrap();
+    }
+    std::fs::copy(Path::new(DIR).join("valid/mirror_people.yaml"), dir.path().join("recipes/ok.yaml")).unwrap();
+    let out = crate::util::ghlflow(dir.path(), &["validate"]);
+    let err = crate::util::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("recipes/unknown_input.yaml:"), "{err}");
+    assert!(err.contains("recipes/interval_out_of_range.yaml:"), "{err}");
+    assert!(err.contains("2 problems"), "{err}");
+
+    std::fs::remove_file(dir.path().join("recipes/unknown_input.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("recipes/interval_out_of_range.yaml")).unwrap();
+    let out = crate::util::ghlflow(dir.path(), &["validate"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert!(crate::util::stdout(&out).contains("1 recipe OK"), "{}", crate::util::stdout(&out));
+}
+
+#[test]
+fn the_published_schema_matches_the_spec_types() {
+    let published = std::fs::read_to_string("docs/recipe.schema.json").expect("docs/recipe.schema.json exists");
+    assert_eq!(
+        published,
+        recipe::schema_json(),
+        "docs/recipe.schema.json is stale: run `cargo run -- schema recipe > docs/recipe.schema.json`"
+    );
+}
