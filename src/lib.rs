@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
+pub mod engine;
 pub mod http;
 pub mod recipe;
 pub mod store;

@@ -32,10 +32,123 @@ pub struct StoredTokens {
     pub scope: Option<String>,
 }
 
+/// Where a recipe's trigger stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TriggerState {
+    /// What the position belongs to (operation, connection, inputs); a change resets it.
+    pub fingerprint: String,
+    /// The first poll has run (recorded a baseline, or backfilled).
+    pub baselined: bool,
+    /// The newest record timestamp seen (ISO 8601), for feeds with a `since` filter.
+    pub cursor: Option<String>,
+    /// The inputs of the page to read next, when the last poll stopped at the page bound.
+    pub resume: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Unix seconds of the last poll.
+    pub last_poll: Option<u64>,
+    /// The last poll's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// A run's state. `held` runs wait for `runs release` or `runs discard`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Filtered,
+    Held,
+    Discarded,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Filtered => "filtered",
+            RunStatus::Held => "held",
+            RunStatus::Discarded => "discarded",
+        }
+    }
+
+    /// Whether the engine still owes work on it.
+    pub fn is_open(self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    /// Sent, answer not yet recorded: after a crash the effect may or may not exist.
+    Sent,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// One step of a run, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub id: String,
+    pub operation: String,
+    pub status: StepStatus,
+    /// The rendered inputs, with secrets redacted.
+    pub input: Option<serde_json::Value>,
+    /// The response body.
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    /// How many times it was sent (across replays).
+    pub attempts: u32,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+/// One item's run through a recipe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    /// The trigger item's id (or a content hash for single-record triggers).
+    pub item_id: Option<String>,
+    /// The trigger item itself.
+    pub item: serde_json::Value,
+    pub created: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub error: Option<String>,
+    pub steps: Vec<StepRecord>,
+    /// Automatic replays so far, and when the next one is due (Unix seconds).
+    #[serde(default)]
+    pub replays: u32,
+    #[serde(default)]
+    pub next_replay_at: Option<u64>,
+}
+
+/// What a poll decided, written in one transaction: new runs, seen marks, the trigger state.
+#[derive(Debug, Default)]
+pub struct PollCommit {
+    pub runs: Vec<RunRecord>,
+    pub seen: Vec<(String, String)>,
+    pub state: TriggerState,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     tokens: sled::Tree,
+    triggers: sled::Tree,
+    seen: sled::Tree,
+    runs: sled::Tree,
+    open: sled::Tree,
+    sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -58,15 +171,24 @@ impl Store {
                 fail(text)
             }
         })?;
-        let tokens = db.open_tree("tokens")?;
-        Ok(Store { db, tokens })
+        Self::from_db(db)
     }
 
     /// A store in a fresh temporary directory that disappears with the process (tests, demo).
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
-        let tokens = db.open_tree("tokens")?;
-        Ok(Store { db, tokens })
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        Ok(Store {
+            tokens: db.open_tree("tokens")?,
+            triggers: db.open_tree("triggers")?,
+            seen: db.open_tree("seen")?,
+            runs: db.open_tree("runs")?,
+            open: db.open_tree("open_runs")?,
+            sequence: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            db,
+        })
     }
 
     pub fn tokens(&self, connection: &str) -> Result<Option<StoredTokens>, StoreError> {
@@ -86,6 +208,150 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+
+    /// Like `flush`, without blocking a thread; concurrent callers share one disk sync.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // --- triggers -------------------------------------------------------------------
+
+    pub fn trigger_state(&self, recipe: &str) -> Result<Option<TriggerState>, StoreError> {
+        get_json(&self.triggers, recipe)
+    }
+
+    pub fn save_trigger_state(&self, recipe: &str, state: &TriggerState) -> Result<(), StoreError> {
+        put_json(&self.triggers, recipe, state)
+    }
+
+    /// The seen mark of one item of a recipe's feed (its updated time or content hash).
+    pub fn seen_mark(&self, recipe: &str, item: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.seen.get(seen_key(recipe, item))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Forgets everything a recipe's trigger has seen (`trigger reset`).
+    pub fn forget_seen(&self, recipe: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.seen.scan_prefix(seen_key(recipe, "")).keys() {
+            self.seen.remove(key?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Records a poll's outcome atomically: the runs it created, the items it marked seen
+    /// and the trigger's new position. A crash leaves either all of it or none.
+    pub fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let runs: Vec<(Vec<u8>, Vec<u8>)> = commit
+            .runs
+            .iter()
+            .map(|r| Ok((r.id.as_bytes().to_vec(), to_bytes(&r.id, r)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let state = to_bytes(recipe, &commit.state)?;
+        (&self.runs, &self.open, &self.seen, &self.triggers)
+            .transaction(|(runs_t, open_t, seen_t, triggers_t)| {
+                for (key, value) in &runs {
+                    runs_t.insert(key.as_slice(), value.as_slice())?;
+                    open_t.insert(key.as_slice(), recipe.as_bytes())?;
+                }
+                for (item, mark) in &commit.seen {
+                    seen_t.insert(seen_key(recipe, item), mark.as_bytes())?;
+                }
+                triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Corrupt { key: recipe.into(), reason: "poll commit aborted".into() }
+                }
+            })?;
+        Ok(())
+    }
+
+    // --- runs -----------------------------------------------------------------------
+
+    /// A new run id: sortable by creation time.
+    pub fn next_run_id(&self) -> String {
+        let ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let seq = self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000_000;
+        format!("{ms:013}-{seq:06}")
+    }
+
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        get_json(&self.runs, id)
+    }
+
+    /// Saves a run; open runs (queued, running) are also indexed for resuming.
+    pub fn save_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        put_json(&self.runs, &run.id, run)?;
+        if run.status.is_open() || run.next_replay_at.is_some() {
+            self.open.insert(run.id.as_bytes(), run.recipe.as_bytes())?;
+        } else {
+            self.open.remove(run.id.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Runs the engine still owes work on (queued, running, waiting for an automatic replay),
+    /// oldest first.
+    pub fn open_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.open.iter().keys() {
+            let key = key?;
+            if let Some(run) = self.run(&String::from_utf8_lossy(&key))? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs, newest first, optionally of one recipe, at most `limit`.
+    pub fn runs(&self, recipe: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.runs.iter().rev() {
+            let (key, value) = entry?;
+            let run: RunRecord = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: e.to_string(),
+            })?;
+            if recipe.is_none_or(|r| r == run.recipe) {
+                out.push(run);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs of a recipe in one status, oldest first.
+    pub fn runs_with_status(&self, recipe: &str, status: RunStatus) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out: Vec<RunRecord> =
+            self.runs(Some(recipe), usize::MAX)?.into_iter().filter(|r| r.status == status).collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Deletes finished runs created before `cutoff_ms` (Unix ms); returns how many.
+    pub fn prune_runs(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let end = format!("{cutoff_ms:013}");
+        let mut n = 0;
+        for entry in self.runs.range(..end.as_bytes()) {
+            let (key, value) = entry?;
+            let open = serde_json::from_slice::<RunRecord>(&value)
+                .map(|r| r.status.is_open() || r.status == RunStatus::Held)
+                .unwrap_or(false);
+            if !open {
+                self.runs.remove(&key)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
@@ -98,10 +364,20 @@ fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<
 }
 
 fn put_json<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
-    let bytes =
-        serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })?;
-    tree.insert(key.as_bytes(), bytes)?;
+    tree.insert(key.as_bytes(), to_bytes(key, value)?)?;
     Ok(())
+}
+
+fn to_bytes<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+}
+
+fn seen_key(recipe: &str, item: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(recipe.len() + item.len() + 1);
+    k.extend_from_slice(recipe.as_bytes());
+    k.push(0);
+    k.extend_from_slice(item.as_bytes());
+    k
 }
 
 #[cfg(unix)]

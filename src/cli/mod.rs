@@ -4,7 +4,10 @@
 
 mod call;
 mod connect;
+mod control;
 mod ops;
+mod run;
+mod runs;
 mod validate;
 
 use std::io::Write;
@@ -47,6 +50,12 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Check every recipe against the catalog and ghlflow.yaml.
     Validate(validate::ValidateArgs),
+    /// Poll the recipes and run what is new (until stopped, or once).
+    Run(run::RunArgs),
+    /// Run history: list, show, replay, release, discard.
+    Runs(runs::RunsArgs),
+    /// Move a recipe's trigger position.
+    Trigger(runs::TriggerArgs),
     /// Print a JSON Schema.
     #[command(subcommand)]
     Schema(validate::SchemaCommand),
@@ -59,6 +68,8 @@ pub enum CliError {
     Invalid(String),
     /// Something failed while running: exit 1.
     Runtime(String),
+    /// The command already printed why; exit with this code.
+    Quiet(u8),
 }
 
 impl CliError {
@@ -66,12 +77,14 @@ impl CliError {
         match self {
             CliError::Invalid(_) => ExitCode::from(2),
             CliError::Runtime(_) => ExitCode::from(1),
+            CliError::Quiet(code) => ExitCode::from(*code),
         }
     }
 
-    fn message(&self) -> &str {
+    fn message(&self) -> Option<&str> {
         match self {
-            CliError::Invalid(m) | CliError::Runtime(m) => m,
+            CliError::Invalid(m) | CliError::Runtime(m) => Some(m),
+            CliError::Quiet(_) => None,
         }
     }
 }
@@ -81,7 +94,9 @@ pub type CliResult = Result<(), CliError>;
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The engine tells what it does by default; one-shot commands only warn.
+    let default_level = if matches!(&cli.command, Command::Run(_)) { "info" } else { "warn" };
+    init_logging(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -92,7 +107,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {}", e.message());
+            if let Some(m) = e.message() {
+                let _ = writeln!(std::io::stderr(), "error: {m}");
+            }
             e.exit_code()
         }
     }
@@ -109,12 +126,16 @@ async fn run(cli: Cli) -> CliResult {
         Command::Connect(args) => connect::run(args, operations).await,
         Command::Validate(args) => validate::run(args, operations),
         Command::Schema(cmd) => validate::schema(cmd),
+        Command::Run(args) => run::run(args, operations).await,
+        Command::Runs(args) => runs::run(args, operations).await,
+        Command::Trigger(args) => runs::trigger(args, operations).await,
     }
 }
 
-/// Logs go to stderr; `GHLFLOW_LOG` (or `RUST_LOG`) sets the filter, default `warn`.
-fn init_logging(format: LogFormat) {
-    let filter = std::env::var("GHLFLOW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
+/// Logs go to stderr; `GHLFLOW_LOG` (or `RUST_LOG`) sets the filter.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        std::env::var("GHLFLOW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| default_level.into());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);

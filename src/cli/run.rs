@@ -1,0 +1,126 @@
+//! `ghlflow run`: the engine. Without `--once` it polls every recipe on its schedule until
+//! SIGINT or SIGTERM; with `--once` it polls each recipe once, drains the runs and exits
+//! (0 when every run succeeded, was filtered or is held; 1 when any failed; 2 on invalid
+//! input). `--dry-run` prints the requests the steps would send and sends no write.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{CliError, CliResult, load_catalog, load_config, print};
+use crate::engine::{Engine, EngineOptions, scheduler};
+use crate::http::HttpClient;
+use crate::store::{RunStatus, Store};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Poll each recipe once, run what is new, and exit.
+    #[arg(long)]
+    once: bool,
+    /// With --once: print the requests the actions would send; send no write, record nothing.
+    #[arg(long, requires = "once")]
+    dry_run: bool,
+    /// Only these recipes (by id, the file name without .yaml).
+    #[arg(long = "recipe", value_name = "ID")]
+    recipes: Vec<String>,
+    /// The configuration file.
+    #[arg(long, default_value = "ghlflow.yaml")]
+    config: PathBuf,
+}
+
+pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
+    let catalog = Arc::new(load_catalog(operations)?);
+    let config = Arc::new(load_config(&args.config, &catalog)?);
+    let recipes = crate::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &crate::config::process_env)
+        .map_err(|d| CliError::Invalid(format!("invalid recipes:\n{d}")))?;
+    for id in &args.recipes {
+        if !recipes.iter().any(|r| &r.id == id) {
+            let names: Vec<&str> = recipes.iter().map(|r| r.id.as_str()).collect();
+            return Err(CliError::Invalid(format!(
+                "no recipe `{id}` in {}{}",
+                config.recipes_dir.display(),
+                crate::diagnostic::hint(id, names.iter().copied())
+            )));
+        }
+    }
+    let recipes: Vec<_> =
+        recipes.into_iter().filter(|r| args.recipes.is_empty() || args.recipes.contains(&r.id)).collect();
+    let store = Store::open(&config.state_dir).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let client =
+        HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let options = EngineOptions { dry_run: args.dry_run };
+    let engine = Arc::new(Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, options));
+    engine.set_recipes(recipes);
+
+    if args.once {
+        let summary = engine.run_once(&args.recipes).await;
+        let mut out = String::new();
+        if args.dry_run {
+            for line in engine.take_plan() {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = writeln!(out, "dry run: nothing was written or recorded");
+        } else {
+            let new: usize = summary.polls.iter().map(|p| p.new).sum();
+            let held: usize = summary.polls.iter().map(|p| p.held).sum();
+            let baselines = summary.polls.iter().filter(|p| p.baseline).count();
+            let _ = writeln!(
+                out,
+                "polled {} recipe(s): {new} new item(s){}{}",
+                summary.polls.len(),
+                if baselines > 0 { format!(", {baselines} baseline(s) recorded") } else { String::new() },
+                if held > 0 { format!(", {held} held (see `ghlflow runs list --status held`)") } else { String::new() },
+            );
+            let _ = writeln!(
+                out,
+                "runs: {} succeeded, {} failed, {} filtered",
+                summary.count(RunStatus::Succeeded),
+                summary.count(RunStatus::Failed),
+                summary.count(RunStatus::Filtered)
+            );
+            for r in summary.runs.iter().filter(|r| r.status == RunStatus::Failed) {
+                let _ = writeln!(out, "failed: run {} ({}): {}", r.id, r.recipe, r.error.as_deref().unwrap_or(""));
+            }
+        }
+        print(&out)?;
+        for e in &summary.errors {
+            eprintln!("error: {e}");
+        }
+        let failed = summary.count(RunStatus::Failed) > 0 || !summary.errors.is_empty();
+        return if failed { Err(CliError::Quiet(1)) } else { Ok(()) };
+    }
+
+    if let Err(e) = super::control::serve(Arc::clone(&engine)) {
+        tracing::warn!(error = %e, "no control socket: `ghlflow runs` cannot reach this process while it runs");
+    }
+    tracing::info!(recipes = engine.recipes().len(), "running; stop with Ctrl-C (SIGINT) or SIGTERM");
+    let lateness = Arc::new(scheduler::Lateness::default());
+    scheduler::run(Arc::clone(&engine), Some(config.recipes_dir.clone()), lateness, shutdown_signal()).await;
+    let _ = std::fs::remove_file(super::control::socket_path(&config.state_dir));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

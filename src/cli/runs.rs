@@ -1,0 +1,360 @@
+//! `ghlflow runs ...` and `ghlflow trigger reset`: run history and the actions on it.
+//!
+//! Each command is a `RunsRequest` handled against an `Engine`. When no `ghlflow run` holds
+//! the state store, the command opens it itself; when one does (sled allows one process),
+//! the request goes to that process over its control socket (see `control`) and is handled
+//! there, so history can be read and runs replayed while the engine keeps running.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{CliError, CliResult, load_catalog, load_config};
+use crate::engine::{Engine, EngineOptions};
+use crate::http::HttpClient;
+use crate::store::{RunRecord, RunStatus, Store, StoreError};
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    command: RunsCommand,
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "ghlflow.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        /// Only this recipe's runs.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Only runs in this status (succeeded, failed, filtered, held, running, queued).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its trigger item, each step's input, response, status and timing.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a failed run from its failed step.
+    Replay { run: String },
+    /// Run a recipe's held batch.
+    Release { recipe: String },
+    /// Drop a recipe's held batch.
+    Discard { recipe: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[command(subcommand)]
+    command: TriggerCommand,
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "ghlflow.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerCommand {
+    /// Move a recipe's trigger on purpose: without --to, the next poll records a new
+    /// baseline; with --to TIME, it fires for everything changed since TIME.
+    Reset {
+        recipe: String,
+        /// An ISO 8601 time, e.g. 2026-11-01T00:00:00Z.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+/// A runs command, as sent to a running engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum RunsRequest {
+    List { recipe: Option<String>, status: Option<String>, limit: usize, json: bool },
+    Show { run: String, json: bool },
+    Replay { run: String },
+    Release { recipe: String },
+    Discard { recipe: String },
+    TriggerReset { recipe: String, to: Option<String> },
+}
+
+/// What a command printed, and its exit code.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub exit: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    fn ok(stdout: String) -> Self {
+        Reply { exit: 0, stdout, stderr: String::new() }
+    }
+
+    fn invalid(message: String) -> Self {
+        Reply { exit: 2, stdout: String::new(), stderr: format!("error: {message}\n") }
+    }
+
+    fn failed(message: String) -> Self {
+        Reply { exit: 1, stdout: String::new(), stderr: format!("error: {message}\n") }
+    }
+}
+
+pub async fn run(args: RunsArgs, operations: Option<&Path>) -> CliResult {
+    let req = match args.command {
+        RunsCommand::List { recipe, status, limit, json } => RunsRequest::List { recipe, status, limit, json },
+        RunsCommand::Show { run, json } => RunsRequest::Show { run, json },
+        RunsCommand::Replay { run } => RunsRequest::Replay { run },
+        RunsCommand::Release { recipe } => RunsRequest::Release { recipe },
+        RunsCommand::Discard { recipe } => RunsRequest::Discard { recipe },
+    };
+    dispatch(req, &args.config, operations).await
+}
+
+pub async fn trigger(args: TriggerArgs, operations: Option<&Path>) -> CliResult {
+    let TriggerCommand::Reset { recipe, to } = args.command;
+    dispatch(RunsRequest::TriggerReset { recipe, to }, &args.config, operations).await
+}
+
+/// Handles `req` here, or in the running engine when it holds the store.
+async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
+    let catalog = Arc::new(load_catalog(operations)?);
+    let config = Arc::new(load_config(config_path, &catalog)?);
+    let reply = match Store::open(&config.state_dir) {
+        Ok(store) => {
+            let recipes =
+                crate::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &crate::config::process_env)
+                    .map_err(|d| CliError::Invalid(format!("invalid recipes:\n{d}")))?;
+            let client = HttpClient::new(Some(store.clone()), config.redactor.clone())
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            let engine = Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default());
+            engine.set_recipes(recipes);
+            handle(req, &engine).await
+        }
+        Err(StoreError::Open { .. }) => {
+            super::control::ask(&config.state_dir, &req).await.map_err(CliError::Runtime)?
+        }
+        Err(e) => return Err(CliError::Runtime(e.to_string())),
+    };
+    print!("{}", reply.stdout);
+    eprint!("{}", reply.stderr);
+    match reply.exit {
+        0 => Ok(()),
+        2 => Err(CliError::Quiet(2)),
+        _ => Err(CliError::Quiet(1)),
+    }
+}
+
+/// Carries out one request against an engine.
+pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
+    match req {
+        RunsRequest::List { recipe, status, limit, json } => {
+            let status = match status.as_deref().map(parse_status) {
+                Some(None) => {
+                    return Reply::invalid(format!(
+                        "unknown status `{}`; use succeeded, failed, filtered, held, running, queued or discarded",
+                        status.unwrap_or_default()
+                    ));
+                }
+                Some(Some(s)) => Some(s),
+                None => None,
+            };
+            match engine.store.runs(recipe.as_deref(), if status.is_some() { usize::MAX } else { limit }) {
+                Ok(runs) => {
+                    let runs: Vec<RunRecord> =
+                        runs.into_iter().filter(|r| status.is_none_or(|s| r.status == s)).take(limit).collect();
+                    if json {
+                        let rows: Vec<Value> = runs.iter().map(list_row).collect();
+                        Reply::ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n")
+                    } else {
+                        Reply::ok(render_list(&runs))
+                    }
+                }
+                Err(e) => Reply::failed(e.to_string()),
+            }
+        }
+        RunsRequest::Show { run, json } => match engine.store.run(&run) {
+            Ok(Some(r)) if json => Reply::ok(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"),
+            Ok(Some(r)) => Reply::ok(render_run(&r)),
+            Ok(None) => Reply::invalid(format!("no run `{run}`; `ghlflow runs list` shows recent runs")),
+            Err(e) => Reply::failed(e.to_string()),
+        },
+        RunsRequest::Replay { run } => match engine.replay(&run).await {
+            Ok(o) if o.status == RunStatus::Succeeded => Reply::ok(format!("run {} replayed: succeeded\n", o.id)),
+            Ok(o) => Reply {
+                exit: 1,
+                stdout: format!("run {} replayed: {}\n", o.id, o.status.as_str()),
+                stderr: o.error.map(|e| format!("error: {e}\n")).unwrap_or_default(),
+            },
+            Err(
+                e @ (crate::engine::EngineError::UnknownRun(_)
+                | crate::engine::EngineError::Refused(_)
+                | crate::engine::EngineError::UnknownRecipe(_)),
+            ) => Reply::invalid(e.to_string()),
+            Err(e) => Reply::failed(e.to_string()),
+        },
+        RunsRequest::Release { recipe } => match engine.release(&recipe) {
+            Ok(ids) if ids.is_empty() => Reply::ok(format!("recipe `{recipe}` has no held runs\n")),
+            Ok(ids) => {
+                let n = ids.len();
+                let mut failed = 0;
+                for id in &ids {
+                    if engine.execute_run(id).await.map(|o| o.status == RunStatus::Failed).unwrap_or(true) {
+                        failed += 1;
+                    }
+                }
+                Reply {
+                    exit: u8::from(failed > 0),
+                    stdout: format!(
+                        "released {n} held run(s) of `{recipe}`: {} succeeded or filtered, {failed} failed\n",
+                        n - failed
+                    ),
+                    stderr: String::new(),
+                }
+            }
+            Err(e) => Reply::failed(e.to_string()),
+        },
+        RunsRequest::Discard { recipe } => match engine.discard(&recipe) {
+            Ok(n) => Reply::ok(format!("discarded {n} held run(s) of `{recipe}`\n")),
+            Err(e) => Reply::failed(e.to_string()),
+        },
+        RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()),
+    }
+}
+
+fn trigger_reset(engine: &Engine, recipe: &str, to: Option<&str>) -> Reply {
+    let Some(r) = engine.recipe(recipe) else {
+        let names: Vec<String> = engine.recipes().iter().map(|r| r.id.clone()).collect();
+        return Reply::invalid(format!(
+            "no recipe `{recipe}`{}",
+            crate::diagnostic::hint(recipe, names.iter().map(String::as_str))
+        ));
+    };
+    let cursor = match to {
+        None => None,
+        Some(t) => match crate::template::parse_date(&Value::String(t.to_owned())) {
+            Some(d) => Some(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => return Reply::invalid(format!("--to `{t}` is not a time; write e.g. 2026-11-01T00:00:00Z")),
+        },
+    };
+    let state = crate::store::TriggerState {
+        fingerprint: r.trigger.fingerprint.clone(),
+        baselined: cursor.is_some(),
+        cursor: cursor.clone(),
+        ..Default::default()
+    };
+    let result = engine
+        .store
+        .forget_seen(recipe)
+        .and_then(|_| engine.store.save_trigger_state(recipe, &state))
+        .and_then(|_| engine.store.flush());
+    match (result, cursor) {
+        (Err(e), _) => Reply::failed(e.to_string()),
+        (Ok(()), None) => Reply::ok(format!("trigger of `{recipe}` reset: the next poll records a new baseline\n")),
+        (Ok(()), Some(c)) => {
+            Reply::ok(format!("trigger of `{recipe}` moved to {c}: the next poll fires for what changed since then\n"))
+        }
+    }
+}
+
+fn parse_status(s: &str) -> Option<RunStatus> {
+    serde_json::from_value(Value::String(s.to_owned())).ok()
+}
+
+fn list_row(r: &RunRecord) -> Value {
+    json!({
+        "id": r.id,
+        "recipe": r.recipe,
+        "status": r.status.as_str(),
+        "trigger_item_id": r.item_id,
+        "started": r.started.as_ref().unwrap_or(&r.created),
+        "finished": r.finished,
+        "error": r.error,
+    })
+}
+
+fn render_list(runs: &[RunRecord]) -> String {
+    if runs.is_empty() {
+        return "no runs yet\n".into();
+    }
+    let rw = runs.iter().map(|r| r.recipe.len()).max().unwrap_or(6).max(6);
+    let iw = runs.iter().map(|r| r.item_id.as_deref().unwrap_or("-").len()).max().unwrap_or(4).clamp(4, 24);
+    let mut out =
+        format!("{:<20}  {:<rw$}  {:<9}  {:<iw$}  {:<24}  ERROR\n", "RUN", "RECIPE", "STATUS", "ITEM", "STARTED");
+    for r in runs {
+        let item: String = r.item_id.as_deref().unwrap_or("-").chars().take(iw).collect();
+        let error: String = r.error.as_deref().unwrap_or("").chars().take(80).collect();
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<rw$}  {:<9}  {:<iw$}  {:<24}  {error}",
+            r.id,
+            r.recipe,
+            r.status.as_str(),
+            item,
+            r.started.as_ref().unwrap_or(&r.created)
+        );
+    }
+    out
+}
+
+fn render_run(r: &RunRecord) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "run      {}", r.id);
+    let _ = writeln!(out, "recipe   {}", r.recipe);
+    let _ = writeln!(out, "status   {}", r.status.as_str());
+    let _ = writeln!(out, "item     {}", r.item_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "created  {}", r.created);
+    if let Some(s) = &r.started {
+        let _ = writeln!(out, "started  {s}");
+    }
+    if let Some(f) = &r.finished {
+        let _ = writeln!(out, "finished {f}");
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(out, "error    {e}");
+    }
+    if r.replays > 0 {
+        let _ = writeln!(out, "replays  {}", r.replays);
+    }
+    let _ = writeln!(out, "\ntrigger item:\n{}", indent(&serde_json::to_string_pretty(&r.item).unwrap_or_default()));
+    for (i, s) in r.steps.iter().enumerate() {
+        let status =
+            serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let timing = s.duration_ms.map(|d| format!(", {d} ms")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nstep {} `{}` ({}): {status}{timing}, sent {} time(s)",
+            i + 1,
+            s.id,
+            s.operation,
+            s.attempts
+        );
+        if let Some(input) = &s.input {
+            let _ = writeln!(out, "  input:\n{}", indent(&serde_json::to_string_pretty(input).unwrap_or_default()));
+        }
+        if let Some(output) = &s.output {
+            let _ = writeln!(out, "  response:\n{}", indent(&serde_json::to_string_pretty(output).unwrap_or_default()));
+        }
+        if let Some(e) = &s.error {
+            let _ = writeln!(out, "  error: {e}");
+        }
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

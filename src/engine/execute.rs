@@ -1,0 +1,336 @@
+//! Running one item through a recipe's steps.
+//!
+//! Each step's rendered input, response, status and timing is recorded as it happens, and a
+//! completed step is on disk before the next one starts, so a crash resumes at the first
+//! unfinished step and never sends a completed one again. A step that still fails after the
+//! HTTP layer's retries fails the run with the API's message; `replay` resumes it there.
+
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::{Engine, EngineError, connection_view, env_view, now_iso};
+use crate::http::{HttpError, prepare};
+use crate::recipe::{Recipe, Step, is_blank, render_inputs};
+use crate::store::{RunRecord, RunStatus, StepStatus};
+use crate::template::{context, truthy};
+
+/// How a run ended (for this attempt).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+}
+
+/// Growing waits between automatic replays: 1, 2, 4, 8, 16 minutes, then it stays failed.
+const AUTOREPLAY_LIMIT: u32 = 5;
+
+impl Engine {
+    /// Runs (or resumes) the run `id` until it succeeds, is filtered or fails.
+    pub async fn execute_run(&self, id: &str) -> Result<RunOutcome, EngineError> {
+        let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+        let Some(recipe) = self.recipe(&run.recipe) else {
+            return Err(EngineError::UnknownRecipe(run.recipe.clone()));
+        };
+        let span = tracing::info_span!("run", recipe = %run.recipe, run = %run.id);
+        let _enter = span.enter();
+        if !matches!(run.status, RunStatus::Queued | RunStatus::Running | RunStatus::Failed) {
+            return Ok(outcome(&run));
+        }
+        // Steps may have changed since the run was created (an edited recipe): line the
+        // record up with the current steps by id.
+        align_steps(&mut run, &recipe);
+        run.status = RunStatus::Running;
+        run.started.get_or_insert_with(now_iso);
+        run.error = None;
+        run.next_replay_at = None;
+
+        let base = json!({
+            "trigger": run.item,
+            "connection": Value::Null,
+            "env": env_view(&recipe),
+        });
+
+        // The filter runs once, before any step.
+        if run.steps.iter().all(|s| s.status == StepStatus::Pending)
+            && let Some(filter) = &recipe.filter
+        {
+            let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
+            match filter.render_string(&ctx) {
+                Ok(text) if !truthy(&text) => {
+                    run.status = RunStatus::Filtered;
+                    run.finished = Some(now_iso());
+                    self.store.save_run(&run)?;
+                    return Ok(outcome(&run));
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail_run(run, &recipe, format!("filter: {e}"), false).await,
+            }
+        }
+
+        let mut outputs = Map::new();
+        for record in &run.steps {
+            if record.status == StepStatus::Succeeded {
+                outputs.insert(record.id.clone(), record.output.clone().unwrap_or(Value::Null));
+            }
+        }
+        for (i, step) in recipe.steps.iter().enumerate() {
+            if matches!(run.steps[i].status, StepStatus::Succeeded | StepStatus::Skipped) {
+                continue;
+            }
+            let ctx = context(with_connection(&base, &step.connection, &outputs));
+            if let Some(cond) = &step.condition {
+                match cond.render_string(&ctx) {
+                    Ok(text) if !truthy(&text) => {
+                        run.steps[i].status = StepStatus::Skipped;
+                        run.steps[i].finished = Some(now_iso());
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return self.fail_step(run, &recipe, i, format!("if: {e}"), false).await,
+                }
+            }
+            let inputs = match self.step_inputs(step, &ctx, &run) {
+                Ok(i) => i,
+                Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
+            };
+            let record = &mut run.steps[i];
+            record.input = Some(self.config.redactor.redact_json(&Value::Object(inputs.clone())));
+            record.status = StepStatus::Sent;
+            record.attempts += 1;
+            record.started = Some(now_iso());
+            self.store.save_run(&run)?;
+            let started = Instant::now();
+            let result = self.client.execute(&step.connection, &step.operation, &inputs).await;
+            let record = &mut run.steps[i];
+            record.duration_ms = Some(started.elapsed().as_millis() as u64);
+            record.finished = Some(now_iso());
+            match result {
+                Ok(response) => {
+                    record.status = StepStatus::Succeeded;
+                    record.output = Some(response.body.clone());
+                    record.error = None;
+                    outputs.insert(step.id.clone(), response.body);
+                    // Durable before the next step: a resumed run must not send this again.
+                    self.store.save_run(&run)?;
+                    self.store.flush_async().await?;
+                }
+                Err(e) => {
+                    let retryable = e.is_retryable();
+                    let message = self.config.redactor.redact(&e.to_string());
+                    return self.fail_step(run, &recipe, i, message, retryable).await;
+                }
+            }
+        }
+        run.status = RunStatus::Succeeded;
+        run.finished = Some(now_iso());
+        self.store.save_run(&run)?;
+        self.store.flush_async().await?;
+        tracing::info!("run succeeded");
+        Ok(outcome(&run))
+    }
+
+    /// Renders a step's inputs; a required input that renders empty fails the step.
+    fn step_inputs(
+        &self,
+        step: &Step,
+        ctx: &handlebars::Context,
+        run: &RunRecord,
+    ) -> Result<Map<String, Value>, String> {
+        let mut inputs = render_inputs(&step.input, ctx)?;
+        // Connection defaults fill locationId and friends before the required check.
+        for input in &step.operation.inputs {
+            if !inputs.contains_key(&input.name)
+                && let Some(d) = step.connection.default_for(&input.name)
+            {
+                inputs.insert(input.name.clone(), Value::String(d.to_owned()));
+            }
+        }
+        let empty: Vec<String> = step
+            .operation
+            .inputs
+            .iter()
+            .filter(|i| i.required && inputs.get(&i.name).is_none_or(is_blank))
+            .map(|i| format!("`{}`", i.name))
+            .collect();
+        if !empty.is_empty() {
+            let item = run.item_id.as_deref().unwrap_or("?");
+            return Err(format!(
+                "required input{} {} rendered empty for item {item}",
+                if empty.len() == 1 { "" } else { "s" },
+                empty.join(", ")
+            ));
+        }
+        Ok(inputs)
+    }
+
+    async fn fail_step(
+        &self,
+        mut run: RunRecord,
+        recipe: &Recipe,
+        i: usize,
+        message: String,
+        retryable: bool,
+    ) -> Result<RunOutcome, EngineError> {
+        let step = &mut run.steps[i];
+        step.status = StepStatus::Failed;
+        step.error = Some(message.clone());
+        step.finished.get_or_insert_with(now_iso);
+        let message = format!("step `{}` ({}): {message}", step.id, step.operation);
+        self.fail_run(run, recipe, message, retryable).await
+    }
+
+    async fn fail_run(
+        &self,
+        mut run: RunRecord,
+        recipe: &Recipe,
+        message: String,
+        retryable: bool,
+    ) -> Result<RunOutcome, EngineError> {
+        tracing::warn!(error = %message, "run failed");
+        run.status = RunStatus::Failed;
+        run.error = Some(message);
+        run.finished = Some(now_iso());
+        if recipe.autoreplay && retryable && run.replays < AUTOREPLAY_LIMIT {
+            let wait = 60u64 << run.replays;
+            run.next_replay_at = Some(crate::http::auth::unix_now() + wait);
+        }
+        self.store.save_run(&run)?;
+        self.store.flush_async().await?;
+        Ok(outcome(&run))
+    }
+
+    /// `runs replay`: resumes a failed run from its failed step (completed steps are kept).
+    pub async fn replay(&self, id: &str) -> Result<RunOutcome, EngineError> {
+        let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+        if run.status != RunStatus::Failed {
+            return Err(EngineError::Refused(format!(
+                "run {id} is {}; only failed runs can be replayed",
+                run.status.as_str()
+            )));
+        }
+        for s in run.steps.iter_mut().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::Sent)) {
+            s.status = StepStatus::Pending;
+        }
+        run.status = RunStatus::Queued;
+        run.replays += 1;
+        self.store.save_run(&run)?;
+        self.execute_run(id).await
+    }
+
+    /// Puts held runs of a recipe in the queue; returns their ids.
+    pub fn release(&self, recipe: &str) -> Result<Vec<String>, EngineError> {
+        let mut ids = Vec::new();
+        for mut run in self.store.runs_with_status(recipe, RunStatus::Held)? {
+            run.status = RunStatus::Queued;
+            self.store.save_run(&run)?;
+            ids.push(run.id);
+        }
+        self.store.flush()?;
+        Ok(ids)
+    }
+
+    /// Drops held runs of a recipe (they stay in history as discarded).
+    pub fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
+        let mut n = 0;
+        for mut run in self.store.runs_with_status(recipe, RunStatus::Held)? {
+            run.status = RunStatus::Discarded;
+            run.finished = Some(now_iso());
+            self.store.save_run(&run)?;
+            n += 1;
+        }
+        self.store.flush()?;
+        Ok(n)
+    }
+
+    /// Dry run: the requests the steps would send for one item (earlier steps' responses are
+    /// stood in for by their samples; conditions on them may therefore differ).
+    pub(super) fn plan_item(&self, recipe: &Recipe, item_id: &str, item: &Value) {
+        let base = json!({"trigger": item, "connection": Value::Null, "env": env_view(recipe)});
+        if let Some(filter) = &recipe.filter {
+            let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
+            if filter.render_string(&ctx).map(|t| !truthy(&t)).unwrap_or(false) {
+                self.plan_line(format!("{}: item {item_id}: filtered out", recipe.id));
+                return;
+            }
+        }
+        let mut outputs = Map::new();
+        let fake_run = RunRecord {
+            id: String::new(),
+            recipe: recipe.id.clone(),
+            status: RunStatus::Queued,
+            item_id: Some(item_id.to_owned()),
+            item: item.clone(),
+            created: String::new(),
+            started: None,
+            finished: None,
+            error: None,
+            steps: Vec::new(),
+            replays: 0,
+            next_replay_at: None,
+        };
+        for step in &recipe.steps {
+            let ctx = context(with_connection(&base, &step.connection, &outputs));
+            if let Some(cond) = &step.condition
+                && cond.render_string(&ctx).map(|t| !truthy(&t)).unwrap_or(false)
+            {
+                self.plan_line(format!("{}: item {item_id}: step `{}` skipped (if)", recipe.id, step.id));
+                continue;
+            }
+            let line = match self.step_inputs(step, &ctx, &fake_run).map_err(|e| e.to_string()).and_then(|inputs| {
+                prepare(&step.operation, &step.connection, &inputs).map_err(|e: HttpError| e.to_string())
+            }) {
+                Ok(request) => format!(
+                    "{}: item {item_id}: step `{}` would send:\n{}",
+                    recipe.id,
+                    step.id,
+                    indent(&self.config.redactor.redact(&request.render("Bearer")))
+                ),
+                Err(e) => format!("{}: item {item_id}: step `{}` would fail: {e}", recipe.id, step.id),
+            };
+            self.plan_line(line);
+            outputs.insert(step.id.clone(), step.operation.sample_output.clone());
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn with_connection(base: &Value, connection: &crate::config::Connection, outputs: &Map<String, Value>) -> Value {
+    let mut v = base.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("connection".into(), connection_view(connection));
+        m.insert("steps".into(), Value::Object(outputs.clone()));
+    }
+    v
+}
+
+/// Makes `run.steps` match the recipe's steps by id, keeping what was recorded.
+fn align_steps(run: &mut RunRecord, recipe: &Recipe) {
+    let mut old: Vec<crate::store::StepRecord> = std::mem::take(&mut run.steps);
+    for step in &recipe.steps {
+        match old.iter().position(|s| s.id == step.id) {
+            Some(i) => run.steps.push(old.remove(i)),
+            None => run.steps.push(crate::store::StepRecord {
+                id: step.id.clone(),
+                operation: step.operation.key.to_string(),
+                status: StepStatus::Pending,
+                input: None,
+                output: None,
+                error: None,
+                attempts: 0,
+                started: None,
+                finished: None,
+                duration_ms: None,
+            }),
+        }
+    }
+}
+
+fn outcome(run: &RunRecord) -> RunOutcome {
+    RunOutcome { id: run.id.clone(), recipe: run.recipe.clone(), status: run.status, error: run.error.clone() }
+}

@@ -1,0 +1,206 @@
+//! The engine: polls recipes' triggers, turns new items into runs, and executes runs step
+//! by step, recording each in the state store so that nothing is lost or done twice.
+//!
+//! `poll` reads a trigger's feed and decides which items are new (dedupe, baseline, hold);
+//! `execute` runs one item through a recipe's steps, resuming at the first unfinished step;
+//! `scheduler` decides when each recipe polls and keeps the process running. The engine
+//! sends requests only through `http` and keeps state only through `store`.
+
+mod execute;
+mod poll;
+pub mod scheduler;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value, json};
+
+pub use execute::RunOutcome;
+pub use poll::PollOutcome;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Connection};
+use crate::http::HttpClient;
+use crate::recipe::Recipe;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("recipe `{recipe}`: {message}")]
+    Poll { recipe: String, message: String },
+    #[error("no recipe `{0}` is loaded")]
+    UnknownRecipe(String),
+    #[error("no run `{0}`")]
+    UnknownRun(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Options that change what the engine does.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Poll and render, print what would be sent, send no write and record nothing.
+    pub dry_run: bool,
+}
+
+/// Everything a running ghlflow shares.
+#[derive(Debug)]
+pub struct Engine {
+    pub catalog: Arc<Catalog>,
+    pub config: Arc<Config>,
+    pub client: Arc<HttpClient>,
+    pub store: Store,
+    pub options: EngineOptions,
+    recipes: RwLock<BTreeMap<String, Arc<Recipe>>>,
+    /// Lines of the dry-run plan, in order.
+    plan: std::sync::Mutex<Vec<String>>,
+}
+
+impl Engine {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        config: Arc<Config>,
+        client: Arc<HttpClient>,
+        store: Store,
+        options: EngineOptions,
+    ) -> Self {
+        Engine { catalog, config, client, store, options, recipes: RwLock::default(), plan: Default::default() }
+    }
+
+    /// Replaces the loaded recipes.
+    pub fn set_recipes(&self, recipes: Vec<Recipe>) {
+        let map = recipes.into_iter().map(|r| (r.id.clone(), Arc::new(r))).collect();
+        *self.recipes.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    pub fn upsert_recipe(&self, recipe: Recipe) {
+        self.recipes.write().unwrap_or_else(|p| p.into_inner()).insert(recipe.id.clone(), Arc::new(recipe));
+    }
+
+    pub fn remove_recipe(&self, id: &str) {
+        self.recipes.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn recipe(&self, id: &str) -> Option<Arc<Recipe>> {
+        self.recipes.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn recipes(&self) -> Vec<Arc<Recipe>> {
+        self.recipes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The dry-run plan so far.
+    pub fn take_plan(&self) -> Vec<String> {
+        std::mem::take(&mut *self.plan.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn plan_line(&self, line: String) {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    /// Polls every recipe once and drains every open run: `run --once`.
+    pub async fn run_once(self: &Arc<Self>, only: &[String]) -> OnceSummary {
+        let mut summary = OnceSummary::default();
+        // Runs left open by an earlier process first (crash recovery), in order.
+        if !self.options.dry_run {
+            match self.store.open_runs() {
+                Ok(runs) => {
+                    for run in
+                        runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
+                    {
+                        summary.add_run(self.execute_run(&run.id).await);
+                    }
+                }
+                Err(e) => summary.errors.push(e.to_string()),
+            }
+        }
+        let recipes: Vec<Arc<Recipe>> =
+            self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)).collect();
+        let mut tasks = Vec::new();
+        for recipe in recipes {
+            let engine = Arc::clone(self);
+            tasks.push(tokio::spawn(async move {
+                let outcome = engine.poll(&recipe).await;
+                let mut runs = Vec::new();
+                if let Ok(o) = &outcome {
+                    for id in &o.queued {
+                        runs.push(engine.execute_run(id).await);
+                    }
+                }
+                (outcome, runs)
+            }));
+        }
+        for t in tasks {
+            match t.await {
+                Ok((outcome, runs)) => {
+                    match outcome {
+                        Ok(o) => summary.polls.push(o),
+                        Err(e) => summary.errors.push(e.to_string()),
+                    }
+                    for r in runs {
+                        summary.add_run(r);
+                    }
+                }
+                Err(e) => summary.errors.push(format!("a poll task failed: {e}")),
+            }
+        }
+        summary
+    }
+}
+
+/// What `run --once` did.
+#[derive(Debug, Default)]
+pub struct OnceSummary {
+    pub polls: Vec<PollOutcome>,
+    pub runs: Vec<RunOutcome>,
+    pub errors: Vec<String>,
+}
+
+impl OnceSummary {
+    fn add_run(&mut self, r: Result<RunOutcome, EngineError>) {
+        match r {
+            Ok(o) => self.runs.push(o),
+            Err(e) => self.errors.push(e.to_string()),
+        }
+    }
+
+    pub fn count(&self, status: crate::store::RunStatus) -> usize {
+        self.runs.iter().filter(|r| r.status == status).count()
+    }
+}
+
+/// What templates see as `connection`: no credentials.
+pub fn connection_view(c: &Connection) -> Value {
+    json!({
+        "name": c.name,
+        "app": c.app.id,
+        "location_id": c.location_id,
+        "company_id": c.company_id,
+        "base_url": c.base_url,
+    })
+}
+
+/// The environment variables a recipe's templates use.
+pub fn env_view(recipe: &Recipe) -> Value {
+    let mut m = Map::new();
+    let all = recipe.trigger.input.iter().flat_map(|(_, t)| t.templates()).chain(recipe.filter.iter()).chain(
+        recipe.steps.iter().flat_map(|s| s.condition.iter().chain(s.input.iter().flat_map(|(_, t)| t.templates()))),
+    );
+    for t in all {
+        for r in t.references() {
+            if r.segments.first().map(String::as_str) == Some("env")
+                && let Some(name) = r.segments.get(1)
+                && let Ok(v) = std::env::var(name)
+            {
+                m.insert(name.clone(), Value::String(v));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+pub fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,276 @@
+//! One poll of one recipe's trigger: read the feed, keep what is new, and record the
+//! outcome (new runs, seen marks, the trigger's position) in one transaction.
+//!
+//! A feed with a `since` filter reads every page changed since its cursor (the newest
+//! record timestamp seen, minus an overlap that dedupe absorbs); other list feeds read
+//! pages until one holds an item already seen. A page bound that ends a poll leaves the
+//! position of the next page, where the next poll goes on. The first poll records a
+//! baseline (or backfills); later polls hold a batch larger than `hold_above`.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError, connection_view, env_view, now_iso};
+use crate::catalog::{Dedupe, Records};
+use crate::http::Pager;
+use crate::recipe::{Recipe, Start, render_inputs};
+use crate::store::{PollCommit, RunRecord, RunStatus, StepRecord, StepStatus, TriggerState};
+use crate::template::{context, parse_date};
+
+/// How far the `since` filter reaches back before the cursor.
+const SINCE_OVERLAP: chrono::Duration = chrono::Duration::minutes(2);
+
+/// What one poll found and did.
+#[derive(Debug, Clone, Default)]
+pub struct PollOutcome {
+    pub recipe: String,
+    /// Records read.
+    pub fetched: usize,
+    /// Records that were new (or changed).
+    pub new: usize,
+    /// Runs created and queued, oldest item first.
+    pub queued: Vec<String>,
+    /// Items held for release.
+    pub held: usize,
+    /// This poll recorded the baseline.
+    pub baseline: bool,
+    /// The poll stopped at the page bound; the next goes on from there.
+    pub stopped_at_bound: bool,
+}
+
+impl Engine {
+    /// Polls `recipe` once.
+    pub async fn poll(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
+        let span = tracing::info_span!("poll", recipe = %recipe.id);
+        let _enter = span.enter();
+        let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
+        let trigger = &recipe.trigger;
+        let op = &trigger.operation;
+
+        let mut state = match self.store.trigger_state(&recipe.id)? {
+            Some(s) if s.fingerprint == trigger.fingerprint => s,
+            Some(_) => {
+                // The trigger was edited into another one: a new position, a new baseline,
+                // and nothing of what the old feed had seen.
+                self.store.forget_seen(&recipe.id)?;
+                TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() }
+            }
+            None => TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() },
+        };
+
+        let ctx =
+            context(serde_json::json!({"connection": connection_view(&trigger.connection), "env": env_view(recipe)}));
+        let mut inputs = render_inputs(&trigger.input, &ctx).map_err(fail)?;
+        if let (Some(since), Some(cursor)) = (&op.since, &state.cursor)
+            && let Some(at) = parse_date(&Value::String(cursor.clone()))
+        {
+            let from = at - SINCE_OVERLAP;
+            inputs.insert(since.clone(), Value::String(from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+        }
+        let resumed = state.resume.take();
+        let start_inputs = resumed.clone().unwrap_or(inputs);
+
+        // Read pages.
+        let mut pager = Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(op), start_inputs, None);
+        let mut records: Vec<Value> = Vec::new();
+        let stop_at_seen =
+            op.since.is_none() && matches!(op.output.as_ref().map(|o| &o.records), Some(Records::Items(_)));
+        while let Some(page) = pager.next_page().await {
+            let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
+            let mut reached_seen = false;
+            for r in page.records {
+                if stop_at_seen && state.baselined && self.is_seen(recipe, &r)? {
+                    reached_seen = true;
+                }
+                records.push(r);
+            }
+            if reached_seen {
+                break;
+            }
+        }
+        let stopped_at_bound = pager.stopped_at_bound();
+        state.resume = if stopped_at_bound { pager.next_inputs().cloned() } else { None };
+
+        // Keep what is new, oldest first.
+        let mut new_items: Vec<(String, String, Value)> = Vec::new(); // (item id, seen mark, record)
+        let mut seen_in_this_poll = std::collections::HashSet::new();
+        for r in &records {
+            let (id, mark) = self.identity(recipe, r);
+            if !seen_in_this_poll.insert(id.clone()) {
+                continue;
+            }
+            if self.store.seen_mark(&recipe.id, &id)?.as_deref() != Some(mark.as_str()) {
+                new_items.push((id, mark, r.clone()));
+            }
+        }
+        let updated = op.output.as_ref().and_then(|o| o.updated.clone());
+        if let Some(field) = &updated {
+            new_items.sort_by_key(|(_, _, r)| field.get(r).and_then(parse_date));
+        }
+        // The cursor moves to the newest record timestamp read (never the local clock).
+        if let Some(field) = &updated {
+            let newest = records
+                .iter()
+                .filter_map(|r| field.get(r))
+                .filter_map(|v| parse_date(v).map(|d| (d, v)))
+                .max_by_key(|(d, _)| *d);
+            if let Some((d, _)) = newest
+                && state.cursor.as_deref().and_then(|c| parse_date(&Value::String(c.to_owned()))).is_none_or(|c| d > c)
+            {
+                state.cursor = Some(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            }
+        }
+
+        let mut outcome = PollOutcome {
+            recipe: recipe.id.clone(),
+            fetched: records.len(),
+            new: new_items.len(),
+            stopped_at_bound,
+            ..Default::default()
+        };
+        let first_poll = !state.baselined;
+        let status = if first_poll && trigger.start == Start::Now {
+            outcome.baseline = true;
+            None
+        } else if !first_poll && trigger.hold_above.is_some_and(|n| new_items.len() > n as usize) {
+            outcome.held = new_items.len();
+            Some(RunStatus::Held)
+        } else {
+            Some(RunStatus::Queued)
+        };
+        // A baseline spans every page: it is complete only once the walk got to the end.
+        state.baselined = state.baselined || !stopped_at_bound || trigger.start == Start::Backfill;
+        state.last_poll = Some(crate::http::auth::unix_now());
+        state.last_error = None;
+
+        if self.options.dry_run {
+            match status {
+                None => self.plan_line(format!(
+                    "{}: first poll would record a baseline of {} item(s) and run nothing",
+                    recipe.id,
+                    new_items.len()
+                )),
+                Some(RunStatus::Held) => self.plan_line(format!(
+                    "{}: {} new item(s) would be held (more than hold_above)",
+                    recipe.id,
+                    new_items.len()
+                )),
+                Some(_) => {
+                    for (id, _, item) in &new_items {
+                        self.plan_item(recipe, id, item);
+                    }
+                    if new_items.is_empty() {
+                        self.plan_line(format!("{}: no new items", recipe.id));
+                    }
+                }
+            }
+            return Ok(outcome);
+        }
+
+        let mut commit = PollCommit { state, ..Default::default() };
+        for (id, mark, item) in new_items {
+            commit.seen.push((id.clone(), mark));
+            if let Some(status) = status {
+                let run = new_run(self, recipe, status, id, item);
+                if status == RunStatus::Queued {
+                    outcome.queued.push(run.id.clone());
+                }
+                commit.runs.push(run);
+            }
+        }
+        self.store.commit_poll(&recipe.id, &commit)?;
+        self.store.flush_async().await?;
+        tracing::info!(
+            fetched = outcome.fetched,
+            new = outcome.new,
+            queued = outcome.queued.len(),
+            held = outcome.held,
+            baseline = outcome.baseline,
+            "polled"
+        );
+        Ok(outcome)
+    }
+
+    /// The item's id and the mark that tells whether it changed.
+    fn identity(&self, recipe: &Recipe, record: &Value) -> (String, String) {
+        let output = recipe.trigger.operation.output.as_ref();
+        let id = output.and_then(|o| o.id.as_ref()).and_then(|p| p.get(record)).map(scalar).filter(|s| !s.is_empty());
+        match recipe.trigger.dedupe {
+            Dedupe::Id => {
+                let id = id.unwrap_or_else(|| content_hash(record));
+                (id, "seen".into())
+            }
+            Dedupe::IdUpdated => {
+                let updated =
+                    output.and_then(|o| o.updated.as_ref()).and_then(|p| p.get(record)).map(scalar).unwrap_or_default();
+                (id.unwrap_or_else(|| content_hash(record)), format!("u:{updated}"))
+            }
+            // One record watched: one key, its content as the mark.
+            Dedupe::Content => ("record".into(), content_hash(record)),
+        }
+    }
+
+    fn is_seen(&self, recipe: &Recipe, record: &Value) -> Result<bool, EngineError> {
+        let (id, mark) = self.identity(recipe, record);
+        Ok(self.store.seen_mark(&recipe.id, &id)?.as_deref() == Some(mark.as_str()))
+    }
+}
+
+fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
+    RunRecord {
+        id: engine.store.next_run_id(),
+        recipe: recipe.id.clone(),
+        status,
+        item_id: Some(item_id),
+        item,
+        created: now_iso(),
+        started: None,
+        finished: None,
+        error: None,
+        steps: recipe
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                id: s.id.clone(),
+                operation: s.operation.key.to_string(),
+                status: StepStatus::Pending,
+                input: None,
+                output: None,
+                error: None,
+                attempts: 0,
+                started: None,
+                finished: None,
+                duration_ms: None,
+            })
+            .collect(),
+        replays: 0,
+        next_replay_at: None,
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A stable hash of a record's content (keys sorted, so field order does not matter).
+pub fn content_hash(record: &Value) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut sorted: Vec<(&String, &Value)> = m.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), canonical(v))).collect::<Map<_, _>>())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let digest = Sha256::digest(canonical(record).to_string().as_bytes());
+    hex::encode(&digest[..16])
+}

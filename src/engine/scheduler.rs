@@ -1,0 +1,288 @@
+//! The long-running loop of `ghlflow run`: one due-queue for every recipe, with jitter so
+//! that many recipes on the same interval spread out, bounded poll concurrency, recipes
+//! picked up from disk while running, and a clean stop on SIGINT or SIGTERM.
+//!
+//! A recipe is never polled again while its previous poll (and the runs it queued) is still
+//! going; its next poll is then due one period later. Open runs left by an earlier process
+//! are resumed first. Lateness (how long after its due time a poll started) is kept for
+//! the scheduler bench.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Engine;
+use crate::recipe::{Recipe, Schedule, compile_recipe};
+
+/// How often the recipes folder is checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// How often automatic replays and history pruning are looked at.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+/// Polls in flight at once.
+const MAX_CONCURRENT_POLLS: usize = 256;
+
+/// Poll lateness samples, in microseconds.
+#[derive(Debug, Default)]
+pub struct Lateness(Mutex<Vec<u64>>);
+
+impl Lateness {
+    fn record(&self, late: Duration) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(late.as_micros() as u64);
+        }
+    }
+
+    /// All samples so far, sorted.
+    pub fn sorted(&self) -> Vec<u64> {
+        let mut v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Runs until `shutdown` resolves. `recipes_dir` is watched when given.
+pub async fn run(
+    engine: Arc<Engine>,
+    recipes_dir: Option<PathBuf>,
+    lateness: Arc<Lateness>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    let polls = Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS));
+
+    // Finish what an earlier process left open.
+    if let Ok(open) = engine.store.open_runs() {
+        let engine = Arc::clone(&engine);
+        tasks.spawn(async move {
+            for run in open.into_iter().filter(|r| r.status.is_open()) {
+                if let Err(e) = engine.execute_run(&run.id).await {
+                    tracing::warn!(run = %run.id, error = %e, "could not resume a run");
+                }
+            }
+            String::new()
+        });
+    }
+
+    let mut due: BTreeSet<(Instant, String)> = BTreeSet::new();
+    let mut due_of: HashMap<String, Instant> = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let now = Instant::now();
+    for recipe in engine.recipes() {
+        let at = now + initial_jitter(&recipe);
+        due.insert((at, recipe.id.clone()));
+        due_of.insert(recipe.id.clone(), at);
+    }
+    let mut watched = recipes_dir.as_deref().map(snapshot).unwrap_or_default();
+    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+
+    loop {
+        let next_due = due.first().map(|(t, _)| *t);
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = async { match next_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                let now = Instant::now();
+                while let Some((t, id)) = due.first().cloned() {
+                    if t > now { break; }
+                    due.pop_first();
+                    due_of.remove(&id);
+                    let Some(recipe) = engine.recipe(&id) else { continue };
+                    let period = recipe.trigger.schedule.period();
+                    let next = next_due_after(&recipe, t, period);
+                    due.insert((next, id.clone()));
+                    due_of.insert(id.clone(), next);
+                    if !busy.insert(id.clone()) {
+                        continue; // still busy with the last poll: skip this one
+                    }
+                    lateness.record(now.saturating_duration_since(t));
+                    let engine = Arc::clone(&engine);
+                    let polls = Arc::clone(&polls);
+                    tasks.spawn(async move {
+                        let _slot = polls.acquire().await.ok();
+                        match engine.poll(&recipe).await {
+                            Ok(outcome) => {
+                                for run in &outcome.queued {
+                                    if let Err(e) = engine.execute_run(run).await {
+                                        tracing::warn!(run = %run, error = %e, "run could not execute");
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
+                                record_poll_error(&engine, &recipe.id, &e.to_string());
+                            }
+                        }
+                        recipe.id.clone()
+                    });
+                }
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(id) = done { busy.remove(&id); }
+            }
+            _ = reload.tick(), if recipes_dir.is_some() => {
+                if let Some(dir) = &recipes_dir {
+                    let now_files = snapshot(dir);
+                    if now_files != watched {
+                        apply_changes(&engine, dir, &watched, &now_files, &mut due, &mut due_of);
+                        watched = now_files;
+                    }
+                }
+            }
+            _ = maintain.tick() => maintain_once(&engine, &mut tasks),
+        }
+    }
+
+    // Stop: no new polls; let in-flight runs finish their steps, within a limit.
+    tracing::info!(in_flight = tasks.len(), "stopping: finishing in-flight work");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("in-flight work did not finish within 30 s; unfinished runs resume at the next start");
+    }
+    let _ = engine.store.flush_async().await;
+}
+
+/// First poll: somewhere in the first period, at a place fixed by the recipe id, so a
+/// thousand recipes on `every: 5m` spread over the five minutes.
+fn initial_jitter(recipe: &Recipe) -> Duration {
+    let period = recipe.trigger.schedule.period().max(Duration::from_secs(1));
+    match &recipe.trigger.schedule {
+        Schedule::Every(_) => Duration::from_millis(stable_hash(&recipe.id) % period.as_millis().max(1) as u64),
+        Schedule::Cron { .. } => until_next_cron(recipe) + cron_jitter(recipe, period),
+    }
+}
+
+fn next_due_after(recipe: &Recipe, previous: Instant, period: Duration) -> Instant {
+    match &recipe.trigger.schedule {
+        Schedule::Every(_) => {
+            let next = previous + period;
+            let now = Instant::now();
+            if next < now { now } else { next }
+        }
+        Schedule::Cron { .. } => Instant::now() + until_next_cron(recipe) + cron_jitter(recipe, period),
+    }
+}
+
+fn until_next_cron(recipe: &Recipe) -> Duration {
+    let now = chrono::Utc::now();
+    let next = recipe.trigger.schedule.next_after(now);
+    (next - now).to_std().unwrap_or_default()
+}
+
+/// Cron polls spread over at most a tenth of their period (and 30 s).
+fn cron_jitter(recipe: &Recipe, period: Duration) -> Duration {
+    let spread = (period / 10).min(Duration::from_secs(30)).as_millis().max(1) as u64;
+    Duration::from_millis(stable_hash(&recipe.id) % spread)
+}
+
+fn stable_hash(text: &str) -> u64 {
+    // FNV-1a: stable across runs and builds, which std's hasher is not.
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
+    if let Ok(Some(mut state)) = engine.store.trigger_state(recipe) {
+        state.last_error = Some(error.to_owned());
+        let _ = engine.store.save_trigger_state(recipe, &state);
+    }
+}
+
+/// Automatic replays that are due, and history past its retention.
+fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
+    let now = crate::http::auth::unix_now();
+    if let Ok(open) = engine.store.open_runs() {
+        for run in open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now)) {
+            let engine = Arc::clone(engine);
+            tasks.spawn(async move {
+                if let Err(e) = engine.replay(&run.id).await {
+                    tracing::warn!(run = %run.id, error = %e, "automatic replay failed to start");
+                }
+                String::new()
+            });
+        }
+    }
+    let cutoff = SystemTime::now()
+        .checked_sub(engine.config.retention)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+    if let Some(cutoff) = cutoff
+        && let Ok(n) = engine.store.prune_runs(cutoff.as_millis() as u64)
+        && n > 0
+    {
+        tracing::info!(pruned = n, "pruned run history past its retention");
+    }
+}
+
+type Snapshot = BTreeMap<PathBuf, (SystemTime, u64)>;
+
+fn snapshot(dir: &Path) -> Snapshot {
+    let mut out = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && let Ok(m) = e.metadata()
+            {
+                out.insert(p, (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+            }
+        }
+    }
+    out
+}
+
+/// Recompiles changed recipe files; a file that no longer compiles keeps its old version.
+fn apply_changes(
+    engine: &Arc<Engine>,
+    _dir: &Path,
+    before: &Snapshot,
+    after: &Snapshot,
+    due: &mut BTreeSet<(Instant, String)>,
+    due_of: &mut HashMap<String, Instant>,
+) {
+    let id_of = |p: &Path| p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    for path in before.keys().filter(|p| !after.contains_key(*p)) {
+        let id = id_of(path);
+        engine.remove_recipe(&id);
+        if let Some(t) = due_of.remove(&id) {
+            due.remove(&(t, id.clone()));
+        }
+        tracing::info!(recipe = %id, "recipe removed");
+    }
+    for (path, stamp) in after {
+        if before.get(path) == Some(stamp) {
+            continue;
+        }
+        let id = id_of(path);
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        match compile_recipe(
+            &path.display().to_string(),
+            &id,
+            &text,
+            &engine.catalog,
+            &engine.config,
+            &crate::config::process_env,
+        ) {
+            Ok(recipe) => {
+                let schedule_changed = engine
+                    .recipe(&id)
+                    .is_none_or(|old| old.trigger.schedule.period() != recipe.trigger.schedule.period());
+                let recipe_arc = Arc::new(recipe);
+                engine.upsert_recipe((*recipe_arc).clone());
+                if schedule_changed {
+                    if let Some(t) = due_of.remove(&id) {
+                        due.remove(&(t, id.clone()));
+                    }
+                    let at = Instant::now() + initial_jitter(&recipe_arc);
+                    due.insert((at, id.clone()));
+                    due_of.insert(id.clone(), at);
+                }
+                tracing::info!(recipe = %id, "recipe loaded");
+            }
+            Err(d) => tracing::error!(recipe = %id, problems = %d, "recipe has problems; keeping the previous version"),
+        }
+    }
+}
