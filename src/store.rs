@@ -148,6 +148,7 @@ pub struct Store {
     seen: sled::Tree,
     runs: sled::Tree,
     open: sled::Tree,
+    ids: sled::Tree,
     sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -186,6 +187,7 @@ impl Store {
             seen: db.open_tree("seen")?,
             runs: db.open_tree("runs")?,
             open: db.open_tree("open_runs")?,
+            ids: db.open_tree("id_map")?,
             sequence: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             db,
         })
@@ -268,6 +270,19 @@ impl Store {
                     StoreError::Corrupt { key: recipe.into(), reason: "poll commit aborted".into() }
                 }
             })?;
+        Ok(())
+    }
+
+    // --- the id map -----------------------------------------------------------------
+
+    /// The id remembered under `key` (e.g. the GHL contact id of `party:123`).
+    pub fn id_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.ids.get(key.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Remembers `id` under `key`.
+    pub fn remember_id(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        self.ids.insert(key.as_bytes(), id.as_bytes())?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use handlebars::{
 use serde_json::{Map, Value};
 
 /// The roots a template may name.
-pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env"];
+pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env", "ids", "item"];
 
 /// A parsed template, ready to render many times.
 #[derive(Debug, Clone)]

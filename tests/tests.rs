@@ -7,6 +7,7 @@ mod util;
 mod catalog_counts;
 mod catalog_errors;
 mod cli_ops;
+mod engine;
 mod http_layer;
 mod prism_conformance;
 mod recipe_validate;

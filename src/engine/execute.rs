@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 
 use super::{Engine, EngineError, connection_view, env_view, now_iso};
 use crate::http::{HttpError, prepare};
-use crate::recipe::{Recipe, Step, is_blank, render_inputs};
+use std::sync::Arc;
+
+use crate::recipe::{Find, Recipe, Step, is_blank, render_inputs};
 use crate::store::{RunRecord, RunStatus, StepStatus};
 use crate::template::{context, truthy};
 
@@ -80,7 +82,12 @@ impl Engine {
             if matches!(run.steps[i].status, StepStatus::Succeeded | StepStatus::Skipped) {
                 continue;
             }
-            let ctx = context(with_connection(&base, &step.connection, &outputs));
+            let mut ctx_value = with_connection(&base, &step.connection, &outputs);
+            match self.resolve_ids(step, &ctx_value) {
+                Ok(ids) => set_root(&mut ctx_value, "ids", ids),
+                Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
+            }
+            let ctx = context(ctx_value.clone());
             if let Some(cond) = &step.condition {
                 match cond.render_string(&ctx) {
                     Ok(text) if !truthy(&text) => {
@@ -97,22 +104,32 @@ impl Engine {
                 Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
             };
             let record = &mut run.steps[i];
+            // Sent before but never answered (the process died): the write may exist.
+            let in_doubt = record.status == StepStatus::Sent;
             record.input = Some(self.config.redactor.redact_json(&Value::Object(inputs.clone())));
             record.status = StepStatus::Sent;
             record.attempts += 1;
             record.started = Some(now_iso());
             self.store.save_run(&run)?;
             let started = Instant::now();
-            let result = self.client.execute(&step.connection, &step.operation, &inputs).await;
+            let result = match &step.find {
+                Some(find) if step.operation.writes() => {
+                    self.send_checking_lost(step, find, &inputs, &ctx_value, in_doubt).await
+                }
+                _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
+            };
             let record = &mut run.steps[i];
             record.duration_ms = Some(started.elapsed().as_millis() as u64);
             record.finished = Some(now_iso());
             match result {
-                Ok(response) => {
+                Ok(body) => {
                     record.status = StepStatus::Succeeded;
-                    record.output = Some(response.body.clone());
+                    record.output = Some(body.clone());
                     record.error = None;
-                    outputs.insert(step.id.clone(), response.body);
+                    outputs.insert(step.id.clone(), body);
+                    if let Err(message) = self.save_ids(step, &ctx_value, &outputs) {
+                        return self.fail_step(run, &recipe, i, message, false).await;
+                    }
                     // Durable before the next step: a resumed run must not send this again.
                     self.store.save_run(&run)?;
                     self.store.flush_async().await?;
@@ -130,6 +147,97 @@ impl Engine {
         self.store.flush_async().await?;
         tracing::info!("run succeeded");
         Ok(outcome(&run))
+    }
+
+    /// `ids.<name>` for a step: each key rendered and looked up in the id map.
+    fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<Value, String> {
+        let mut ids = Map::new();
+        if step.ids.is_empty() {
+            return Ok(Value::Object(ids));
+        }
+        let ctx = context(ctx.clone());
+        for (name, key) in &step.ids {
+            let key = key.render_string(&ctx).map_err(|e| format!("ids.{name}: {e}"))?;
+            let id =
+                if key.trim().is_empty() { None } else { self.store.id_of(key.trim()).map_err(|e| e.to_string())? };
+            ids.insert(name.clone(), id.map(Value::String).unwrap_or(Value::Null));
+        }
+        Ok(Value::Object(ids))
+    }
+
+    /// After a step succeeded: remembers the ids its `save` names.
+    fn save_ids(&self, step: &Step, ctx: &Value, outputs: &Map<String, Value>) -> Result<(), String> {
+        if step.save.is_empty() {
+            return Ok(());
+        }
+        let mut ctx = ctx.clone();
+        set_root(&mut ctx, "steps", Value::Object(outputs.clone()));
+        let ctx = context(ctx);
+        for (key, value) in &step.save {
+            let key = key.render_string(&ctx).map_err(|e| format!("save: {e}"))?;
+            let value = value.render_string(&ctx).map_err(|e| format!("save: {e}"))?;
+            if !key.trim().is_empty() && !value.trim().is_empty() {
+                self.store.remember_id(key.trim(), value.trim()).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a write that has a `find`: each attempt is sent once, and after a failure that
+    /// may have hidden a success (a timeout, a dropped connection, a 5xx), the find looks for
+    /// what the write created before it is sent again.
+    async fn send_checking_lost(
+        &self,
+        step: &Step,
+        find: &Find,
+        inputs: &Map<String, Value>,
+        ctx: &Value,
+        in_doubt: bool,
+    ) -> Result<Value, HttpError> {
+        if in_doubt && let Some(found) = self.find_existing(step, find, ctx).await? {
+            tracing::info!(step = %step.id, "found what an interrupted attempt created; not sending it again");
+            return Ok(found);
+        }
+        let mut delays = crate::http::retry::delays(&step.operation.retry);
+        loop {
+            match self.client.execute_once(&step.connection, &step.operation, inputs).await {
+                Ok(response) => return Ok(response.body),
+                Err(e) if e.is_retryable() => {
+                    if let Some(found) = self.find_existing(step, find, ctx).await? {
+                        tracing::info!(step = %step.id, error = %e, "the answer was lost but the write was applied; using what it created");
+                        return Ok(found);
+                    }
+                    match delays.next() {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a find: the first candidate its `match` accepts, shaped like the write's response.
+    async fn find_existing(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
+        let inputs = render_inputs(&find.input, &context(ctx.clone()))
+            .map_err(|message| HttpError::InvalidInput { op: find.operation.key.to_string(), message })?;
+        let mut pager = crate::http::Pager::new(
+            &self.client,
+            Arc::clone(&step.connection),
+            Arc::clone(&find.operation),
+            inputs,
+            None,
+        );
+        while let Some(page) = pager.next_page().await {
+            for item in page?.records {
+                let mut c = ctx.clone();
+                set_root(&mut c, "item", item.clone());
+                if find.matcher.render_string(&context(c)).map(|t| truthy(&t)).unwrap_or(false) {
+                    return Ok(Some(shaped_like_response(&step.operation, item)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Renders a step's inputs; a required input that renders empty fails the step.
@@ -272,7 +380,11 @@ impl Engine {
             next_replay_at: None,
         };
         for step in &recipe.steps {
-            let ctx = context(with_connection(&base, &step.connection, &outputs));
+            let mut ctx_value = with_connection(&base, &step.connection, &outputs);
+            if let Ok(ids) = self.resolve_ids(step, &ctx_value) {
+                set_root(&mut ctx_value, "ids", ids);
+            }
+            let ctx = context(ctx_value);
             if let Some(cond) = &step.condition
                 && cond.render_string(&ctx).map(|t| !truthy(&t)).unwrap_or(false)
             {
@@ -298,6 +410,22 @@ impl Engine {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn set_root(ctx: &mut Value, name: &str, value: Value) {
+    if let Value::Object(m) = ctx {
+        m.insert(name.to_owned(), value);
+    }
+}
+
+/// A found record placed where the write's response would have it (`{"note": {...}}`).
+fn shaped_like_response(op: &crate::catalog::Operation, record: Value) -> Value {
+    match op.output.as_ref().map(|o| &o.records) {
+        Some(crate::catalog::Records::Record(path)) if !path.is_root() => {
+            path.parts().iter().rev().fold(record, |inner, key| json!({ key.as_str(): inner }))
+        }
+        _ => record,
+    }
 }
 
 fn with_connection(base: &Value, connection: &crate::config::Connection, outputs: &Map<String, Value>) -> Value {

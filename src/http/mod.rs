@@ -98,6 +98,21 @@ impl HttpClient {
         self.send(connection, op, &request).await
     }
 
+    /// Sends one request of `op` without retrying failures (a 429 is still waited out and
+    /// a 401 still refreshes the token): for writes whose caller checks, before trying
+    /// again, whether a lost answer hid a success.
+    pub async fn execute_once(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        inputs: &Map<String, Value>,
+    ) -> Result<Response, HttpError> {
+        check_access(connection, op)?;
+        let request = prepare(op, connection, inputs)?;
+        let once = crate::catalog::RetryPolicy { max_attempts: std::num::NonZeroU32::MIN, ..op.retry.clone() };
+        self.send_with(connection, op, &request, &once).await
+    }
+
     /// Sends a prepared request: budget, token, retries.
     pub async fn send(
         &self,
@@ -105,10 +120,21 @@ impl HttpClient {
         op: &Operation,
         request: &PreparedRequest,
     ) -> Result<Response, HttpError> {
+        self.send_with(connection, op, request, &op.retry).await
+    }
+
+    /// `send`, with a retry policy other than the operation's.
+    pub async fn send_with(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        request: &PreparedRequest,
+        policy: &crate::catalog::RetryPolicy,
+    ) -> Result<Response, HttpError> {
         let budget = self.budget(connection);
         let tokens = self.token_source(connection);
         let slots = self.slots(connection);
-        let mut delays = retry::delays(&op.retry);
+        let mut delays = retry::delays(policy);
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
@@ -117,17 +143,18 @@ impl HttpClient {
             let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
             let outcome = async {
                 let _slot = slots.acquire().await.ok();
-                budget.acquire().await;
+                // Held until the answer's headers are in (see `ratelimit::Permit`).
+                let permit = budget.acquire().await;
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
                 let sent = self.send_once(connection, op, request, token.expose()).await;
-                Ok::<_, HttpError>((token, sent))
+                Ok::<_, HttpError>((token, sent, permit.sent_at()))
             }
             .instrument(span.clone())
             .await;
-            let (token, sent) = outcome?;
+            let (token, sent, sent_at) = outcome?;
             let result = match sent {
                 Ok(response) => {
-                    budget.observe(response.headers());
+                    budget.observe(response.headers(), sent_at);
                     span.record("status", response.status().as_u16());
                     let status = response.status().as_u16();
                     if status == 401 && tokens.refreshable() && !refreshed {

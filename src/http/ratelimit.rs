@@ -22,7 +22,8 @@ const EXACT_MAX: u32 = 10_000;
 
 #[derive(Debug)]
 enum Window {
-    /// At most `count` sends in any `interval`: the send times of the last `count` requests.
+    /// At most `count` sends in any `interval`: the times of the sends, oldest first, kept for
+    /// two intervals (see `correct`).
     Sliding { count: u32, interval: Duration, sent: VecDeque<Instant> },
     /// At most `count` sends per `interval`, counted from `started`.
     Counted { count: u32, interval: Duration, started: Instant, used: u32 },
@@ -42,10 +43,11 @@ impl Window {
     fn wait(&mut self, now: Instant) -> Duration {
         match self {
             Window::Sliding { count, interval, sent } => {
-                while sent.front().is_some_and(|t| now.duration_since(*t) >= *interval) {
+                while sent.front().is_some_and(|t| now.duration_since(*t) >= *interval * 2) {
                     sent.pop_front();
                 }
-                if (sent.len() as u32) < *count {
+                let in_window = sent.len() - sent.partition_point(|t| now.duration_since(*t) >= *interval);
+                if (in_window as u32) < *count {
                     Duration::ZERO
                 } else {
                     let oldest = sent[sent.len() - *count as usize];
@@ -69,12 +71,29 @@ impl Window {
         }
     }
 
-    /// The server says only `remaining` are left: count the difference as spent now.
-    fn correct(&mut self, remaining: u32, now: Instant) {
-        let _ = self.wait(now); // drop expired entries first
+    /// The answer to the send recorded at `at` has arrived: count that send from `now`
+    /// instead. Every entry was recorded at the time it was made, so `now` is the latest and
+    /// the log stays in order.
+    fn settle(&mut self, at: Instant, now: Instant) {
+        if let Window::Sliding { sent, .. } = self {
+            if let Some(i) = sent.iter().position(|t| *t == at) {
+                sent.remove(i);
+            }
+            sent.push_back(now);
+        }
+    }
+
+    /// The server said, in the answer to a request sent at `sent_at`, that only `remaining`
+    /// are left: what it counted beyond our own sends was spent by someone else, so count
+    /// that as spent now. The server counted when the request arrived, not now: entries
+    /// that have left our window since may still have been in its window then, so our side
+    /// is everything recorded after `sent_at - interval`, not after `now - interval`.
+    fn correct(&mut self, remaining: u32, sent_at: Instant, now: Instant) {
+        let _ = self.wait(now); // drop entries older than two intervals first
         match self {
-            Window::Sliding { count, sent, .. } => {
-                let available = count.saturating_sub(sent.len() as u32);
+            Window::Sliding { count, interval, sent } => {
+                let ours = sent.len() - sent.partition_point(|t| sent_at.duration_since(*t) >= *interval);
+                let available = count.saturating_sub(ours as u32);
                 for _ in remaining..available {
                     sent.push_back(now);
                 }
@@ -96,6 +115,35 @@ struct State {
     paused_until: Option<Instant>,
 }
 
+/// A request let through by `Budget::acquire`. The server counts a request when it arrives,
+/// which is some time between the send and the answer, and that time varies: counting it
+/// from the send would let the next window open a little early whenever an earlier request
+/// took longer to arrive than a later one, and a sliding-window server answers 429. So the
+/// request is counted from the moment its answer arrives (or it was abandoned): dropping the
+/// permit moves it there.
+#[derive(Debug)]
+pub struct Permit<'b> {
+    budget: &'b Budget,
+    at: Instant,
+}
+
+impl Permit<'_> {
+    /// When the request was let through.
+    pub fn sent_at(&self) -> Instant {
+        self.at
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for w in state.windows.iter_mut() {
+            w.settle(self.at, now);
+        }
+    }
+}
+
 /// One shared request budget.
 #[derive(Debug)]
 pub struct Budget {
@@ -111,8 +159,9 @@ impl Budget {
         Budget { headers, state: Mutex::new(State { windows, paused_until: None }) }
     }
 
-    /// Waits until one more request fits every window, then counts it.
-    pub async fn acquire(&self) {
+    /// Waits until one more request fits every window, then counts it; hold the permit until
+    /// the answer has arrived.
+    pub async fn acquire(&self) -> Permit<'_> {
         loop {
             let wait = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,7 +175,7 @@ impl Budget {
                     for w in state.windows.iter_mut() {
                         w.record(now);
                     }
-                    return;
+                    return Permit { budget: self, at: now };
                 }
                 wait
             };
@@ -141,8 +190,9 @@ impl Budget {
         state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
     }
 
-    /// Corrects the budget from a response's rate-limit headers.
-    pub fn observe(&self, headers: &HeaderMap) {
+    /// Corrects the budget from the rate-limit headers of the answer to a request sent at
+    /// `sent_at` (its permit's `sent_at`).
+    pub fn observe(&self, headers: &HeaderMap, sent_at: Instant) {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,19 +211,19 @@ impl Budget {
                 if let Some(remaining) = num("x-ratelimit-remaining")
                     && let Some(w) = state.windows.first_mut()
                 {
-                    w.correct(remaining.min(u64::from(u32::MAX)) as u32, now);
+                    w.correct(remaining.min(u64::from(u32::MAX)) as u32, sent_at, now);
                 }
                 if let Some(daily) = num("x-ratelimit-daily-remaining")
                     && state.windows.len() > 1
                     && let Some(w) = state.windows.last_mut()
                 {
-                    w.correct(daily.min(u64::from(u32::MAX)) as u32, now);
+                    w.correct(daily.min(u64::from(u32::MAX)) as u32, sent_at, now);
                 }
             }
             RateLimitHeaders::Capsule => {
                 if let Some(remaining) = num("x-ratelimit-remaining") {
                     if let Some(w) = state.windows.first_mut() {
-                        w.correct(remaining.min(u64::from(u32::MAX)) as u32, now);
+                        w.correct(remaining.min(u64::from(u32::MAX)) as u32, sent_at, now);
                     }
                     if remaining == 0
                         && let Some(reset) = num("x-ratelimit-reset")
@@ -251,7 +301,7 @@ mod tests {
             Budget::new(&[parse_rate("100/10s").unwrap(), parse_rate("200000/1d").unwrap()], RateLimitHeaders::Ghl);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        budget.observe(&h);
+        budget.observe(&h, Instant::now());
         let start = Instant::now();
         budget.acquire().await;
         assert!(Instant::now().duration_since(start) >= Duration::from_secs(10));
@@ -260,6 +310,44 @@ mod tests {
         let start = Instant::now();
         budget.acquire().await;
         assert!(Instant::now().duration_since(start) >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_counts_from_when_its_answer_arrived() {
+        let budget = Budget::new(&[parse_rate("100/10s").unwrap()], RateLimitHeaders::Ghl);
+        let start = Instant::now();
+        let mut permits = Vec::new();
+        for _ in 0..100 {
+            permits.push(budget.acquire().await);
+        }
+        // The answers take 2 s: the server may have counted them as late as that.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(permits);
+        budget.acquire().await;
+        assert!(Instant::now().duration_since(start) >= Duration::from_secs(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remaining_count_is_read_as_of_when_the_request_was_sent() {
+        let budget = Budget::new(&[parse_rate("100/10s").unwrap()], RateLimitHeaders::Ghl);
+        for _ in 0..50 {
+            budget.acquire().await;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for _ in 0..50 {
+            budget.acquire().await;
+        }
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        // The first 50 have left the window; the other 50 leave it while this one is on its
+        // way, but the server still counted them when it arrived.
+        let sent_at = budget.acquire().await.sent_at();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "49".parse().unwrap());
+        budget.observe(&h, sent_at);
+        let start = Instant::now();
+        budget.acquire().await;
+        assert_eq!(Instant::now(), start, "our own requests were taken for someone else's");
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Site<'_> {
 }
 
 /// What templates at one place may refer to.
+#[derive(Clone)]
 struct Scope<'a> {
     trigger: Option<Shape>,
     trigger_op: &'a str,
@@ -89,6 +90,10 @@ struct Scope<'a> {
     /// Every step id, to tell "later" from "unknown".
     all_steps: Vec<String>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// The `ids.<name>` names the current step declares.
+    ids: Vec<String>,
+    /// `item`, in a find's match: the shape of one candidate.
+    item: Option<(String, Shape)>,
 }
 
 const CONNECTION_FIELDS: &[&str] = &["name", "app", "location_id", "company_id", "base_url"];
@@ -174,7 +179,15 @@ pub fn compile_recipe(
     // look like, so step templates are checked without a cascade of follow-on errors.
     let trigger_shape = Some(catalog.get(&spec.trigger.operation).map(|op| op.record_shape()).unwrap_or(Shape::Any));
     let trigger_op = spec.trigger.operation.clone();
-    let mut scope = Scope { trigger: trigger_shape, trigger_op: &trigger_op, earlier: Vec::new(), all_steps, env };
+    let mut scope = Scope {
+        trigger: trigger_shape,
+        trigger_op: &trigger_op,
+        earlier: Vec::new(),
+        all_steps,
+        env,
+        ids: Vec::new(),
+        item: None,
+    };
 
     let filter = spec.filter.as_deref().and_then(|f| compile_template(f, "filter", &scope, &site, &mut diags));
 
@@ -299,7 +312,15 @@ fn compile_trigger(
     }
 
     // Trigger inputs: templates over connection and env only.
-    let scope = Scope { trigger: None, trigger_op: "", earlier: Vec::new(), all_steps: Vec::new(), env };
+    let scope = Scope {
+        trigger: None,
+        trigger_op: "",
+        earlier: Vec::new(),
+        all_steps: Vec::new(),
+        env,
+        ids: Vec::new(),
+        item: None,
+    };
     let input = match (&op, &connection) {
         (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
         _ => Vec::new(),
@@ -464,16 +485,62 @@ fn compile_step(
     if let (Some(op), Some(c)) = (&op, &connection) {
         check_connection_fits(op, c, &format!("{at}.connection"), site, diags);
     }
+    // The id-map keys see what the step's other templates see, except `ids` itself.
+    let mut ids = Vec::new();
+    for (name, key) in &spec.ids {
+        if let Some(t) = compile_template(key, &format!("{at}.ids.{name}"), scope, site, diags) {
+            ids.push((name.clone(), t));
+        }
+    }
+    let scope = Scope { ids: spec.ids.keys().cloned().collect(), item: None, ..scope.clone() };
     let condition =
-        spec.condition.as_deref().and_then(|c| compile_template(c, &format!("{at}.if"), scope, site, diags));
+        spec.condition.as_deref().and_then(|c| compile_template(c, &format!("{at}.if"), &scope, site, diags));
     let input = match (&op, &connection) {
-        (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, &format!("{at}.input"), false, scope, site, diags),
+        (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, &format!("{at}.input"), false, &scope, site, diags),
         _ => Vec::new(),
+    };
+    // `save` runs after the step, so it may read the step's own response.
+    let mut after = scope.clone();
+    if let Some(op) = &op {
+        after.earlier.push((spec.id.clone(), op.key.to_string(), op.body_shape()));
+    }
+    let mut save = Vec::new();
+    for (key, value) in &spec.save {
+        let k = compile_template(key, &format!("{at}.save"), &after, site, diags);
+        let v = compile_template(value, &format!("{at}.save.{key}"), &after, site, diags);
+        if let (Some(k), Some(v)) = (k, v) {
+            save.push((k, v));
+        }
+    }
+    let find = match (&spec.find, &connection) {
+        (Some(f), Some(c)) => compile_find(f, &at, c, catalog, &scope, site, diags),
+        _ => None,
     };
     if diags.len() > before {
         return None;
     }
-    Some(Step { id: spec.id.clone(), operation: op?, connection: connection?, condition, input })
+    Some(Step { id: spec.id.clone(), operation: op?, connection: connection?, condition, input, ids, save, find })
+}
+
+fn compile_find(
+    spec: &super::spec::FindSpec,
+    at: &str,
+    connection: &Arc<crate::config::Connection>,
+    catalog: &Catalog,
+    scope: &Scope,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Find> {
+    let at = format!("{at}.find");
+    let op = lookup_operation(&spec.operation, &format!("{at}.operation"), catalog, site, diags)?;
+    check_connection_fits(&op, connection, &format!("{at}.operation"), site, diags);
+    if op.writes() {
+        site.push(diags, &format!("{at}.operation"), format!("`{}` writes; a find must only read", op.key));
+    }
+    let input = compile_inputs(&spec.input, &op, connection, &format!("{at}.input"), true, scope, site, diags);
+    let item_scope = Scope { item: Some((op.key.to_string(), op.record_shape())), ..scope.clone() };
+    let matcher = compile_template(&spec.matcher, &format!("{at}.match"), &item_scope, site, diags)?;
+    Some(Find { operation: op, input, matcher })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -663,6 +730,23 @@ fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
                 CONNECTION_FIELDS.join(", "),
                 hint(f, CONNECTION_FIELDS.iter().copied())
             )),
+        },
+        "ids" => match rest.first() {
+            None => Some("`ids` needs a name: `ids.<name>`, declared in the step's `ids:`".into()),
+            Some(name) if scope.ids.contains(name) => None,
+            Some(name) => Some(format!(
+                "`{}`: this step declares no id named `{name}`{}",
+                r.raw,
+                if scope.ids.is_empty() {
+                    "; add `ids: {{ <name>: \"<key template>\" }}` to the step".to_owned()
+                } else {
+                    hint(name, scope.ids.iter().map(String::as_str))
+                }
+            )),
+        },
+        "item" => match &scope.item {
+            Some((op, shape)) => field_problem(shape, rest, &r.raw, &format!("a record of {op}")),
+            None => Some(format!("`{}`: `item` exists only in a find's `match`", r.raw)),
         },
         "env" => match rest.first() {
             None => Some("`env` needs a variable name: `env.NAME`".into()),

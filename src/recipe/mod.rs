@@ -96,6 +96,19 @@ pub struct Step {
     pub connection: Arc<Connection>,
     pub condition: Option<CompiledTemplate>,
     pub input: Vec<(String, ValueTemplate)>,
+    /// `ids.<name>` lookups: name and key template.
+    pub ids: Vec<(String, CompiledTemplate)>,
+    /// Ids to remember after success: key template and id template.
+    pub save: Vec<(CompiledTemplate, CompiledTemplate)>,
+    pub find: Option<Find>,
+}
+
+/// How to look for what a write whose answer was lost created.
+#[derive(Debug, Clone)]
+pub struct Find {
+    pub operation: Arc<Operation>,
+    pub input: Vec<(String, ValueTemplate)>,
+    pub matcher: CompiledTemplate,
 }
 
 /// An input value: a template, or a structure with templates inside.

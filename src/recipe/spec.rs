@@ -79,4 +79,33 @@ pub struct StepSpec {
     /// and `env`; a template that is exactly one expression keeps the value's type.
     #[serde(default)]
     pub input: BTreeMap<String, serde_json::Value>,
+    /// Ids remembered by earlier runs (the id map), by name: each value is a key template,
+    /// and this step's templates see `ids.<name>`, the id stored under that key (empty when
+    /// none). E.g. `contact: "party:{{trigger.id}}"`.
+    #[serde(default)]
+    pub ids: BTreeMap<String, String>,
+    /// After the step succeeds, remember ids: key template to id template, e.g.
+    /// `"entry:{{trigger.id}}": "{{steps.note.note.id}}"`. A retried or replayed run then
+    /// finds the record this step created instead of creating it again.
+    #[serde(default)]
+    pub save: BTreeMap<String, String>,
+    /// For a write whose answer was lost (a timeout, a dropped connection, a 5xx): how to look
+    /// for what it may have created before sending it again.
+    #[serde(default)]
+    pub find: Option<FindSpec>,
+}
+
+/// A lookup for what an earlier attempt of a write created.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindSpec {
+    /// A read operation listing candidates, e.g. `ghl.contacts.get_contact_notes`.
+    pub operation: String,
+    /// Its inputs (templates, like the step's).
+    #[serde(default)]
+    pub input: BTreeMap<String, serde_json::Value>,
+    /// A template over `item` (one candidate) and the step's context; the first candidate for
+    /// which it is true is taken as what the lost write created.
+    #[serde(rename = "match")]
+    pub matcher: String,
 }
