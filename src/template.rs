@@ -443,6 +443,21 @@ const HELPERS: &[(&str, HelperFn)] = &[
         Ok(Value::Object(m))
     }),
     ("array", |a| Ok(Value::Array(a.iter().filter(|v| !is_empty(v)).cloned().collect()))),
+    // append list value...: the list with the values added (empty ones left out).
+    ("append", |a| {
+        let mut out = items(arg(a, 0));
+        out.extend(a.iter().skip(1).flat_map(items).filter(|v| !is_empty(v)));
+        Ok(Value::Array(out))
+    }),
+    // prefer list "field" value: the same items, those whose field equals value first.
+    ("prefer", |a| {
+        let path: Vec<String> = text(arg(a, 1)).split('.').map(str::to_owned).collect();
+        let want = arg(a, 2);
+        let (mut first, rest): (Vec<Value>, Vec<Value>) =
+            items(arg(a, 0)).into_iter().partition(|i| lookup(i, &path).is_some_and(|v| loosely_equal(v, want)));
+        first.extend(rest);
+        Ok(Value::Array(first))
+    }),
     // numbers
     ("number", |a| {
         Ok(number(arg(a, 0)).and_then(serde_json::Number::from_f64).map(normalize_number).unwrap_or(Value::Null))
@@ -504,7 +519,8 @@ const HELPERS: &[(&str, HelperFn)] = &[
         Ok(format_date(dt, arg(a, 3)))
     }),
     ("now", |a| Ok(format_date(Utc::now(), arg(a, 0)))),
-    // phones
+    // countries and phones
+    ("country", |a| Ok(country_code(&text(arg(a, 0))).map(|c| Value::String(c.to_owned())).unwrap_or(Value::Null))),
     ("e164", |a| Ok(e164(&text(arg(a, 0)), &text(arg(a, 1))).map(Value::String).unwrap_or(Value::Null))),
 ];
 
@@ -599,6 +615,7 @@ pub fn parse_date(v: &Value) -> Option<DateTime<Utc>> {
                 .ok()
                 .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok().map(|n| n.and_utc()))
                 .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").ok().map(|n| n.and_utc()))
+                .or_else(|| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M").ok().map(|n| n.and_utc()))
                 .or_else(|| {
                     NaiveDate::parse_from_str(s, "%Y-%m-%d")
                         .ok()
@@ -749,7 +766,16 @@ mod tests {
             json!("b@y.com")
         );
         assert_eq!(render("{{first (pluck trigger.emails \"address\")}}", ctx.clone()), json!("A@X.COM"));
-        assert_eq!(render("{{default trigger.none \"fallback\"}}", ctx), json!("fallback"));
+        assert_eq!(render("{{default trigger.none \"fallback\"}}", ctx.clone()), json!("fallback"));
+        assert_eq!(
+            render("{{get (first (prefer trigger.emails \"type\" \"home\")) \"address\"}}", ctx.clone()),
+            json!("b@y.com")
+        );
+        assert_eq!(
+            render("{{append (pluck trigger.emails \"type\") \"capsule\"}}", ctx),
+            json!(["work", "home", "capsule"])
+        );
+        assert_eq!(render("{{country \"United Kingdom\"}}", json!({})), json!("GB"));
     }
 
     #[test]

@@ -82,3 +82,28 @@ fn the_published_schema_matches_the_spec_types() {
         "docs/recipe.schema.json is stale: run `cargo run -- schema recipe > docs/recipe.schema.json`"
     );
 }
+
+#[test]
+fn the_shipped_recipes_validate_against_connections_named_ghl_and_capsule() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ghlflow.yaml"),
+        "connections:\n  ghl: { app: ghl, location_id: LOC, auth: { type: private_token, token: t1 } }\n  capsule: { app: capsule, auth: { type: bearer, token: t2 }, access: read_only }\n",
+    )
+    .unwrap();
+    let catalog = catalog::load_embedded().unwrap();
+    let config = Config::load(&dir.path().join("ghlflow.yaml"), &catalog, &env).unwrap();
+    let recipes = recipe::load_recipes(Path::new("recipes"), &catalog, &config, &env).unwrap_or_else(|d| panic!("{d}"));
+    let ids: Vec<&str> = recipes.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "capsule-deleted-people",
+            "capsule-notes",
+            "capsule-people",
+            "capsule-tasks",
+            "ghl-welcome-sms",
+            "ghl-won-deal-follow-up"
+        ]
+    );
+}

@@ -69,6 +69,13 @@ impl Engine {
             let from = at - SINCE_OVERLAP;
             inputs.insert(since.clone(), Value::String(from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
         }
+        // A feed that requires its `since` (Capsule's deletions) starts from the beginning.
+        if let Some(since) = &op.since
+            && !inputs.contains_key(since)
+            && op.input(since).is_some_and(|i| i.required)
+        {
+            inputs.insert(since.clone(), Value::String("1970-01-01T00:00:00Z".into()));
+        }
         let resumed = state.resume.take();
         let start_inputs = resumed.clone().unwrap_or(inputs);
 
