@@ -84,10 +84,6 @@ const KNOWN_DEFECTS: &[(&str, &str)] = &[
         "the success flag is typed boolean with the string \"true\" as its example",
     ),
     (
-        "ghl.calendars.delete_event",
-        "the spec requires a JSON body on this DELETE yet gives it no fields; ghlflow sends no body on a DELETE without body inputs",
-    ),
-    (
         "ghl.calendars.get_appointment",
         "the event schema types startTime, endTime, dateAdded and dateUpdated as object (examples are strings) and isRecurring as boolean with example \"true\"",
     ),
@@ -150,7 +146,7 @@ const KNOWN_DEFECTS: &[(&str, &str)] = &[
 
 /// The known defects where Prism refuses the request itself. Every other listed operation must
 /// fail only on the spec's own response, so its request stays checked.
-const REJECTS_THE_REQUEST: &[&str] = &["ghl.calendars.delete_event"];
+const REJECTS_THE_REQUEST: &[&str] = &[];
 
 const TOKEN: &str = "prism-conformance-token";
 

@@ -551,6 +551,7 @@ fn compile_operation(
         version: spec.version,
         scope: spec.scope.map(Scope),
         body,
+        body_declared: spec.body.is_some(),
         response,
         notes: spec.notes.map(|n| n.trim().to_owned()),
         inputs,

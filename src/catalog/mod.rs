@@ -496,6 +496,9 @@ pub struct Operation {
     pub version: Option<String>,
     pub scope: Option<Scope>,
     pub body: BodyEncoding,
+    /// The catalog says `body: json` explicitly: a body (`{}` at least) is sent even where
+    /// none would be by default (a DELETE without body inputs).
+    pub body_declared: bool,
     pub response: ResponseKind,
     pub notes: Option<String>,
     pub inputs: Vec<Input>,

@@ -134,10 +134,11 @@ pub fn prepare(
         // A POST, PUT or PATCH always carries a body, `{}` when it has no fields (GHL declares
         // required bodies with no fields, e.g. Add Contact to Campaign). A DELETE carries one
         // only when it declares body inputs (Remove from Workflow requires `{}` at least);
-        // other DELETEs send none, as most APIs expect.
+        // other DELETEs send none, as most APIs expect, unless the catalog declares the body
+        // (`body: json`, as for Delete Event).
         BodyEncoding::Json
             if matches!(op.method, Method::Post | Method::Put | Method::Patch)
-                || (op.method == Method::Delete && has_body_inputs) =>
+                || (op.method == Method::Delete && (has_body_inputs || op.body_declared)) =>
         {
             Some(RequestBody::Json(Value::Object(Map::new())))
         }
