@@ -395,3 +395,41 @@ async fn dry_run_prints_the_requests_and_sends_no_write() {
     assert!(flow.run_once().await.status.success());
     assert_eq!(api.count_to("/contacts/upsert"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_commands_reach_a_running_engine_and_sigterm_stops_it_cleanly() {
+    let world = Arc::new(Mutex::new(World { note_status: 200, ..Default::default() }));
+    let api = FakeApi::start(serve(Arc::clone(&world))).await;
+    let flow = Flow::new(&api, &[("people", PEOPLE)]);
+    // History from an earlier run, to read back while the engine runs.
+    assert!(flow.run_once().await.status.success());
+    world.lock().unwrap().parties.push(party(60, "Gus", "2026-02-01T00:00:00Z"));
+    assert!(flow.run_once().await.status.success());
+
+    let mut child = flow
+        .command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = flow.path().join(".ghlflow/state.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the running engine never opened its control socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The store is held by the running process; the command goes through its socket.
+    let runs = flow.runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("the engine stops after SIGTERM")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(!socket.exists(), "the control socket is removed on a clean stop");
+}
