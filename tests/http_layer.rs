@@ -152,9 +152,9 @@ async fn a_burst_of_500_calls_stays_inside_ghls_burst_limit() {
     assert!(failures.is_empty(), "{} calls failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert_eq!(succeeded, 500);
     assert_eq!(api.count(), 500, "every call is one request");
-    // 400 requests beyond the first 100 need four more windows; much slower means the
-    // budget throws capacity away.
-    assert!(elapsed < Duration::from_secs(70), "500 calls took {elapsed:?}");
+    // 400 requests beyond the first 100 need four more windows (40 s); a fifth means the
+    // budget threw capacity away (a 429's pause, or its own requests taken for someone else's).
+    assert!(elapsed < Duration::from_secs(46), "500 calls took {elapsed:?}");
 }
 
 #[tokio::test]
@@ -197,12 +197,12 @@ async fn a_500_is_retried_and_a_persistent_one_fails_after_max_attempts() {
     assert_eq!(seen.len(), 2, "500 then 200 is two requests");
     assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("GET", "/contacts/c1"));
 
-    api.set_handler(|_| Reply::json(503, json!({"message": "upstream is down"})));
+    api.set_handler(|_| Reply::json(500, json!({"message": "upstream is down"})));
     let started = Instant::now();
     let err = http.execute(connection, op, &inputs(json!({"contactId": "c2"}))).await.unwrap_err();
     assert_eq!(api.count_to("/contacts/c2"), 5, "max_attempts is 5");
     assert!(err.is_retryable(), "{err:?}");
-    assert_eq!(err.status(), Some(503));
+    assert_eq!(err.status(), Some(500));
     assert!(err.to_string().contains("upstream is down"), "{err}");
     // Four backoffs of 10..80ms (jitter at most doubles them): not the app's 500ms..30s.
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());

@@ -76,7 +76,7 @@ impl Window {
     /// the log stays in order.
     fn settle(&mut self, at: Instant, now: Instant) {
         if let Window::Sliding { sent, .. } = self {
-            if let Some(i) = sent.iter().position(|t| *t == at) {
+            if let Some(i) = sent.iter().rposition(|t| *t == at) {
                 sent.remove(i);
             }
             sent.push_back(now);
