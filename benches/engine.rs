@@ -640,6 +640,7 @@ async fn child_scheduler() {
     let lateness = Arc::new(Lateness::default());
     let progress = {
         let lateness = Arc::clone(&lateness);
+        let base = stat(&before, "users");
         tokio::spawn(async move {
             let start = Instant::now();
             let mut tick = tokio::time::interval_at(
@@ -655,7 +656,7 @@ async fn child_scheduler() {
                      VmRSS {:.0} MiB",
                     start.elapsed().as_secs_f64(),
                     l.len(),
-                    stat(&s, "users") - stat(&before, "users"),
+                    stat(&s, "users") - base,
                     l.last().copied().unwrap_or(0) as f64 / 1000.0,
                     status_mib("VmRSS")
                 );

@@ -14,7 +14,7 @@
 //!    headers on every answer), with many concurrent callers for a fixed wall time.
 //!
 //! Settings (environment): GHLFLOW_BENCH_REQUESTS (20000), GHLFLOW_BENCH_CONCURRENCY (32),
-//! GHLFLOW_BENCH_ROUNDS (3), GHLFLOW_BENCH_SECS (30), GHLFLOW_BENCH_CALLERS (64),
+//! GHLFLOW_BENCH_ROUNDS (5), GHLFLOW_BENCH_SECS (30), GHLFLOW_BENCH_CALLERS (64),
 //! GHLFLOW_BENCH_CONN_CONCURRENCY (the connection's `concurrency` in part 2; default: unset,
 //! i.e. ghlflow's default).
 
@@ -59,7 +59,7 @@ async fn main() {
     // `cargo bench` passes `--bench`; a filter or other flags mean nothing here.
     let requests: usize = env_num("GHLFLOW_BENCH_REQUESTS", 20_000);
     let concurrency: usize = env_num("GHLFLOW_BENCH_CONCURRENCY", 32);
-    let rounds: usize = env_num("GHLFLOW_BENCH_ROUNDS", 3).max(1);
+    let rounds: usize = env_num("GHLFLOW_BENCH_ROUNDS", 5).max(1);
     let secs: u64 = env_num("GHLFLOW_BENCH_SECS", 30).max(1);
     let callers: usize = env_num("GHLFLOW_BENCH_CALLERS", 64).max(1);
     let conn_concurrency: Option<u32> = std::env::var("GHLFLOW_BENCH_CONN_CONCURRENCY")
@@ -87,7 +87,7 @@ async fn main() {
     println!("   ghlflow HttpClient::execute : {:>9.0} req/s", overhead.ghlflow_rate);
     println!("   bare reqwest                : {:>9.0} req/s", overhead.bare_rate);
     println!(
-        "   overhead (ghlflow time / bare time): {:.3}  (goal < 1.30: {})",
+        "   overhead (ghlflow time / bare time, median of the rounds): {:.3}  (goal < 1.30: {})",
         overhead.ratio,
         verdict(overhead.ratio < 1.3)
     );
@@ -296,6 +296,7 @@ async fn part_one(requests: usize, concurrency: usize, rounds: usize) -> Overhea
         dir.path().display(),
         limits(&conn),
     );
+    let warm = (requests / 20).max(concurrency);
     println!(
         "server: axum on {addr}, GET /contacts/{{id}} -> 200 + {} byte JSON (checks Authorization and Version)",
         BODY.len()
@@ -303,58 +304,70 @@ async fn part_one(requests: usize, concurrency: usize, rounds: usize) -> Overhea
     println!(
         "each side: {requests} x GET /contacts/{CONTACT}, {concurrency} tasks; bare = reqwest client built as \
          HttpClient::new builds it, same URL, Authorization: Bearer, Version, Accept, 30 s timeout, body read \
-         and parsed as JSON"
+         and parsed as JSON; every round builds fresh clients on each side, warms them up with {warm} requests, \
+         and alternates which side goes first"
     );
 
-    let client = Arc::new(HttpClient::new(None, Redactor::default()).unwrap());
     let inputs = Arc::new(inputs());
-    let ghlflow_one = {
-        let (client, conn, op, inputs) = (client.clone(), conn.clone(), op.clone(), inputs.clone());
-        move || {
-            let (client, conn, op, inputs) = (client.clone(), conn.clone(), op.clone(), inputs.clone());
-            async move { client.execute(&conn, &op, &inputs).await.is_ok_and(|r| r.status == 200) }
-        }
-    };
-    let bare = bare_client();
     let url = reqwest::Url::parse(&format!("http://{addr}/contacts/{CONTACT}")).unwrap();
     let timeout = conn.app.timeout;
-    let bare_one = {
-        let (bare, url) = (bare.clone(), url.clone());
-        move || {
-            let (bare, url) = (bare.clone(), url.clone());
-            async move {
-                let Ok(resp) = bare
-                    .get(url)
-                    .timeout(timeout)
-                    .bearer_auth(TOKEN)
-                    .header("Version", VERSION)
-                    .header("Accept", "application/json")
-                    .send()
-                    .await
-                else {
-                    return false;
-                };
-                if resp.status() != 200 {
-                    return false;
-                }
-                let Ok(bytes) = resp.bytes().await else { return false };
-                serde_json::from_slice::<Value>(&bytes).is_ok()
+    // One side, on fresh clients (so fresh connection pools) each round: warm up, then measure.
+    let run_ghlflow = || async {
+        let client = Arc::new(HttpClient::new(None, Redactor::default()).unwrap());
+        let one = {
+            let (conn, op, inputs) = (conn.clone(), op.clone(), inputs.clone());
+            move || {
+                let (client, conn, op, inputs) = (client.clone(), conn.clone(), op.clone(), inputs.clone());
+                async move { client.execute(&conn, &op, &inputs).await.is_ok_and(|r| r.status == 200) }
             }
-        }
+        };
+        let (_, failed) = drive(warm, concurrency, one.clone()).await;
+        assert_eq!(failed, 0, "ghlflow warm-up requests failed: check the server and the connection");
+        drive(requests, concurrency, one).await
     };
-
-    // Warm up both pools and the server.
-    let warm = (requests / 10).max(concurrency);
-    let (_, f1) = drive(warm, concurrency, bare_one.clone()).await;
-    let (_, f2) = drive(warm, concurrency, ghlflow_one.clone()).await;
-    assert_eq!(f1 + f2, 0, "warm-up requests failed: check the server and the connection");
+    let run_bare = || async {
+        let bare = bare_client();
+        let one = {
+            let url = url.clone();
+            move || {
+                let (bare, url) = (bare.clone(), url.clone());
+                async move {
+                    let Ok(resp) = bare
+                        .get(url)
+                        .timeout(timeout)
+                        .bearer_auth(TOKEN)
+                        .header("Version", VERSION)
+                        .header("Accept", "application/json")
+                        .send()
+                        .await
+                    else {
+                        return false;
+                    };
+                    if resp.status() != 200 {
+                        return false;
+                    }
+                    let Ok(bytes) = resp.bytes().await else { return false };
+                    serde_json::from_slice::<Value>(&bytes).is_ok()
+                }
+            }
+        };
+        let (_, failed) = drive(warm, concurrency, one.clone()).await;
+        assert_eq!(failed, 0, "bare warm-up requests failed: check the server");
+        drive(requests, concurrency, one).await
+    };
 
     let rate = |d: Duration| requests as f64 / d.as_secs_f64();
     let mut bare_times = Vec::new();
     let mut ghl_times = Vec::new();
     for round in 1..=rounds {
-        let (tb, fb) = drive(requests, concurrency, bare_one.clone()).await;
-        let (tg, fg) = drive(requests, concurrency, ghlflow_one.clone()).await;
+        // Alternate which side goes first.
+        let ((tb, fb), (tg, fg)) = if round % 2 == 1 {
+            let b = run_bare().await;
+            (b, run_ghlflow().await)
+        } else {
+            let g = run_ghlflow().await;
+            (run_bare().await, g)
+        };
         println!(
             "round {round}: bare {:>8.0} req/s ({:.3} s, {fb} failed) | ghlflow {:>8.0} req/s ({:.3} s, {fg} failed) \
              | ratio {:.3}",
@@ -368,14 +381,20 @@ async fn part_one(requests: usize, concurrency: usize, rounds: usize) -> Overhea
         bare_times.push(tb);
         ghl_times.push(tg);
     }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
+    // The ratio is the median of the per-round ratios: the two sides of a round run back to
+    // back, so a change in the machine's load between rounds does not skew it.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (tb, tg) = (median(bare_times), median(ghl_times));
-    let out = Overhead { ghlflow_rate: rate(tg), bare_rate: rate(tb), ratio: tg.as_secs_f64() / tb.as_secs_f64() };
+    let ratios = bare_times.iter().zip(&ghl_times).map(|(b, g)| g.as_secs_f64() / b.as_secs_f64()).collect();
+    let out = Overhead {
+        ghlflow_rate: median(ghl_times.iter().map(|d| rate(*d)).collect()),
+        bare_rate: median(bare_times.iter().map(|d| rate(*d)).collect()),
+        ratio: median(ratios),
+    };
     println!(
-        "median: bare {:.0} req/s, ghlflow {:.0} req/s, ghlflow time / bare time = {:.3}",
+        "median: bare {:.0} req/s, ghlflow {:.0} req/s; median of the rounds' ghlflow time / bare time = {:.3}",
         out.bare_rate, out.ghlflow_rate, out.ratio
     );
     out

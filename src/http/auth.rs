@@ -24,10 +24,12 @@ pub struct TokenSource {
     kind: Kind,
 }
 
+// One per connection, made once: the size of the OAuth variant costs nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     Static(Secret),
-    OAuth2 { settings: OAuth2Settings, state: Mutex<OAuthState> },
+    OAuth2 { settings: Box<OAuth2Settings>, state: Mutex<OAuthState> },
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +76,7 @@ impl TokenSource {
         let kind = match &connection.auth {
             Auth::Static(token) => Kind::Static(token.clone()),
             Auth::OAuth2(settings) => {
-                Kind::OAuth2 { settings: settings.clone(), state: Mutex::new(OAuthState::default()) }
+                Kind::OAuth2 { settings: Box::new(settings.clone()), state: Mutex::new(OAuthState::default()) }
             }
         };
         TokenSource { connection: connection.name.clone(), kind }
