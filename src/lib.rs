@@ -23,9 +23,11 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod diagnostic;
 pub mod engine;
 pub mod http;
 pub mod recipe;
+pub mod sandbox;
 pub mod store;
 pub mod template;

@@ -211,10 +211,21 @@ impl Store {
         Ok(())
     }
 
-    /// Like `flush`, without blocking a thread; concurrent callers share one disk sync.
+    /// Like `flush`, without blocking a runtime thread; concurrent callers share one disk sync.
+    ///
+    /// Not sled's own `flush_async`: in sled 0.34 it runs the blocking flush on sled's small
+    /// IO thread pool, where the buffer writes it waits for are queued too, so a handful of
+    /// concurrent callers deadlock (spacejam/sled#1308, fixed only on sled's unreleased main).
+    /// The same blocking flush on tokio's blocking pool leaves sled's pool free to write.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(flushed) => {
+                flushed?;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Sled(sled::Error::ReportableBug(format!("flush task failed: {e}")))),
+        }
     }
 
     // --- triggers -------------------------------------------------------------------

@@ -652,7 +652,13 @@ pub fn e164(raw: &str, country: &str) -> Option<String> {
     if raw.is_empty() {
         return None;
     }
-    let region = crate::template::country_code(country).and_then(|c| c.parse::<phonenumber::country::Id>().ok());
+    // A number written with its country code stands on its own; the region would only make
+    // the parser strip a trunk prefix that is not there.
+    let region = if raw.starts_with('+') {
+        None
+    } else {
+        crate::template::country_code(country).and_then(|c| c.parse::<phonenumber::country::Id>().ok())
+    };
     let parsed = phonenumber::parse(region, raw).ok()?;
     if !phonenumber::is_valid(&parsed) {
         return None;
@@ -789,6 +795,7 @@ mod tests {
         assert_eq!(e164("(415) 555-2671", "US").as_deref(), Some("+14155552671"));
         assert_eq!(e164("+49 30 901820", "").as_deref(), Some("+4930901820"));
         assert_eq!(e164("not a phone", "US"), None);
+        assert_eq!(e164("+44 131 496 0835", "United States").as_deref(), Some("+441314960835"));
     }
 
     #[test]

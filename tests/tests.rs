@@ -11,4 +11,5 @@ mod engine;
 mod http_layer;
 mod prism_conformance;
 mod recipe_validate;
+mod sandbox;
 mod spec_conformance;

@@ -5,9 +5,11 @@
 mod call;
 mod connect;
 mod control;
+mod demo;
 mod ops;
 mod run;
 mod runs;
+mod sandbox;
 mod validate;
 
 use std::io::Write;
@@ -50,6 +52,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Check every recipe against the catalog and ghlflow.yaml.
     Validate(validate::ValidateArgs),
+    /// Run the shipped recipes against a local sandbox: no account or network needed.
+    Demo(demo::DemoArgs),
     /// Poll the recipes and run what is new (until stopped, or once).
     Run(run::RunArgs),
     /// Run history: list, show, replay, release, discard.
@@ -59,6 +63,8 @@ enum Command {
     /// Print a JSON Schema.
     #[command(subcommand)]
     Schema(validate::SchemaCommand),
+    /// Serve a local GHL + Capsule emulator with seeded data (prints a ghlflow.yaml for it).
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// A failed command: what went wrong, and whether the user's input was at fault.
@@ -127,8 +133,10 @@ async fn run(cli: Cli) -> CliResult {
         Command::Validate(args) => validate::run(args, operations),
         Command::Schema(cmd) => validate::schema(cmd),
         Command::Run(args) => run::run(args, operations).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
+        Command::Sandbox(args) => sandbox::run(args).await,
     }
 }
 
@@ -138,7 +146,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
         std::env::var("GHLFLOW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| default_level.into());
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

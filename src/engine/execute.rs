@@ -155,9 +155,11 @@ impl Engine {
         if step.ids.is_empty() {
             return Ok(Value::Object(ids));
         }
-        let ctx = context(ctx.clone());
+        // In order: a key may use the ids named above it.
+        let mut ctx = ctx.clone();
         for (name, key) in &step.ids {
-            let key = key.render_string(&ctx).map_err(|e| format!("ids.{name}: {e}"))?;
+            set_root(&mut ctx, "ids", Value::Object(ids.clone()));
+            let key = key.render_string(&context(ctx.clone())).map_err(|e| format!("ids.{name}: {e}"))?;
             let id =
                 if key.trim().is_empty() { None } else { self.store.id_of(key.trim()).map_err(|e| e.to_string())? };
             ids.insert(name.clone(), id.map(Value::String).unwrap_or(Value::Null));

@@ -35,6 +35,14 @@ use ratelimit::Budget;
 /// How many 429s in a row one request waits out before it gives up.
 const MAX_RATE_LIMIT_WAITS: u32 = 20;
 
+/// What the client keeps per connection.
+#[derive(Debug)]
+struct ConnectionState {
+    budget: Arc<Budget>,
+    tokens: Arc<TokenSource>,
+    slots: Arc<Semaphore>,
+}
+
 /// A successful response.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -54,9 +62,11 @@ pub struct HttpClient {
     http: reqwest::Client,
     store: Option<Store>,
     redactor: Redactor,
+    /// Budgets by app and owner: connections to the same location share one.
     budgets: Mutex<HashMap<String, Arc<Budget>>>,
-    tokens: Mutex<HashMap<String, Arc<TokenSource>>>,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per connection: its budget, token source and concurrency slots, found with one
+    /// read-locked lookup per request.
+    connections: std::sync::RwLock<HashMap<String, Arc<ConnectionState>>>,
 }
 
 impl HttpClient {
@@ -72,14 +82,7 @@ impl HttpClient {
                 reason: e.to_string(),
                 timeout: false,
             })?;
-        Ok(HttpClient {
-            http,
-            store,
-            redactor,
-            budgets: Mutex::default(),
-            tokens: Mutex::default(),
-            slots: Mutex::default(),
-        })
+        Ok(HttpClient { http, store, redactor, budgets: Mutex::default(), connections: Default::default() })
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -131,9 +134,8 @@ impl HttpClient {
         request: &PreparedRequest,
         policy: &crate::catalog::RetryPolicy,
     ) -> Result<Response, HttpError> {
-        let budget = self.budget(connection);
-        let tokens = self.token_source(connection);
-        let slots = self.slots(connection);
+        let state = self.connection_state(connection);
+        let (budget, tokens, slots) = (&state.budget, &state.tokens, &state.slots);
         let mut delays = retry::delays(policy);
         let mut attempt = 0u32;
         let mut refreshed = false;
@@ -228,19 +230,17 @@ impl HttpClient {
         &self,
         op: &Operation,
         request: &PreparedRequest,
-        response: reqwest::Response,
+        mut response: reqwest::Response,
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let next_link = response.headers().get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
-        let retry_after = response
-            .headers()
+        let headers = std::mem::take(response.headers_mut());
+        let next_link = headers.get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
+        let retry_after = headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let content_type =
-            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let bytes = response.bytes().await.map_err(|e| self.transport_error(request, &e))?;
         if !(200..300).contains(&status) {
             return Err(HttpError::Status {
@@ -269,6 +269,19 @@ impl HttpClient {
         Ok(Response { status, body, next_link, headers })
     }
 
+    fn connection_state(&self, connection: &Connection) -> Arc<ConnectionState> {
+        if let Some(state) = self.connections.read().unwrap_or_else(|p| p.into_inner()).get(&connection.name) {
+            return Arc::clone(state);
+        }
+        let state = Arc::new(ConnectionState {
+            budget: self.budget(connection),
+            tokens: Arc::new(TokenSource::new(connection)),
+            slots: Arc::new(Semaphore::new(connection.concurrency.get() as usize)),
+        });
+        let mut map = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(connection.name.clone()).or_insert(state))
+    }
+
     fn budget(&self, connection: &Connection) -> Arc<Budget> {
         let app = &connection.app;
         let owner = match app.rate_limits.per {
@@ -285,19 +298,6 @@ impl HttpClient {
         budgets
             .entry(key)
             .or_insert_with(|| Arc::new(Budget::new(&app.rate_limits.limits, app.rate_limits.headers)))
-            .clone()
-    }
-
-    fn token_source(&self, connection: &Connection) -> Arc<TokenSource> {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.entry(connection.name.clone()).or_insert_with(|| Arc::new(TokenSource::new(connection))).clone()
-    }
-
-    fn slots(&self, connection: &Connection) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry(connection.name.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(connection.concurrency.get() as usize)))
             .clone()
     }
 

@@ -485,10 +485,11 @@ fn compile_step(
     if let (Some(op), Some(c)) = (&op, &connection) {
         check_connection_fits(op, c, &format!("{at}.connection"), site, diags);
     }
-    // The id-map keys see what the step's other templates see, except `ids` itself.
+    // The id-map keys see what the step's other templates see, and the ids named above them.
     let mut ids = Vec::new();
-    for (name, key) in &spec.ids {
-        if let Some(t) = compile_template(key, &format!("{at}.ids.{name}"), scope, site, diags) {
+    for (n, (name, key)) in spec.ids.iter().enumerate() {
+        let key_scope = Scope { ids: spec.ids.keys().take(n).cloned().collect(), ..scope.clone() };
+        if let Some(t) = compile_template(key, &format!("{at}.ids.{name}"), &key_scope, site, diags) {
             ids.push((name.clone(), t));
         }
     }
@@ -738,7 +739,7 @@ fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
                 "`{}`: this step declares no id named `{name}`{}",
                 r.raw,
                 if scope.ids.is_empty() {
-                    "; add `ids: {{ <name>: \"<key template>\" }}` to the step".to_owned()
+                    "; add `ids: { <name>: \"<key template>\" }` to the step".to_owned()
                 } else {
                     hint(name, scope.ids.iter().map(String::as_str))
                 }

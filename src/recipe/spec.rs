@@ -81,9 +81,9 @@ pub struct StepSpec {
     pub input: BTreeMap<String, serde_json::Value>,
     /// Ids remembered by earlier runs (the id map), by name: each value is a key template,
     /// and this step's templates see `ids.<name>`, the id stored under that key (empty when
-    /// none). E.g. `contact: "party:{{trigger.id}}"`.
+    /// none). E.g. `contact: "party:{{trigger.id}}"`. A key may use the ids named above it.
     #[serde(default)]
-    pub ids: BTreeMap<String, String>,
+    pub ids: indexmap::IndexMap<String, String>,
     /// After the step succeeds, remember ids: key template to id template, e.g.
     /// `"entry:{{trigger.id}}": "{{steps.note.note.id}}"`. A retried or replayed run then
     /// finds the record this step created instead of creating it again.

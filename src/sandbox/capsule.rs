@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
 use super::clock::{Ms, iso_sec, parse_iso};
-use super::seed::{COUNTRIES, Generator};
+use super::seed::COUNTRIES;
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
 
@@ -268,7 +269,10 @@ impl CapsuleData {
                 "id": u.id,
                 "username": u.username,
                 "name": u.name(),
-                "pictureURL": format!("https://facehub.appspot.com/default/person?text={}&size=100", initials(&u.name())),
+                "pictureURL": format!(
+                    "https://facehub.appspot.com/default/person?text={}&size=100",
+                    utf8_percent_encode(&initials(&u.name()), NON_ALPHANUMERIC)
+                ),
                 "deleted": false,
             }),
             None => Value::Null,
@@ -348,10 +352,7 @@ impl CapsuleData {
         v.insert("lastContactedAt".into(), json!(p.last_contacted.map(iso_sec)));
         v.insert("owner".into(), p.owner.map(|o| self.user_short(o)).unwrap_or(Value::Null));
         v.insert("team".into(), Value::Null);
-        v.insert(
-            "pictureURL".into(),
-            json!(if p.kind == PartyKind::Person { PERSON_PICTURE } else { ORG_PICTURE }),
-        );
+        v.insert("pictureURL".into(), json!(if p.kind == PartyKind::Person { PERSON_PICTURE } else { ORG_PICTURE }));
         v.insert("enrichment".into(), Value::Null);
         v.insert(
             "addresses".into(),
@@ -497,7 +498,12 @@ pub struct Embed(Vec<String>);
 
 impl Embed {
     pub fn parse(req: &ApiRequest) -> Self {
-        Embed(req.query("embed").unwrap_or_default().split(',').map(|s| s.trim().to_owned()).collect())
+        Self::parse_list(req.query("embed").unwrap_or_default())
+    }
+
+    /// `tags,fields,organisation`.
+    pub fn parse_list(list: &str) -> Self {
+        Embed(list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
     }
 
     pub fn has(&self, what: &str) -> bool {
@@ -516,17 +522,16 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
     let pages = Pages { base: &state.base_url, path, req };
     match name {
         "party_updated" => {
-            let since = match since(req, false) {
+            let since = match since(req) {
                 Ok(s) => s,
                 Err(reply) => return reply,
             };
-            let parties: Vec<&Party> =
-                data.parties.values().filter(|p| since.is_none_or(|s| p.updated > s)).collect();
+            let parties: Vec<&Party> = data.parties.values().filter(|p| since.is_none_or(|s| p.updated > s)).collect();
             pages.reply("parties", parties, |p| data.party_json(p, &embed))
         }
         "get_party" => get_party(data, req.param("partyId"), &embed),
         "party_deleted" => {
-            let since = match since(req, true) {
+            let since = match since(req) {
                 Ok(Some(s)) => s,
                 Ok(None) => return Reply::capsule_invalid("party", "since", "since is required".into()),
                 Err(reply) => return reply,
@@ -570,9 +575,11 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
             let users: Vec<&User> = data.users.iter().collect();
             pages.reply("users", users, |u| data.user_json(u, embed.has("party")))
         }
-        "list_countries" => pages.reply("countries", COUNTRIES.iter().collect(), |c| {
-            json!({"alpha2Code": c.alpha2, "alpha3Code": c.alpha3, "numericCode": c.numeric, "name": c.name})
-        }),
+        "list_countries" => pages.reply(
+            "countries",
+            COUNTRIES.iter().collect(),
+            |c| json!({"alpha2Code": c.alpha2, "alpha3Code": c.alpha3, "numericCode": c.numeric, "name": c.name}),
+        ),
         // Beyond the catalog: what a client commonly asks for next.
         "current_user" => match data.users.first() {
             Some(u) => Reply::ok(json!({"user": data.user_json(u, true)})),
@@ -598,13 +605,11 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
                 .collect();
             pages.reply("parties", parties, |p| data.party_json(p, &embed))
         }
-        "list_tags" => Reply::ok(json!({"tags": data.tags.iter().map(|t| json!({
-            "id": t.id, "name": t.name, "description": Value::Null, "dataTag": t.data_tag,
-        })).collect::<Vec<_>>()})),
-        "field_definitions" => Reply::ok(json!({"definitions": data.field_definitions.iter().enumerate().map(|(i, d)| json!({
-            "id": d.id, "type": d.kind, "description": Value::Null, "important": false, "displayOrder": i + 1,
-            "name": d.name, "tag": Value::Null, "captureRule": Value::Null, "options": d.options,
-        })).collect::<Vec<_>>()})),
+        "list_tags" => Reply::ok(json!({"tags": data.tags.iter().map(tag_json).collect::<Vec<_>>()})),
+        "field_definitions" => {
+            let definitions: Vec<Value> = data.field_definitions.iter().enumerate().map(definition_json).collect();
+            Reply::ok(json!({ "definitions": definitions }))
+        }
         "activity_types" => Reply::ok(json!({"activityTypes": [
             {"id": -1, "name": "Note", "icon": "note", "updateLastContacted": false},
             {"id": -2, "name": "Email", "icon": "email", "updateLastContacted": true},
@@ -612,6 +617,17 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
         ]})),
         _ => Reply::capsule_not_found(),
     }
+}
+
+fn tag_json(t: &Tag) -> Value {
+    json!({"id": t.id, "name": t.name, "description": Value::Null, "dataTag": t.data_tag})
+}
+
+fn definition_json((i, d): (usize, &FieldDefinition)) -> Value {
+    json!({
+        "id": d.id, "type": d.kind, "description": Value::Null, "important": false, "displayOrder": i + 1,
+        "name": d.name, "tag": Value::Null, "captureRule": Value::Null, "options": d.options,
+    })
 }
 
 /// `GET /parties/{id}` or, with commas, up to ten at once.
@@ -642,12 +658,24 @@ fn restricted_parties() -> Value {
     ])
 }
 
+/// The singular name Capsule's errors give a resource (`parties` → `party`).
+pub fn resource(category: &str) -> &str {
+    match category {
+        "parties" => "party",
+        "entries" => "entry",
+        "tasks" => "task",
+        "users" => "user",
+        "countries" => "country",
+        other => other,
+    }
+}
+
 fn newest_first(entries: &mut [&Entry]) {
     entries.sort_by(|a, b| b.entry_at.cmp(&a.entry_at).then(b.id.cmp(&a.id)));
 }
 
 /// The `since` parameter: None when absent, a 422 when unreadable.
-fn since(req: &ApiRequest, _required: bool) -> Result<Option<Ms>, Reply> {
+fn since(req: &ApiRequest) -> Result<Option<Ms>, Reply> {
     match req.query("since") {
         None => Ok(None),
         Some(text) => match parse_iso(text) {
@@ -672,8 +700,11 @@ struct Pages<'a> {
 impl Pages<'_> {
     fn reply<T>(&self, key: &str, items: Vec<T>, render: impl Fn(&T) -> Value) -> Reply {
         let page = self.req.query_number("page").map(|p| p.max(1.0) as usize).unwrap_or(1);
-        let per_page =
-            self.req.query_number("perPage").map(|p| (p.max(1.0) as usize).min(MAX_PER_PAGE)).unwrap_or(DEFAULT_PER_PAGE);
+        let per_page = self
+            .req
+            .query_number("perPage")
+            .map(|p| (p.max(1.0) as usize).min(MAX_PER_PAGE))
+            .unwrap_or(DEFAULT_PER_PAGE);
         let start = (page - 1).saturating_mul(per_page);
         let rendered: Vec<Value> = items.iter().skip(start).take(per_page).map(render).collect();
         let mut links = Vec::new();
@@ -730,7 +761,9 @@ pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
     let now = state.clock.now_second();
     for (i, id) in ids.iter().enumerate() {
         let change = state.picks.below(4);
+        let country = state.capsule.parties.get(id).and_then(|p| p.addresses.first()).map(|a| a.country.clone());
         let job = state.generator.job_title();
+        let number = state.generator.mobile_for(country.as_deref());
         let tag = state.capsule.tags.get(state.picks.below(state.capsule.tags.len().max(1))).map(|t| t.id);
         let phone_id = state.capsule.item_id();
         let Some(p) = state.capsule.parties.get_mut(id) else { continue };
@@ -743,10 +776,7 @@ pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
                     None => line,
                 });
             }
-            2 => {
-                let number = format!("+44 20 7946 {:04}", 100 + (*id % 900));
-                p.phones.push(Phone { id: phone_id, kind: Some("Mobile".into()), number });
-            }
+            2 => p.phones.push(Phone { id: phone_id, kind: Some("Mobile".into()), number }),
             _ => {
                 if let Some(tag) = tag
                     && !p.tags.contains(&tag)
@@ -817,8 +847,7 @@ pub fn add_tasks(state: &mut State, n: usize) -> Vec<i64> {
 /// Completes `n` open tasks; each completion also files a "Task completed" entry, as
 /// Capsule does.
 pub fn complete_tasks(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> =
-        state.capsule.tasks.values().filter(|t| t.status == TaskStatus::Open).map(|t| t.id).collect();
+    let ids: Vec<i64> = state.capsule.tasks.values().filter(|t| t.status == TaskStatus::Open).map(|t| t.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     for id in &ids {
@@ -856,11 +885,9 @@ mod tests {
 
     fn request(query: &[(&str, &str)]) -> ApiRequest {
         ApiRequest {
-            method: crate::catalog::Method::Get,
             params: Default::default(),
             query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: json!({}),
-            token: "t".into(),
         }
     }
 
@@ -889,7 +916,8 @@ mod tests {
         let edited = edit_people(&mut state, 3);
         let since = iso_sec(super::super::clock::BASE_MS);
         let reply = handle(&mut state, "party_updated", &request(&[("since", &since)]), "/parties");
-        let ids: Vec<i64> = reply.body["parties"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> =
+            reply.body["parties"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
         let mut expected = edited.clone();
         expected.sort();
         assert_eq!(ids, expected);
@@ -898,7 +926,8 @@ mod tests {
         assert_eq!(reply.status, 422);
         let gone = delete_people(&mut state, 2);
         let reply = handle(&mut state, "party_deleted", &request(&[("since", &since)]), "/parties/deleted");
-        let ids: Vec<i64> = reply.body["parties"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> =
+            reply.body["parties"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
         assert_eq!(ids, gone);
         assert!(reply.body["parties"][0]["deletedAt"].as_str().unwrap() > since.as_str());
         assert!(state.capsule.entries.values().all(|e| !gone.contains(&e.party)));
@@ -912,8 +941,13 @@ mod tests {
         let entries_before = state.capsule.entries.len();
         let done = complete_tasks(&mut state, 2);
         assert_eq!(done.len(), 2);
-        assert!(state.capsule.entries.len() >= entries_before + 1);
-        let all = handle(&mut state, "task_updated", &request(&[("status", "open,completed,pending"), ("perPage", "100")]), "/tasks");
+        assert!(state.capsule.entries.len() > entries_before);
+        let all = handle(
+            &mut state,
+            "task_updated",
+            &request(&[("status", "open,completed,pending"), ("perPage", "100")]),
+            "/tasks",
+        );
         let t = all.body["tasks"].as_array().unwrap().iter().find(|t| t["id"] == done[0]).unwrap().clone();
         assert_eq!(t["status"], "COMPLETED");
         assert!(t["completedAt"].is_string());

@@ -6,20 +6,15 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::Method;
-
 /// A request that passed authentication, the rate limit and input checks.
 #[derive(Debug, Clone)]
 pub struct ApiRequest {
-    pub method: Method,
     /// Path parameters, percent-decoded.
     pub params: BTreeMap<String, String>,
     /// Query pairs in the order sent, decoded.
     pub query: Vec<(String, String)>,
     /// The JSON body; an empty object when none was sent.
     pub body: Value,
-    /// The bearer token (Capsule budgets are per token).
-    pub token: String,
 }
 
 impl ApiRequest {
@@ -70,7 +65,11 @@ impl Reply {
 
     /// GHL's NestJS-style error.
     pub fn ghl_error(status: u16, message: impl Into<String>) -> Self {
-        Reply { status, body: json!({"statusCode": status, "message": message.into(), "error": reason(status)}), headers: Vec::new() }
+        Reply {
+            status,
+            body: json!({"statusCode": status, "message": message.into(), "error": reason(status)}),
+            headers: Vec::new(),
+        }
     }
 
     /// GHL's validation error: every problem in `message`.
@@ -80,10 +79,6 @@ impl Reply {
             body: json!({"statusCode": 422, "message": messages, "error": reason(422)}),
             headers: Vec::new(),
         }
-    }
-
-    pub fn ghl_not_found(what: &str) -> Self {
-        Self::ghl_error(404, format!("{what} not found"))
     }
 
     /// Capsule's error: a message and, for validation, the fields at fault.

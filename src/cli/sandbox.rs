@@ -1,0 +1,93 @@
+//! `ghlflow sandbox`: start the local GHL + Capsule emulator, print a ghlflow.yaml that
+//! points at it (stdout, ready to paste), and serve until Ctrl-C. What it serves, and its
+//! control API, are described in `crate::sandbox`.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::{CliError, CliResult, print};
+use crate::sandbox::{self, LostAs, SandboxError, SandboxOptions};
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// The port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8977)]
+    port: u16,
+    /// Seed of the generated data: the same seed gives the same people, notes and tasks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many Capsule people to generate.
+    #[arg(long, default_value_t = 300)]
+    people: usize,
+    /// Share (0 to 1) of GHL writes that fail with a 500 before they are applied.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    fail_rate: f64,
+    /// Share (0 to 1) of GHL writes that are applied but whose answer is lost.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    lose_responses: f64,
+    /// How a lost answer looks: the connection closed without a reply, or a 504.
+    #[arg(long, value_enum, default_value_t = LostAsArg::Close)]
+    lost_as: LostAsArg,
+    /// Milliseconds added to every answer.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    latency: u64,
+    /// Fault GHL reads too (by default only writes fail or lose their answer).
+    #[arg(long)]
+    fault_reads: bool,
+    /// Multiply every rate limit by this (e.g. 100 for volume tests).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    limits_scale: f64,
+    /// No rate limits at all.
+    #[arg(long, conflicts_with = "limits_scale")]
+    no_limits: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LostAsArg {
+    Close,
+    #[value(name = "504")]
+    GatewayTimeout,
+}
+
+pub async fn run(args: SandboxArgs) -> CliResult {
+    let options = SandboxOptions {
+        port: args.port,
+        seed: args.seed,
+        people: args.people,
+        fail_rate: args.fail_rate,
+        lose_responses: args.lose_responses,
+        lost_as: match args.lost_as {
+            LostAsArg::Close => LostAs::Close,
+            LostAsArg::GatewayTimeout => LostAs::GatewayTimeout,
+        },
+        latency: Duration::from_millis(args.latency),
+        fault_reads: args.fault_reads,
+        limits_scale: args.limits_scale,
+        no_limits: args.no_limits,
+    };
+    let sandbox = sandbox::start(options).await.map_err(|e| match e {
+        SandboxError::Option(_) => CliError::Invalid(e.to_string()),
+        SandboxError::Bind { .. } => CliError::Runtime(format!("{e} (another port: --port N, any free one: --port 0)")),
+        SandboxError::Catalog(_) => CliError::Runtime(e.to_string()),
+    })?;
+    print(&format!(
+        "# ghlflow.yaml for the sandbox (seed {}, {} people); any token works.\n{}",
+        args.seed,
+        args.people,
+        sandbox.config_yaml()
+    ))?;
+    let base = sandbox.ghl_base_url();
+    eprintln!(
+        "sandbox: GHL at {base}, Capsule at {}, location {}\n\
+         sandbox: control API at {base}/_sandbox (e.g. curl -X POST {base}/_sandbox/capsule/people/edit -d '{{\"count\":5}}')\n\
+         sandbox: serving until Ctrl-C",
+        sandbox.capsule_base_url(),
+        sandbox.location_id(),
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    let served = sandbox.request_count();
+    sandbox.shutdown().await;
+    eprintln!("sandbox: stopped after {served} requests");
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `ghlflow demo`: the shipped recipes against an in-process sandbox, over a few compressed
+//! cycles, with no account, token or network.
+//!
+//! A `Workspace` is a temporary folder with a ghlflow.yaml pointing at a sandbox, the
+//! shipped recipes (embedded in the binary) and a state store; `cycle` polls the recipes the
+//! way `ghlflow run` would (people first, then what depends on them) and replays failed runs,
+//! as autoreplay would after its delay. `change_the_world` edits the sandbox between cycles
+//! like people at work would. The end-to-end tests drive the same workspace.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use include_dir::{Dir, include_dir};
+use serde_json::{Map, Value, json};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::engine::{Engine, EngineOptions, OnceSummary};
+use crate::http::HttpClient;
+use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::store::{RunStatus, Store};
+
+static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
+
+/// The recipe that mirrors people runs first: the others find contacts through its id map.
+pub const PEOPLE_RECIPE: &str = "capsule-people";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A folder, a sandbox and an engine, wired together.
+pub struct Workspace {
+    pub sandbox: Sandbox,
+    pub engine: Arc<Engine>,
+    pub dir: tempfile::TempDir,
+}
+
+/// What one cycle did.
+#[derive(Debug, Default, Clone)]
+pub struct CycleReport {
+    pub new_items: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub filtered: usize,
+    pub held: usize,
+    /// Failed runs replayed at the end of the cycle, and how many of those still failed.
+    pub replayed: usize,
+    pub still_failed: usize,
+    pub errors: Vec<String>,
+    pub took: Duration,
+}
+
+impl Workspace {
+    /// Starts a sandbox and sets up a folder with the shipped recipes against it.
+    pub async fn new(options: SandboxOptions) -> Result<Workspace, DemoError> {
+        let sandbox = crate::sandbox::start(options).await?;
+        let dir = tempfile::tempdir().map_err(|e| DemoError::Setup(format!("cannot make a temporary folder: {e}")))?;
+        let setup = |e: String| DemoError::Setup(e);
+        std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).map_err(|e| setup(e.to_string()))?;
+        let recipes = dir.path().join("recipes");
+        std::fs::create_dir(&recipes).map_err(|e| setup(e.to_string()))?;
+        for file in SHIPPED_RECIPES.files() {
+            std::fs::write(recipes.join(file.path()), file.contents()).map_err(|e| setup(e.to_string()))?;
+        }
+        let catalog = Arc::new(crate::catalog::load_embedded().map_err(|d| setup(d.to_string()))?);
+        let engine = Arc::new(engine_for(dir.path().join("ghlflow.yaml"), catalog)?);
+        Ok(Workspace { sandbox, engine, dir })
+    }
+
+    /// One cycle: people first, then the rest; failed runs replayed once more at the end.
+    pub async fn cycle(&self) -> CycleReport {
+        let started = Instant::now();
+        let mut report = CycleReport::default();
+        let people = self.engine.run_once(&[PEOPLE_RECIPE.to_owned()]).await;
+        add(&mut report, &people);
+        let others: Vec<String> =
+            self.engine.recipes().iter().map(|r| r.id.clone()).filter(|id| id != PEOPLE_RECIPE).collect();
+        let rest = self.engine.run_once(&others).await;
+        add(&mut report, &rest);
+        // Autoreplay, with the delay compressed: failed runs get another go now.
+        for _ in 0..3 {
+            let failed: Vec<String> = self
+                .engine
+                .store
+                .runs(None, usize::MAX)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .map(|r| r.id)
+                .collect();
+            if failed.is_empty() {
+                break;
+            }
+            report.replayed += failed.len();
+            report.still_failed = 0;
+            for id in failed {
+                match self.engine.replay(&id).await {
+                    Ok(o) if o.status == RunStatus::Failed => report.still_failed += 1,
+                    Ok(_) => {}
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+        report.took = started.elapsed();
+        report
+    }
+
+    /// What people do between two polls: edit, delete and add people in Capsule, edit notes,
+    /// complete tasks; and in GHL, a new lead arrives and a deal is won.
+    pub async fn change_the_world(&self) -> Result<(), String> {
+        self.sandbox.capsule_edit_people(20);
+        self.sandbox.capsule_delete_people(5);
+        self.sandbox.capsule_add_people(10);
+        self.sandbox.capsule_edit_notes(10);
+        self.sandbox.capsule_complete_tasks(10);
+        self.sandbox.ghl_add_contacts(1);
+        let opportunities =
+            self.ghl_call("ghl.opportunities.search_opportunities", json!({"status": "open", "limit": 1})).await?;
+        if let Some(id) = opportunities.pointer("/opportunities/0/id").and_then(Value::as_str) {
+            self.ghl_call("ghl.opportunities.update_opportunity_status", json!({"id": id, "status": "won"})).await?;
+        }
+        Ok(())
+    }
+
+    /// Calls a GHL operation on the sandbox, as a person or a form would.
+    pub async fn ghl_call(&self, key: &str, inputs: Value) -> Result<Value, String> {
+        let op = self.engine.catalog.get(key).ok_or_else(|| format!("no operation {key}"))?;
+        let connection = self.engine.config.connection("ghl")?;
+        let inputs: Map<String, Value> = inputs.as_object().cloned().unwrap_or_default();
+        self.engine.client.execute(connection, op, &inputs).await.map(|r| r.body).map_err(|e| e.to_string())
+    }
+
+    /// Runs by status, over the whole history.
+    pub fn run_counts(&self) -> Vec<(RunStatus, usize)> {
+        let runs = self.engine.store.runs(None, usize::MAX).unwrap_or_default();
+        [
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Filtered,
+            RunStatus::Held,
+            RunStatus::Queued,
+            RunStatus::Running,
+        ]
+        .into_iter()
+        .map(|s| (s, runs.iter().filter(|r| r.status == s).count()))
+        .collect()
+    }
+}
+
+fn engine_for(config_path: PathBuf, catalog: Arc<Catalog>) -> Result<Engine, DemoError> {
+    let setup = |e: String| DemoError::Setup(e);
+    let config =
+        Arc::new(Config::load(&config_path, &catalog, &crate::config::process_env).map_err(|d| setup(d.to_string()))?);
+    let recipes = crate::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &crate::config::process_env)
+        .map_err(|d| setup(d.to_string()))?;
+    let store = Store::open(&config.state_dir).map_err(|e| setup(e.to_string()))?;
+    let client = HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| setup(e.to_string()))?;
+    let engine = Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default());
+    engine.set_recipes(recipes);
+    Ok(engine)
+}
+
+fn add(report: &mut CycleReport, s: &OnceSummary) {
+    report.new_items += s.polls.iter().map(|p| p.new).sum::<usize>();
+    report.held += s.polls.iter().map(|p| p.held).sum::<usize>();
+    report.succeeded += s.count(RunStatus::Succeeded);
+    report.failed += s.count(RunStatus::Failed);
+    report.filtered += s.count(RunStatus::Filtered);
+    report.errors.extend(s.errors.iter().cloned());
+}

@@ -1,0 +1,161 @@
+//! The control API, `/_sandbox/...` (JSON, no token): change the Capsule account, look at
+//! what reached GHL, set faults, read the counters. It is the HTTP face of the methods on
+//! `Sandbox`, for a sandbox started from the command line.
+//!
+//! - `GET  /_sandbox`: where the APIs are, the sandbox clock, counts and faults
+//! - `POST /_sandbox/capsule/{people,notes,tasks}/{action}` `{"count": n}` → `{"ids": [...]}`
+//!   (people: edit, delete, add; notes: edit, add; tasks: complete, add)
+//! - `GET  /_sandbox/capsule/counts`, `/_sandbox/capsule/parties/{id}`
+//! - `GET  /_sandbox/ghl/counts`, `/ghl/contacts`, `/ghl/contacts/{id}/notes`,
+//!   `/ghl/contacts/{id}/tasks`, `/ghl/messages`
+//! - `POST /_sandbox/ghl/contacts/add` `{"count": n}`: new leads, as from a web form
+//! - `GET|PUT /_sandbox/faults` (PUT takes any subset of the fields)
+//! - `GET  /_sandbox/requests`
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::capsule;
+use super::faults::Faults;
+use super::server::Shared;
+
+type Ctx = AxumState<Arc<Shared>>;
+
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/_sandbox", get(info))
+        .route("/_sandbox/", get(info))
+        .route("/_sandbox/capsule/{kind}/{action}", post(capsule_change))
+        .route("/_sandbox/capsule/counts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().capsule_counts())) }))
+        .route("/_sandbox/capsule/parties/{id}", get(capsule_party))
+        .route("/_sandbox/ghl/counts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_counts())) }))
+        .route("/_sandbox/ghl/contacts/add", post(ghl_add))
+        .route("/_sandbox/ghl/contacts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_contacts())) }))
+        .route(
+            "/_sandbox/ghl/contacts/{id}/notes",
+            get(|AxumState(s): Ctx, Path(id): Path<String>| async move { ok(json!(s.lock().ghl_notes(&id))) }),
+        )
+        .route(
+            "/_sandbox/ghl/contacts/{id}/tasks",
+            get(|AxumState(s): Ctx, Path(id): Path<String>| async move { ok(json!(s.lock().ghl_tasks(&id))) }),
+        )
+        .route("/_sandbox/ghl/messages", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_messages())) }))
+        .route("/_sandbox/faults", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().faults)) }).put(set_faults))
+        .route("/_sandbox/requests", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().counts)) }))
+        .route(
+            "/_sandbox/{*rest}",
+            axum::routing::any(|| async {
+                error(StatusCode::NOT_FOUND, "no such control route; see GET /_sandbox".into())
+            }),
+        )
+}
+
+fn ok(body: Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+async fn info(AxumState(shared): Ctx) -> Response {
+    let state = shared.lock();
+    ok(json!({
+        "ghl_base_url": state.base_url,
+        "capsule_base_url": format!("{}/api/v2", state.base_url),
+        "location_id": state.ghl.location_id,
+        "company_id": state.ghl.company_id,
+        "now": super::clock::iso_sec(state.clock.peek()),
+        "ghl": state.ghl_counts(),
+        "capsule": state.capsule_counts(),
+        "requests": state.counts,
+        "faults": state.faults,
+    }))
+}
+
+/// `{"count": n}`, 1 when the body is empty.
+fn count(body: &Bytes) -> Result<usize, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(1);
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body must be JSON like {{\"count\": 5}}: {e}"))?;
+    value
+        .get("count")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .ok_or_else(|| "`count` must be a whole number".into())
+}
+
+async fn capsule_change(AxumState(shared): Ctx, Path((kind, action)): Path<(String, String)>, body: Bytes) -> Response {
+    let n = match count(&body) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let mut state = shared.lock();
+    let ids = match (kind.as_str(), action.as_str()) {
+        ("people", "edit") => capsule::edit_people(&mut state, n),
+        ("people", "delete") => capsule::delete_people(&mut state, n),
+        ("people", "add") => capsule::add_people(&mut state, n),
+        ("notes", "edit") => capsule::edit_notes(&mut state, n),
+        ("notes", "add") => capsule::add_notes(&mut state, n),
+        ("tasks", "complete") => capsule::complete_tasks(&mut state, n),
+        ("tasks", "add") => capsule::add_tasks(&mut state, n),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown change `{kind}/{action}`; try people/edit, people/delete, people/add, notes/edit, \
+                     notes/add, tasks/complete, tasks/add"
+                ),
+            );
+        }
+    };
+    ok(json!({"ids": ids}))
+}
+
+async fn ghl_add(AxumState(shared): Ctx, body: Bytes) -> Response {
+    match count(&body) {
+        Ok(n) => ok(json!({"ids": super::ghl::add_leads(&mut shared.lock(), n)})),
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn capsule_party(AxumState(shared): Ctx, Path(id): Path<String>) -> Response {
+    match id.parse::<i64>().ok().and_then(|id| shared.lock().capsule_party(id)) {
+        Some(party) => ok(json!({"party": party})),
+        None => error(StatusCode::NOT_FOUND, format!("no party {id}")),
+    }
+}
+
+/// Replaces the fields given; the others keep their values.
+async fn set_faults(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let mut state = shared.lock();
+    let mut current = match serde_json::to_value(state.faults) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(p)) => Value::Object(p),
+        _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object of fault settings".into()),
+    };
+    if let (Value::Object(cur), Value::Object(patch)) = (&mut current, patch) {
+        cur.extend(patch);
+    }
+    let faults: Faults = match serde_json::from_value(current) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    if let Err(e) = faults.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+    }
+    state.faults = faults;
+    ok(json!(faults))
+}

@@ -1,0 +1,313 @@
+//! `ghlflow sandbox`: a local, stateful stand-in for the GHL API v2 and the Capsule API v2
+//! on one port, for tests, the demo and trying recipes without touching a real account.
+//! GHL is served at the root (`http://127.0.0.1:PORT`), Capsule under `/api/v2`, both at the
+//! catalog's own paths; every catalog operation answers (with state where it matters, with
+//! its catalog sample otherwise). It owns the emulation: seeded data (`seed`), the
+//! handlers (`ghl`, `capsule`), the gates every request passes (`server`: token, rate limits
+//! with the real headers, `Version`, unknown body properties, location), injected faults
+//! (`faults`), and the control API (`control` over HTTP, the methods of `Sandbox` in Rust).
+//! It does not use the rest of ghlflow except the catalog, and nothing in ghlflow uses it
+//! except the `sandbox` command, the tests and the demo.
+
+mod capsule;
+mod clock;
+mod control;
+mod faults;
+mod ghl;
+mod limits;
+mod routes;
+mod seed;
+mod server;
+mod state;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::{Faults, LostAs};
+pub use seed::{COMPANY_ID, LOCATION_ID};
+pub use state::{CapsuleCounts, GhlCounts, RequestCounts};
+
+use server::Shared;
+
+/// How to start a sandbox. `Default` is port 0 (any free port), seed 1, 300 people, no
+/// faults, the real rate limits.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// 0 picks a free port.
+    pub port: u16,
+    pub seed: u64,
+    /// Capsule people to seed (plus one organisation for every six).
+    pub people: usize,
+    /// Share of GHL writes that fail with a 500 before being applied (0 to 1).
+    pub fail_rate: f64,
+    /// Share of GHL writes applied but whose answer is lost (0 to 1).
+    pub lose_responses: f64,
+    /// How a lost answer looks: the connection closed (default) or a 504.
+    pub lost_as: LostAs,
+    /// Added to every answer.
+    pub latency: Duration,
+    /// Fault GHL reads too, not only writes.
+    pub fault_reads: bool,
+    /// Multiplies every rate limit (100 for volume tests, 0.05 to hit them quickly).
+    pub limits_scale: f64,
+    /// No rate limits at all.
+    pub no_limits: bool,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            port: 0,
+            seed: 1,
+            people: 300,
+            fail_rate: 0.0,
+            lose_responses: 0.0,
+            lost_as: LostAs::Close,
+            latency: Duration::ZERO,
+            fault_reads: false,
+            limits_scale: 1.0,
+            no_limits: false,
+        }
+    }
+}
+
+impl SandboxOptions {
+    pub fn faults(&self) -> Faults {
+        Faults {
+            fail_rate: self.fail_rate,
+            lose_responses: self.lose_responses,
+            lost_as: self.lost_as,
+            latency: self.latency,
+            fault_reads: self.fault_reads,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox option: {0}")]
+    Option(String),
+    #[error("the operations catalog is invalid:\n{0}")]
+    Catalog(String),
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+}
+
+/// A running sandbox. Dropping it stops the server (`shutdown` also waits for it).
+#[derive(Debug)]
+pub struct Sandbox {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Binds 127.0.0.1:`port` and serves on the current tokio runtime.
+pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
+    let faults = opts.faults();
+    faults.check().map_err(SandboxError::Option)?;
+    if !(opts.limits_scale.is_finite() && opts.limits_scale > 0.0) {
+        return Err(SandboxError::Option(format!("the limits scale must be above 0, not {}", opts.limits_scale)));
+    }
+    let catalog = crate::catalog::load_embedded().map_err(|d| SandboxError::Catalog(d.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
+        .await
+        .map_err(|source| SandboxError::Bind { port: opts.port, source })?;
+    let addr = listener.local_addr().map_err(|source| SandboxError::Bind { port: opts.port, source })?;
+    let limits = limits::Limits::new(opts.limits_scale, opts.no_limits);
+    let state = state::State::new(opts.seed, opts.people, faults, limits, format!("http://{addr}"));
+    let shared = Arc::new(Shared { state: Mutex::new(state), routes: routes::RouteTable::new(&catalog) });
+    let app = server::router(Arc::clone(&shared)).into_make_service_with_connect_info::<faults::Cut>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(faults::CuttableListener(listener), app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "the sandbox server stopped");
+        }
+    });
+    Ok(Sandbox { addr, shared, stop: Some(stop), task: Some(task) })
+}
+
+impl Sandbox {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: GHL's paths sit at the root.
+    pub fn ghl_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/api/v2`.
+    pub fn capsule_base_url(&self) -> String {
+        format!("http://{}/api/v2", self.addr)
+    }
+
+    pub fn location_id(&self) -> &'static str {
+        LOCATION_ID
+    }
+
+    pub fn company_id(&self) -> &'static str {
+        COMPANY_ID
+    }
+
+    /// A ghlflow.yaml with a `ghl` and a `capsule` connection to this sandbox.
+    pub fn config_yaml(&self) -> String {
+        let lines = [
+            "connections:".to_owned(),
+            "  ghl:".to_owned(),
+            "    app: ghl".to_owned(),
+            format!("    location_id: {LOCATION_ID}"),
+            format!("    company_id: {COMPANY_ID}"),
+            "    auth: { type: private_token, token: sandbox-ghl-token }".to_owned(),
+            format!("    base_url: {}", self.ghl_base_url()),
+            "  capsule:".to_owned(),
+            "    app: capsule".to_owned(),
+            "    auth: { type: bearer, token: sandbox-capsule-token }".to_owned(),
+            "    access: read_only".to_owned(),
+            format!("    base_url: {}", self.capsule_base_url()),
+            "state: .ghlflow/state".to_owned(),
+        ];
+        lines.join("\n") + "\n"
+    }
+
+    /// Stops serving and waits (briefly) for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Idle keep-alive connections can hold a graceful shutdown open; do not wait
+            // on them for long.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
+        self.shared.lock()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Changing Capsule. Each returns the ids it touched; picks are repeatable for a seed.
+
+    /// Edits `n` people (job title, about, a phone or a tag); their `updatedAt` moves to now.
+    pub fn capsule_edit_people(&self, n: usize) -> Vec<i64> {
+        capsule::edit_people(&mut self.state(), n)
+    }
+
+    /// Deletes `n` people (with their entries and tasks); they appear under `/parties/deleted`.
+    pub fn capsule_delete_people(&self, n: usize) -> Vec<i64> {
+        capsule::delete_people(&mut self.state(), n)
+    }
+
+    /// Adds `n` people, created now.
+    pub fn capsule_add_people(&self, n: usize) -> Vec<i64> {
+        capsule::add_people(&mut self.state(), n)
+    }
+
+    /// Rewrites `n` notes: `updatedAt` moves to now, `entryAt` stays.
+    pub fn capsule_edit_notes(&self, n: usize) -> Vec<i64> {
+        capsule::edit_notes(&mut self.state(), n)
+    }
+
+    /// Adds a note, dated now, to each of `n` people.
+    pub fn capsule_add_notes(&self, n: usize) -> Vec<i64> {
+        capsule::add_notes(&mut self.state(), n)
+    }
+
+    /// Completes `n` open tasks (each also files a "Task completed" entry).
+    pub fn capsule_complete_tasks(&self, n: usize) -> Vec<i64> {
+        capsule::complete_tasks(&mut self.state(), n)
+    }
+
+    /// Adds an open task to each of `n` people.
+    pub fn capsule_add_tasks(&self, n: usize) -> Vec<i64> {
+        capsule::add_tasks(&mut self.state(), n)
+    }
+
+    /// A party as `GET /parties/{id}?embed=tags,fields` shows it.
+    pub fn capsule_party(&self, id: i64) -> Option<Value> {
+        self.state().capsule_party(id)
+    }
+
+    /// Ids of every live Capsule person, in id order.
+    pub fn capsule_people(&self) -> Vec<i64> {
+        self.state().capsule.people().map(|p| p.id).collect()
+    }
+
+    pub fn capsule_counts(&self) -> CapsuleCounts {
+        self.state().capsule_counts()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Looking at GHL.
+
+    pub fn ghl_counts(&self) -> GhlCounts {
+        self.state().ghl_counts()
+    }
+
+    /// Adds `n` contacts as a web form would: new leads, each with its own email and phone.
+    pub fn ghl_add_contacts(&self, n: usize) -> Vec<String> {
+        ghl::add_leads(&mut self.state(), n)
+    }
+
+    /// Every contact as the API returns it, oldest first.
+    pub fn ghl_contacts(&self) -> Vec<Value> {
+        self.state().ghl_contacts()
+    }
+
+    pub fn ghl_notes(&self, contact_id: &str) -> Vec<Value> {
+        self.state().ghl_notes(contact_id)
+    }
+
+    pub fn ghl_tasks(&self, contact_id: &str) -> Vec<Value> {
+        self.state().ghl_tasks(contact_id)
+    }
+
+    /// Every message sent or seeded, oldest first.
+    pub fn ghl_messages(&self) -> Vec<Value> {
+        self.state().ghl_messages()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Faults and counters.
+
+    pub fn faults(&self) -> Faults {
+        self.state().faults
+    }
+
+    /// Replaces the faults in force; rates outside 0..=1 are refused.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), SandboxError> {
+        faults.check().map_err(SandboxError::Option)?;
+        self.state().faults = faults;
+        Ok(())
+    }
+
+    /// Requests answered by either API so far (the control API not counted).
+    pub fn request_count(&self) -> u64 {
+        self.state().counts.total
+    }
+
+    pub fn request_counts(&self) -> RequestCounts {
+        self.state().counts
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
