@@ -150,6 +150,17 @@ pub struct Store {
     open: sled::Tree,
     ids: sled::Tree,
     sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    flushes: std::sync::Arc<FlushGate>,
+}
+
+/// Group commit for `flush_async`: one sled flush runs at a time, and every caller that
+/// arrives while it runs is covered by the single flush that starts next.
+#[derive(Debug, Default)]
+struct FlushGate {
+    /// Flushes begun so far; a flush numbered above a caller's reading begins after its writes.
+    begun: std::sync::atomic::AtomicU64,
+    /// The number of the last flush that succeeded. Held while a flush runs.
+    done: tokio::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,7 +175,7 @@ impl Store {
         let fail = |reason: String| StoreError::Open { path: dir.to_path_buf(), reason };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         restrict_to_owner(dir).map_err(|e| fail(e.to_string()))?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| {
+        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("WouldBlock") || text.contains("lock") {
                 fail("another ghlflow process is using it (is `ghlflow run` running?)".into())
@@ -189,6 +200,7 @@ impl Store {
             open: db.open_tree("open_runs")?,
             ids: db.open_tree("id_map")?,
             sequence: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            flushes: std::sync::Arc::default(),
             db,
         })
     }
@@ -217,11 +229,24 @@ impl Store {
     /// IO thread pool, where the buffer writes it waits for are queued too, so a handful of
     /// concurrent callers deadlock (spacejam/sled#1308, fixed only on sled's unreleased main).
     /// The same blocking flush on tokio's blocking pool leaves sled's pool free to write.
+    ///
+    /// Flushes are grouped (see `FlushGate`): sled alone seals and syncs a log buffer for
+    /// nearly every caller, which made three flushes per run the bulk of a run's CPU.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // An RMW rather than a load, so the flush that next increments `begun` is ordered
+        // after this caller's writes.
+        let seen = self.flushes.begun.fetch_add(0, SeqCst);
+        let mut done = self.flushes.done.lock().await;
+        if *done > seen {
+            return Ok(()); // a flush that began after this call has succeeded
+        }
+        let number = self.flushes.begun.fetch_add(1, SeqCst) + 1;
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(flushed) => {
                 flushed?;
+                *done = number;
                 Ok(())
             }
             Err(e) => Err(StoreError::Sled(sled::Error::ReportableBug(format!("flush task failed: {e}")))),

@@ -9,6 +9,7 @@ mod catalog_errors;
 mod cli_ops;
 mod engine;
 mod http_layer;
+mod mirror;
 mod prism_conformance;
 mod recipe_validate;
 mod sandbox;

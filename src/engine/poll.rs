@@ -2,8 +2,9 @@
 //! outcome (new runs, seen marks, the trigger's position) in one transaction.
 //!
 //! A feed with a `since` filter reads every page changed since its cursor (the newest
-//! record timestamp seen, minus an overlap that dedupe absorbs); other list feeds read
-//! pages until one holds an item already seen. A page bound that ends a poll leaves the
+//! record timestamp seen, minus an overlap that dedupe absorbs); a feed of new items reads
+//! pages until one holds an item already seen; a feed of changes without such a filter is
+//! read whole, since an edited record need not come first. A page bound that ends a poll leaves the
 //! position of the next page, where the next poll goes on. The first poll records a
 //! baseline (or backfills); later polls hold a batch larger than `hold_above`.
 
@@ -82,8 +83,12 @@ impl Engine {
         // Read pages.
         let mut pager = Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(op), start_inputs, None);
         let mut records: Vec<Value> = Vec::new();
-        let stop_at_seen =
-            op.since.is_none() && matches!(op.output.as_ref().map(|o| &o.records), Some(Records::Items(_)));
+        // A feed of new items (dedupe by id), newest first, ends at the first item already
+        // seen. A feed of changes without a `since` filter is read whole (up to the page
+        // bound): an edit to an old record sits where the record always was, not on page 1.
+        let stop_at_seen = op.since.is_none()
+            && trigger.dedupe == Dedupe::Id
+            && matches!(op.output.as_ref().map(|o| &o.records), Some(Records::Items(_)));
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
