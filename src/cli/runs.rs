@@ -296,7 +296,8 @@ fn render_list(runs: &[RunRecord]) -> String {
         format!("{:<20}  {:<rw$}  {:<9}  {:<iw$}  {:<24}  ERROR\n", "RUN", "RECIPE", "STATUS", "ITEM", "STARTED");
     for r in runs {
         let item: String = r.item_id.as_deref().unwrap_or("-").chars().take(iw).collect();
-        let error: String = r.error.as_deref().unwrap_or("").chars().take(80).collect();
+        // The last column: the whole message, which says what the API answered.
+        let error = r.error.as_deref().unwrap_or("");
         let _ = writeln!(
             out,
             "{:<20}  {:<rw$}  {:<9}  {:<iw$}  {:<24}  {error}",
