@@ -110,6 +110,24 @@ pub struct StepRecord {
     pub duration_ms: Option<u64>,
 }
 
+impl StepRecord {
+    /// A step not yet run.
+    pub fn pending(id: &str, operation: &str) -> Self {
+        StepRecord {
+            id: id.to_owned(),
+            operation: operation.to_owned(),
+            status: StepStatus::Pending,
+            input: None,
+            output: None,
+            error: None,
+            attempts: 0,
+            started: None,
+            finished: None,
+            duration_ms: None,
+        }
+    }
+}
+
 /// One item's run through a recipe.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
@@ -175,7 +193,7 @@ impl Store {
         let fail = |reason: String| StoreError::Open { path: dir.to_path_buf(), reason };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         restrict_to_owner(dir).map_err(|e| fail(e.to_string()))?;
-        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().map_err(|e| {
+        let db = sled::Config::new().path(dir).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("WouldBlock") || text.contains("lock") {
                 fail("another ghlflow process is using it (is `ghlflow run` running?)".into())

@@ -99,7 +99,13 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let _ = writeln!(out, "  notes on GHL contacts              {}", ghl.notes);
     let _ = writeln!(out, "  tasks on GHL contacts              {} ({} completed)", ghl.tasks, ghl.completed_tasks);
     let succeeded = |recipe: &str| {
-        ws.engine.store.runs(Some(recipe), usize::MAX).unwrap_or_default().iter().filter(|r| r.status == RunStatus::Succeeded).count()
+        ws.engine
+            .store
+            .runs(Some(recipe), usize::MAX)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .count()
     };
     let _ = writeln!(out, "  welcome SMS sent to new leads      {}", succeeded("ghl-welcome-sms"));
     let _ = writeln!(out, "  won deals given a follow-up task   {}", succeeded("ghl-won-deal-follow-up"));

@@ -445,18 +445,7 @@ fn align_steps(run: &mut RunRecord, recipe: &Recipe) {
     for step in &recipe.steps {
         match old.iter().position(|s| s.id == step.id) {
             Some(i) => run.steps.push(old.remove(i)),
-            None => run.steps.push(crate::store::StepRecord {
-                id: step.id.clone(),
-                operation: step.operation.key.to_string(),
-                status: StepStatus::Pending,
-                input: None,
-                output: None,
-                error: None,
-                attempts: 0,
-                started: None,
-                finished: None,
-                duration_ms: None,
-            }),
+            None => run.steps.push(crate::store::StepRecord::pending(&step.id, &step.operation.key.to_string())),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{Engine, EngineError, connection_view, env_view, now_iso};
 use crate::catalog::{Dedupe, Records};
 use crate::http::Pager;
 use crate::recipe::{Recipe, Start, render_inputs};
-use crate::store::{PollCommit, RunRecord, RunStatus, StepRecord, StepStatus, TriggerState};
+use crate::store::{PollCommit, RunRecord, RunStatus, StepRecord, TriggerState};
 use crate::template::{context, parse_date};
 
 /// How far the `since` filter reaches back before the cursor.
@@ -241,22 +241,7 @@ fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String,
         started: None,
         finished: None,
         error: None,
-        steps: recipe
-            .steps
-            .iter()
-            .map(|s| StepRecord {
-                id: s.id.clone(),
-                operation: s.operation.key.to_string(),
-                status: StepStatus::Pending,
-                input: None,
-                output: None,
-                error: None,
-                attempts: 0,
-                started: None,
-                finished: None,
-                duration_ms: None,
-            })
-            .collect(),
+        steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
         replays: 0,
         next_replay_at: None,
     }

@@ -148,7 +148,7 @@ impl HttpClient {
                 // Held until the answer's headers are in (see `ratelimit::Permit`).
                 let permit = budget.acquire().await;
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
-                let sent = self.send_once(connection, op, request, token.expose()).await;
+                let sent = self.send_once(connection, request, token.expose()).await;
                 Ok::<_, HttpError>((token, sent, permit.sent_at()))
             }
             .instrument(span.clone())
@@ -193,7 +193,6 @@ impl HttpClient {
     async fn send_once(
         &self,
         connection: &Connection,
-        op: &Operation,
         request: &PreparedRequest,
         token: &str,
     ) -> Result<reqwest::Response, reqwest::Error> {
@@ -214,7 +213,6 @@ impl HttpClient {
             Some(RequestBody::Json(v)) => builder.json(v),
             Some(RequestBody::Form(pairs)) => builder.form(pairs),
         };
-        let _ = op;
         builder.send().await
     }
 
