@@ -489,4 +489,28 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "state folder is readable by others: {mode:o}");
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_flushes_finish() {
+        // sled 0.34's own flush_async hangs with 8 or more callers at once (spacejam/sled#1308).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for j in 0..20 {
+                    store.save_trigger_state(&format!("r{i}-{j}"), &TriggerState::default()).unwrap();
+                    store.flush_async().await.unwrap();
+                }
+            }));
+        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("every flush finished");
+        assert!(store.trigger_state("r63-19").unwrap().is_some());
+    }
 }
