@@ -145,7 +145,8 @@ impl CompiledTemplate {
 
 /// A context for rendering, built once per step.
 pub fn context(value: Value) -> Context {
-    Context::wraps(value).unwrap_or_else(|_| Context::null())
+    // `Context::from` takes the value as it is; `Context::wraps` would serialize it again.
+    Context::from(value)
 }
 
 /// Is a rendered filter or `if` true? Empty, `false`, `0` and `null` (any case, trimmed) are false.

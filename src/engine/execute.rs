@@ -83,11 +83,18 @@ impl Engine {
                 continue;
             }
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
-            match self.resolve_ids(step, &ctx_value) {
-                Ok(ids) => set_root(&mut ctx_value, "ids", ids),
-                Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
+            if !step.ids.is_empty() {
+                match self.resolve_ids(step, &ctx_value) {
+                    Ok(ids) => set_root(&mut ctx_value, "ids", ids),
+                    Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
+                }
             }
-            let ctx = context(ctx_value.clone());
+            // The context takes the value; a copy is kept only for a find or a save.
+            let ctx = if step.find.is_some() || !step.save.is_empty() {
+                context(ctx_value.clone())
+            } else {
+                context(std::mem::take(&mut ctx_value))
+            };
             if let Some(cond) = &step.condition {
                 match cond.render_string(&ctx) {
                     Ok(text) if !truthy(&text) => {

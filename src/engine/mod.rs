@@ -123,12 +123,10 @@ impl Engine {
             let engine = Arc::clone(self);
             tasks.push(tokio::spawn(async move {
                 let outcome = engine.poll(&recipe).await;
-                let mut runs = Vec::new();
-                if let Ok(o) = &outcome {
-                    for id in &o.queued {
-                        runs.push(engine.execute_run(id).await);
-                    }
-                }
+                let runs = match &outcome {
+                    Ok(o) => engine.execute_runs(&recipe, &o.queued).await,
+                    Err(_) => Vec::new(),
+                };
                 (outcome, runs)
             }));
         }
@@ -147,6 +145,20 @@ impl Engine {
             }
         }
         summary
+    }
+}
+
+type RunFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<RunOutcome, EngineError>> + Send + 'a>>;
+
+impl Engine {
+    /// Executes a poll's runs, oldest first, with at most the recipe's `concurrency` in flight.
+    pub async fn execute_runs(&self, recipe: &Recipe, ids: &[String]) -> Vec<Result<RunOutcome, EngineError>> {
+        use futures_util::StreamExt as _;
+        // Owned ids and a boxed future: a closure over borrowed items here trips the
+        // compiler's higher-ranked lifetime check once the caller is spawned.
+        let runs: Vec<RunFuture<'_>> =
+            ids.iter().cloned().map(|id| Box::pin(async move { self.execute_run(&id).await }) as _).collect();
+        futures_util::stream::iter(runs).buffered(recipe.concurrency.get()).collect().await
     }
 }
 

@@ -107,9 +107,9 @@ pub async fn run(
                         let _slot = polls.acquire().await.ok();
                         match engine.poll(&recipe).await {
                             Ok(outcome) => {
-                                for run in &outcome.queued {
-                                    if let Err(e) = engine.execute_run(run).await {
-                                        tracing::warn!(run = %run, error = %e, "run could not execute");
+                                for result in engine.execute_runs(&recipe, &outcome.queued).await {
+                                    if let Err(e) = result {
+                                        tracing::warn!(error = %e, "run could not execute");
                                     }
                                 }
                             }

@@ -202,6 +202,10 @@ pub fn compile_recipe(
         }
     }
 
+    let concurrency = std::num::NonZeroUsize::new(spec.concurrency.unwrap_or(1) as usize);
+    if concurrency.is_none() {
+        site.push(&mut diags, "concurrency", "must be at least 1");
+    }
     let Some(trigger) = trigger else {
         // compile_trigger reports why whenever it returns None.
         diags.into_result()?;
@@ -218,6 +222,7 @@ pub fn compile_recipe(
         filter,
         steps,
         autoreplay: spec.autoreplay,
+        concurrency: concurrency.unwrap_or(std::num::NonZeroUsize::MIN),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Recipe {
     pub filter: Option<CompiledTemplate>,
     pub steps: Vec<Step>,
     pub autoreplay: bool,
+    /// Runs in flight at once (1: one after another, oldest first).
+    pub concurrency: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone)]

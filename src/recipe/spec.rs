@@ -25,6 +25,11 @@ pub struct RecipeSpec {
     /// Replay failed runs automatically, with growing delays (default false).
     #[serde(default)]
     pub autoreplay: bool,
+    /// How many of this recipe's runs may be in flight at once. 1 (the default) runs a
+    /// poll's items one after another, oldest first; more starts them oldest first but lets
+    /// them overlap, for recipes whose items do not depend on each other.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     /// The actions to run for each item, in order.
     pub steps: Vec<StepSpec>,
 }
