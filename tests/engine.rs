@@ -433,3 +433,100 @@ async fn runs_commands_reach_a_running_engine_and_sigterm_stops_it_cleanly() {
     assert_eq!(exit.code(), Some(0));
     assert!(!socket.exists(), "the control socket is removed on a clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_reset_moves_the_position_on_purpose() {
+    let world = Arc::new(Mutex::new(World { note_status: 200, ..Default::default() }));
+    world.lock().unwrap().parties =
+        vec![party(1, "Ann", "2026-01-01T00:00:00Z"), party(2, "Ben", "2026-03-01T00:00:00Z")];
+    let api = FakeApi::start(serve(Arc::clone(&world))).await;
+    let flow = Flow::new(&api, &[("people", PEOPLE)]);
+    assert!(flow.run_once().await.status.success());
+    assert_eq!(api.count_to("/contacts/upsert"), 0);
+
+    // Back to February: what changed since then fires again (Ben), what did not stays quiet.
+    let out = flow.ghlflow(&["trigger", "reset", "people", "--to", "2026-02-01T00:00:00Z"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("moved to 2026-02-01"));
+    assert!(flow.run_once().await.status.success());
+    let upserts = api.requests_to("/contacts/upsert");
+    assert_eq!(upserts.len(), 1);
+    assert_eq!(upserts[0].json()["firstName"], "Ben");
+
+    // Without --to: a new baseline, nothing fires.
+    let out = flow.ghlflow(&["trigger", "reset", "people"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = flow.run_once().await;
+    assert!(text(&out).contains("baseline"), "{}", text(&out));
+    assert_eq!(api.count_to("/contacts/upsert"), 1);
+
+    let out = flow.ghlflow(&["trigger", "reset", "peple"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("did you mean `people`?"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_exchanges_the_code_and_stores_the_granted_tokens() {
+    let api = FakeApi::start(|r: &Recorded| {
+        if r.path == "/oauth/token" {
+            let form: std::collections::HashMap<String, String> = r.form().into_iter().collect();
+            assert_eq!(form.get("grant_type").map(String::as_str), Some("authorization_code"));
+            if form.get("code").map(String::as_str) == Some("the-code") && form.get("client_secret").map(String::as_str) == Some("cs-secret") {
+                return Reply::json(200, json!({"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 86399, "locationId": "LOC9", "token_type": "Bearer"}));
+            }
+            return Reply::json(400, json!({"error": "invalid_grant"}));
+        }
+        Reply::json(404, json!({}))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ghlflow.yaml"),
+        format!(
+            "connections:\n  ghl:\n    app: ghl\n    base_url: {base}\n    auth:\n      type: oauth2\n      client_id: cid\n      client_secret: cs-secret\n      token_url: {base}/oauth/token\n      authorize_url: {base}/authorize\n",
+            base = api.base_url
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+        .args(["connect", "ghl", "--port", "0", "--timeout", "30", "--config"])
+        .arg(dir.path().join("ghlflow.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read the authorization address the user would open.
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next_line().await.unwrap().expect("connect prints the address");
+        if line.trim_start().starts_with("http") {
+            break line.trim().to_owned();
+        }
+    };
+    let address = url::Url::parse(&address).unwrap();
+    let param = |name: &str| address.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).unwrap();
+    assert_eq!(param("client_id"), "cid");
+    assert_eq!(param("response_type"), "code");
+    // The browser comes back: first with a wrong state (ignored), then the real redirect.
+    let redirect = param("redirect_uri");
+    let wrong = reqwest::get(format!("{redirect}?code=the-code&state=not-ours")).await.unwrap();
+    assert_eq!(wrong.status(), 400);
+    let ok = reqwest::get(format!("{redirect}?code=the-code&state={}", param("state"))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let status = child.wait().await.unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = {
+        let mut v = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            v.push(l);
+        }
+        v
+    };
+    assert!(rest.iter().any(|l| l.contains("connected `ghl` for location LOC9")), "{rest:?}");
+    let store = ghlflow::store::Store::open(&dir.path().join(".ghlflow/state")).unwrap();
+    let tokens = store.tokens("ghl").unwrap().unwrap();
+    assert_eq!(tokens.refresh_token.as_deref(), Some("rt-1"));
+    assert_eq!(tokens.location_id.as_deref(), Some("LOC9"));
+}

@@ -117,7 +117,11 @@ impl Engine {
             record.status = StepStatus::Sent;
             record.attempts += 1;
             record.started = Some(now_iso());
-            self.store.save_run(&run)?;
+            // "Sent, no answer yet" matters after a crash only to a step that can look for
+            // what it may have created; any other step is simply sent again.
+            if step.find.is_some() {
+                self.store.save_run(&run)?;
+            }
             let started = Instant::now();
             let result = match &step.find {
                 Some(find) if step.operation.writes() => {
@@ -138,8 +142,11 @@ impl Engine {
                         return self.fail_step(run, &recipe, i, message, false).await;
                     }
                     // Durable before the next step: a resumed run must not send this again.
+                    // (After the last step, the run's own final save and flush cover it.)
                     self.store.save_run(&run)?;
-                    self.store.flush_async().await?;
+                    if i + 1 < recipe.steps.len() {
+                        self.store.flush_async().await?;
+                    }
                 }
                 Err(e) => {
                     let retryable = e.is_retryable();
@@ -152,7 +159,7 @@ impl Engine {
         run.finished = Some(now_iso());
         self.store.save_run(&run)?;
         self.store.flush_async().await?;
-        tracing::info!("run succeeded");
+        tracing::debug!("run succeeded");
         Ok(outcome(&run))
     }
 
