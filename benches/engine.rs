@@ -36,6 +36,10 @@
 //! GHLFLOW_BENCH_RECIPES (10000), GHLFLOW_BENCH_SCHED_SECS (75), GHLFLOW_BENCH_PART (`1`,
 //! `2`, or unset for both).
 
+// The same allocator as the `ghlflow` binary, so the engine is measured as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,6 +18,10 @@
 //! GHLFLOW_BENCH_CONN_CONCURRENCY (the connection's `concurrency` in part 2; default: unset,
 //! i.e. ghlflow's default).
 
+// The same allocator as the `ghlflow` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
