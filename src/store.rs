@@ -357,6 +357,10 @@ impl Store {
     /// Saves a run; open runs (queued, running) are also indexed for resuming.
     pub fn save_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         put_json(&self.runs, &run.id, run)?;
+        // A running run was queued before, so it is indexed already: no second write.
+        if run.status == RunStatus::Running {
+            return Ok(());
+        }
         if run.status.is_open() || run.next_replay_at.is_some() {
             self.open.insert(run.id.as_bytes(), run.recipe.as_bytes())?;
         } else {
