@@ -32,12 +32,16 @@ const AUTOREPLAY_LIMIT: u32 = 5;
 impl Engine {
     /// Runs (or resumes) the run `id` until it succeeds, is filtered or fails.
     pub async fn execute_run(&self, id: &str) -> Result<RunOutcome, EngineError> {
-        let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+        use tracing::Instrument as _;
+        let run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
         let Some(recipe) = self.recipe(&run.recipe) else {
             return Err(EngineError::UnknownRecipe(run.recipe.clone()));
         };
         let span = tracing::info_span!("run", recipe = %run.recipe, run = %run.id);
-        let _enter = span.enter();
+        self.execute_traced(run, recipe).instrument(span).await
+    }
+
+    async fn execute_traced(&self, mut run: RunRecord, recipe: Arc<Recipe>) -> Result<RunOutcome, EngineError> {
         if !matches!(run.status, RunStatus::Queued | RunStatus::Running | RunStatus::Failed) {
             return Ok(outcome(&run));
         }

@@ -44,8 +44,11 @@ pub struct PollOutcome {
 impl Engine {
     /// Polls `recipe` once.
     pub async fn poll(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
-        let span = tracing::info_span!("poll", recipe = %recipe.id);
-        let _enter = span.enter();
+        use tracing::Instrument as _;
+        self.poll_traced(recipe).instrument(tracing::info_span!("poll", recipe = %recipe.id)).await
+    }
+
+    async fn poll_traced(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
         let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
         let trigger = &recipe.trigger;
         let op = &trigger.operation;
