@@ -96,9 +96,7 @@ impl HttpClient {
         op: &Operation,
         inputs: &Map<String, Value>,
     ) -> Result<Response, HttpError> {
-        check_access(connection, op)?;
-        let request = prepare(op, connection, inputs)?;
-        self.send(connection, op, &request).await
+        self.execute_with(connection, op, inputs, &op.retry).await
     }
 
     /// Sends one request of `op` without retrying failures (a 429 is still waited out and
@@ -110,10 +108,21 @@ impl HttpClient {
         op: &Operation,
         inputs: &Map<String, Value>,
     ) -> Result<Response, HttpError> {
+        let once = crate::catalog::RetryPolicy { max_attempts: std::num::NonZeroU32::MIN, ..op.retry.clone() };
+        self.execute_with(connection, op, inputs, &once).await
+    }
+
+    /// `execute`, with a retry policy other than the operation's.
+    async fn execute_with(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        inputs: &Map<String, Value>,
+        policy: &crate::catalog::RetryPolicy,
+    ) -> Result<Response, HttpError> {
         check_access(connection, op)?;
         let request = prepare(op, connection, inputs)?;
-        let once = crate::catalog::RetryPolicy { max_attempts: std::num::NonZeroU32::MIN, ..op.retry.clone() };
-        self.send_with(connection, op, &request, &once).await
+        self.send_with(connection, op, &request, policy).await
     }
 
     /// Sends a prepared request: budget, token, retries.
