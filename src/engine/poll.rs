@@ -35,6 +35,8 @@ pub struct PollOutcome {
     pub queued: Vec<String>,
     /// Items held for release.
     pub held: usize,
+    /// Items the recipe's filter dropped (recorded as filtered runs, never held).
+    pub filtered: usize,
     /// This poll recorded the baseline.
     pub baseline: bool,
     /// The poll stopped at the page bound; the next goes on from there.
@@ -147,11 +149,24 @@ impl Engine {
             ..Default::default()
         };
         let first_poll = !state.baselined;
-        let status = if first_poll && trigger.start == Start::Now {
+        let baseline = first_poll && trigger.start == Start::Now;
+        // Items the filter drops are recorded as filtered here and do not count toward the
+        // hold: a batch of contacts the recipe ignores anyway is no flood to stop.
+        let mut filtered_out = std::collections::HashSet::new();
+        if !baseline && recipe.filter.is_some() {
+            let lookups = self.lookup_values(recipe).await;
+            for (id, _, item) in &new_items {
+                if !self.passes_filter(recipe, item, &lookups) {
+                    filtered_out.insert(id.clone());
+                }
+            }
+        }
+        let passing = new_items.len() - filtered_out.len();
+        let status = if baseline {
             outcome.baseline = true;
             None
-        } else if !first_poll && trigger.hold_above.is_some_and(|n| new_items.len() > n as usize) {
-            outcome.held = new_items.len();
+        } else if !first_poll && trigger.hold_above.is_some_and(|n| passing > n as usize) {
+            outcome.held = passing;
             Some(RunStatus::Held)
         } else {
             Some(RunStatus::Queued)
@@ -189,8 +204,12 @@ impl Engine {
         for (id, mark, item) in new_items {
             commit.seen.push((id.clone(), mark));
             if let Some(status) = status {
-                let run = new_run(self, recipe, status, id, item);
-                if status == RunStatus::Queued {
+                let mut run = new_run(self, recipe, status, id, item);
+                if run.item_id.as_ref().is_some_and(|i| filtered_out.contains(i)) {
+                    run.status = RunStatus::Filtered;
+                    run.finished = Some(now_iso());
+                    outcome.filtered += 1;
+                } else if status == RunStatus::Queued {
                     outcome.queued.push(run.id.clone());
                 }
                 commit.runs.push(run);
@@ -226,6 +245,20 @@ impl Engine {
             // One record watched: one key, its content as the mark.
             Dedupe::Content => ("record".into(), content_hash(record)),
         }
+    }
+
+    /// Whether an item passes the recipe's filter (an error lets it through: its run then
+    /// fails with the message).
+    fn passes_filter(&self, recipe: &Recipe, item: &Value, lookups: &Value) -> bool {
+        let Some(filter) = &recipe.filter else { return true };
+        let ctx = context(serde_json::json!({
+            "trigger": item,
+            "connection": connection_view(&recipe.trigger.connection),
+            "env": env_view(recipe),
+            "lookups": lookups,
+            "steps": {},
+        }));
+        filter.render_string(&ctx).map(|t| crate::template::truthy(&t)).unwrap_or(true)
     }
 
     fn is_seen(&self, recipe: &Recipe, record: &Value) -> Result<bool, EngineError> {

@@ -844,6 +844,40 @@ pub fn add_tasks(state: &mut State, n: usize) -> Vec<i64> {
     ids.into_iter().map(|party| state.generator.add_task(&mut state.capsule, party, now)).collect()
 }
 
+/// Gives one person a new job title now; false when there is no such person.
+pub fn touch_person(state: &mut State, id: i64) -> bool {
+    let now = state.clock.now_second();
+    let job = state.generator.job_title();
+    let Some(p) = state.capsule.parties.get_mut(&id) else { return false };
+    p.job_title = Some(job);
+    p.updated = now;
+    true
+}
+
+/// Takes one person's first tag off; returns the tag's name.
+pub fn untag_person(state: &mut State, id: i64) -> Option<String> {
+    let now = state.clock.now_second();
+    let p = state.capsule.parties.get_mut(&id)?;
+    if p.tags.is_empty() {
+        return None;
+    }
+    let tag = p.tags.remove(0);
+    p.updated = now;
+    state.capsule.tags.iter().find(|t| t.id == tag).map(|t| t.name.clone())
+}
+
+/// Adds an open task with a set due date and time (the owner's wall clock).
+pub fn add_timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
+    let now = state.clock.now_second();
+    let id = state.generator.add_task(&mut state.capsule, party, now);
+    if let Some(t) = state.capsule.tasks.get_mut(&id) {
+        t.owner = owner;
+        t.due_on = due_on.to_owned();
+        t.due_time = due_time.map(str::to_owned);
+    }
+    id
+}
+
 /// Completes `n` open tasks; each completion also files a "Task completed" entry, as
 /// Capsule does.
 pub fn complete_tasks(state: &mut State, n: usize) -> Vec<i64> {

@@ -236,6 +236,27 @@ impl Sandbox {
         capsule::add_tasks(&mut self.state(), n)
     }
 
+    /// Edits one person (a new job title); its `updatedAt` moves to now.
+    pub fn capsule_touch_person(&self, id: i64) -> bool {
+        capsule::touch_person(&mut self.state(), id)
+    }
+
+    /// Takes one person's first tag off (its `updatedAt` moves to now); the tag's name.
+    pub fn capsule_untag_person(&self, id: i64) -> Option<String> {
+        capsule::untag_person(&mut self.state(), id)
+    }
+
+    /// Adds an open task to `party`, owned by the Capsule user `owner`, due on `due_on`
+    /// (`YYYY-MM-DD`) at `due_time` (`HH:MM:SS` on the owner's wall clock, or none).
+    pub fn capsule_add_timed_task(&self, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
+        capsule::add_timed_task(&mut self.state(), party, owner, due_on, due_time)
+    }
+
+    /// The Capsule users (id, username, timezone).
+    pub fn capsule_users(&self) -> Vec<Value> {
+        self.state().capsule_users()
+    }
+
     /// A party as `GET /parties/{id}?embed=tags,fields` shows it.
     pub fn capsule_party(&self, id: i64) -> Option<Value> {
         self.state().capsule_party(id)

@@ -148,4 +148,13 @@ impl State {
         let embed = super::capsule::Embed::parse_list("tags,fields");
         self.capsule.parties.get(&id).map(|p| self.capsule.party_json(p, &embed))
     }
+
+    /// The Capsule users as `GET /users` shows them.
+    pub fn capsule_users(&self) -> Vec<Value> {
+        self.capsule
+            .users
+            .iter()
+            .map(|u| serde_json::json!({"id": u.id, "username": u.username, "timezone": u.timezone}))
+            .collect()
+    }
 }
