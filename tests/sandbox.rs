@@ -104,6 +104,55 @@ async fn capsule_parties_page_by_link_header_and_since_returns_only_the_changes(
 }
 
 #[tokio::test]
+async fn capsule_links_keep_comma_lists_so_every_page_has_the_same_filter_and_embeds() {
+    let sandbox = sandbox(300).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let capsule = Arc::clone(config.connection("capsule").unwrap());
+
+    // Tasks of all three statuses, over several pages of 40: a link that lost everything
+    // after the first comma would bring open tasks only from page 2 on.
+    let tasks = Arc::clone(catalog.get("capsule.tasks.task_updated").unwrap());
+    let filter = inputs(json!({"status": "open,completed,pending", "perPage": 40}));
+    let mut pager = Pager::new(&http, Arc::clone(&capsule), tasks, filter, None);
+    let (all, pages) = walk(&mut pager).await;
+    let total = sandbox.capsule_counts().tasks;
+    assert!(total > 100, "{total} tasks");
+    assert_eq!((all.len(), pages as usize), (total, total.div_ceil(40)));
+    let later = &all[40..];
+    for status in ["OPEN", "COMPLETED", "PENDING"] {
+        assert!(later.iter().any(|t| t["status"] == status), "no {status} task after page 1");
+    }
+    let mut seen = ids(&all);
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no task twice");
+
+    // Parties with three embeds: tags, fields and the full organisation on every page.
+    let parties = Arc::clone(catalog.get("capsule.parties.party_updated").unwrap());
+    let embed = inputs(json!({"embed": "tags,fields,organisation", "perPage": 100}));
+    let mut pager = Pager::new(&http, Arc::clone(&capsule), parties, embed, None);
+    let (all, pages) = walk(&mut pager).await;
+    assert_eq!((all.len(), pages), (350, 4));
+    assert!(all.iter().all(|p| p["tags"].is_array() && p["fields"].is_array()), "embeds kept on every page");
+    let last_page = &all[300..];
+    assert!(last_page.iter().any(|p| p["organisation"]["type"] == "organisation"), "organisation embedded in full");
+
+    // The header itself: an absolute URL with the query as sent, commas and all.
+    let raw = reqwest::Client::new()
+        .get(format!("{}/tasks?status=open,completed,pending&perPage=40", sandbox.capsule_base_url()))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    let link = raw.headers().get("link").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(
+        link,
+        format!("<{}/tasks?status=open,completed,pending&perPage=40&page=2>; rel=\"next\"", sandbox.capsule_base_url())
+    );
+}
+
+#[tokio::test]
 async fn deleted_people_are_listed_with_their_deletion_time() {
     let sandbox = sandbox(30).await;
     let catalog = embedded();
@@ -469,10 +518,10 @@ async fn capsule_pages(sandbox: &Sandbox, path: &str) -> Vec<Value> {
     let mut bodies = Vec::new();
     while let Some(url) = next.take() {
         let r = http.get(&url).bearer_auth("t").send().await.unwrap();
+        let base = url::Url::parse(&url).unwrap();
         next = r.headers().get("link").and_then(|l| {
-            let l = l.to_str().ok()?;
-            let part = l.split(',').find(|p| p.contains("rel=\"next\""))?;
-            Some(part.split(';').next()?.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+            let links = http_link::parse_link_header(l.to_str().ok()?, &base).ok()?;
+            links.into_iter().find(|l| l.rel == "next").map(|l| l.target.to_string())
         });
         bodies.push(r.json::<Value>().await.unwrap());
     }

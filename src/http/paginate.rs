@@ -30,8 +30,8 @@ pub struct Page {
 enum Next {
     /// The next request, as inputs.
     Inputs(Map<String, Value>),
-    /// The next request, as a URL the API gave.
-    Url(String),
+    /// The next request, as a URL the API gave (already resolved against the request URL).
+    Url(url::Url),
     Done,
 }
 
@@ -115,7 +115,7 @@ impl<'c> Pager<'c> {
             }
             Next::Url(url) => {
                 let Some(previous) = &self.last_request else { return None };
-                match prepare_next_url(&self.op, &self.connection, &url, previous) {
+                match prepare_next_url(&self.connection, &url, previous) {
                     Ok(r) => r,
                     Err(e) => return Some(Err(e)),
                 }
@@ -137,7 +137,7 @@ impl<'c> Pager<'c> {
             Next::Inputs(i) => Some(i),
             _ => None,
         };
-        self.next = self.decide_next(previous_inputs, &response.body, &records, response.next_link.as_deref());
+        self.next = self.decide_next(previous_inputs, &response.body, &records, response.next_link);
         self.last_request = Some(request);
         Some(Ok(Page { number: self.pages_read, body: response.body, records }))
     }
@@ -147,12 +147,12 @@ impl<'c> Pager<'c> {
         previous: Option<Map<String, Value>>,
         body: &Value,
         records: &[Value],
-        link: Option<&str>,
+        link: Option<url::Url>,
     ) -> Next {
         let full_page = |size: Option<u64>| size.is_none_or(|s| records.len() as u64 >= s) && !records.is_empty();
         match &self.op.pagination {
             Pagination::None => Next::Done,
-            Pagination::LinkHeader { .. } => link.map(|l| Next::Url(l.to_owned())).unwrap_or(Next::Done),
+            Pagination::LinkHeader { .. } => link.map(Next::Url).unwrap_or(Next::Done),
             Pagination::Offset { offset, .. } => {
                 let Some(mut inputs) = previous else { return Next::Done };
                 if !full_page(self.page_size) {

@@ -718,25 +718,33 @@ impl Pages<'_> {
         if links.is_empty() { reply } else { reply.with_header("Link", links.join(", ")) }
     }
 
+    /// The request's own URL, absolute, with another page number: every other parameter is
+    /// kept in the order sent, and commas are written as commas (`embed=tags,fields`,
+    /// `status=open,completed`), as in Capsule's documented links.
     fn url(&self, page: usize) -> String {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        let encode = |text: &str| utf8_percent_encode(text, LINK_QUERY).to_string();
+        let mut parts: Vec<String> = Vec::new();
         let mut wrote_page = false;
         for (k, v) in &self.req.query {
             if k == "page" {
                 if !wrote_page {
-                    query.append_pair("page", &page.to_string());
+                    parts.push(format!("page={page}"));
                     wrote_page = true;
                 }
             } else {
-                query.append_pair(k, v);
+                parts.push(format!("{}={}", encode(k), encode(v)));
             }
         }
         if !wrote_page {
-            query.append_pair("page", &page.to_string());
+            parts.push(format!("page={page}"));
         }
-        format!("{}/api/v2{}?{}", self.base, self.path, query.finish())
+        format!("{}/api/v2{}?{}", self.base, self.path, parts.join("&"))
     }
 }
+
+/// What a query value in a Link keeps as it is: RFC 3986's unreserved characters and commas.
+const LINK_QUERY: &percent_encoding::AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b',');
 
 // ---------------------------------------------------------------------------------------
 // Changes made through the control API. Each picks its records with the state's own
