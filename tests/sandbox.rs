@@ -269,11 +269,15 @@ async fn requests_pass_the_same_gates_as_on_the_real_apis() {
 
     let r = http.get(format!("{base}/contacts/abc")).header("Version", "2021-07-28").send().await.unwrap();
     assert_eq!(status(r), 401);
+    // GHL answers a missing Version with a 401 in its own words, not a 400.
     let r = http.get(format!("{base}/contacts/abc")).header(auth.0, auth.1).send().await.unwrap();
     let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
-    assert_eq!((code, body["message"].as_str()), (400, Some("Version header was not found")));
+    assert_eq!((code, body["message"].as_str()), (401, Some("version header was not found.")));
     let r = http.get(format!("{base}/calendars/events")).header(auth.0, auth.1).header("Version", "2021-07-28");
-    assert_eq!(status(r.send().await.unwrap()), 400, "calendars take 2021-04-15");
+    let r = r.send().await.unwrap();
+    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+    assert_eq!(code, 401, "calendars take 2021-04-15");
+    assert!(body["message"].as_str().unwrap().starts_with("version header is invalid"), "{body}");
     let r = http
         .post(format!("{base}/contacts/upsert"))
         .header(auth.0, auth.1)
@@ -544,4 +548,303 @@ async fn the_same_seed_gives_the_same_accounts() {
     }
     assert_eq!(a.ghl_contacts(), b.ghl_contacts());
     assert_eq!(a.capsule_edit_people(3), b.capsule_edit_people(3), "control picks repeat too");
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the sandbox follows the real APIs' less obvious answers.
+
+/// A config whose `ghl` connection uses OAuth against the sandbox's token endpoint.
+fn oauth_config(catalog: &Catalog, sandbox: &Sandbox, refresh: &str) -> Config {
+    let yaml = format!(
+        "connections:\n  ghl:\n    app: ghl\n    location_id: {}\n    auth:\n      type: oauth2\n      client_id: cid\n      client_secret: csecret\n      refresh_token: {refresh}\n      token_url: {}/oauth/token\n    base_url: {}\n",
+        sandbox.location_id(),
+        sandbox.ghl_base_url(),
+        sandbox.ghl_base_url()
+    );
+    Config::parse(&yaml, Path::new("/nonexistent/ghlflow.yaml"), catalog, &|_| None).unwrap_or_else(|d| panic!("{d}"))
+}
+
+#[tokio::test]
+async fn oauth_tokens_expire_on_the_sandbox_clock_and_one_refresh_brings_them_back() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let grant = sandbox.oauth_grant(Some(3600));
+    let config = oauth_config(&catalog, &sandbox, &grant.refresh_token);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let list = catalog.get("ghl.users.list_users_by_location").unwrap();
+    let ask = inputs(json!({"locationId": sandbox.location_id()}));
+
+    // No access token yet: one refresh, then the call.
+    assert_eq!(http.execute(ghl, list, &ask).await.unwrap().status, 200);
+    assert_eq!(sandbox.request_count(), 2);
+    // The spent refresh token is refused; the issued access token works until it expires.
+    let raw = reqwest::Client::new();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", grant.refresh_token.as_str()),
+        ("client_id", "c"),
+        ("client_secret", "s"),
+    ];
+    let spent = raw.post(format!("{}/oauth/token", sandbox.ghl_base_url())).form(&form).send().await.unwrap();
+    assert_eq!(spent.status().as_u16(), 400);
+    let direct = |token: String| {
+        raw.get(format!("{}/users/?locationId={}", sandbox.ghl_base_url(), sandbox.location_id()))
+            .bearer_auth(token)
+            .header("Version", "2021-07-28")
+            .send()
+    };
+    assert_eq!(direct(grant.access_token.clone()).await.unwrap().status().as_u16(), 200);
+
+    // An hour later on the sandbox clock both access tokens answer 401. ghlflow, whose own
+    // clock says its token is fresh, sends it, meets the 401, refreshes once and retries once.
+    sandbox.advance_clock(Duration::from_secs(3601));
+    assert_eq!(direct(grant.access_token.clone()).await.unwrap().status().as_u16(), 401);
+    let before = sandbox.request_count();
+    assert_eq!(http.execute(ghl, list, &ask).await.unwrap().status, 200);
+    assert_eq!(sandbox.request_count() - before, 3, "the call, one refresh, one retry");
+}
+
+#[tokio::test]
+async fn a_401_for_an_unknown_user_gets_one_refresh_and_one_retry_then_the_apis_own_message() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let grant = sandbox.oauth_grant(None);
+    let config = oauth_config(&catalog, &sandbox, &grant.refresh_token);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let get_user = catalog.get("ghl.users.get_user").unwrap();
+    let err = http.execute(ghl, get_user, &inputs(json!({"userId": "noSuchUser000000000"}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(err.to_string().contains("The user does not exist."), "{err}");
+    // First refresh (no token yet), the call, the refresh after its 401, the one retry.
+    assert_eq!(sandbox.request_count(), 4);
+}
+
+#[tokio::test]
+async fn an_unknown_user_id_is_a_401_that_the_user_does_not_exist() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let users =
+        http.execute(ghl, catalog.get("ghl.users.list_users_by_location").unwrap(), &inputs(json!({}))).await.unwrap();
+    let user = users.body["users"][0]["id"].as_str().unwrap().to_owned();
+    let get_user = catalog.get("ghl.users.get_user").unwrap();
+    assert_eq!(http.execute(ghl, get_user, &inputs(json!({"userId": user}))).await.unwrap().body["id"], json!(user));
+
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let task = once(&catalog, "ghl.contacts.create_contact_task");
+    let body = |assignee: &str| {
+        inputs(json!({"contactId": contact, "title": "Call back", "dueDate": "2025-07-01T09:00:00Z",
+                      "completed": false, "assignedTo": assignee}))
+    };
+    let err = http.execute(ghl, &task, &body("noSuchUser000000000")).await.unwrap_err();
+    match &err {
+        HttpError::Status { status: 401, message, .. } => {
+            assert!(message.starts_with("The user does not exist."), "{message}")
+        }
+        other => panic!("expected the API's 401, got {other}"),
+    }
+    assert!(sandbox.ghl_tasks(&contact).is_empty(), "nothing was written");
+    assert_eq!(http.execute(ghl, &task, &body(&user)).await.unwrap().status, 201);
+}
+
+#[tokio::test]
+async fn capsule_answers_a_write_from_a_read_only_token_with_403() {
+    let sandbox = sandbox(5).await;
+    let http = reqwest::Client::new();
+    let base = sandbox.capsule_base_url();
+    let id = sandbox.capsule_people()[0];
+    let writes = [
+        http.post(format!("{base}/parties")).json(&json!({"party": {"type": "person", "firstName": "A"}})),
+        http.put(format!("{base}/parties/{id}")).json(&json!({"party": {"jobTitle": "CEO"}})),
+        http.delete(format!("{base}/parties/{id}")),
+        http.post(format!("{base}/tasks")).json(&json!({"task": {"description": "x", "dueOn": "2025-07-01"}})),
+    ];
+    for write in writes {
+        let r = write.bearer_auth("sandbox-capsule-token").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let challenge = r.headers().get("www-authenticate").unwrap().to_str().unwrap().to_owned();
+        assert!(challenge.contains("insufficient_scope"), "{challenge}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("read scope only"), "{body}");
+    }
+    let party = sandbox.capsule_party(id).unwrap();
+    assert_ne!(party["jobTitle"], "CEO", "nothing was written");
+    let read = http.get(format!("{base}/parties/{id}")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn update_and_upsert_replace_tags_while_the_tag_routes_add_and_remove() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let run = |key: &str, v: Value| {
+        let op = catalog.get(key).unwrap();
+        let http = &http;
+        async move { http.execute(ghl, op, &inputs(v)).await.unwrap().body }
+    };
+    let tags = |sandbox: &Sandbox, id: &str| -> Value {
+        sandbox.ghl_contacts().into_iter().find(|c| c["id"] == id).unwrap()["tags"].clone()
+    };
+    let made = run("ghl.contacts.create_contact", json!({"email": "tags@example.com", "tags": ["a", "b"]})).await;
+    let id = made["contact"]["id"].as_str().unwrap().to_owned();
+    run("ghl.contacts.update_contact", json!({"contactId": id, "city": "Leeds"})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["a", "b"]), "no tags given: tags untouched");
+    run("ghl.contacts.update_contact", json!({"contactId": id, "tags": ["c"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["c"]), "update replaces the whole list");
+    run("ghl.contacts.add_tags_to_contact", json!({"contactId": id, "tags": ["d"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["c", "d"]), "the tags route adds");
+    run("ghl.contacts.remove_tags_from_contact", json!({"contactId": id, "tags": ["c"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["d"]), "DELETE with a body removes");
+    run("ghl.contacts.upsert_contact", json!({"email": "tags@example.com", "tags": ["e"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["e"]), "upsert replaces too");
+    run("ghl.contacts.upsert_contact", json!({"email": "tags@example.com", "firstName": "Tess"})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["e"]), "upsert without tags leaves them");
+}
+
+#[tokio::test]
+async fn upsert_matches_by_email_first_and_drops_a_phone_that_belongs_to_another_contact() {
+    // GoHighLevel/highlevel-api-docs#37: a contact with only a phone, another with only an
+    // email; an upsert with both returns the email's contact and does not add the phone.
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let create = catalog.get("ghl.contacts.create_contact").unwrap();
+    let upsert = catalog.get("ghl.contacts.upsert_contact").unwrap();
+    let phone_only = http.execute(ghl, create, &inputs(json!({"phone": "+14155552671", "firstName": "P"}))).await;
+    let phone_only = phone_only.unwrap().body["contact"]["id"].as_str().unwrap().to_owned();
+    let email_only = http.execute(ghl, create, &inputs(json!({"email": "only@example.com"}))).await.unwrap();
+    let email_only = email_only.body["contact"]["id"].as_str().unwrap().to_owned();
+    let before = sandbox.ghl_counts().contacts;
+
+    let both = http
+        .execute(
+            ghl,
+            upsert,
+            &inputs(json!({"email": "only@example.com", "phone": "+1 415 555 2671", "lastName": "Q"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.body["new"], false);
+    assert_eq!(both.body["contact"]["id"], json!(email_only));
+    assert_eq!(both.body["contact"]["lastName"], "Q");
+    assert!(both.body["contact"].get("phone").is_none(), "the phone stays with the other contact: {}", both.body);
+    let contacts = sandbox.ghl_contacts();
+    let holder = contacts.iter().find(|c| c["id"] == phone_only.as_str()).unwrap();
+    assert_eq!(holder["phone"], "+14155552671");
+    assert_eq!(sandbox.ghl_counts().contacts, before);
+}
+
+#[tokio::test]
+async fn a_contact_deleted_or_merged_in_ghl_answers_404_to_every_call_on_its_id() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let leads = sandbox.ghl_add_contacts(3);
+    let (gone, merged, survivor) = (leads[0].clone(), leads[1].clone(), leads[2].clone());
+    let email = sandbox.ghl_contacts().into_iter().find(|c| c["id"] == gone.as_str()).unwrap()["email"].clone();
+
+    // Through the control API, as a person in GHL would.
+    let control = format!("{}/_sandbox/ghl/contacts", sandbox.ghl_base_url());
+    let raw = reqwest::Client::new();
+    let r = raw.post(format!("{control}/{gone}/delete")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let again = raw.post(format!("{control}/{gone}/delete")).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+    let tag = catalog.get("ghl.contacts.add_tags_to_contact").unwrap();
+    http.execute(ghl, tag, &inputs(json!({"contactId": merged, "tags": ["vip"]}))).await.unwrap();
+    let r = raw.post(format!("{control}/{merged}/merge")).json(&json!({"into": survivor})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let calls: [(&str, Value); 7] = [
+        ("ghl.contacts.get_contact", json!({})),
+        ("ghl.contacts.update_contact", json!({"city": "Leeds"})),
+        ("ghl.contacts.delete_contact", json!({})),
+        ("ghl.contacts.get_contact_notes", json!({})),
+        ("ghl.contacts.create_contact_note", json!({"body": "hello"})),
+        ("ghl.contacts.get_contact_tasks", json!({})),
+        (
+            "ghl.contacts.create_contact_task",
+            json!({"title": "t", "dueDate": "2025-07-01T09:00:00Z", "completed": false}),
+        ),
+    ];
+    for id in [&gone, &merged] {
+        for (key, extra) in &calls {
+            let mut ask = inputs(extra.clone());
+            ask.insert("contactId".into(), json!(id));
+            let err = http.execute(ghl, &once(&catalog, key), &ask).await.unwrap_err();
+            match &err {
+                HttpError::Status { status: 404, message, .. } => {
+                    assert!(message.starts_with("Contact not found"), "{key}: {message}")
+                }
+                other => panic!("{key} on {id}: expected 404, got {other}"),
+            }
+        }
+    }
+    // An id that never existed stays a 400, as before.
+    let get = catalog.get("ghl.contacts.get_contact").unwrap();
+    let err = http.execute(ghl, get, &inputs(json!({"contactId": "neverExisted00000000"}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    // The deleted contact's email is free again: an upsert makes a new contact.
+    let upsert = catalog.get("ghl.contacts.upsert_contact").unwrap();
+    let fresh = http.execute(ghl, upsert, &inputs(json!({"email": email}))).await.unwrap();
+    assert_eq!(fresh.body["new"], true);
+    assert_ne!(fresh.body["contact"]["id"], json!(gone));
+    // The survivor of the merge kept its id and took the other's tags.
+    let kept = http.execute(ghl, get, &inputs(json!({"contactId": survivor}))).await.unwrap();
+    assert_eq!(kept.body["contact"]["tags"], json!(["new lead", "vip"]));
+}
+
+#[tokio::test]
+async fn capsule_tasks_filter_by_status_and_restricted_parties_reach_their_own_trigger() {
+    let sandbox = sandbox(60).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let capsule = Arc::clone(config.connection("capsule").unwrap());
+    let tasks = Arc::clone(catalog.get("capsule.tasks.task_updated").unwrap());
+    let read = |status: Option<&str>| {
+        let mut ask = inputs(json!({"perPage": 100}));
+        if let Some(s) = status {
+            ask.insert("status".into(), json!(s));
+        }
+        Pager::new(&http, Arc::clone(&capsule), Arc::clone(&tasks), ask, None)
+    };
+
+    let pended = sandbox.capsule_pend_tasks(3);
+    assert_eq!(pended.len(), 3);
+    let (open, _) = walk(&mut read(None)).await;
+    assert!(open.iter().all(|t| t["status"] == "OPEN"), "open only by default");
+    assert!(ids(&open).iter().all(|id| !pended.contains(id)));
+    let (pending, _) = walk(&mut read(Some("pending"))).await;
+    assert!(pending.iter().all(|t| t["status"] == "PENDING"));
+    assert!(pended.iter().all(|id| ids(&pending).contains(id)));
+    let (all, _) = walk(&mut read(Some("open,completed,pending"))).await;
+    assert_eq!(all.len(), sandbox.capsule_counts().tasks);
+
+    // Restricted parties: gone from view, listed beside the deletions, and delivered by the
+    // catalog's own trigger over `restrictedParties`.
+    let mut hidden = sandbox.capsule_restrict_people(2);
+    hidden.sort();
+    let get = catalog.get("capsule.parties.get_party").unwrap();
+    let err = http.execute(&capsule, get, &inputs(json!({"partyId": hidden[0]}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    let restricted = Arc::clone(catalog.get("capsule.parties.party_restricted").unwrap());
+    let ask = inputs(json!({"since": "1970-01-01T00:00:00Z"}));
+    let (records, _) = walk(&mut Pager::new(&http, Arc::clone(&capsule), restricted, ask, None)).await;
+    assert_eq!(ids(&records), hidden);
+    assert!(records.iter().all(|r| r["isRestricted"] == true && r["lastName"] == "Private"));
+    let deleted = catalog.get("capsule.parties.party_deleted").unwrap();
+    let body = http.execute(&capsule, deleted, &inputs(json!({"since": BASE}))).await.unwrap().body;
+    assert!(body["parties"].as_array().unwrap().is_empty(), "restriction is not deletion");
 }

@@ -15,6 +15,7 @@ mod control;
 mod faults;
 mod ghl;
 mod limits;
+mod oauth;
 mod routes;
 mod seed;
 mod server;
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::{Faults, LostAs};
+pub use oauth::Grant as OAuthGrant;
 pub use seed::{COMPANY_ID, LOCATION_ID};
 pub use state::{CapsuleCounts, GhlCounts, RequestCounts};
 
@@ -211,6 +213,17 @@ impl Sandbox {
         capsule::delete_people(&mut self.state(), n)
     }
 
+    /// Restricts `n` people: hidden from the token's user, listed as `restrictedParties`
+    /// under `/parties/deleted`.
+    pub fn capsule_restrict_people(&self, n: usize) -> Vec<i64> {
+        capsule::restrict_people(&mut self.state(), n)
+    }
+
+    /// Sets `n` open tasks to PENDING.
+    pub fn capsule_pend_tasks(&self, n: usize) -> Vec<i64> {
+        capsule::pend_tasks(&mut self.state(), n)
+    }
+
     /// Adds `n` people, created now.
     pub fn capsule_add_people(&self, n: usize) -> Vec<i64> {
         capsule::add_people(&mut self.state(), n)
@@ -262,6 +275,18 @@ impl Sandbox {
         ghl::add_leads(&mut self.state(), n)
     }
 
+    /// Deletes a contact as a person would in GHL (its notes and tasks go too; its id
+    /// answers 404 from then on). False when there is no such contact.
+    pub fn ghl_delete_contact(&self, id: &str) -> bool {
+        ghl::delete_contact(&mut self.state(), id)
+    }
+
+    /// Merges contact `from` into `into` as a person would in GHL; the error says which
+    /// contact is missing.
+    pub fn ghl_merge_contacts(&self, from: &str, into: &str) -> Result<(), String> {
+        ghl::merge_contacts(&mut self.state(), from, into)
+    }
+
     /// Every contact as the API returns it, oldest first.
     pub fn ghl_contacts(&self) -> Vec<Value> {
         self.state().ghl_contacts()
@@ -278,6 +303,26 @@ impl Sandbox {
     /// Every message sent or seeded, oldest first.
     pub fn ghl_messages(&self) -> Vec<Value> {
         self.state().ghl_messages()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // OAuth and the clock.
+
+    /// A fresh OAuth grant (access and refresh token), as if a user had just approved the
+    /// app; its access token lasts `expires_in` seconds of the sandbox clock (GHL's 86399
+    /// when None, and for the tokens issued after it).
+    pub fn oauth_grant(&self, expires_in: Option<u64>) -> OAuthGrant {
+        let mut state = self.state();
+        if let Some(seconds) = expires_in {
+            state.oauth.expires_in = seconds;
+        }
+        oauth::grant(&mut state)
+    }
+
+    /// Moves the sandbox clock forward: OAuth tokens expire, new records are dated later.
+    pub fn advance_clock(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.state().clock.advance(ms);
     }
 
     // -----------------------------------------------------------------------------------

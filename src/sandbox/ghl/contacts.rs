@@ -30,10 +30,7 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
         "upsert_contact" => upsert(state, req),
         "update_contact" => update(state, &contact_id, req),
         "delete_contact" => {
-            let ghl = &mut state.ghl;
-            ghl.contacts.remove(&contact_id);
-            ghl.notes.retain(|n| n.contact_id != contact_id);
-            ghl.tasks.retain(|t| t.contact_id != contact_id);
+            super::delete_contact(state, &contact_id);
             Reply::ok(json!({"succeded": true}))
         }
         "list_contacts" => list(state, req),
@@ -278,6 +275,9 @@ fn duplicate_error(state: &State, id: &str, field: &str) -> Reply {
 }
 
 /// Merges `fields` into a contact: values replace, `null` removes, custom fields merge by id.
+/// So `tags`, when given, replace the whole tag list (update and upsert alike); when not
+/// given, the tags stay. Adding or removing single tags is what `POST`/`DELETE
+/// /contacts/{id}/tags` are for.
 fn merge(contact: &mut Contact, fields: Map<String, Value>) {
     for (k, v) in fields {
         if v.is_null() {
@@ -321,14 +321,27 @@ fn create(state: &mut State, req: &ApiRequest) -> Reply {
     Reply::created(body)
 }
 
+/// Upsert matches by email first, then by phone. When the email names one contact and the
+/// phone belongs to another, the email's contact is updated and the phone is dropped without
+/// a word, as the live API does (GoHighLevel/highlevel-api-docs#37): two contacts may not
+/// share a number. `tags`, when given, replace the contact's tags (see `merge`).
 fn upsert(state: &mut State, req: &ApiRequest) -> Reply {
-    let fields = match contact_fields(req) {
+    let mut fields = match contact_fields(req) {
         Ok(f) => f,
         Err(reply) => return reply,
     };
     let email = fields.get("email").and_then(Value::as_str);
     let phone = fields.get("phone").and_then(Value::as_str);
-    let existing = find_duplicate(state, email, phone).map(|(id, _)| id);
+    let by_email = find_duplicate(state, email, None).map(|(id, _)| id);
+    let by_phone = find_duplicate(state, None, phone).map(|(id, _)| id);
+    let existing = match (by_email, by_phone) {
+        (Some(e), Some(p)) if e != p => {
+            fields.remove("phone");
+            Some(e)
+        }
+        (Some(e), _) => Some(e),
+        (None, p) => p,
+    };
     let now = state.clock.now_ms();
     let trace = trace_id(state);
     let location = state.ghl.location_id.clone();
