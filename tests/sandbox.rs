@@ -848,3 +848,136 @@ async fn capsule_tasks_filter_by_status_and_restricted_parties_reach_their_own_t
     let body = http.execute(&capsule, deleted, &inputs(json!({"since": BASE}))).await.unwrap().body;
     assert!(body["parties"].as_array().unwrap().is_empty(), "restriction is not deletion");
 }
+
+#[tokio::test]
+async fn contact_search_pages_by_number_up_to_10000_results_and_past_them_by_search_after() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = Arc::clone(config.connection("ghl").unwrap());
+    sandbox.ghl_add_contacts(25);
+    let total = sandbox.ghl_counts().contacts;
+    let search = once(&catalog, "ghl.contacts.search_contacts");
+
+    // Page numbers: the window ends at 10,000 results whatever the account holds.
+    let ok = http.execute(&ghl, &search, &inputs(json!({"page": 20, "pageLimit": 500}))).await.unwrap();
+    assert_eq!(ok.body["contacts"].as_array().unwrap().len(), 0);
+    let err = http.execute(&ghl, &search, &inputs(json!({"page": 101, "pageLimit": 100}))).await.unwrap_err();
+    match &err {
+        HttpError::Status { status: 422, message, .. } => {
+            assert!(message.contains("must not exceed 10000") && message.contains("searchAfter"), "{message}")
+        }
+        other => panic!("expected a 422, got {other}"),
+    }
+    let mixed = inputs(json!({"page": 2, "pageLimit": 5, "searchAfter": [1, "x"]}));
+    assert_eq!(http.execute(&ghl, &search, &mixed).await.unwrap_err().status(), Some(422));
+
+    // The trigger's walk uses the cursor of the last contact: every contact once, newest
+    // first (the order it sends when none is given).
+    let op = Arc::new(search);
+    let mut pager = Pager::new(&http, Arc::clone(&ghl), Arc::clone(&op), inputs(json!({"pageLimit": 7})), None);
+    assert!(pager.newest_first());
+    let (records, pages) = walk(&mut pager).await;
+    assert_eq!(records.len(), total);
+    assert_eq!(pages as usize, total.div_ceil(7) + usize::from(total % 7 == 0));
+    let added: Vec<&str> = records.iter().map(|c| c["dateAdded"].as_str().unwrap()).collect();
+    assert!(added.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let mut ids: Vec<&str> = records.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no contact twice");
+    // With a filter an old contact can join the feed: it must be read whole.
+    let filtered = inputs(json!({"filters": [{"field": "tags", "operator": "contains", "value": "vip"}]}));
+    assert!(!Pager::new(&http, Arc::clone(&ghl), op, filtered, None).newest_first());
+}
+
+#[tokio::test]
+async fn list_and_search_endpoints_keep_their_documented_orders() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+
+    // Opportunities: added_desc newest first, added_asc oldest first, nothing else.
+    let search = once(&catalog, "ghl.opportunities.search_opportunities");
+    let created = |body: &Value| -> Vec<String> {
+        body["opportunities"].as_array().unwrap().iter().map(|o| o["createdAt"].as_str().unwrap().to_owned()).collect()
+    };
+    let desc = http.execute(ghl, &search, &inputs(json!({"order": "added_desc", "limit": 100}))).await.unwrap();
+    let asc = http.execute(ghl, &search, &inputs(json!({"order": "added_asc", "limit": 100}))).await.unwrap();
+    let (desc, asc) = (created(&desc.body), created(&asc.body));
+    assert!(desc.len() > 2);
+    assert!(desc.windows(2).all(|w| w[0] >= w[1]), "{desc:?}");
+    let mut reversed = asc.clone();
+    reversed.reverse();
+    assert_eq!(reversed, desc);
+    let bad = http.execute(ghl, &search, &inputs(json!({"order": "newest"}))).await.unwrap_err();
+    assert_eq!(bad.status(), Some(422));
+
+    // Users: by first and last name unless sorted by dateAdded.
+    let users = once(&catalog, "ghl.users.search_users");
+    let names = |body: &Value| -> Vec<String> {
+        body["users"].as_array().unwrap().iter().map(|u| u["firstName"].as_str().unwrap().to_owned()).collect()
+    };
+    let ask = |extra: Value| {
+        let mut i = inputs(json!({"companyId": sandbox.company_id(), "locationId": sandbox.location_id()}));
+        i.extend(inputs(extra));
+        i
+    };
+    let by_name = names(&http.execute(ghl, &users, &ask(json!({}))).await.unwrap().body);
+    let mut sorted = by_name.clone();
+    sorted.sort();
+    assert_eq!(by_name, sorted);
+    let oldest = names(&http.execute(ghl, &users, &ask(json!({"sort": "dateAdded"}))).await.unwrap().body);
+    let newest = names(
+        &http.execute(ghl, &users, &ask(json!({"sort": "dateAdded", "sortDirection": "desc"}))).await.unwrap().body,
+    );
+    assert_eq!(oldest, ["Priya", "Tom"], "the order they were added");
+    assert_eq!(newest, ["Tom", "Priya"]);
+}
+
+#[tokio::test]
+async fn a_deal_won_long_after_it_was_created_fires_even_behind_100_newer_won_deals() {
+    let ws =
+        ghlflow::demo::Workspace::new(SandboxOptions { people: 20, limits_scale: 100.0, ..SandboxOptions::default() })
+            .await
+            .unwrap();
+    let recipe = "ghl-won-deal-follow-up";
+    let call = |key: &'static str, v: Value| {
+        let ws = &ws;
+        async move { ws.ghl_call(key, v).await.unwrap_or_else(|e| panic!("{key}: {e}")) }
+    };
+    // The oldest open deal: created before every deal made below.
+    let oldest =
+        call("ghl.opportunities.search_opportunities", json!({"status": "open", "order": "added_asc", "limit": 1}))
+            .await;
+    let old_id = oldest["opportunities"][0]["id"].as_str().unwrap().to_owned();
+    let old_contact = oldest["opportunities"][0]["contactId"].as_str().unwrap().to_owned();
+    let pipeline = oldest["opportunities"][0]["pipelineId"].as_str().unwrap().to_owned();
+
+    // 110 newer deals, all won: more than a page of 100.
+    for contact in ws.sandbox.ghl_add_contacts(110) {
+        let made = call(
+            "ghl.opportunities.create_opportunity",
+            json!({"pipelineId": pipeline, "contactId": contact, "name": "Quick win", "status": "open"}),
+        )
+        .await;
+        let id = made["opportunity"]["id"].as_str().unwrap().to_owned();
+        call("ghl.opportunities.update_opportunity_status", json!({"id": id, "status": "won"})).await;
+    }
+    // The first poll takes stock (the recipe starts from now).
+    let first = ws.engine.run_once(&[recipe.to_owned()]).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let tasks_before = ws.sandbox.ghl_tasks(&old_contact).len();
+
+    // Now the oldest deal is won: it sits behind 110 won deals already seen.
+    call("ghl.opportunities.update_opportunity_status", json!({"id": old_id, "status": "won"})).await;
+    let second = ws.engine.run_once(&[recipe.to_owned()]).await;
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(second.polls.iter().map(|p| p.new).sum::<usize>(), 1, "{:?}", second.polls);
+    let tasks = ws.sandbox.ghl_tasks(&old_contact);
+    assert_eq!(tasks.len(), tasks_before + 1, "{tasks:?}");
+    assert!(tasks.iter().any(|t| t["title"].as_str().unwrap().contains("(won)")), "{tasks:?}");
+}

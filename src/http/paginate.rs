@@ -5,7 +5,8 @@
 //! it has seen. Each style decides the next request from the previous answer: an offset or
 //! page number that grows, GHL's `startAfter` + `startAfterId` pair (sent together: one
 //! alone returns the first page forever), a cursor read from the body or the last item, or
-//! Capsule's `Link: rel="next"`. A cursor that does not move ends the walk.
+//! Capsule's `Link: rel="next"`. A cursor that does not move ends the walk. A list the
+//! catalog can ask for newest first gets that order sent explicitly (`newest_first`).
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub struct Pager<'c> {
     page_size: Option<u64>,
     last_cursor: Option<Value>,
     stopped_at_bound: bool,
+    /// See `newest_first()`.
+    newest_first: bool,
 }
 
 impl<'c> Pager<'c> {
@@ -63,6 +66,13 @@ impl<'c> Pager<'c> {
         let bound = bound.unwrap_or(connection.app.page_bound.get()).max(1);
         let mut inputs = inputs;
         let page_size = first_page(&op.pagination, &mut inputs);
+        let newest_first = match op.output.as_ref().and_then(|o| o.newest_first.as_ref()) {
+            Some(order) => {
+                order.fill(&mut inputs);
+                order.holds(&inputs)
+            }
+            None => false,
+        };
         Pager {
             client,
             connection,
@@ -74,7 +84,15 @@ impl<'c> Pager<'c> {
             page_size,
             last_cursor: None,
             stopped_at_bound: false,
+            newest_first,
         }
+    }
+
+    /// True when this walk lists records newest first (by creation) and no filter lets an
+    /// old record join the list later: a poll of new items may stop at the first record it
+    /// has seen. False means the list must be read whole (up to the bound).
+    pub fn newest_first(&self) -> bool {
+        self.newest_first
     }
 
     /// True when the walk ended because of the bound while more pages remained.

@@ -451,15 +451,35 @@ fn list(state: &State, req: &ApiRequest) -> Reply {
     }))
 }
 
+/// The deepest result page numbers reach: page x pageLimit may not pass it.
+pub const SEARCH_WINDOW: usize = 10_000;
+
 /// `POST /contacts/search`: newest first unless `sort` says otherwise; `page` and
 /// `pageLimit`, or `searchAfter` (the `searchAfter` of the last contact seen).
+///
+/// Page numbers reach the first 10,000 results only (the search index's result window, as
+/// GHL documents it); beyond that `searchAfter` must be used, and the two may not be mixed.
+/// The live API's answer to a page past the window is not documented: the sandbox refuses it
+/// with a 422 in GHL's validation shape, naming the fix, rather than an empty page a poller
+/// would take for the end of the list.
 fn search(state: &State, req: &ApiRequest) -> Reply {
     let body = &req.body;
     let page_limit = body.get("pageLimit").and_then(Value::as_u64).unwrap_or(20) as usize;
     if !(1..=500).contains(&page_limit) {
         return Reply::ghl_invalid(vec!["pageLimit must be between 1 and 500".into()]);
     }
+    let has_page = body.get("page").is_some_and(|p| !p.is_null());
+    let has_after = body.get("searchAfter").is_some_and(|a| !a.is_null());
+    if has_page && has_after {
+        return Reply::ghl_invalid(vec!["page and searchAfter cannot be used together".into()]);
+    }
     let page = body.get("page").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+    if page.saturating_mul(page_limit) > SEARCH_WINDOW {
+        return Reply::ghl_invalid(vec![format!(
+            "page * pageLimit must not exceed {SEARCH_WINDOW} (page {page} x pageLimit {page_limit}); \
+             use searchAfter to read further"
+        )]);
+    }
     let query = body.get("query").and_then(Value::as_str).unwrap_or_default();
     let filters = body.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut problems = Vec::new();

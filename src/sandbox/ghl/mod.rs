@@ -272,17 +272,39 @@ fn users(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
     let users = &state.ghl.users;
     match op.key.name.as_str() {
         "list_users_by_location" => Reply::ok(json!({"users": users})),
+        // Sorted by first and last name unless `sort` says otherwise, as documented;
+        // `sort=dateAdded` is the order the users were added (their place in the list).
         "search_users" => {
             let q = req.query("query").unwrap_or_default().to_lowercase();
-            let matching: Vec<&Value> = users
+            let mut matching: Vec<(usize, &Value)> = users
                 .iter()
-                .filter(|u| {
+                .enumerate()
+                .filter(|(_, u)| {
                     q.is_empty()
                         || ["name", "email"]
                             .iter()
                             .any(|f| u[*f].as_str().is_some_and(|s| s.to_lowercase().contains(&q)))
                 })
                 .collect();
+            let name = |u: &Value| {
+                let part = |f: &str| u[f].as_str().unwrap_or_default().to_lowercase();
+                (part("firstName"), part("lastName"))
+            };
+            match req.query("sort") {
+                None => matching.sort_by_key(|(_, u)| name(u)),
+                Some("dateAdded") => matching.sort_by_key(|(added, _)| *added),
+                Some(other) => {
+                    return Reply::ghl_invalid(vec![format!("sort must be dateAdded or left out, not {other}")]);
+                }
+            }
+            match req.query("sortDirection") {
+                None | Some("asc") => {}
+                Some("desc") => matching.reverse(),
+                Some(other) => {
+                    return Reply::ghl_invalid(vec![format!("sortDirection must be asc or desc, not {other}")]);
+                }
+            }
+            let matching: Vec<&Value> = matching.into_iter().map(|(_, u)| u).collect();
             let skip = req.query_number("skip").unwrap_or(0.0).max(0.0) as usize;
             let limit = req.query_number("limit").unwrap_or(25.0).max(1.0) as usize;
             let page: Vec<&&Value> = matching.iter().skip(skip).take(limit).collect();
