@@ -600,6 +600,13 @@ async fn oauth_tokens_expire_on_the_sandbox_clock_and_one_refresh_brings_them_ba
     // clock says its token is fresh, sends it, meets the 401, refreshes once and retries once.
     sandbox.advance_clock(Duration::from_secs(3601));
     assert_eq!(direct(grant.access_token.clone()).await.unwrap().status().as_u16(), 401);
+    // Capsule says so too, with its challenge header.
+    let capsule = raw.get(format!("{}/users", sandbox.capsule_base_url())).bearer_auth(&grant.access_token).send();
+    let capsule = capsule.await.unwrap();
+    assert_eq!(capsule.status().as_u16(), 401);
+    assert!(capsule.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    let body: Value = capsule.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
     let before = sandbox.request_count();
     assert_eq!(http.execute(ghl, list, &ask).await.unwrap().status, 200);
     assert_eq!(sandbox.request_count() - before, 3, "the call, one refresh, one retry");

@@ -4,8 +4,12 @@
 //! catalog's own paths; every catalog operation answers (with state where it matters, with
 //! its catalog sample otherwise). It owns the emulation: seeded data (`seed`), the
 //! handlers (`ghl`, `capsule`), the gates every request passes (`server`: token, rate limits
-//! with the real headers, `Version`, unknown body properties, location), injected faults
-//! (`faults`), and the control API (`control` over HTTP, the methods of `Sandbox` in Rust).
+//! with the real headers, `Version`, unknown body properties, location), OAuth tokens that
+//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), and the
+//! control API (`control` over HTTP, the methods of `Sandbox` in Rust). Where the real APIs
+//! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
+//! silently dropped by upsert, page numbers that stop at 10,000 results), the sandbox does
+//! too; where their answer is unknown, it picks the stricter one and says so at the handler.
 //! It does not use the rest of ghlflow except the catalog, and nothing in ghlflow uses it
 //! except the `sandbox` command, the tests and the demo.
 
