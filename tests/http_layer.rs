@@ -1,6 +1,6 @@
 //! The HTTP layer against a fake API: shared rate budgets, 429 and 5xx handling, OAuth
 //! refresh, read-only connections, path encoding, secrets kept out of output, and every
-//! pagination style walked to its end (or its bound).
+//! pagination style walked to its end (or its bound), Link headers read as RFC 8288 says.
 
 use std::path::Path;
 use std::process::{Command, Output};

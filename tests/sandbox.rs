@@ -1,6 +1,10 @@
 //! The sandbox from the outside, through ghlflow's own HTTP client: Capsule's Link paging
-//! with `since`, deletions, GHL's upsert dedupe, the 422 on unknown properties, rate limits
-//! with their headers, injected faults, the control API, and seeds that repeat.
+//! with `since` and comma lists, deletions and restrictions, GHL's upsert dedupe, the 422 on
+//! unknown properties, rate limits with their headers, injected faults, the control API,
+//! seeds that repeat, and the real APIs' less obvious answers: a 401 for a missing Version or
+//! an unknown user, OAuth tokens that expire, Capsule's 403 for a read-only write, tags
+//! replaced by update and upsert, 404 for a contact deleted in GHL, the 10,000-result window
+//! of contact search, and documented sort orders (a won deal behind 100 newer ones).
 
 use std::num::NonZeroU32;
 use std::path::Path;
