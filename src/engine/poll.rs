@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, connection_view, env_view, now_iso};
-use crate::catalog::{Dedupe, Records};
+use crate::catalog::Dedupe;
 use crate::http::Pager;
 use crate::recipe::{Recipe, Start, render_inputs};
 use crate::store::{PollCommit, RunRecord, RunStatus, StepRecord, TriggerState};
@@ -89,12 +89,12 @@ impl Engine {
         // Read pages.
         let mut pager = Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(op), start_inputs, None);
         let mut records: Vec<Value> = Vec::new();
-        // A feed of new items (dedupe by id), newest first, ends at the first item already
-        // seen. A feed of changes without a `since` filter is read whole (up to the page
-        // bound): an edit to an old record sits where the record always was, not on page 1.
-        let stop_at_seen = op.since.is_none()
-            && trigger.dedupe == Dedupe::Id
-            && matches!(op.output.as_ref().map(|o| &o.records), Some(Records::Items(_)));
+        // A feed of new items (dedupe by id) ends at the first item already seen only when
+        // the catalog says how to list it newest first and no filter lets an old record join
+        // it (`output.newest_first`, decided by the pager). Any other feed without a `since`
+        // filter is read whole (up to the page bound): an edit to an old record, or an old
+        // deal just won, sits where the record always was, not on page 1.
+        let stop_at_seen = op.since.is_none() && trigger.dedupe == Dedupe::Id && pager.newest_first();
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;

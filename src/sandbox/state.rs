@@ -10,6 +10,7 @@ use super::clock::{Clock, Rng};
 use super::faults::Faults;
 use super::ghl::GhlData;
 use super::limits::Limits;
+use super::oauth::OAuth;
 use super::seed::{Generator, seed};
 
 /// How many requests the sandbox has answered, and how.
@@ -48,6 +49,8 @@ pub struct CapsuleCounts {
     pub people: usize,
     pub organisations: usize,
     pub deleted: usize,
+    /// Hidden from the token's user, listed as `restrictedParties`.
+    pub restricted: usize,
     pub notes: usize,
     pub entries: usize,
     pub open_tasks: usize,
@@ -68,6 +71,8 @@ pub struct State {
     pub ghl: GhlData,
     pub faults: Faults,
     pub limits: Limits,
+    /// Access and refresh tokens issued by `/oauth/token`.
+    pub oauth: OAuth,
     pub counts: RequestCounts,
     /// `http://127.0.0.1:PORT`, for URLs in answers (Link, nextPageUrl).
     pub base_url: String,
@@ -86,6 +91,7 @@ impl State {
             ghl: seeded.ghl,
             faults,
             limits,
+            oauth: OAuth::default(),
             counts: RequestCounts::default(),
             base_url,
         }
@@ -116,6 +122,7 @@ impl State {
             people: c.parties.values().filter(|p| p.kind == PartyKind::Person).count(),
             organisations: c.parties.values().filter(|p| p.kind == PartyKind::Organisation).count(),
             deleted: c.deleted.len(),
+            restricted: c.restricted.len(),
             notes: c.entries.values().filter(|e| e.kind == EntryKind::Note).count(),
             entries: c.entries.len(),
             open_tasks: c.tasks.values().filter(|t| t.status == TaskStatus::Open).count(),
