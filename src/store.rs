@@ -47,6 +47,10 @@ pub struct TriggerState {
     pub last_poll: Option<u64>,
     /// The last poll's error, if it failed.
     pub last_error: Option<String>,
+    /// Unix seconds of the last poll that read a whole feed of changes (see the recipe's
+    /// `trigger.full_scan_every`).
+    #[serde(default)]
+    pub last_full_scan: Option<u64>,
 }
 
 /// A run's state. `held` runs wait for `runs release` or `runs discard`.

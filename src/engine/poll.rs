@@ -94,7 +94,17 @@ impl Engine {
         // it (`output.newest_first`, decided by the pager). Any other feed without a `since`
         // filter is read whole (up to the page bound): an edit to an old record, or an old
         // deal just won, sits where the record always was, not on page 1.
-        let stop_at_seen = op.since.is_none() && trigger.dedupe == Dedupe::Id && pager.newest_first();
+        // A feed of changes listed newest first (Capsule's notes, by entry time) is read whole
+        // only once per `full_scan_every`, to find edits to old records; the polls between
+        // read it until the first record seen unchanged, which finds every new record.
+        let now = crate::http::auth::unix_now();
+        let changes_newest_first = op.since.is_none() && trigger.dedupe == Dedupe::IdUpdated && pager.newest_first();
+        let full_scan_due = resumed.is_some()
+            || state.last_full_scan.is_none_or(|t| now.saturating_sub(t) >= trigger.full_scan_every.as_secs());
+        let stop_at_seen = op.since.is_none()
+            && pager.newest_first()
+            && (trigger.dedupe == Dedupe::Id || (changes_newest_first && !full_scan_due));
+        let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
@@ -105,11 +115,15 @@ impl Engine {
                 records.push(r);
             }
             if reached_seen {
+                stopped_early = true;
                 break;
             }
         }
+        if changes_newest_first && !stopped_early && !pager.stopped_at_bound() {
+            state.last_full_scan = Some(now);
+        }
         let stopped_at_bound = pager.stopped_at_bound();
-        state.resume = if stopped_at_bound { pager.next_inputs().cloned() } else { None };
+        state.resume = if stopped_at_bound { pager.next_inputs() } else { None };
 
         // Keep what is new, oldest first.
         let mut new_items: Vec<(String, String, Value)> = Vec::new(); // (item id, seen mark, record)
@@ -242,8 +256,14 @@ impl Engine {
                     output.and_then(|o| o.updated.as_ref()).and_then(|p| p.get(record)).map(scalar).unwrap_or_default();
                 (id.unwrap_or_else(|| content_hash(record)), format!("u:{updated}"))
             }
-            // One record watched: one key, its content as the mark.
-            Dedupe::Content => ("record".into(), content_hash(record)),
+            // One record watched: one key, its content as the mark. Records of a list with no
+            // timestamps (a contact's tasks): each by its id, its content as the mark, so an
+            // edit or a completion fires.
+            Dedupe::Content => {
+                let list = output.is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
+                let key = if list { id.unwrap_or_else(|| content_hash(record)) } else { "record".into() };
+                (key, content_hash(record))
+            }
         }
     }
 

@@ -20,6 +20,9 @@ use crate::template::{CompiledTemplate, ROOTS, Reference};
 const MIN_EVERY: Duration = Duration::from_secs(60);
 const MAX_EVERY: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_HOLD_ABOVE: u32 = 100;
+/// How often a feed of changes listed newest first is read whole, by default and at most.
+const DEFAULT_FULL_SCAN: Duration = Duration::from_secs(60 * 60);
+const MAX_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Compiles every `*.yaml` in `dir` (sorted by name). Problems from all files come together.
 pub fn load_recipes(
@@ -401,7 +404,11 @@ fn compile_trigger(
     {
         let list = matches!(output.records, crate::catalog::Records::Items(_));
         match d {
-            Dedupe::Content if list => site.push(diags, "trigger.dedupe", "`content` is for single-record triggers"),
+            Dedupe::Content if list && output.id.is_none() => site.push(
+                diags,
+                "trigger.dedupe",
+                "`content` on a list needs records with an id; this list has none, use `id`",
+            ),
             Dedupe::Id | Dedupe::IdUpdated if !list => site.push(
                 diags,
                 "trigger.dedupe",
@@ -413,6 +420,25 @@ fn compile_trigger(
             _ => {}
         }
     }
+
+    let full_scan_every = match spec.full_scan_every.as_deref() {
+        None => Some(DEFAULT_FULL_SCAN),
+        Some(text) => match crate::catalog::parse_duration(text) {
+            Ok(d) if d <= MAX_FULL_SCAN => Some(d),
+            Ok(_) => {
+                site.push(
+                    diags,
+                    "trigger.full_scan_every",
+                    format!("`{text}` is more than a day; read the whole feed at least daily"),
+                );
+                None
+            }
+            Err(e) => {
+                site.push(diags, "trigger.full_scan_every", e);
+                None
+            }
+        },
+    };
 
     // Trigger inputs: templates over connection and env only.
     let scope = Scope {
@@ -453,6 +479,7 @@ fn compile_trigger(
             n => Some(n),
         },
         dedupe: dedupe?,
+        full_scan_every: full_scan_every?,
         fingerprint,
     })
 }
