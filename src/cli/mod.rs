@@ -10,6 +10,7 @@ mod ops;
 mod run;
 mod runs;
 mod sandbox;
+mod test;
 mod validate;
 
 use std::io::Write;
@@ -56,6 +57,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Poll the recipes and run what is new (until stopped, or once).
     Run(run::RunArgs),
+    /// Try a recipe on real items: render every step and print the requests (or send them).
+    Test(test::TestArgs),
     /// Run history: list, show, replay, release, discard.
     Runs(runs::RunsArgs),
     /// Move a recipe's trigger position.
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Validate(args) => validate::run(args, operations),
         Command::Schema(cmd) => validate::schema(cmd),
         Command::Run(args) => run::run(args, operations).await,
+        Command::Test(args) => test::run(args, operations).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,

@@ -1,0 +1,205 @@
+//! A new user's first hour, through the binary: `test`, `init`, completions and the man page,
+//! run history that tells the truth, errors in plain words and help that teaches (issue 15).
+//! Where the output is the point, it is an insta snapshot; addresses of the sandbox (a new
+//! port each time) are replaced by `http://SANDBOX` first.
+
+use std::path::Path;
+use std::process::Output;
+
+use ghlflow::sandbox::{self, Sandbox, SandboxOptions};
+use serde_json::Value;
+
+use crate::util::{ghlflow, stderr, stdout};
+
+/// A folder with a ghlflow.yaml pointing at a sandbox, and the recipes a test writes.
+struct Folder {
+    dir: tempfile::TempDir,
+    sandbox: Sandbox,
+}
+
+impl Folder {
+    async fn new(recipes: &[(&str, &str)]) -> Folder {
+        let sandbox = sandbox::start(SandboxOptions { people: 30, ..SandboxOptions::default() }).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).unwrap();
+        std::fs::create_dir(dir.path().join("recipes")).unwrap();
+        for (name, text) in recipes {
+            std::fs::write(dir.path().join("recipes").join(format!("{name}.yaml")), text).unwrap();
+        }
+        Folder { dir, sandbox }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the binary in the folder (the sandbox keeps answering on this runtime meanwhile).
+    async fn ghlflow(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+            .args(args)
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("GHLFLOW_LOG")
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// Output with the sandbox's address made stable for snapshots.
+    fn stable(&self, text: &str) -> String {
+        text.replace(&self.sandbox.ghl_base_url(), "http://SANDBOX")
+    }
+}
+
+const VIP: &str = r#"name: A call-back task for every VIP
+trigger:
+  operation: capsule.parties.party_updated
+  connection: capsule
+  every: 5m
+  start: backfill
+  input:
+    embed: tags
+filter: "{{#if (eq trigger.type \"person\")}}{{#if (contains (pluck trigger.tags \"name\") \"VIP\")}}true{{/if}}{{/if}}"
+steps:
+  - id: contact
+    operation: ghl.contacts.upsert_contact
+    connection: ghl
+    input:
+      firstName: "{{trigger.firstName}}"
+      email: "{{lower trigger.emailAddresses.[0].address}}"
+      tags: [vip]
+  - id: call_back
+    operation: ghl.contacts.create_contact_task
+    connection: ghl
+    input:
+      contactId: "{{steps.contact.contact.id}}"
+      title: "Call {{trigger.firstName}} back"
+      dueDate: "{{date_add trigger.updatedAt 1 \"days\"}}"
+      completed: false
+"#;
+
+const ANN: &str = r#"{"id": 7, "type": "person", "firstName": "Ann", "emailAddresses": [{"address": "Ann@Example.com"}],
+ "tags": [{"name": "VIP"}], "updatedAt": "2026-01-01T00:00:00Z"}"#;
+
+// --- 1 and 2: dry runs never invent data; `ghlflow test` --------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_shows_a_placeholder_for_an_earlier_steps_answer_never_the_sample() {
+    let folder =
+        Folder::new(&[("vip", &VIP.replace("(contains (pluck trigger.tags \\\"name\\\") \\\"VIP\\\")", "true"))]).await;
+    let out = folder.ghlflow(&["run", "--once", "--dry-run"]).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    let sample =
+        ghlflow::catalog::load_embedded().unwrap().get("ghl.contacts.upsert_contact").unwrap().sample_output["contact"]
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(text.matches("would send").count() >= 2, "{text}");
+    assert!(!text.contains(&sample), "the catalog's sample id {sample} stands in for an answer:\n{text}");
+    assert!(text.contains("POST http://127.0.0.1"), "{text}");
+    assert!(text.contains("/contacts/<steps.contact.contact.id>/tasks"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_renders_every_step_for_a_given_item_and_sends_nothing() {
+    let folder = Folder::new(&[("vip", VIP)]).await;
+    let before = folder.sandbox.ghl_counts();
+    let out = folder.ghlflow(&["test", "vip", "--item", ANN]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!(folder.stable(&stdout(&out)));
+    assert_eq!(folder.sandbox.ghl_counts(), before, "a dry test wrote to GHL");
+    let runs = folder.ghlflow(&["runs", "list"]).await;
+    assert_eq!(stdout(&runs), "no runs yet\n", "a dry test recorded a run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_checks_the_filter_and_each_if_and_says_what_would_fail() {
+    let recipe =
+        VIP.replace("    input:\n      contactId", "    if: \"{{trigger.firstName}}\"\n    input:\n      contactId");
+    let folder = Folder::new(&[("vip", &recipe)]).await;
+    let plain = r#"{"id": 8, "type": "person", "firstName": "Bo", "tags": [{"name": "Lead"}]}"#;
+    let out = folder.ghlflow(&["test", "vip", "--item", plain]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("vip: item 8: filtered out"), "{}", stdout(&out));
+
+    let no_name = r#"{"id": 9, "type": "person", "tags": [{"name": "VIP"}], "updatedAt": "2026-01-01T00:00:00Z"}"#;
+    let out = folder.ghlflow(&["test", "vip", "--item", no_name]).await;
+    let text = stdout(&out);
+    assert!(text.contains("vip: item 9: step `call_back` skipped (if)"), "{text}");
+
+    // A required input that renders empty: the step would fail, and the exit code says so.
+    let recipe = VIP.replace("title: \"Call {{trigger.firstName}} back\"", "title: \"{{trigger.firstName}}\"");
+    std::fs::write(folder.path().join("recipes/vip.yaml"), recipe).unwrap();
+    let out = folder.ghlflow(&["test", "vip", "--item", no_name]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("step `call_back` would fail: required input `title` rendered empty for item 9"), "{text}");
+    assert!(text.contains("1 step(s) would fail"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_takes_the_triggers_newest_items_and_leaves_its_position() {
+    let folder = Folder::new(&[("vip", &VIP.replace("start: backfill", "start: now"))]).await;
+    let out = folder.ghlflow(&["test", "vip", "--limit", "2"]).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.starts_with("testing `vip` on 2 item(s): the newest of capsule.parties.party_updated"), "{text}");
+    let items: Vec<&str> = text.lines().filter(|l| l.starts_with("vip: item ")).collect();
+    assert!(!items.is_empty(), "{text}");
+    // The trigger was not polled for real: the first `run --once` still records its baseline.
+    let run = folder.ghlflow(&["run", "--once"]).await;
+    assert!(stdout(&run).contains("1 baseline(s) recorded"), "{}", stdout(&run));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_send_sends_for_real_records_a_run_and_its_item_can_be_tested_again() {
+    let folder = Folder::new(&[("vip", VIP)]).await;
+    let out = folder.ghlflow(&["test", "vip", "--item", ANN, "--send"]).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("item 7: run "), "{text}");
+    assert!(text.contains("succeeded\n  step `contact` (ghl.contacts.upsert_contact): succeeded"), "{text}");
+    let contact = folder
+        .sandbox
+        .ghl_contacts()
+        .into_iter()
+        .find(|c| c["email"] == "ann@example.com")
+        .expect("the contact was created in the sandbox");
+    let tasks = folder.sandbox.ghl_tasks(contact["id"].as_str().unwrap());
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["title"], "Call Ann back");
+
+    let list = folder.ghlflow(&["runs", "list", "--json"]).await;
+    let rows: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["status"], "succeeded");
+    assert_eq!(rows[0]["trigger_item_id"], "7");
+
+    let again = folder.ghlflow(&["test", "vip", "--item-id", "7"]).await;
+    let text = stdout(&again);
+    assert!(text.contains(&format!("the item of run {}", rows[0]["id"].as_str().unwrap())), "{text}");
+    assert!(text.contains("\"firstName\": \"Ann\""), "{text}");
+    let missing = folder.ghlflow(&["test", "vip", "--item-id", "404"]).await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("no run of `vip` has item `404`"), "{}", stderr(&missing));
+}
+
+#[test]
+fn test_names_an_unknown_recipe_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ghlflow.yaml"),
+        "connections:\n  capsule:\n    app: capsule\n    auth: { type: bearer, token: t }\n    access: read_only\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    std::fs::write(dir.path().join("recipes/vip-follow-up.yaml"), "name: x\n").unwrap();
+    let out = ghlflow(dir.path(), &["test", "vip-folow-up"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("no recipe `vip-folow-up` in recipes (did you mean `vip-follow-up`?)"), "{err}");
+}
