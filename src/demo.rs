@@ -21,7 +21,7 @@ use crate::http::HttpClient;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{RunStatus, Store};
 
-static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
+pub(crate) static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
 
 /// The recipe that mirrors people runs first: the others find contacts through its id map.
 pub const PEOPLE_RECIPE: &str = "capsule-people";

@@ -9,7 +9,7 @@ use std::process::Output;
 use ghlflow::sandbox::{self, Sandbox, SandboxOptions};
 use serde_json::Value;
 
-use crate::util::{ghlflow, stderr, stdout};
+use crate::util::{ghlflow, root, stderr, stdout};
 
 /// A folder with a ghlflow.yaml pointing at a sandbox, and the recipes a test writes.
 struct Folder {
@@ -202,4 +202,121 @@ fn test_names_an_unknown_recipe_with_a_suggestion() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("no recipe `vip-folow-up` in recipes (did you mean `vip-follow-up`?)"), "{err}");
+}
+
+// --- 3: init, completions, man ------------------------------------------------------------
+
+/// Runs the binary in `dir` with these environment variables.
+fn ghlflow_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"));
+    c.args(args).current_dir(dir).env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+const SECRETS: [(&str, &str); 3] = [("GHL_LOCATION_ID", "loc1"), ("GHL_TOKEN", "pit-1"), ("CAPSULE_TOKEN", "cap-1")];
+
+#[test]
+fn init_writes_a_folder_that_validates_with_the_shipped_recipes_and_their_schema() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = ghlflow(parent.path(), &["init", "auto"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = parent.path().join("auto");
+    let mut names: Vec<String> = std::fs::read_dir(root().join("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let listed = format!("wrote {} recipes to auto/recipes: {}\n", names.len(), names.join(", "));
+    assert!(stdout(&out).contains(&listed), "{}", stdout(&out));
+
+    // Every secret is a quoted "${VAR}" (unquoted inside `{ }` it is YAML syntax).
+    let config = std::fs::read_to_string(dir.join("ghlflow.yaml")).unwrap();
+    for var in ["GHL_LOCATION_ID", "GHL_TOKEN", "CAPSULE_TOKEN"] {
+        assert!(config.contains(&format!("\"${{{var}}}\"")), "{var} is not quoted:\n{config}");
+    }
+    let out = ghlflow_env(&dir, &["validate"], &SECRETS);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{} recipes OK (recipes)\n", names.len()));
+    // Without the variables, each is named.
+    let out = ghlflow(&dir, &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("environment variable `GHL_TOKEN` is not set"), "{}", stderr(&out));
+
+    // The shipped recipes, each pointing at a schema file that exists and is the binary's.
+    let schema = stdout(&ghlflow(&dir, &["schema", "recipe"]));
+    let shipped: Vec<_> = std::fs::read_dir(root().join("recipes")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(std::fs::read_dir(dir.join("recipes")).unwrap().count(), shipped.len());
+    for path in shipped {
+        let name = path.file_name().unwrap();
+        let written = std::fs::read_to_string(dir.join("recipes").join(name)).unwrap();
+        let target = schema_target(&written).unwrap_or_else(|| panic!("{name:?} has no $schema line"));
+        let file = dir.join("recipes").join(&target);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), schema, "{name:?}: {target} is not the recipe schema");
+        // And in this repository the same line finds the published schema.
+        let original = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(schema_target(&original).as_deref(), Some(target.as_str()), "{name:?}");
+        assert!(path.parent().unwrap().join(&target).is_file(), "{name:?}: {target} missing in the repository");
+        assert_eq!(written.lines().skip(1).collect::<Vec<_>>(), original.lines().skip(1).collect::<Vec<_>>());
+    }
+}
+
+/// The path of a recipe's `# yaml-language-server: $schema=PATH` line.
+fn schema_target(text: &str) -> Option<String> {
+    text.lines().next()?.split_once("$schema=").map(|(_, p)| p.trim().to_owned())
+}
+
+#[test]
+fn init_empty_keeps_existing_files_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ghlflow(dir.path(), &["init", "--empty"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!(stdout(&out));
+    assert_eq!(std::fs::read_dir(dir.path().join("recipes")).unwrap().count(), 0);
+    assert!(dir.path().join("docs/recipe.schema.json").is_file());
+    let out = ghlflow_env(dir.path(), &["validate"], &SECRETS);
+    assert_eq!(stdout(&out), "0 recipes OK (recipes)\n", "{}", stderr(&out));
+
+    std::fs::write(dir.path().join("ghlflow.yaml"), "mine\n").unwrap();
+    let out = ghlflow(dir.path(), &["init", "--empty"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("exist already; nothing was written"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(dir.path().join("ghlflow.yaml")).unwrap(), "mine\n");
+    let out = ghlflow(dir.path(), &["init", "--empty", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(std::fs::read_to_string(dir.path().join("ghlflow.yaml")).unwrap(), "mine\n");
+}
+
+#[test]
+fn completions_for_each_shell_know_every_command() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = ghlflow(&root(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        for command in ["init", "test", "runs", "completions", "replay"] {
+            assert!(text.contains(command), "{shell}: no `{command}` in the script");
+        }
+    }
+    let out = ghlflow(&root(), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn man_prints_roff_and_writes_a_page_per_command() {
+    let out = ghlflow(&root(), &["man"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(".TH ghlflow 1"), "{text}");
+    assert!(text.contains(".SH NAME") && text.contains(".SH SUBCOMMANDS"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = ghlflow(&root(), &["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in ["ghlflow.1", "ghlflow-run.1", "ghlflow-test.1", "ghlflow-runs-list.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".SH OPTIONS") || text.contains(".SH SYNOPSIS"), "{page}");
+    }
+    let test_page = std::fs::read_to_string(dir.path().join("ghlflow-test.1")).unwrap();
+    assert!(test_page.contains("\\-\\-send"), "{test_page}");
 }

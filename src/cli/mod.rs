@@ -3,9 +3,11 @@
 //! logs and progress to stderr. Each subcommand's rendering lives in its own file.
 
 mod call;
+mod completions;
 mod connect;
 mod control;
 mod demo;
+mod init;
 mod ops;
 mod run;
 mod runs;
@@ -68,6 +70,12 @@ enum Command {
     Schema(validate::SchemaCommand),
     /// Serve a local GHL + Capsule emulator with seeded data (prints a ghlflow.yaml for it).
     Sandbox(sandbox::SandboxArgs),
+    /// Set up a folder: ghlflow.yaml, recipes/ and the recipe schema for editors.
+    Init(init::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command into a folder.
+    Man(completions::ManArgs),
 }
 
 /// A failed command: what went wrong, and whether the user's input was at fault.
@@ -141,6 +149,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Init(args) => init::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
