@@ -320,3 +320,138 @@ fn man_prints_roff_and_writes_a_page_per_command() {
     let test_page = std::fs::read_to_string(dir.path().join("ghlflow-test.1")).unwrap();
     assert!(test_page.contains("\\-\\-send"), "{test_page}");
 }
+
+// --- 5: run history that tells the truth ---------------------------------------------------
+
+/// A folder whose `ghl` connection is a fake API, with GHL's retries in milliseconds.
+fn fake_folder(api: &crate::fake_api::FakeApi, recipe: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ghlflow.yaml"),
+        format!(
+            "connections:\n  ghl:\n    app: ghl\n    location_id: LOC1\n    base_url: {}\n    auth: {{ type: private_token, token: pit-history }}\n",
+            api.base_url
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    std::fs::write(dir.path().join("recipes/tag.yaml"), recipe).unwrap();
+    let ops = dir.path().join("ops/ghl");
+    std::fs::create_dir_all(&ops).unwrap();
+    let app = std::fs::read_to_string(root().join("operations/ghl/app.yaml")).unwrap();
+    std::fs::write(
+        ops.join("app.yaml"),
+        app.replace("initial_backoff: 500ms", "initial_backoff: 1ms").replace("max_backoff: 30s", "max_backoff: 5ms"),
+    )
+    .unwrap();
+    dir
+}
+
+const TAG: &str = r#"name: Tag new contacts
+trigger:
+  operation: ghl.contacts.search_contacts
+  connection: ghl
+  every: 5m
+filter: "{{trigger.email}}"
+steps:
+  - id: tag
+    operation: ghl.contacts.add_tags_to_contact
+    connection: ghl
+    input:
+      contactId: "{{trigger.id}}"
+      tags: [seen]
+"#;
+
+async fn ghlflow_async(dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+        .arg("--operations")
+        .arg(dir.join("ops"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_show_counts_every_request_sent_retries_included() {
+    use crate::fake_api::{FakeApi, Reply};
+    let fail = Reply::json(500, serde_json::json!({"message": "upstream hiccup"}));
+    let api = FakeApi::scripted(
+        vec![fail.clone(), fail.clone(), fail.clone(), fail],
+        Reply::json(200, serde_json::json!({"tags": ["seen"]})),
+    )
+    .await;
+    let dir = fake_folder(&api, TAG);
+    let item = r#"{"id": "c1", "email": "a@example.com"}"#;
+    let out = ghlflow_async(dir.path(), &["test", "tag", "--item", item, "--send"]).await;
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(api.count_to("/contacts/c1/tags"), 5, "four 500s, then the answer");
+    let run = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("item c1: run "))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let show = ghlflow_async(dir.path(), &["runs", "show", &run]).await;
+    let text = stdout(&show);
+    assert!(text.contains("step 1 `tag` (ghl.contacts.add_tags_to_contact): succeeded"), "{text}");
+    assert!(text.contains("sent 5 time(s)"), "{text}");
+    let json: Value =
+        serde_json::from_slice(&ghlflow_async(dir.path(), &["runs", "show", &run, "--json"]).await.stdout).unwrap();
+    assert_eq!(json["steps"][0]["attempts"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filtered_run_lists_no_pending_steps_and_lists_say_what_they_left_out() {
+    use crate::fake_api::{FakeApi, Reply};
+    let api = FakeApi::start(|_| Reply::json(200, serde_json::json!({"tags": ["seen"]}))).await;
+    let dir = fake_folder(&api, TAG);
+    let out = ghlflow_async(dir.path(), &["test", "tag", "--item", r#"{"id": "c0"}"#, "--send"]).await;
+    assert!(stdout(&out).contains("item c0: run ") && stdout(&out).contains(" filtered"), "{}", stdout(&out));
+    for i in 1..=3 {
+        let item = format!(r#"{{"id": "c{i}", "email": "{i}@example.com"}}"#);
+        let out = ghlflow_async(dir.path(), &["test", "tag", "--item", &item, "--send"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let list = ghlflow_async(dir.path(), &["runs", "list", "--json"]).await;
+    let rows: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows.len(), 4);
+    let filtered = rows.iter().find(|r| r["status"] == "filtered").unwrap()["id"].as_str().unwrap().to_owned();
+
+    let show = ghlflow_async(dir.path(), &["runs", "show", &filtered]).await;
+    let text = stdout(&show);
+    assert!(text.contains("status   filtered"), "{text}");
+    assert!(text.contains("no step ran: the recipe's filter left this item out"), "{text}");
+    assert!(!text.contains("pending") && !text.contains("step 1"), "{text}");
+
+    let limited = ghlflow_async(dir.path(), &["runs", "list", "--limit", "2"]).await;
+    assert_eq!(stdout(&limited).lines().count(), 3, "a header and two runs:\n{}", stdout(&limited));
+    assert_eq!(stderr(&limited), "2 of 4 shown; --limit for more\n");
+    let limited = ghlflow_async(dir.path(), &["runs", "list", "--status", "succeeded", "--limit", "1"]).await;
+    assert_eq!(stderr(&limited), "1 of 3 shown; --limit for more\n");
+    let all = ghlflow_async(dir.path(), &["runs", "list"]).await;
+    assert_eq!(stderr(&all), "", "nothing was left out");
+
+    let failed = ghlflow_async(dir.path(), &["runs", "list", "--status", "failed"]).await;
+    assert!(failed.status.success());
+    assert_eq!(stdout(&failed), "no failed runs\n");
+    let other = ghlflow_async(dir.path(), &["runs", "list", "--recipe", "other", "--status", "held"]).await;
+    assert_eq!(stdout(&other), "no held runs of `other`\n");
+    let unknown = ghlflow_async(dir.path(), &["runs", "list", "--status", "broken"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn runs_list_help_names_every_status() {
+    use clap::ValueEnum as _;
+    let out = ghlflow(&root(), &["runs", "list", "--help"]);
+    let help = stdout(&out);
+    for status in ghlflow::store::RunStatus::value_variants() {
+        assert!(help.contains(status.as_str()), "`{}` missing from\n{help}", status.as_str());
+    }
+}

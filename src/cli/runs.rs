@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -34,9 +34,9 @@ enum RunsCommand {
         /// Only this recipe's runs.
         #[arg(long)]
         recipe: Option<String>,
-        /// Only runs in this status (succeeded, failed, filtered, held, running, queued).
-        #[arg(long)]
-        status: Option<String>,
+        /// Only runs in this status.
+        #[arg(long, value_enum)]
+        status: Option<RunStatus>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -115,7 +115,9 @@ impl Reply {
 
 pub async fn run(args: RunsArgs, operations: Option<&Path>) -> CliResult {
     let req = match args.command {
-        RunsCommand::List { recipe, status, limit, json } => RunsRequest::List { recipe, status, limit, json },
+        RunsCommand::List { recipe, status, limit, json } => {
+            RunsRequest::List { recipe, status: status.map(|s| s.as_str().to_owned()), limit, json }
+        }
         RunsCommand::Show { run, json } => RunsRequest::Show { run, json },
         RunsCommand::Replay { run } => RunsRequest::Replay { run },
         RunsCommand::Release { recipe } => RunsRequest::Release { recipe },
@@ -164,24 +166,31 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
         RunsRequest::List { recipe, status, limit, json } => {
             let status = match status.as_deref().map(parse_status) {
                 Some(None) => {
+                    let all: Vec<&str> = RunStatus::value_variants().iter().map(|s| s.as_str()).collect();
                     return Reply::invalid(format!(
-                        "unknown status `{}`; use succeeded, failed, filtered, held, running, queued or discarded",
-                        status.unwrap_or_default()
+                        "unknown status `{}`; use one of: {}",
+                        status.unwrap_or_default(),
+                        all.join(", ")
                     ));
                 }
                 Some(Some(s)) => Some(s),
                 None => None,
             };
-            match engine.store.runs(recipe.as_deref(), if status.is_some() { usize::MAX } else { limit }) {
-                Ok(runs) => {
-                    let runs: Vec<RunRecord> =
-                        runs.into_iter().filter(|r| status.is_none_or(|s| r.status == s)).take(limit).collect();
-                    if json {
+            match engine.store.runs_page(recipe.as_deref(), status, limit) {
+                Ok((runs, total)) => {
+                    let mut reply = if json {
                         let rows: Vec<Value> = runs.iter().map(list_row).collect();
                         Reply::ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n")
+                    } else if runs.is_empty() {
+                        Reply::ok(nothing_listed(recipe.as_deref(), status))
                     } else {
                         Reply::ok(render_list(&runs))
+                    };
+                    // On stderr: stdout stays the table (or the JSON) alone, for scripts.
+                    if total > runs.len() {
+                        reply.stderr = format!("{} of {total} shown; --limit for more\n", runs.len());
                     }
+                    reply
                 }
                 Err(e) => Reply::failed(e.to_string()),
             }
@@ -286,10 +295,16 @@ fn list_row(r: &RunRecord) -> Value {
     })
 }
 
-fn render_list(runs: &[RunRecord]) -> String {
-    if runs.is_empty() {
-        return "no runs yet\n".into();
+/// What an empty list says: which runs there are none of.
+fn nothing_listed(recipe: Option<&str>, status: Option<RunStatus>) -> String {
+    let of = recipe.map(|r| format!(" of `{r}`")).unwrap_or_default();
+    match status {
+        Some(s) => format!("no {} runs{of}\n", s.as_str()),
+        None => format!("no runs{of} yet\n"),
     }
+}
+
+fn render_list(runs: &[RunRecord]) -> String {
     let rw = runs.iter().map(|r| r.recipe.len()).max().unwrap_or(6).max(6);
     let iw = runs.iter().map(|r| r.item_id.as_deref().unwrap_or("-").len()).max().unwrap_or(4).clamp(4, 24);
     let mut out =
@@ -331,6 +346,18 @@ fn render_run(r: &RunRecord) -> String {
         let _ = writeln!(out, "replays  {}", r.replays);
     }
     let _ = writeln!(out, "\ntrigger item:\n{}", indent(&serde_json::to_string_pretty(&r.item).unwrap_or_default()));
+    // A run that will never run a step does not list its steps as pending.
+    match r.status {
+        RunStatus::Filtered => {
+            let _ = writeln!(out, "\nno step ran: the recipe's filter left this item out");
+            return out;
+        }
+        RunStatus::Discarded => {
+            let _ = writeln!(out, "\nno step ran: the held run was discarded");
+            return out;
+        }
+        _ => {}
+    }
     for (i, s) in r.steps.iter().enumerate() {
         let status =
             serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();

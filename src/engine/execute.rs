@@ -127,13 +127,19 @@ impl Engine {
                 self.store.save_run(&run)?;
             }
             let started = Instant::now();
-            let result = match &step.find {
-                Some(find) if step.operation.writes() => {
-                    self.send_checking_lost(step, find, &inputs, &ctx_value, in_doubt).await
+            let (result, sends) = crate::http::count_sends(async {
+                match &step.find {
+                    Some(find) if step.operation.writes() => {
+                        self.send_checking_lost(step, find, &inputs, &ctx_value, in_doubt).await
+                    }
+                    _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
                 }
-                _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
-            };
+            })
+            .await;
             let record = &mut run.steps[i];
+            // Counted as one while in flight (a crash leaves that visible); now the real
+            // number of requests sent, retries included.
+            record.attempts = record.attempts.saturating_sub(1) + sends;
             record.duration_ms = Some(started.elapsed().as_millis() as u64);
             record.finished = Some(now_iso());
             match result {
@@ -252,7 +258,12 @@ impl Engine {
     }
 
     /// Runs a find: the first candidate its `match` accepts, shaped like the write's response.
+    /// Its reads are not sends of the step, so they are counted apart (and dropped).
     async fn find_existing(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
+        crate::http::count_sends(self.find_candidates(step, find, ctx)).await.0
+    }
+
+    async fn find_candidates(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
         let inputs = render_inputs(&find.input, &context(ctx.clone()))
             .map_err(|message| HttpError::InvalidInput { op: find.operation.key.to_string(), message })?;
         let mut pager = crate::http::Pager::new(
