@@ -455,3 +455,181 @@ fn runs_list_help_names_every_status() {
         assert!(help.contains(status.as_str()), "`{}` missing from\n{help}", status.as_str());
     }
 }
+
+// --- 7: errors a newcomer understands ------------------------------------------------------
+
+/// A folder with a sandbox-free configuration (no variables) and the given recipes.
+fn offline_folder(config_extra: &str, recipes: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ghlflow.yaml"),
+        format!(
+            "connections:\n  ghl:\n    app: ghl\n    location_id: LOC1\n    auth: {{ type: private_token, token: pit-offline }}\n  capsule:\n    app: capsule\n    auth: {{ type: bearer, token: cap-offline }}\n    access: read_only\n{config_extra}"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    for (name, text) in recipes {
+        std::fs::write(dir.path().join("recipes").join(format!("{name}.yaml")), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn an_unknown_key_does_not_hide_the_other_problems_and_template_mistakes_are_plain() {
+    let recipe = r#"name: Several mistakes at once
+trigger:
+  operation: capsule.parties.party_updated
+  connection: capsule
+  evry: 5m
+filter: "{{trigger.firstName}"
+steps:
+  - id: contact
+    operation: ghl.contacts.upsert_contact
+    connection: ghl
+    inptu: {}
+    input:
+      firstName: "{{trigger.firstName"
+      lastName: "{{#if trigger.lastName}}{{trigger.lastName}}"
+      email: "{{trigger.emial}}"
+"#;
+    let dir = offline_folder("", &[("mistakes", recipe)]);
+    let out = ghlflow(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    insta::assert_snapshot!(stderr(&out));
+}
+
+#[test]
+fn an_unknown_key_in_ghlflow_yaml_does_not_hide_the_other_problems() {
+    let dir = offline_folder("retenton: 30d\nretention: soon\n", &[]);
+    let out = ghlflow(dir.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("ghlflow.yaml:10:1: retenton: unknown field `retenton` (did you mean `retention`?)"), "{err}");
+    assert!(err.contains("ghlflow.yaml:11:1: retention:"), "the bad retention is hidden:\n{err}");
+    assert!(err.ends_with("2 problems\n"), "{err}");
+}
+
+#[test]
+fn call_with_a_wrong_type_says_only_that() {
+    let dir = offline_folder("", &[]);
+    let input = r#"{"contactId":"c1","title":"Call back","dueDate":"2026-01-01T00:00:00Z","completed":"no"}"#;
+    let out = ghlflow(
+        dir.path(),
+        &["call", "ghl.contacts.create_contact_task", "--connection", "ghl", "--input", input, "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: ghl.contacts.create_contact_task: input `completed` should be boolean, not \"no\"\n"
+    );
+    // Left out, it is missing.
+    let input = r#"{"contactId":"c1","title":"Call back","dueDate":"2026-01-01T00:00:00Z"}"#;
+    let out = ghlflow(
+        dir.path(),
+        &["call", "ghl.contacts.create_contact_task", "--connection", "ghl", "--input", input, "--dry-run"],
+    );
+    assert!(stderr(&out).contains("missing required input `completed`"), "{}", stderr(&out));
+}
+
+#[test]
+fn call_of_another_apps_operation_names_the_mismatch_before_access() {
+    let dir = offline_folder("", &[]);
+    let out = ghlflow(
+        dir.path(),
+        &["call", "ghl.contacts.upsert_contact", "--connection", "capsule", "--input", r#"{"email":"a@b.example"}"#],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: connection `capsule` is for app `capsule`, but `ghl.contacts.upsert_contact` belongs to `ghl`; \
+         use --connection ghl\n"
+    );
+}
+
+#[test]
+fn a_missing_configuration_points_at_init_and_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["validate"][..], &["run", "--once"], &["runs", "list"], &["test", "x"]] {
+        let out = ghlflow(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("no configuration at ghlflow.yaml"), "{args:?}: {err}");
+        assert!(err.contains("`ghlflow init`") && err.contains("`ghlflow sandbox`"), "{args:?}: {err}");
+    }
+}
+
+/// Every `$ ghlflow call ...` in the README's text blocks, with the lines it shows after it
+/// (until a blank line, the next command or the end of the block; `...` ends a shortened one).
+fn readme_call_examples() -> Vec<(Vec<String>, Vec<String>)> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_text = false;
+    let mut current: Option<(Vec<String>, Vec<String>)> = None;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_text = line == "```text";
+            out.extend(current.take());
+            continue;
+        }
+        if !in_text {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix("$ ghlflow call ") {
+            out.extend(current.take());
+            let args = shell_words(command);
+            current = Some((args, Vec::new()));
+        } else if line.is_empty() || line.starts_with("$ ") {
+            out.extend(current.take());
+        } else if let Some((_, shown)) = &mut current {
+            shown.push(line.to_owned());
+        }
+    }
+    out
+}
+
+/// Splits a command line as a shell would for these examples (single quotes only).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = vec!["call".to_owned()];
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_call_examples_work_as_written_against_the_sandbox() {
+    let folder = Folder::new(&[]).await;
+    let examples = readme_call_examples();
+    assert!(examples.len() >= 2, "{examples:?}");
+    assert!(examples.iter().any(|(args, _)| !args.contains(&"--dry-run".to_owned())), "one example sends");
+    for (args, shown) in examples {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = folder.ghlflow(&args).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let printed = stdout(&out).replace(&folder.sandbox.ghl_base_url(), "http://127.0.0.1:8977");
+        let printed: Vec<&str> = printed.lines().collect();
+        let (expected, shortened) = match shown.iter().position(|l| l == "...") {
+            Some(end) => (&shown[..end], true),
+            None => (&shown[..], false),
+        };
+        assert!(printed.len() >= expected.len(), "{args:?}: printed\n{}", printed.join("\n"));
+        assert_eq!(&printed[..expected.len()], expected, "{args:?}");
+        if !shortened {
+            assert_eq!(printed.len(), expected.len(), "{args:?}: printed\n{}", printed.join("\n"));
+        }
+    }
+}

@@ -174,6 +174,13 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn load_config(path: &std::path::Path, catalog: &Catalog) -> Result<crate::config::Config, CliError> {
+    if !path.exists() {
+        return Err(CliError::Invalid(format!(
+            "no configuration at {}: `ghlflow init` writes one (with the shipped recipes), \
+             `ghlflow sandbox` prints one for a local practice account, and --config points at another file",
+            path.display()
+        )));
+    }
     crate::config::Config::load(path, catalog, &crate::config::process_env)
         .map_err(|d| CliError::Invalid(format!("invalid configuration:\n{d}")))
 }
