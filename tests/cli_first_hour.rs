@@ -633,3 +633,89 @@ async fn the_readmes_call_examples_work_as_written_against_the_sandbox() {
         }
     }
 }
+
+// --- 8: help that teaches --------------------------------------------------------------------
+
+/// Every command and subcommand, with its path (`["runs", "list"]`).
+fn all_commands() -> Vec<(Vec<String>, clap::Command)> {
+    fn walk(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_owned());
+            out.push((p.clone(), sub.clone()));
+            walk(sub, p, out);
+        }
+    }
+    use clap::CommandFactory as _;
+    let mut cmd = ghlflow::cli::Cli::command();
+    cmd.build();
+    let mut out = vec![(Vec::new(), cmd.clone())];
+    walk(&cmd, Vec::new(), &mut out);
+    out
+}
+
+#[test]
+fn every_positional_argument_is_described() {
+    for (path, cmd) in all_commands() {
+        for arg in cmd.get_positionals() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 10, "`ghlflow {}` <{}> has no description", path.join(" "), arg.get_id());
+        }
+    }
+}
+
+#[test]
+fn every_commands_help_has_examples_that_parse() {
+    use clap::Parser as _;
+    for (path, cmd) in all_commands() {
+        let name = format!("ghlflow {}", path.join(" ")).trim_end().to_owned();
+        let after = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+        let examples: Vec<&str> = after
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| l.starts_with("ghlflow "))
+            .collect();
+        assert!(!examples.is_empty(), "`{name} --help` shows no examples");
+        assert!(
+            examples.iter().any(|e| e.starts_with(&format!("{name} ")) || path.is_empty()),
+            "`{name} --help` has no example of itself: {examples:?}"
+        );
+        for example in examples {
+            // The command, without its comment (after two spaces) or a redirection.
+            let command = example.split("  ").next().unwrap();
+            let mut words = shell_words(command.strip_prefix("ghlflow ").unwrap());
+            words.remove(0); // shell_words starts with "call"
+            let words: Vec<String> = words.into_iter().take_while(|w| w != ">" && w != "|" && w != ">>").collect();
+            if words.iter().any(|w| w == "<command>") {
+                continue;
+            }
+            let parsed = ghlflow::cli::Cli::try_parse_from(std::iter::once("ghlflow".to_owned()).chain(words));
+            assert!(parsed.is_ok(), "`{name}`: the example `{example}` does not parse: {:?}", parsed.err());
+        }
+    }
+}
+
+#[test]
+fn options_that_do_not_apply_are_not_listed() {
+    for (path, _) in all_commands().into_iter().filter(|(p, _)| !p.is_empty()) {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = ghlflow(&root(), &args);
+        let help = stdout(&out);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(!help.contains("--operations"), "`ghlflow {}` lists --operations", path.join(" "));
+        if path != ["run"] {
+            assert!(!help.contains("--log-format"), "`ghlflow {}` lists --log-format", path.join(" "));
+        }
+    }
+    let top = stdout(&ghlflow(&root(), &["--help"]));
+    assert!(top.contains("--operations") && top.contains("--log-format"), "{top}");
+    // Before the command, as the README writes it, they still work.
+    let out = ghlflow(
+        &root(),
+        &["--operations", root().join("operations").to_str().unwrap(), "ops", "list", "--app", "capsule"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -13,6 +13,12 @@ use crate::http::{self, HttpClient, HttpError, Pager};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow call ghl.locations.find_location_by_id --connection ghl --dry-run
+  ghlflow call ghl.contacts.get_contact --connection ghl --input '{\"contactId\":\"ID\"}'
+  ghlflow call ghl.contacts.upsert_contact --connection ghl --input @contact.json
+  ghlflow call capsule.parties.party_updated --connection capsule --all-pages > people.json")]
 pub struct CallArgs {
     /// The operation's full key, e.g. `ghl.contacts.get_contact`.
     key: String,

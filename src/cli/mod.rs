@@ -24,14 +24,29 @@ use clap::{Parser, Subcommand};
 use crate::catalog::{self, Catalog};
 
 #[derive(Debug, Parser)]
-#[command(name = "ghlflow", version, about = "Self-hosted automations for GoHighLevel, as files.")]
+#[command(
+    name = "ghlflow",
+    version,
+    about = "Self-hosted automations for GoHighLevel, as files.",
+    after_help = "\
+Examples:
+  ghlflow init                         a folder with ghlflow.yaml and the shipped recipes
+  ghlflow sandbox                      a local GHL + Capsule to practise on
+  ghlflow test capsule-people          what a recipe would send for the newest items
+  ghlflow run                          run the recipes until Ctrl-C
+  ghlflow <command> --help             each command's options and examples"
+)]
 pub struct Cli {
-    /// Add or override operations from this folder (laid out as `<app>/<category>.yaml`).
-    #[arg(long, global = true, value_name = "DIR")]
+    // Not `global`: an option shown in every command's help would be listed where it does
+    // nothing (sandbox, init, completions). They go before the command.
+    /// Add or override operations from this folder (laid out as `<app>/<category>.yaml`);
+    /// before the command: `ghlflow --operations DIR validate`.
+    #[arg(long, value_name = "DIR")]
     operations: Option<PathBuf>,
 
-    /// Log format on stderr: `text` or `json` (for log shippers).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: `text` or `json` (for log shippers); before the command
+    /// (`run` also takes it after).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -39,7 +54,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -47,7 +62,13 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Browse the operations catalog.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  ghlflow ops list --app ghl --category contacts
+  ghlflow ops show ghl.contacts.upsert_contact"
+    )]
     Ops(ops::OpsCommand),
     /// Run one operation on a connection and print the response.
     Call(call::CallArgs),
@@ -66,7 +87,12 @@ enum Command {
     /// Move a recipe's trigger position.
     Trigger(runs::TriggerArgs),
     /// Print a JSON Schema.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  ghlflow schema recipe > docs/recipe.schema.json"
+    )]
     Schema(validate::SchemaCommand),
     /// Serve a local GHL + Capsule emulator with seeded data (prints a ghlflow.yaml for it).
     Sandbox(sandbox::SandboxArgs),
@@ -113,7 +139,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The engine tells what it does by default; one-shot commands only warn.
     let default_level = if matches!(&cli.command, Command::Run(_)) { "info" } else { "warn" };
-    init_logging(cli.log_format, default_level);
+    let log_format = match &cli.command {
+        Command::Run(args) => args.log_format.unwrap_or(cli.log_format),
+        _ => cli.log_format,
+    };
+    init_logging(log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

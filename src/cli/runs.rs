@@ -19,6 +19,11 @@ use crate::http::HttpClient;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow runs list --status failed
+  ghlflow runs show 1795856233073-000028
+  ghlflow runs replay 1795856233073-000028")]
 pub struct RunsArgs {
     #[command(subcommand)]
     command: RunsCommand,
@@ -30,6 +35,11 @@ pub struct RunsArgs {
 #[derive(Debug, Subcommand)]
 enum RunsCommand {
     /// Recent runs, newest first.
+    #[command(after_help = "\
+Examples:
+  ghlflow runs list
+  ghlflow runs list --recipe capsule-people --status failed
+  ghlflow runs list --limit 500 --json")]
     List {
         /// Only this recipe's runs.
         #[arg(long)]
@@ -45,20 +55,49 @@ enum RunsCommand {
         json: bool,
     },
     /// One run: its trigger item, each step's input, response, status and timing.
+    #[command(after_help = "\
+Examples:
+  ghlflow runs show 1795856233073-000028
+  ghlflow runs show 1795856233073-000028 --json")]
     Show {
+        /// The run's id (the RUN column of `ghlflow runs list`).
         run: String,
+        /// Print the whole record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Resume a failed run from its failed step.
-    Replay { run: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs replay 1795856233073-000028")]
+    Replay {
+        /// The failed run's id (the RUN column of `ghlflow runs list --status failed`).
+        run: String,
+    },
     /// Run a recipe's held batch.
-    Release { recipe: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs list --status held
+  ghlflow runs release ghl-welcome-sms")]
+    Release {
+        /// The recipe whose held runs to run (its id: the file name without .yaml).
+        recipe: String,
+    },
     /// Drop a recipe's held batch.
-    Discard { recipe: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs discard ghl-welcome-sms")]
+    Discard {
+        /// The recipe whose held runs to drop (its id: the file name without .yaml).
+        recipe: String,
+    },
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow trigger reset capsule-people
+  ghlflow trigger reset capsule-people --to 2026-11-01T00:00:00Z")]
 pub struct TriggerArgs {
     #[command(subcommand)]
     command: TriggerCommand,
@@ -71,7 +110,12 @@ pub struct TriggerArgs {
 enum TriggerCommand {
     /// Move a recipe's trigger on purpose: without --to, the next poll records a new
     /// baseline; with --to TIME, it fires for everything changed since TIME.
+    #[command(after_help = "\
+Examples:
+  ghlflow trigger reset capsule-people                            a new baseline, nothing fires
+  ghlflow trigger reset capsule-people --to 2026-11-01T00:00:00Z  fire for what changed since then")]
     Reset {
+        /// The recipe whose trigger to move (its id: the file name without .yaml).
         recipe: String,
         /// An ISO 8601 time, e.g. 2026-11-01T00:00:00Z.
         #[arg(long)]

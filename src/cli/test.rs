@@ -23,8 +23,8 @@ use crate::store::{RunStatus, StepStatus, Store, StoreError};
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
-  ghlflow test vip-follow-up                  the trigger's 3 newest items, nothing sent
-  ghlflow test vip-follow-up --limit 1 --send send for the newest item and record a run
+  ghlflow test vip-follow-up                    the trigger's 3 newest items; nothing is sent
+  ghlflow test vip-follow-up --limit 1 --send   send for the newest item and record a run
   ghlflow test vip-follow-up --item @person.json
   ghlflow test vip-follow-up --item-id 254101598")]
 pub struct TestArgs {
