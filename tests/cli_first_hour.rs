@@ -719,3 +719,66 @@ fn options_that_do_not_apply_are_not_listed() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+// --- The README's section on init and test, as printed ---------------------------------------
+
+/// The README's text block that starts with `$ {command}`: the command's words and the lines
+/// shown after it.
+fn readme_block(command: &str) -> (Vec<String>, Vec<String>) {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find(&format!("```text\n$ {command}")).unwrap_or_else(|| panic!("no block for {command}"));
+    let block = &readme[start + "```text\n$ ".len()..];
+    let block = &block[..block.find("\n```").unwrap()];
+    let mut lines = block.lines();
+    let mut words = shell_words(lines.next().unwrap().strip_prefix("ghlflow ").unwrap());
+    words.remove(0);
+    (words, lines.map(str::to_owned).collect())
+}
+
+/// Whether `actual` is `expected`, where a `...` line stands for any number of lines.
+fn matches_shown(expected: &[String], actual: &[&str]) -> bool {
+    match expected.split_first() {
+        None => actual.is_empty(),
+        Some((first, rest)) if first == "..." => (0..=actual.len()).any(|skip| matches_shown(rest, &actual[skip..])),
+        Some((first, rest)) => actual.first() == Some(&first.as_str()) && matches_shown(rest, &actual[1..]),
+    }
+}
+
+#[test]
+fn the_readmes_init_example_is_what_init_prints() {
+    let shown = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    assert!(matches_shown(&shown(&["a", "...", "d"]), &["a", "b", "c", "d"]));
+    assert!(!matches_shown(&shown(&["a", "...", "d"]), &["a", "b", "c"]));
+    assert!(!matches_shown(&shown(&["a", "b"]), &["a", "b", "c"]));
+    let (args, shown) = readme_block("ghlflow init");
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ghlflow(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(
+        matches_shown(&shown, &printed.lines().collect::<Vec<_>>()),
+        "README shows\n{}\nprinted\n{printed}",
+        shown.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_test_example_is_what_test_prints_for_the_walk_through_recipe() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let at = readme.find("`recipes/vip-follow-up.yaml`").expect("the walk-through recipe");
+    let recipe = &readme[at..];
+    let recipe = &recipe[recipe.find("```yaml\n").unwrap() + 8..];
+    let recipe = &recipe[..recipe.find("```").unwrap()];
+    let folder = Folder::new(&[("vip-follow-up", recipe)]).await;
+    let (args, shown) = readme_block("ghlflow test");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = folder.ghlflow(&args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out).replace(&folder.sandbox.ghl_base_url(), "http://127.0.0.1:8977");
+    assert!(
+        matches_shown(&shown, &printed.lines().collect::<Vec<_>>()),
+        "README shows\n{}\nprinted\n{printed}",
+        shown.join("\n")
+    );
+}
