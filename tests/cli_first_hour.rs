@@ -428,6 +428,10 @@ async fn a_filtered_run_lists_no_pending_steps_and_lists_say_what_they_left_out(
     assert!(text.contains("status   filtered"), "{text}");
     assert!(text.contains("no step ran: the recipe's filter left this item out"), "{text}");
     assert!(!text.contains("pending") && !text.contains("step 1"), "{text}");
+    let json: Value =
+        serde_json::from_slice(&ghlflow_async(dir.path(), &["runs", "show", &filtered, "--json"]).await.stdout)
+            .unwrap();
+    assert_eq!(json["steps"], serde_json::json!([]), "{json}");
 
     let limited = ghlflow_async(dir.path(), &["runs", "list", "--limit", "2"]).await;
     assert_eq!(stdout(&limited).lines().count(), 3, "a header and two runs:\n{}", stdout(&limited));

@@ -67,6 +67,8 @@ impl Engine {
             match filter.render_string(&ctx) {
                 Ok(text) if !truthy(&text) => {
                     run.status = RunStatus::Filtered;
+                    // No step of a filtered run will ever run: none is recorded as pending.
+                    run.steps.clear();
                     run.finished = Some(now_iso());
                     self.store.save_run(&run)?;
                     return Ok(outcome(&run));
