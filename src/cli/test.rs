@@ -89,7 +89,7 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
     }
     let mut failures = 0;
     for (id, item) in &items {
-        let (lines, failed) = engine.plan_one(&recipe, id, item);
+        let (lines, failed) = engine.plan_one(&recipe, id, item).await;
         failures += failed;
         let _ = writeln!(out);
         for line in lines {

@@ -49,6 +49,7 @@ impl Engine {
     }
 
     async fn poll_traced(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
+        self.forget_lookups(&recipe.id).await;
         let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
         let trigger = &recipe.trigger;
         let op = &trigger.operation;
@@ -159,7 +160,7 @@ impl Engine {
                 )),
                 Some(_) => {
                     for (id, _, item) in &new_items {
-                        self.plan_item(recipe, id, item);
+                        self.plan_item(recipe, id, item).await;
                     }
                     if new_items.is_empty() {
                         self.plan_line(format!("{}: no new items", recipe.id));
@@ -287,6 +288,7 @@ fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String,
         steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
         replays: 0,
         next_replay_at: None,
+        notes: Vec::new(),
     }
 }
 

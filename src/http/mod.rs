@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 pub use error::HttpError;
-pub use paginate::{Page, Pager};
+pub use paginate::{Page, Pager, collect_all};
 pub use request::{PreparedRequest, RequestBody, prepare};
 
 use crate::catalog::{BudgetOwner, Method, Operation, ResponseKind};
