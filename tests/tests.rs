@@ -11,6 +11,7 @@ mod cli_ops;
 mod engine;
 mod http_layer;
 mod mirror;
+mod mirror_real;
 mod prism_conformance;
 mod recipe_validate;
 mod sandbox;

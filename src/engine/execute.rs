@@ -86,7 +86,7 @@ impl Engine {
             }
         }
 
-        let mut restarted = false;
+        let mut forgotten_keys = std::collections::HashSet::new();
         'run: loop {
             let mut outputs = Map::new();
             for record in &run.steps {
@@ -185,14 +185,22 @@ impl Engine {
                             self.store.flush_async().await?;
                         }
                     }
-                    Err(e) if e.is_not_found() && !step.forget_when_gone.is_empty() && !restarted => {
+                    Err(e)
+                        if e.is_not_found()
+                            && id_keys
+                                .iter()
+                                .any(|(n, k)| step.forget_when_gone.contains(n) && !forgotten_keys.contains(k)) =>
+                    {
                         // The mapped record was deleted or merged away on the other side: forget
-                        // the mapping and start over, so the steps that create it create it again.
+                        // the mapping and start over, so the steps that create it create it
+                        // again. Each key is forgotten at most once per execution, so this ends.
                         let message = self.config.redactor.redact(&e.to_string());
                         let mut forgotten = Vec::new();
                         for (name, key) in id_keys.iter().filter(|(n, _)| step.forget_when_gone.contains(n)) {
-                            self.store.forget_id(key)?;
-                            forgotten.push(format!("{name} (`{key}`)"));
+                            if forgotten_keys.insert(key.clone()) {
+                                self.store.forget_id(key)?;
+                                forgotten.push(format!("{name} (`{key}`)"));
+                            }
                         }
                         let note = format!(
                             "step `{}` answered not found ({message}); forgot {} and started the run over",
@@ -206,7 +214,6 @@ impl Engine {
                             record.output = None;
                             record.error = None;
                         }
-                        restarted = true;
                         self.store.save_run(&run)?;
                         self.store.flush_async().await?;
                         continue 'run;
@@ -290,6 +297,12 @@ impl Engine {
         self.store.save_run(&run)?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
+    }
+
+    /// A recipe's lookups for a filter at poll time: a lookup that cannot be read is left
+    /// out (the filter then sees nothing there; the runs fail with the read's error).
+    pub(super) async fn lookup_values(&self, recipe: &Recipe) -> Value {
+        self.lookups(recipe).await.unwrap_or_else(|_| Value::Object(Map::new()))
     }
 
     /// A recipe's lookups (`lookups.<name>`): read once per poll and shared by its runs.
@@ -490,6 +503,23 @@ impl Engine {
         run.replays += 1;
         self.store.save_run(&run)?;
         self.execute_run(id).await
+    }
+
+    /// Automatic replays whose time has come (`autoreplay: true` recipes' failed runs, after
+    /// 1, 2, 4, 8 and 16 minutes). `ghlflow run` calls it every half minute with the clock;
+    /// the demo and the tests call it with the delays compressed.
+    pub async fn replay_due(&self, now_unix: u64) -> Vec<Result<RunOutcome, EngineError>> {
+        let due: Vec<String> = match self.store.open_runs() {
+            Ok(open) => {
+                open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix)).map(|r| r.id).collect()
+            }
+            Err(e) => return vec![Err(e.into())],
+        };
+        let mut out = Vec::new();
+        for id in due {
+            out.push(self.replay(&id).await);
+        }
+        out
     }
 
     /// Puts held runs of a recipe in the queue; returns their ids.

@@ -171,9 +171,15 @@ impl Engine {
             Err(_) => Vec::new(),
         };
         if !self.options.dry_run {
+            // Runs this poll just set waiting wait for another recipe: not again right now.
+            let just_ran: std::collections::HashSet<&str> = match &poll {
+                Ok(o) => o.queued.iter().map(String::as_str).collect(),
+                Err(_) => Default::default(),
+            };
             match self.store.waiting_runs(&recipe.id) {
                 Ok(waiting) if !waiting.is_empty() => {
-                    let ids: Vec<String> = waiting.into_iter().map(|r| r.id).collect();
+                    let ids: Vec<String> =
+                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id.as_str())).collect();
                     runs.extend(self.execute_runs(recipe, &ids).await);
                 }
                 Ok(_) => {}
@@ -205,24 +211,37 @@ impl Engine {
     }
 }
 
-/// What `run --once` did.
+/// What `run --once` did. A run executed twice (waiting, then resumed) counts once, as it
+/// ended.
 #[derive(Debug, Default)]
 pub struct OnceSummary {
     pub polls: Vec<PollOutcome>,
     pub runs: Vec<RunOutcome>,
     pub errors: Vec<String>,
+    positions: std::collections::HashMap<String, usize>,
 }
 
 impl OnceSummary {
     fn add_run(&mut self, r: Result<RunOutcome, EngineError>) {
         match r {
-            Ok(o) => self.runs.push(o),
+            Ok(o) => match self.positions.get(&o.id) {
+                Some(&i) => self.runs[i] = o,
+                None => {
+                    self.positions.insert(o.id.clone(), self.runs.len());
+                    self.runs.push(o);
+                }
+            },
             Err(e) => self.errors.push(e.to_string()),
         }
     }
 
+    /// Runs that ended in `status` (filtered ones include those the polls filtered out).
     pub fn count(&self, status: crate::store::RunStatus) -> usize {
-        self.runs.iter().filter(|r| r.status == status).count()
+        let at_poll = match status {
+            crate::store::RunStatus::Filtered => self.polls.iter().map(|p| p.filtered).sum(),
+            _ => 0,
+        };
+        self.runs.iter().filter(|r| r.status == status).count() + at_poll
     }
 }
 

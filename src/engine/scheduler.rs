@@ -244,17 +244,15 @@ fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
 /// Automatic replays that are due, and history past its retention.
 fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
     let now = crate::http::auth::unix_now();
-    if let Ok(open) = engine.store.open_runs() {
-        for run in open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now)) {
-            let engine = Arc::clone(engine);
-            tasks.spawn(async move {
-                if let Err(e) = engine.replay(&run.id).await {
-                    tracing::warn!(run = %run.id, error = %e, "automatic replay failed to start");
-                }
-                String::new()
-            });
+    let replays = Arc::clone(engine);
+    tasks.spawn(async move {
+        for result in replays.replay_due(now).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "automatic replay failed to start");
+            }
         }
-    }
+        String::new()
+    });
     let cutoff = SystemTime::now()
         .checked_sub(engine.config.retention)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
