@@ -54,12 +54,19 @@ pub struct TriggerState {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Created by a poll, waiting its turn to run.
     Queued,
+    /// Its steps are being sent.
     Running,
+    /// Every step succeeded or was skipped by its `if`.
     Succeeded,
+    /// A step failed after its retries (`runs replay` resumes it there).
     Failed,
+    /// The recipe's filter left the item out; no step ran.
     Filtered,
+    /// Part of a batch larger than `hold_above`, waiting for `runs release` or `runs discard`.
     Held,
+    /// A held run dropped with `runs discard`.
     Discarded,
     /// A step needs an id another recipe has not recorded yet; resumed at a later poll.
     Waiting,
