@@ -786,3 +786,45 @@ async fn the_readmes_test_example_is_what_test_prints_for_the_walk_through_recip
         shown.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_an_earlier_step_would_save_is_a_placeholder_in_later_steps() {
+    let recipe = r#"name: Contact, then a note on it
+trigger:
+  operation: capsule.parties.party_updated
+  connection: capsule
+  every: 5m
+steps:
+  - id: contact
+    ids:
+      contact: "party:{{trigger.id}}"
+    if: "{{not ids.contact}}"
+    operation: ghl.contacts.upsert_contact
+    connection: ghl
+    input:
+      firstName: "{{trigger.firstName}}"
+    save:
+      "party:{{trigger.id}}": "{{steps.contact.contact.id}}"
+  - id: note
+    ids:
+      contact: "party:{{trigger.id}}"
+    if: "{{steps.contact.new}}"
+    operation: ghl.contacts.create_contact_note
+    connection: ghl
+    input:
+      contactId: "{{ids.contact}}"
+      body: "From Capsule"
+"#;
+    let folder = Folder::new(&[("note", recipe)]).await;
+    let out = folder.ghlflow(&["test", "note", "--item", r#"{"id": 41, "firstName": "Pia"}"#]).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("POST http://127.0.0.1"), "{text}");
+    assert!(text.contains("/contacts/<steps.contact.contact.id>/notes"), "{text}");
+    assert!(
+        text.contains(
+            "step `note`: its `if` read a placeholder for an earlier step's answer; the real run may skip it"
+        ),
+        "{text}"
+    );
+}
