@@ -22,7 +22,7 @@ use crate::http::HttpClient;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{RunStatus, Store};
 
-static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
+pub(crate) static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

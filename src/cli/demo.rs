@@ -13,6 +13,10 @@ use crate::sandbox::SandboxOptions;
 use crate::store::RunStatus;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow demo
+  ghlflow demo --people 50 --cycles 1      a quicker look")]
 pub struct DemoArgs {
     /// Capsule people in the sandbox.
     #[arg(long, default_value_t = 300)]

@@ -100,6 +100,10 @@ fn stem(path: &Path) -> String {
     path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
 }
 
+/// The recipe schema as a value, for `unknown_keys`.
+static RECIPE_SCHEMA: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| serde_json::to_value(schemars::schema_for!(RecipeSpec)).unwrap_or_default());
+
 /// The JSON Schema of recipe files, generated from the Spec types.
 pub fn schema_json() -> String {
     let schema = schemars::schema_for!(RecipeSpec);
@@ -171,7 +175,7 @@ pub fn compile_recipe(
             format!("the recipe id (the file name) `{id}` may only hold letters, digits, `-` and `_`"),
         );
     }
-    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
@@ -179,6 +183,10 @@ pub fn compile_recipe(
             return Err(diags);
         }
     };
+    // Every unknown key is reported and set aside, so the rest of the file is still checked.
+    for u in crate::unknown_keys::strip_unknown(&mut value, &RECIPE_SCHEMA) {
+        site.push(&mut diags, &u.path, u.message);
+    }
     let spec: RecipeSpec = match serde_path_to_error::deserialize(value) {
         Ok(s) => s,
         Err(e) => {
