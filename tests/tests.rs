@@ -10,6 +10,7 @@ mod cli_first_hour;
 mod cli_ops;
 mod engine;
 mod http_layer;
+mod kill_nine;
 mod mirror;
 mod mirror_real;
 mod prism_conformance;
