@@ -159,16 +159,22 @@ impl Engine {
                     self.store.flush_async().await?;
                 }
                 let started = Instant::now();
-                let (result, sends) = crate::http::count_sends(async {
-                    match &step.find {
-                        Some(find) if step.operation.writes() => {
-                            let mut find_ctx = ctx_value.clone();
-                            set_root(&mut find_ctx, "input", Value::Object(inputs.clone()));
-                            self.send_checking_lost(step, find, &inputs, &find_ctx, in_doubt).await
+                // The step's span: a retry or a 429 logged while it runs names the step too.
+                use tracing::Instrument as _;
+                let step_span = tracing::info_span!("step", step = %step.id);
+                let (result, sends) = crate::http::count_sends(
+                    async {
+                        match &step.find {
+                            Some(find) if step.operation.writes() => {
+                                let mut find_ctx = ctx_value.clone();
+                                set_root(&mut find_ctx, "input", Value::Object(inputs.clone()));
+                                self.send_checking_lost(step, find, &inputs, &find_ctx, in_doubt).await
+                            }
+                            _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
                         }
-                        _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
                     }
-                })
+                    .instrument(step_span),
+                )
                 .await;
                 let record = &mut run.steps[i];
                 // Counted as one while in flight (a crash leaves that visible); now the real

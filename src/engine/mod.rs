@@ -225,6 +225,7 @@ impl PollTick {
         tracing::info!(
             recipe,
             new = poll.new,
+            baseline = poll.baseline,
             succeeded = count(S::Succeeded),
             failed = count(S::Failed) + count(S::Unsure),
             filtered = count(S::Filtered) + poll.filtered,

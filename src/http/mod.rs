@@ -189,14 +189,16 @@ impl HttpClient {
                     if status == 401 && tokens.refreshable() && !refreshed {
                         refreshed = true;
                         tokens.invalidate(&token).await;
-                        tracing::info!(parent: &span, "401: refreshing the token and trying once more");
+                        tracing::info!(op = %op.key, "401: refreshing the token and trying once more");
                         continue;
                     }
                     if status == 429 && rate_waits < MAX_RATE_LIMIT_WAITS {
                         rate_waits += 1;
                         let wait = budget.wait_after_429(response.headers());
                         budget.pause(wait);
-                        tracing::warn!(parent: &span, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
+                        // In the caller's span (a run's: recipe, run), not the request's debug span, so
+                        // the warning names what it belongs to at any log level.
+                        tracing::warn!(op = %op.key, attempt, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
                         continue;
                     }
                     self.read_response(op, request, response).await
@@ -207,7 +209,7 @@ impl HttpClient {
                 Ok(response) => return Ok(response),
                 Err(e) if e.is_retryable() && e.status() != Some(429) => match delays.next() {
                     Some(delay) => {
-                        tracing::warn!(parent: &span, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+                        tracing::warn!(op = %op.key, attempt, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
                         tokio::time::sleep(delay).await;
                     }
                     None => return Err(e),
