@@ -7,6 +7,7 @@
 //! sends requests only through `http` and keeps state only through `store`.
 
 mod execute;
+mod guard;
 mod poll;
 pub mod scheduler;
 
@@ -122,12 +123,24 @@ impl Engine {
         for recipe in recipes {
             let engine = Arc::clone(self);
             tasks.push(tokio::spawn(async move {
-                let outcome = engine.poll(&recipe).await;
-                let runs = match &outcome {
-                    Ok(o) => engine.execute_runs(&recipe, &o.queued).await,
-                    Err(_) => Vec::new(),
+                let work = async {
+                    let outcome = engine.poll(&recipe).await;
+                    let runs = match &outcome {
+                        Ok(o) => engine.execute_runs(&recipe, &o.queued).await,
+                        Err(_) => Vec::new(),
+                    };
+                    (outcome, runs)
                 };
-                (outcome, runs)
+                match guard::catch_panic(work).await {
+                    Ok(done) => done,
+                    Err(panic) => {
+                        if !engine.options.dry_run {
+                            guard::fail_stuck_runs(&engine, &recipe.id, &panic).await;
+                        }
+                        let message = format!("internal error: the poll task panicked: {panic}");
+                        (Err(EngineError::Poll { recipe: recipe.id.clone(), message }), Vec::new())
+                    }
+                }
             }));
         }
         for t in tasks {

@@ -105,7 +105,9 @@ pub async fn run(
                     let polls = Arc::clone(&polls);
                     tasks.spawn(async move {
                         let _slot = polls.acquire().await.ok();
-                        match engine.poll(&recipe).await {
+                        // A panic anywhere below is caught here, so the task still returns
+                        // the recipe id (clearing `busy`) and the runs it left open fail.
+                        let work = async { match engine.poll(&recipe).await {
                             Ok(outcome) => {
                                 for result in engine.execute_runs(&recipe, &outcome.queued).await {
                                     if let Err(e) = result {
@@ -117,6 +119,10 @@ pub async fn run(
                                 tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
                                 record_poll_error(&engine, &recipe.id, &e.to_string());
                             }
+                        } };
+                        if let Err(panic) = super::guard::catch_panic(work).await {
+                            super::guard::fail_stuck_runs(&engine, &recipe.id, &panic).await;
+                            record_poll_error(&engine, &recipe.id, &format!("internal error: the poll task panicked: {panic}"));
                         }
                         recipe.id.clone()
                     });
