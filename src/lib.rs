@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
+pub mod fsread;
 pub mod http;
 pub mod limits;
 pub mod recipe;

@@ -612,6 +612,8 @@ pub struct App {
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub page_bound: std::num::NonZeroU32,
+    /// The largest response body read (see `limits::DEFAULT_MAX_RESPONSE_BYTES`).
+    pub max_response_bytes: u64,
 }
 
 /// Every app and operation, indexed by key.

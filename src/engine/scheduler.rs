@@ -263,7 +263,18 @@ fn apply_changes(
             continue;
         }
         let id = id_of(path);
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        // Bounded, regular files only: a link to /dev/zero or a FIFO must not stop the engine.
+        let text = match crate::fsread::read_text(path) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(recipe = %id, problem = %e, "recipe cannot be read; keeping the previous version");
+                continue;
+            }
+        };
+        if after.keys().any(|p| p != path && id_of(p) == id) {
+            tracing::error!(recipe = %id, "two files give this recipe id (.yaml and .yml); keeping the previous version");
+            continue;
+        }
         match compile_recipe(
             &path.display().to_string(),
             &id,

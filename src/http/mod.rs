@@ -181,7 +181,7 @@ impl HttpClient {
                         tracing::warn!(parent: &span, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
                         continue;
                     }
-                    self.read_response(op, request, response).await
+                    self.read_response(op, request, response, connection.app.max_response_bytes).await
                 }
                 Err(e) => Err(self.transport_error(request, &e)),
             };
@@ -238,6 +238,7 @@ impl HttpClient {
         op: &Operation,
         request: &PreparedRequest,
         mut response: reqwest::Response,
+        max_body: u64,
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
@@ -248,7 +249,7 @@ impl HttpClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(request, &e))?;
+        let bytes = self.read_body(request, &mut response, max_body).await?;
         if !(200..300).contains(&status) {
             return Err(HttpError::Status {
                 request: request.label.clone(),
@@ -261,10 +262,10 @@ impl HttpClient {
             ResponseKind::Json if bytes.iter().all(u8::is_ascii_whitespace) => Value::Null,
             ResponseKind::Json => serde_json::from_slice(&bytes).map_err(|e| HttpError::BadResponse {
                 request: request.label.clone(),
-                reason: format!(
+                reason: self.redactor.redact(&format!(
                     "expected JSON ({e}); the body starts with {:?}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
-                ),
+                )),
             })?,
             ResponseKind::Text => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
             ResponseKind::Binary => json!({
@@ -273,7 +274,37 @@ impl HttpClient {
                 "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
             }),
         };
+        // A server may echo what it was sent (the Authorization header, a templated secret):
+        // no secret leaves here, so none is printed, recorded or passed to a later step.
+        let body = self.redactor.redact_json_deep(body);
         Ok(Response { status, body, next_link, headers })
+    }
+
+    /// The body, chunk by chunk, refused once it passes `max` bytes (a declared length
+    /// over it is refused before anything is read).
+    async fn read_body(
+        &self,
+        request: &PreparedRequest,
+        response: &mut reqwest::Response,
+        max: u64,
+    ) -> Result<Vec<u8>, HttpError> {
+        let too_large = || HttpError::BadResponse {
+            request: request.label.clone(),
+            reason: format!(
+                "the response body is larger than {max} bytes (the app's max_response_bytes); it was not read"
+            ),
+        };
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(request, &e))? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn connection_state(&self, connection: &Connection) -> Arc<ConnectionState> {
