@@ -244,3 +244,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_asking_for_years_fails_call_at_once_and_an_oversized_body_is_refused() {
+    let api = FakeApi::start(|r: &Recorded| match r.path.as_str() {
+        "/contacts/slow" => Reply::json(429, json!({"message": "slow down"}))
+            .header("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")
+            .header("x-ratelimit-reset", "18446744073709551615"),
+        "/contacts/big" => Reply::json(200, json!({"contact": {"id": "big", "notes": "x".repeat(5_000)}})),
+        _ => Reply::json(200, json!({"contact": {"id": "small"}})),
+    })
+    .await;
+    let flow = Flow::new(&api, &[]);
+    // A per-app cap of 4 KB, through an operations override.
+    let ops = flow.dir.path().join("ops/ghl");
+    std::fs::create_dir_all(&ops).unwrap();
+    let app = std::fs::read_to_string("operations/ghl/app.yaml").unwrap();
+    std::fs::write(ops.join("app.yaml"), format!("{app}\nmax_response_bytes: 4096\n")).unwrap();
+    let ops_dir = flow.dir.path().join("ops");
+    let call = |id: &str| {
+        let input = format!(r#"{{"contactId":"{id}"}}"#);
+        let ops_dir = ops_dir.clone();
+        let flow = &flow;
+        async move {
+            let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"));
+            c.arg("--operations").arg(&ops_dir).args(["call", "ghl.contacts.get_contact", "--connection", "ghl"]);
+            c.args(["--input", &input, "--config"]).arg(flow.dir.path().join("ghlflow.yaml"));
+            c.kill_on_drop(true);
+            tokio::time::timeout(std::time::Duration::from_secs(60), c.output()).await.expect("no long wait").unwrap()
+        }
+    };
+    let out = call("slow").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("HTTP 429: rate limited: the server asks to wait until"), "{}", text(&out));
+    assert_eq!(api.count_to("/contacts/slow"), 1, "asked once, not retried for years");
+    let out = call("big").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("larger than 4096 bytes (the app's max_response_bytes)"), "{}", text(&out));
+    let out = call("small").await;
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -149,13 +149,14 @@ impl HttpClient {
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
+        let longest = retry::longest_wait(policy);
         loop {
             attempt += 1;
             let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
             let outcome = async {
                 let _slot = slots.acquire().await.ok();
                 // Held until the answer's headers are in (see `ratelimit::Permit`).
-                let permit = budget.acquire().await;
+                let permit = budget.acquire_within(longest).await.map_err(|left| wait_too_long(request, left))?;
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
                 let sent = self.send_once(connection, request, token.expose()).await;
                 Ok::<_, HttpError>((token, sent, permit.sent_at()))
@@ -178,6 +179,11 @@ impl HttpClient {
                         rate_waits += 1;
                         let wait = budget.wait_after_429(response.headers());
                         budget.pause(wait);
+                        if wait > longest {
+                            // Not waited out here: every request on the budget now fails fast
+                            // until then, and the work is tried again later (replay).
+                            return Err(wait_too_long(request, wait));
+                        }
                         tracing::warn!(parent: &span, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
                         continue;
                     }
@@ -342,6 +348,21 @@ impl HttpClient {
     /// The raw reqwest client, for the OAuth code exchange.
     pub fn reqwest(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// A 429 whose wait is longer than the retry policy allows.
+fn wait_too_long(request: &PreparedRequest, wait: Duration) -> HttpError {
+    let until = chrono::Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::zero());
+    HttpError::Status {
+        request: request.label.clone(),
+        status: 429,
+        message: format!(
+            "rate limited: the server asks to wait until {} ({}), longer than the retry policy waits; try again later",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            humantime::format_duration(Duration::from_secs(wait.as_secs()))
+        ),
+        retry_after: Some(wait),
     }
 }
 
