@@ -284,3 +284,72 @@ async fn a_429_asking_for_years_fails_call_at_once_and_an_oversized_body_is_refu
     let out = call("small").await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+const NOTES: &str = r#"
+name: Notes
+trigger:
+  operation: capsule.parties.party_updated
+  connection: capsule
+  every: 5m
+steps:
+  - id: note
+    operation: ghl.contacts.create_contact_note
+    connection: ghl
+    input:
+      contactId: "{{trigger.id}}"
+      body: "{{trigger.about}}"
+"#;
+
+fn dump(flow: &Flow) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let store = ghlflow::store::Store::open(&flow.dir.path().join(".ghlflow/state")).unwrap();
+    store.dump().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_writes_nothing_even_after_a_trigger_edit() {
+    let api = FakeApi::start(serve(false)).await;
+    let flow = Flow::new(&api, &[("notes", NOTES)]);
+    // A dry run in a fresh folder does not even create the state folder.
+    let out = flow.ghlflow(&["run", "--once", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!flow.dir.path().join(".ghlflow").exists(), "the dry run created the state folder");
+
+    let out = flow.ghlflow(&["run", "--once"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = dump(&flow);
+    assert!(before.iter().any(|(tree, ..)| tree == "seen"), "the baseline marked the party seen");
+    // The trigger is edited into another one (new inputs): a real run would start afresh.
+    let edited = NOTES.replace("  every: 5m\n", "  every: 5m\n  input:\n    embed: tags\n");
+    std::fs::write(flow.dir.path().join("recipes/notes.yaml"), edited).unwrap();
+    let out = flow.ghlflow(&["run", "--once", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("baseline"), "{}", text(&out));
+    assert_eq!(dump(&flow), before, "the dry run changed the store");
+    assert_eq!(api.count_to("/contacts/7/notes"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_dot_is_refused_and_runs_list_limit_zero_is_an_error() {
+    let api = FakeApi::start(serve(false)).await;
+    let flow = Flow::new(&api, &[("notes", NOTES)]);
+    let out = flow.ghlflow(&["runs", "list", "--limit", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--limit 0 would list nothing"), "{}", text(&out));
+    let config = std::fs::read_to_string(flow.dir.path().join("ghlflow.yaml")).unwrap();
+    std::fs::write(flow.dir.path().join("ghlflow.yaml"), format!("{config}state: .\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(flow.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = flow.ghlflow(&["run", "--once"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not a ghlflow state folder"), "{}", text(&out));
+    assert!(!flow.dir.path().join("db").exists(), "sled wrote beside ghlflow.yaml");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(flow.dir.path()).unwrap().permissions().mode();
+        assert_ne!(mode & 0o077, 0, "the project folder was made owner-only");
+    }
+}
