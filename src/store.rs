@@ -433,10 +433,13 @@ impl Store {
     }
 }
 
+/// One stored record: tree name, key, value.
+pub type DumpedRecord = (String, Vec<u8>, Vec<u8>);
+
 impl Store {
     /// Every record in every tree, in order: for comparing a store before and after
     /// something that must not change it (a dry run).
-    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn dump(&self) -> Result<Vec<DumpedRecord>, StoreError> {
         let mut out = Vec::new();
         for name in self.db.tree_names() {
             let tree = self.db.open_tree(&name)?;

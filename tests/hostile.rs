@@ -300,7 +300,7 @@ steps:
       body: "{{trigger.about}}"
 "#;
 
-fn dump(flow: &Flow) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+fn dump(flow: &Flow) -> Vec<ghlflow::store::DumpedRecord> {
     let store = ghlflow::store::Store::open(&flow.dir.path().join(".ghlflow/state")).unwrap();
     store.dump().unwrap()
 }
