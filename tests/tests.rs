@@ -8,6 +8,7 @@ mod catalog_counts;
 mod catalog_errors;
 mod cli_ops;
 mod engine;
+mod fuzz;
 mod hostile;
 mod http_layer;
 mod mirror;

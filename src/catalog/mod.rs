@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use compile::{CatalogSource, load, load_embedded};
+pub use compile::{CatalogSource, SourceFile, load, load_embedded};
 pub use shape::Shape;
 pub use units::{Rate, parse_duration, parse_rate};
 
