@@ -73,7 +73,7 @@ fn check_config(text: &str) -> Result<(), String> {
         static CATALOG: catalog::Catalog = catalog::load_embedded().unwrap();
     }
     CATALOG.with(|catalog| {
-        let env = |name: &str| (name.len() % 2 == 0).then(|| format!("SECRET-{name}-value"));
+        let env = |name: &str| name.len().is_multiple_of(2).then(|| format!("SECRET-{name}-value"));
         match Config::parse(text, Path::new("ghlflow.yaml"), catalog, &env) {
             Ok(_) => Ok(()),
             Err(d) => {
