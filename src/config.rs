@@ -321,7 +321,7 @@ impl Config {
         }
         diags.clone().into_result()?;
         let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             let mut d = Diagnostics::default();
             d.push(&display, pos, format!("invalid YAML: {e}"));
             d

@@ -200,6 +200,12 @@ fn check_characters(source: &str) -> Result<(), (Position, String)> {
     Ok(())
 }
 
+/// Where serde_yaml places an error; one it cannot place (a stream it reads as several
+/// documents, say) is put at the file's start rather than at a line 0 that does not exist.
+pub fn serde_yaml_position(e: &serde_yaml::Error) -> Position {
+    e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or(Position { line: 1, col: 1 })
+}
+
 fn marker_position(m: &Marker) -> Position {
     // yaml-rust2 counts lines from 1 and columns from 0.
     Position { line: m.line(), col: m.col() + 1 }

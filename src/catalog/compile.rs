@@ -196,7 +196,7 @@ fn parse_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<(PositionInd
     match serde_yaml::from_str(&file.text) {
         Ok(value) => Some((index, value)),
         Err(e) => {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             diags.push(&file.display, pos, format!("invalid YAML: {e}"));
             None
         }

@@ -164,7 +164,7 @@ pub fn compile_recipe(
     let value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             diags.push(file, pos, format!("invalid YAML: {e}"));
             return Err(diags);
         }
