@@ -501,8 +501,13 @@ fn hide_values(diags: Diagnostics, taken: &[(String, String)]) -> Diagnostics {
     for d in diags.iter() {
         let mut message = d.message.clone();
         for (name, value) in &taken {
-            for v in [value.as_str(), value.trim()] {
-                if message.contains(v) {
+            // As written, trimmed, and escaped the way serde and Debug quote strings.
+            let debug = format!("{value:?}");
+            let debug = debug.get(1..debug.len().saturating_sub(1)).unwrap_or_default().to_owned();
+            let json = serde_json::to_string(value).unwrap_or_default();
+            let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_owned();
+            for v in [value.as_str(), value.trim(), debug.as_str(), json.as_str()] {
+                if v.trim().len() >= 4 && message.contains(v) {
                     message = message.replace(v, &format!("<value of ${{{name}}}>"));
                 }
             }

@@ -197,7 +197,9 @@ impl Store {
         check_state_folder(dir).map_err(|reason| StoreError::NotStateFolder { path: dir.to_path_buf(), reason })?;
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         restrict_to_owner(dir).map_err(|e| fail(e.to_string()))?;
-        std::fs::write(dir.join(MARKER), MARKER_TEXT).map_err(|e| fail(e.to_string()))?;
+        if !dir.join(MARKER).exists() {
+            std::fs::write(dir.join(MARKER), MARKER_TEXT).map_err(|e| fail(e.to_string()))?;
+        }
         let db = sled::Config::new().path(dir).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("WouldBlock") || text.contains("lock") {
