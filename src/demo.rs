@@ -2,10 +2,11 @@
 //! cycles, with no account, token or network.
 //!
 //! A `Workspace` is a temporary folder with a ghlflow.yaml pointing at a sandbox, the
-//! shipped recipes (embedded in the binary) and a state store; `cycle` polls the recipes the
-//! way `ghlflow run` would (people first, then what depends on them) and replays failed runs,
-//! as autoreplay would after its delay. `change_the_world` edits the sandbox between cycles
-//! like people at work would. The end-to-end tests drive the same workspace.
+//! shipped recipes (embedded in the binary) and a state store; `cycle` is one `run --once`
+//! (the recipes in the order their `after:` keys give, as `ghlflow run` polls them in a
+//! tick), then the automatic replays that `ghlflow run` makes after their delays, with the
+//! delays compressed. `change_the_world` edits the sandbox between cycles like people at work
+//! would. The end-to-end tests drive the same workspace.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,9 +23,6 @@ use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{RunStatus, Store};
 
 static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
-
-/// The recipe that mirrors people runs first: the others find contacts through its id map.
-pub const PEOPLE_RECIPE: &str = "capsule-people";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -49,7 +47,10 @@ pub struct CycleReport {
     pub failed: usize,
     pub filtered: usize,
     pub held: usize,
-    /// Failed runs replayed at the end of the cycle, and how many of those still failed.
+    /// Runs waiting for an id another recipe records.
+    pub waiting: usize,
+    /// Failed runs replayed at the end of the cycle, and how many runs of the whole history
+    /// are failed after that.
     pub replayed: usize,
     pub still_failed: usize,
     pub errors: Vec<String>,
@@ -73,40 +74,22 @@ impl Workspace {
         Ok(Workspace { sandbox, engine, dir })
     }
 
-    /// One cycle: people first, then the rest; failed runs replayed once more at the end.
+    /// One cycle: `run --once`, then the automatic replays that are due once their delays
+    /// (1, 2, 4 minutes) are skipped.
     pub async fn cycle(&self) -> CycleReport {
         let started = Instant::now();
         let mut report = CycleReport::default();
-        let people = self.engine.run_once(&[PEOPLE_RECIPE.to_owned()]).await;
-        add(&mut report, &people);
-        let others: Vec<String> =
-            self.engine.recipes().iter().map(|r| r.id.clone()).filter(|id| id != PEOPLE_RECIPE).collect();
-        let rest = self.engine.run_once(&others).await;
-        add(&mut report, &rest);
-        // Autoreplay, with the delay compressed: failed runs get another go now.
+        let summary = self.engine.run_once(&[]).await;
+        add(&mut report, &summary);
         for _ in 0..3 {
-            let failed: Vec<String> = self
-                .engine
-                .store
-                .runs(None, usize::MAX)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.status == RunStatus::Failed)
-                .map(|r| r.id)
-                .collect();
-            if failed.is_empty() {
+            let replays = self.engine.replay_due(u64::MAX).await;
+            if replays.is_empty() {
                 break;
             }
-            report.replayed += failed.len();
-            report.still_failed = 0;
-            for id in failed {
-                match self.engine.replay(&id).await {
-                    Ok(o) if o.status == RunStatus::Failed => report.still_failed += 1,
-                    Ok(_) => {}
-                    Err(e) => report.errors.push(e.to_string()),
-                }
-            }
+            report.replayed += replays.len();
+            report.errors.extend(replays.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()));
         }
+        report.still_failed = self.run_counts().iter().find(|(s, _)| *s == RunStatus::Failed).map_or(0, |(_, n)| *n);
         report.took = started.elapsed();
         report
     }
@@ -144,6 +127,7 @@ impl Workspace {
             RunStatus::Failed,
             RunStatus::Filtered,
             RunStatus::Held,
+            RunStatus::Waiting,
             RunStatus::Queued,
             RunStatus::Running,
         ]
@@ -172,5 +156,6 @@ fn add(report: &mut CycleReport, s: &OnceSummary) {
     report.succeeded += s.count(RunStatus::Succeeded);
     report.failed += s.count(RunStatus::Failed);
     report.filtered += s.count(RunStatus::Filtered);
+    report.waiting += s.count(RunStatus::Waiting);
     report.errors.extend(s.errors.iter().cloned());
 }

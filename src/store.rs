@@ -63,6 +63,8 @@ pub enum RunStatus {
     Filtered,
     Held,
     Discarded,
+    /// A step needs an id another recipe has not recorded yet; resumed at a later poll.
+    Waiting,
 }
 
 impl RunStatus {
@@ -75,6 +77,7 @@ impl RunStatus {
             RunStatus::Filtered => "filtered",
             RunStatus::Held => "held",
             RunStatus::Discarded => "discarded",
+            RunStatus::Waiting => "waiting",
         }
     }
 
@@ -151,6 +154,10 @@ pub struct RunRecord {
     pub replays: u32,
     #[serde(default)]
     pub next_replay_at: Option<u64>,
+    /// What the engine decided along the way that the history should show (an id forgotten
+    /// because its record was gone, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a poll decided, written in one transaction: new runs, seen marks, the trigger state.
@@ -348,6 +355,12 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets what is remembered under `key` (the record it named is gone).
+    pub fn forget_id(&self, key: &str) -> Result<(), StoreError> {
+        self.ids.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     // --- runs -----------------------------------------------------------------------
 
     /// A new run id: sortable by creation time.
@@ -369,7 +382,7 @@ impl Store {
         if run.status == RunStatus::Running {
             return Ok(());
         }
-        if run.status.is_open() || run.next_replay_at.is_some() {
+        if run.status.is_open() || run.status == RunStatus::Waiting || run.next_replay_at.is_some() {
             self.open.insert(run.id.as_bytes(), run.recipe.as_bytes())?;
         } else {
             self.open.remove(run.id.as_bytes())?;
@@ -377,13 +390,30 @@ impl Store {
         Ok(())
     }
 
-    /// Runs the engine still owes work on (queued, running, waiting for an automatic replay),
-    /// oldest first.
+    /// Runs the engine still owes work on (queued, running, waiting for an id, waiting for an
+    /// automatic replay), oldest first.
     pub fn open_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut out = Vec::new();
         for key in self.open.iter().keys() {
             let key = key?;
             if let Some(run) = self.run(&String::from_utf8_lossy(&key))? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A recipe's runs waiting for an id, oldest first.
+    pub fn waiting_runs(&self, recipe: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.open.iter() {
+            let (key, owner) = entry?;
+            if owner.as_ref() != recipe.as_bytes() {
+                continue;
+            }
+            if let Some(run) = self.run(&String::from_utf8_lossy(&key))?
+                && run.status == RunStatus::Waiting
+            {
                 out.push(run);
             }
         }

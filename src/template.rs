@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 mod budget;
 
 /// The roots a template may name.
-pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env", "ids", "item"];
+pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env", "ids", "lookups", "item", "from", "input"];
 
 /// A parsed template, ready to render many times.
 #[derive(Debug, Clone)]
@@ -497,7 +497,13 @@ impl HelperDef for ValueHelper {
 const HELPERS: &[(&str, HelperFn)] = &[
     ("__typed", |a| Ok(Value::String(arg(a, 0).to_string()))),
     // text
-    ("lower", |a| Ok(Value::String(text(arg(a, 0)).to_lowercase()))),
+    // `lower` of a list lowers each of its texts (tags, say).
+    ("lower", |a| {
+        Ok(match arg(a, 0) {
+            Value::Array(v) => Value::Array(v.iter().map(|i| Value::String(text(i).to_lowercase())).collect()),
+            v => Value::String(text(v).to_lowercase()),
+        })
+    }),
     ("upper", |a| Ok(Value::String(text(arg(a, 0)).to_uppercase()))),
     ("trim", |a| Ok(Value::String(text(arg(a, 0)).trim().to_owned()))),
     ("split", |a| {
@@ -559,6 +565,13 @@ const HELPERS: &[(&str, HelperFn)] = &[
         }))
     }),
     ("json", |a| Ok(Value::String(arg(a, 0).to_string()))),
+    // parse_json text: the value a JSON text holds (null when empty or not JSON).
+    ("parse_json", |a| Ok(serde_json::from_str(text(arg(a, 0)).trim()).unwrap_or(Value::Null))),
+    // without list other: the items of list that are not in other.
+    ("without", |a| {
+        let other = items(arg(a, 1));
+        Ok(Value::Array(items(arg(a, 0)).into_iter().filter(|i| !other.iter().any(|o| loosely_equal(i, o))).collect()))
+    }),
     ("object", |a| {
         // object "key" value "key2" value2 ... : builds an object, leaving out empty values.
         let mut m = Map::new();
@@ -656,6 +669,34 @@ const HELPERS: &[(&str, HelperFn)] = &[
         format_date_checked(dt, arg(a, 3))
     }),
     ("now", |a| format_date_checked(Utc::now(), arg(a, 0))),
+    // from_zone date time zone [format]: a wall-clock date and time in an IANA time zone
+    // (Capsule's dueOn + dueTime in the owner's zone) as an instant, ISO 8601 in UTC by default.
+    ("from_zone", |a| {
+        let date = text(arg(a, 0));
+        if date.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        let zone = zone(arg(a, 2))?;
+        let local = local_datetime(date.trim(), text(arg(a, 1)).trim())?;
+        format_date_checked(from_local(zone, local), arg(a, 3))
+    }),
+    // to_zone date zone [format]: an instant shown on the wall clock of an IANA time zone,
+    // ISO 8601 with that zone's offset by default.
+    ("to_zone", |a| {
+        let Some(dt) = parse_date(arg(a, 0)) else { return Ok(Value::Null) };
+        let zone = zone(arg(a, 1))?;
+        let local = dt.with_timezone(&zone);
+        Ok(match arg(a, 2) {
+            Value::Null => Value::String(local.to_rfc3339_opts(SecondsFormat::Secs, false)),
+            f => {
+                use std::fmt::Write as _;
+                let mut out = String::new();
+                write!(out, "{}", local.format(&text(f)))
+                    .map_err(|_| format!("`{}` is not a valid date format", text(f)))?;
+                Value::String(out)
+            }
+        })
+    }),
     // countries and phones
     ("country", |a| Ok(country_code(&text(arg(a, 0))).map(|c| Value::String(c.to_owned())).unwrap_or(Value::Null))),
     ("e164", |a| Ok(e164(&text(arg(a, 0)), &text(arg(a, 1))).map(Value::String).unwrap_or(Value::Null))),
@@ -761,6 +802,57 @@ pub fn parse_date(v: &Value) -> Option<DateTime<Utc>> {
                 })
         }
         _ => None,
+    }
+}
+
+/// An IANA time zone named by a template value.
+fn zone(v: &Value) -> Result<chrono_tz::Tz, String> {
+    let name = text(v);
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("no time zone given (an IANA name such as America/New_York)".into());
+    }
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("unknown time zone `{name}`; use an IANA name such as Europe/London"))
+}
+
+/// A wall-clock date (`2026-03-08`) and time (`09:30`, `09:30:00`, or empty for midnight),
+/// or a date and time in one (`2026-03-08T09:30:00`).
+fn local_datetime(date: &str, time: &str) -> Result<NaiveDateTime, String> {
+    let bad = || format!("`{date}` `{time}` is not a date (YYYY-MM-DD) and time (HH:MM or HH:MM:SS)");
+    if time.is_empty() {
+        if let Ok(d) = NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+            return d.and_hms_opt(0, 0, 0).ok_or_else(bad);
+        }
+        for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+            if let Ok(n) = NaiveDateTime::parse_from_str(date, f) {
+                return Ok(n);
+            }
+        }
+        return Err(bad());
+    }
+    let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
+    let clock = chrono::NaiveTime::parse_from_str(time, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(time, "%H:%M"))
+        .map_err(|_| bad())?;
+    Ok(day.and_time(clock))
+}
+
+/// The instant a wall-clock time names in `zone`. In the hour skipped when clocks go forward
+/// the time does not exist: it is read as the same number of minutes past the change (02:30
+/// becomes 03:30), as calendars do. In the hour repeated when clocks go back, the earlier of
+/// the two instants is taken.
+fn from_local(zone: chrono_tz::Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    use chrono::LocalResult;
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(early, _) => early.with_timezone(&Utc),
+        LocalResult::None => {
+            // Read it with the offset in force just before the gap.
+            let before = zone.offset_from_utc_datetime(&(local - ChronoDuration::hours(12)));
+            let offset = chrono::Offset::fix(&before);
+            (local - ChronoDuration::seconds(i64::from(offset.local_minus_utc()))).and_utc()
+        }
     }
 }
 
@@ -891,6 +983,55 @@ mod tests {
         assert_eq!(render("{{split \"a, b,,c\" \",\"}}", ctx.clone()), json!(["a", "b", "c"]));
         assert_eq!(render("{{add trigger.n 1}}", ctx.clone()), json!(43));
         assert_eq!(render("n={{trigger.n}}", ctx), json!("n=42"));
+    }
+
+    #[test]
+    fn wall_clock_times_in_a_zone_become_instants_across_dst() {
+        let at = |date: &str, time: &str, zone: &str| {
+            let ctx = json!({"trigger": {"d": date, "t": time, "z": zone}});
+            render("{{from_zone trigger.d trigger.t trigger.z}}", ctx)
+        };
+        // New York: EST (-05:00) until 2026-03-08 02:00, EDT (-04:00) until 2026-11-01 02:00.
+        assert_eq!(at("2026-03-06", "09:30", "America/New_York"), json!("2026-03-06T14:30:00.000Z"));
+        assert_eq!(at("2026-03-09", "09:30:00", "America/New_York"), json!("2026-03-09T13:30:00.000Z"));
+        assert_eq!(at("2026-11-02", "09:30", "America/New_York"), json!("2026-11-02T14:30:00.000Z"));
+        // Kolkata keeps +05:30 all year, half an hour off the whole hours.
+        assert_eq!(at("2026-03-09", "09:30", "Asia/Kolkata"), json!("2026-03-09T04:00:00.000Z"));
+        assert_eq!(at("2026-07-01", "00:15", "Asia/Kolkata"), json!("2026-06-30T18:45:00.000Z"));
+        // 02:30 does not exist on the morning clocks go forward: read as 03:30 EDT.
+        assert_eq!(at("2026-03-08", "02:30", "America/New_York"), json!("2026-03-08T07:30:00.000Z"));
+        // 01:30 happens twice on the morning clocks go back: the first (EDT) is taken.
+        assert_eq!(at("2026-11-01", "01:30", "America/New_York"), json!("2026-11-01T05:30:00.000Z"));
+        // No time: midnight; no date: nothing.
+        assert_eq!(at("2026-01-15", "", "Europe/London"), json!("2026-01-15T00:00:00.000Z"));
+        assert_eq!(at("", "09:30", "Europe/London"), Value::Null);
+        // Shown back on the wall clock, with the offset of that date.
+        let ctx = json!({"trigger": {"at": "2026-03-09T13:30:00Z"}});
+        assert_eq!(render("{{to_zone trigger.at \"America/New_York\"}}", ctx), json!("2026-03-09T09:30:00-04:00"));
+    }
+
+    #[test]
+    fn zone_mistakes_fail_with_a_message() {
+        let render_err =
+            |t: &str| CompiledTemplate::compile(t).unwrap().render(&context(json!({"trigger": {}}))).unwrap_err();
+        assert!(
+            render_err("{{from_zone \"2026-03-09\" \"09:30\" \"Mars/Olympus\"}}")
+                .contains("unknown time zone `Mars/Olympus`")
+        );
+        assert!(render_err("{{from_zone \"2026-03-09\" \"09:30\" trigger.none}}").contains("no time zone given"));
+        assert!(render_err("{{from_zone \"09/03/2026\" \"9.30\" \"UTC\"}}").contains("is not a date"));
+    }
+
+    #[test]
+    fn lists_of_tags_compare_and_remember() {
+        let ctx = json!({"trigger": {"now": ["vip", "Customer"], "was": "[\"customer\",\"old\",\"capsule\"]"}});
+        assert_eq!(render("{{lower trigger.now}}", ctx.clone()), json!(["vip", "customer"]));
+        assert_eq!(
+            render("{{without (parse_json trigger.was) (lower trigger.now)}}", ctx.clone()),
+            json!(["old", "capsule"])
+        );
+        assert_eq!(render("{{parse_json \"\"}}", ctx.clone()), Value::Null);
+        assert_eq!(render("{{without trigger.none trigger.now}}", ctx), json!([]));
     }
 
     #[test]

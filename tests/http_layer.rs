@@ -1,6 +1,6 @@
 //! The HTTP layer against a fake API: shared rate budgets, 429 and 5xx handling, OAuth
 //! refresh, read-only connections, path encoding, secrets kept out of output, and every
-//! pagination style walked to its end (or its bound).
+//! pagination style walked to its end (or its bound), Link headers read as RFC 8288 says.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -692,4 +692,62 @@ async fn a_never_ending_link_feed_stops_at_the_page_bound() {
     assert!(pager.stopped_at_bound());
     assert!(pager.next_page().await.is_none());
     assert_eq!(api.count(), 3);
+}
+
+#[tokio::test]
+async fn capsule_link_pages_keep_commas_and_resolve_relative_targets_against_the_request() {
+    // Page 1 names page 2 by a query-only reference, in a second Link header; page 2 names
+    // page 3 by an absolute path, with a rel of two types; page 3 is the last. The queries
+    // hold commas, which must reach the server as they were written.
+    let api = FakeApi::start(|r| {
+        if r.path != "/api/v2/parties" {
+            return Reply::json(404, json!({"message": "Could not find resource"}));
+        }
+        let page: u32 = r.query_param("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+        let parties: Vec<Value> = (0..2).map(|i| json!({"id": page * 10 + i, "updatedAt": "2025-06-01T00:00:00Z"})).collect();
+        let reply = Reply::json(200, json!({ "parties": parties }));
+        match page {
+            1 => reply
+                .header("Link", "</api/v2/parties?page=1>; rel=\"first\"")
+                .header("Link", "<?page=2&perPage=2&embed=tags,fields,organisation>; rel=\"next\""),
+            2 => reply.header(
+                "Link",
+                "</api/v2/parties?page=1>; rel=\"first\", </api/v2/parties?embed=tags,fields&page=3&perPage=2>; rel=\"prev next\"",
+            ),
+            _ => reply.header("Link", "</api/v2/parties?page=2>; rel=\"prev\""),
+        }
+    })
+    .await;
+    let catalog = embedded();
+    let config = config(&catalog, &capsule_yaml(&api.base_url));
+    let http = client(&config, None);
+    let mut pager = capsule_pager(&http, &config, &catalog, None);
+    let got: Vec<u64> = walk(&mut pager).await.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(got, [10, 11, 20, 21, 30, 31]);
+    let queries: Vec<Option<String>> = api.requests().into_iter().map(|r| r.query).collect();
+    assert_eq!(
+        queries,
+        [
+            Some("since=2025-06-01T00%3A00%3A00Z&perPage=2".to_owned()),
+            Some("page=2&perPage=2&embed=tags,fields,organisation".to_owned()),
+            Some("embed=tags,fields&page=3&perPage=2".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_link_header_fails_the_page_naming_the_request() {
+    let api = FakeApi::start(|_| {
+        Reply::json(200, json!({"parties": [{"id": 1}, {"id": 2}]}))
+            .header("Link", "https://elsewhere/parties?page=2; rel=next")
+    })
+    .await;
+    let catalog = embedded();
+    let config = config(&catalog, &capsule_yaml(&api.base_url));
+    let http = client(&config, None);
+    let mut pager = capsule_pager(&http, &config, &catalog, None);
+    let err = pager.next_page().await.unwrap().unwrap_err();
+    assert!(matches!(err, HttpError::BadResponse { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with("GET /parties: ") && text.contains("Link header"), "{text}");
 }

@@ -85,7 +85,8 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
 
     // Every Capsule task with a person: exactly one GHL task, completed when it is.
     let tasks =
-        capsule_all(ws, "capsule.tasks.task_updated", json!({"status": "open,completed", "embed": "party"})).await;
+        capsule_all(ws, "capsule.tasks.task_updated", json!({"status": "open,completed,pending", "embed": "party"}))
+            .await;
     let mut tasks_checked = 0;
     for t in tasks.iter().filter(|t| !t["party"]["id"].is_null()) {
         let Some(contact) = store.id_of(&format!("party:{}", t["party"]["id"])).unwrap() else { continue };
@@ -98,11 +99,11 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
     }
     assert!(tasks_checked > 0);
 
-    // No run is lost: nothing failed, queued or running is left.
+    // No run is lost: nothing failed, queued, running or still waiting is left.
     let runs = store.runs(None, usize::MAX).unwrap();
     for r in &runs {
         assert!(
-            !matches!(r.status, RunStatus::Failed | RunStatus::Queued | RunStatus::Running),
+            !matches!(r.status, RunStatus::Failed | RunStatus::Queued | RunStatus::Running | RunStatus::Waiting),
             "run {} is {:?}: {:?}",
             r.id,
             r.status,

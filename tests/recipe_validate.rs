@@ -107,3 +107,29 @@ fn the_shipped_recipes_validate_against_connections_named_ghl_and_capsule() {
         ]
     );
 }
+
+#[test]
+fn after_names_loaded_recipes_and_no_circle() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(Path::new(DIR).join("ghlflow.yaml"), dir.path().join("ghlflow.yaml")).unwrap();
+    let recipes = dir.path().join("recipes");
+    std::fs::create_dir(&recipes).unwrap();
+    let valid = std::fs::read_to_string(Path::new(DIR).join("valid/mirror_people.yaml")).unwrap();
+    let with_after = |after: &str| valid.replacen("steps:", &format!("after: [{after}]\nsteps:"), 1);
+    std::fs::write(recipes.join("people.yaml"), with_after("notes")).unwrap();
+    std::fs::write(recipes.join("notes.yaml"), with_after("people")).unwrap();
+    std::fs::write(recipes.join("tasks.yaml"), with_after("peple")).unwrap();
+    let out = crate::util::ghlflow(dir.path(), &["validate"]);
+    let err = crate::util::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("recipes/tasks.yaml:9:9: after[0]: no recipe `peple` is loaded (did you mean `people`?)"),
+        "{err}"
+    );
+    assert!(err.contains("after: recipes wait for each other in a circle: notes → people → notes"), "{err}");
+
+    std::fs::write(recipes.join("people.yaml"), &valid).unwrap();
+    std::fs::write(recipes.join("tasks.yaml"), with_after("people")).unwrap();
+    let out = crate::util::ghlflow(dir.path(), &["validate"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+}

@@ -1,6 +1,10 @@
 //! The sandbox from the outside, through ghlflow's own HTTP client: Capsule's Link paging
-//! with `since`, deletions, GHL's upsert dedupe, the 422 on unknown properties, rate limits
-//! with their headers, injected faults, the control API, and seeds that repeat.
+//! with `since` and comma lists, deletions and restrictions, GHL's upsert dedupe, the 422 on
+//! unknown properties, rate limits with their headers, injected faults, the control API,
+//! seeds that repeat, and the real APIs' less obvious answers: a 401 for a missing Version or
+//! an unknown user, OAuth tokens that expire, Capsule's 403 for a read-only write, tags
+//! replaced by update and upsert, 404 for a contact deleted in GHL, the 10,000-result window
+//! of contact search, and documented sort orders (a won deal behind 100 newer ones).
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -101,6 +105,55 @@ async fn capsule_parties_page_by_link_header_and_since_returns_only_the_changes(
     let (next, _) = walk(&mut pager).await;
     assert_eq!(ids(&next), again);
     assert!(next[0]["updatedAt"].as_str().unwrap() > latest.as_str());
+}
+
+#[tokio::test]
+async fn capsule_links_keep_comma_lists_so_every_page_has_the_same_filter_and_embeds() {
+    let sandbox = sandbox(300).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let capsule = Arc::clone(config.connection("capsule").unwrap());
+
+    // Tasks of all three statuses, over several pages of 40: a link that lost everything
+    // after the first comma would bring open tasks only from page 2 on.
+    let tasks = Arc::clone(catalog.get("capsule.tasks.task_updated").unwrap());
+    let filter = inputs(json!({"status": "open,completed,pending", "perPage": 40}));
+    let mut pager = Pager::new(&http, Arc::clone(&capsule), tasks, filter, None);
+    let (all, pages) = walk(&mut pager).await;
+    let total = sandbox.capsule_counts().tasks;
+    assert!(total > 100, "{total} tasks");
+    assert_eq!((all.len(), pages as usize), (total, total.div_ceil(40)));
+    let later = &all[40..];
+    for status in ["OPEN", "COMPLETED", "PENDING"] {
+        assert!(later.iter().any(|t| t["status"] == status), "no {status} task after page 1");
+    }
+    let mut seen = ids(&all);
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no task twice");
+
+    // Parties with three embeds: tags, fields and the full organisation on every page.
+    let parties = Arc::clone(catalog.get("capsule.parties.party_updated").unwrap());
+    let embed = inputs(json!({"embed": "tags,fields,organisation", "perPage": 100}));
+    let mut pager = Pager::new(&http, Arc::clone(&capsule), parties, embed, None);
+    let (all, pages) = walk(&mut pager).await;
+    assert_eq!((all.len(), pages), (350, 4));
+    assert!(all.iter().all(|p| p["tags"].is_array() && p["fields"].is_array()), "embeds kept on every page");
+    let last_page = &all[300..];
+    assert!(last_page.iter().any(|p| p["organisation"]["type"] == "organisation"), "organisation embedded in full");
+
+    // The header itself: an absolute URL with the query as sent, commas and all.
+    let raw = reqwest::Client::new()
+        .get(format!("{}/tasks?status=open,completed,pending&perPage=40", sandbox.capsule_base_url()))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    let link = raw.headers().get("link").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(
+        link,
+        format!("<{}/tasks?status=open,completed,pending&perPage=40&page=2>; rel=\"next\"", sandbox.capsule_base_url())
+    );
 }
 
 #[tokio::test]
@@ -220,11 +273,15 @@ async fn requests_pass_the_same_gates_as_on_the_real_apis() {
 
     let r = http.get(format!("{base}/contacts/abc")).header("Version", "2021-07-28").send().await.unwrap();
     assert_eq!(status(r), 401);
+    // GHL answers a missing Version with a 401 in its own words, not a 400.
     let r = http.get(format!("{base}/contacts/abc")).header(auth.0, auth.1).send().await.unwrap();
     let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
-    assert_eq!((code, body["message"].as_str()), (400, Some("Version header was not found")));
+    assert_eq!((code, body["message"].as_str()), (401, Some("version header was not found.")));
     let r = http.get(format!("{base}/calendars/events")).header(auth.0, auth.1).header("Version", "2021-07-28");
-    assert_eq!(status(r.send().await.unwrap()), 400, "calendars take 2021-04-15");
+    let r = r.send().await.unwrap();
+    let (code, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+    assert_eq!(code, 401, "calendars take 2021-04-15");
+    assert!(body["message"].as_str().unwrap().starts_with("version header is invalid"), "{body}");
     let r = http
         .post(format!("{base}/contacts/upsert"))
         .header(auth.0, auth.1)
@@ -469,10 +526,10 @@ async fn capsule_pages(sandbox: &Sandbox, path: &str) -> Vec<Value> {
     let mut bodies = Vec::new();
     while let Some(url) = next.take() {
         let r = http.get(&url).bearer_auth("t").send().await.unwrap();
+        let base = url::Url::parse(&url).unwrap();
         next = r.headers().get("link").and_then(|l| {
-            let l = l.to_str().ok()?;
-            let part = l.split(',').find(|p| p.contains("rel=\"next\""))?;
-            Some(part.split(';').next()?.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+            let links = http_link::parse_link_header(l.to_str().ok()?, &base).ok()?;
+            links.into_iter().find(|l| l.rel == "next").map(|l| l.target.to_string())
         });
         bodies.push(r.json::<Value>().await.unwrap());
     }
@@ -495,4 +552,443 @@ async fn the_same_seed_gives_the_same_accounts() {
     }
     assert_eq!(a.ghl_contacts(), b.ghl_contacts());
     assert_eq!(a.capsule_edit_people(3), b.capsule_edit_people(3), "control picks repeat too");
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the sandbox follows the real APIs' less obvious answers.
+
+/// A config whose `ghl` connection uses OAuth against the sandbox's token endpoint.
+fn oauth_config(catalog: &Catalog, sandbox: &Sandbox, refresh: &str) -> Config {
+    let yaml = format!(
+        "connections:\n  ghl:\n    app: ghl\n    location_id: {}\n    auth:\n      type: oauth2\n      client_id: cid\n      client_secret: csecret\n      refresh_token: {refresh}\n      token_url: {}/oauth/token\n    base_url: {}\n",
+        sandbox.location_id(),
+        sandbox.ghl_base_url(),
+        sandbox.ghl_base_url()
+    );
+    Config::parse(&yaml, Path::new("/nonexistent/ghlflow.yaml"), catalog, &|_| None).unwrap_or_else(|d| panic!("{d}"))
+}
+
+#[tokio::test]
+async fn oauth_tokens_expire_on_the_sandbox_clock_and_one_refresh_brings_them_back() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let grant = sandbox.oauth_grant(Some(3600));
+    let config = oauth_config(&catalog, &sandbox, &grant.refresh_token);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let list = catalog.get("ghl.users.list_users_by_location").unwrap();
+    let ask = inputs(json!({"locationId": sandbox.location_id()}));
+
+    // No access token yet: one refresh, then the call.
+    assert_eq!(http.execute(ghl, list, &ask).await.unwrap().status, 200);
+    assert_eq!(sandbox.request_count(), 2);
+    // The spent refresh token is refused; the issued access token works until it expires.
+    let raw = reqwest::Client::new();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", grant.refresh_token.as_str()),
+        ("client_id", "c"),
+        ("client_secret", "s"),
+    ];
+    let spent = raw.post(format!("{}/oauth/token", sandbox.ghl_base_url())).form(&form).send().await.unwrap();
+    assert_eq!(spent.status().as_u16(), 400);
+    let direct = |token: String| {
+        raw.get(format!("{}/users/?locationId={}", sandbox.ghl_base_url(), sandbox.location_id()))
+            .bearer_auth(token)
+            .header("Version", "2021-07-28")
+            .send()
+    };
+    assert_eq!(direct(grant.access_token.clone()).await.unwrap().status().as_u16(), 200);
+
+    // An hour later on the sandbox clock both access tokens answer 401. ghlflow, whose own
+    // clock says its token is fresh, sends it, meets the 401, refreshes once and retries once.
+    sandbox.advance_clock(Duration::from_secs(3601));
+    assert_eq!(direct(grant.access_token.clone()).await.unwrap().status().as_u16(), 401);
+    // Capsule says so too, with its challenge header.
+    let capsule = raw.get(format!("{}/users", sandbox.capsule_base_url())).bearer_auth(&grant.access_token).send();
+    let capsule = capsule.await.unwrap();
+    assert_eq!(capsule.status().as_u16(), 401);
+    assert!(capsule.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    let body: Value = capsule.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+    let before = sandbox.request_count();
+    assert_eq!(http.execute(ghl, list, &ask).await.unwrap().status, 200);
+    assert_eq!(sandbox.request_count() - before, 3, "the call, one refresh, one retry");
+}
+
+#[tokio::test]
+async fn a_401_for_an_unknown_user_gets_one_refresh_and_one_retry_then_the_apis_own_message() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let grant = sandbox.oauth_grant(None);
+    let config = oauth_config(&catalog, &sandbox, &grant.refresh_token);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let get_user = catalog.get("ghl.users.get_user").unwrap();
+    let err = http.execute(ghl, get_user, &inputs(json!({"userId": "noSuchUser000000000"}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(err.to_string().contains("The user does not exist."), "{err}");
+    // First refresh (no token yet), the call, the refresh after its 401, the one retry.
+    assert_eq!(sandbox.request_count(), 4);
+}
+
+#[tokio::test]
+async fn an_unknown_user_id_is_a_401_that_the_user_does_not_exist() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let users =
+        http.execute(ghl, catalog.get("ghl.users.list_users_by_location").unwrap(), &inputs(json!({}))).await.unwrap();
+    let user = users.body["users"][0]["id"].as_str().unwrap().to_owned();
+    let get_user = catalog.get("ghl.users.get_user").unwrap();
+    assert_eq!(http.execute(ghl, get_user, &inputs(json!({"userId": user}))).await.unwrap().body["id"], json!(user));
+
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let task = once(&catalog, "ghl.contacts.create_contact_task");
+    let body = |assignee: &str| {
+        inputs(json!({"contactId": contact, "title": "Call back", "dueDate": "2025-07-01T09:00:00Z",
+                      "completed": false, "assignedTo": assignee}))
+    };
+    let err = http.execute(ghl, &task, &body("noSuchUser000000000")).await.unwrap_err();
+    match &err {
+        HttpError::Status { status: 401, message, .. } => {
+            assert!(message.starts_with("The user does not exist."), "{message}")
+        }
+        other => panic!("expected the API's 401, got {other}"),
+    }
+    assert!(sandbox.ghl_tasks(&contact).is_empty(), "nothing was written");
+    assert_eq!(http.execute(ghl, &task, &body(&user)).await.unwrap().status, 201);
+}
+
+#[tokio::test]
+async fn capsule_answers_a_write_from_a_read_only_token_with_403() {
+    let sandbox = sandbox(5).await;
+    let http = reqwest::Client::new();
+    let base = sandbox.capsule_base_url();
+    let id = sandbox.capsule_people()[0];
+    let writes = [
+        http.post(format!("{base}/parties")).json(&json!({"party": {"type": "person", "firstName": "A"}})),
+        http.put(format!("{base}/parties/{id}")).json(&json!({"party": {"jobTitle": "CEO"}})),
+        http.delete(format!("{base}/parties/{id}")),
+        http.post(format!("{base}/tasks")).json(&json!({"task": {"description": "x", "dueOn": "2025-07-01"}})),
+    ];
+    for write in writes {
+        let r = write.bearer_auth("sandbox-capsule-token").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let challenge = r.headers().get("www-authenticate").unwrap().to_str().unwrap().to_owned();
+        assert!(challenge.contains("insufficient_scope"), "{challenge}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("read scope only"), "{body}");
+    }
+    let party = sandbox.capsule_party(id).unwrap();
+    assert_ne!(party["jobTitle"], "CEO", "nothing was written");
+    let read = http.get(format!("{base}/parties/{id}")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn update_and_upsert_replace_tags_while_the_tag_routes_add_and_remove() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let run = |key: &str, v: Value| {
+        let op = catalog.get(key).unwrap();
+        let http = &http;
+        async move { http.execute(ghl, op, &inputs(v)).await.unwrap().body }
+    };
+    let tags = |sandbox: &Sandbox, id: &str| -> Value {
+        sandbox.ghl_contacts().into_iter().find(|c| c["id"] == id).unwrap()["tags"].clone()
+    };
+    let made = run("ghl.contacts.create_contact", json!({"email": "tags@example.com", "tags": ["a", "b"]})).await;
+    let id = made["contact"]["id"].as_str().unwrap().to_owned();
+    run("ghl.contacts.update_contact", json!({"contactId": id, "city": "Leeds"})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["a", "b"]), "no tags given: tags untouched");
+    run("ghl.contacts.update_contact", json!({"contactId": id, "tags": ["c"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["c"]), "update replaces the whole list");
+    run("ghl.contacts.add_tags_to_contact", json!({"contactId": id, "tags": ["d"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["c", "d"]), "the tags route adds");
+    run("ghl.contacts.remove_tags_from_contact", json!({"contactId": id, "tags": ["c"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["d"]), "DELETE with a body removes");
+    run("ghl.contacts.upsert_contact", json!({"email": "tags@example.com", "tags": ["e"]})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["e"]), "upsert replaces too");
+    run("ghl.contacts.upsert_contact", json!({"email": "tags@example.com", "firstName": "Tess"})).await;
+    assert_eq!(tags(&sandbox, &id), json!(["e"]), "upsert without tags leaves them");
+}
+
+#[tokio::test]
+async fn upsert_matches_by_email_first_and_drops_a_phone_that_belongs_to_another_contact() {
+    // GoHighLevel/highlevel-api-docs#37: a contact with only a phone, another with only an
+    // email; an upsert with both returns the email's contact and does not add the phone.
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let create = catalog.get("ghl.contacts.create_contact").unwrap();
+    let upsert = catalog.get("ghl.contacts.upsert_contact").unwrap();
+    let phone_only = http.execute(ghl, create, &inputs(json!({"phone": "+14155552671", "firstName": "P"}))).await;
+    let phone_only = phone_only.unwrap().body["contact"]["id"].as_str().unwrap().to_owned();
+    let email_only = http.execute(ghl, create, &inputs(json!({"email": "only@example.com"}))).await.unwrap();
+    let email_only = email_only.body["contact"]["id"].as_str().unwrap().to_owned();
+    let before = sandbox.ghl_counts().contacts;
+
+    let both = http
+        .execute(
+            ghl,
+            upsert,
+            &inputs(json!({"email": "only@example.com", "phone": "+1 415 555 2671", "lastName": "Q"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.body["new"], false);
+    assert_eq!(both.body["contact"]["id"], json!(email_only));
+    assert_eq!(both.body["contact"]["lastName"], "Q");
+    assert!(both.body["contact"].get("phone").is_none(), "the phone stays with the other contact: {}", both.body);
+    let contacts = sandbox.ghl_contacts();
+    let holder = contacts.iter().find(|c| c["id"] == phone_only.as_str()).unwrap();
+    assert_eq!(holder["phone"], "+14155552671");
+    assert_eq!(sandbox.ghl_counts().contacts, before);
+}
+
+#[tokio::test]
+async fn a_contact_deleted_or_merged_in_ghl_answers_404_to_every_call_on_its_id() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let leads = sandbox.ghl_add_contacts(3);
+    let (gone, merged, survivor) = (leads[0].clone(), leads[1].clone(), leads[2].clone());
+    let email = sandbox.ghl_contacts().into_iter().find(|c| c["id"] == gone.as_str()).unwrap()["email"].clone();
+
+    // Through the control API, as a person in GHL would.
+    let control = format!("{}/_sandbox/ghl/contacts", sandbox.ghl_base_url());
+    let raw = reqwest::Client::new();
+    let r = raw.post(format!("{control}/{gone}/delete")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let again = raw.post(format!("{control}/{gone}/delete")).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+    let tag = catalog.get("ghl.contacts.add_tags_to_contact").unwrap();
+    http.execute(ghl, tag, &inputs(json!({"contactId": merged, "tags": ["vip"]}))).await.unwrap();
+    let r = raw.post(format!("{control}/{merged}/merge")).json(&json!({"into": survivor})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let calls: [(&str, Value); 7] = [
+        ("ghl.contacts.get_contact", json!({})),
+        ("ghl.contacts.update_contact", json!({"city": "Leeds"})),
+        ("ghl.contacts.delete_contact", json!({})),
+        ("ghl.contacts.get_contact_notes", json!({})),
+        ("ghl.contacts.create_contact_note", json!({"body": "hello"})),
+        ("ghl.contacts.get_contact_tasks", json!({})),
+        (
+            "ghl.contacts.create_contact_task",
+            json!({"title": "t", "dueDate": "2025-07-01T09:00:00Z", "completed": false}),
+        ),
+    ];
+    for id in [&gone, &merged] {
+        for (key, extra) in &calls {
+            let mut ask = inputs(extra.clone());
+            ask.insert("contactId".into(), json!(id));
+            let err = http.execute(ghl, &once(&catalog, key), &ask).await.unwrap_err();
+            match &err {
+                HttpError::Status { status: 404, message, .. } => {
+                    assert!(message.starts_with("Contact not found"), "{key}: {message}")
+                }
+                other => panic!("{key} on {id}: expected 404, got {other}"),
+            }
+        }
+    }
+    // An id that never existed stays a 400, as before.
+    let get = catalog.get("ghl.contacts.get_contact").unwrap();
+    let err = http.execute(ghl, get, &inputs(json!({"contactId": "neverExisted00000000"}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    // The deleted contact's email is free again: an upsert makes a new contact.
+    let upsert = catalog.get("ghl.contacts.upsert_contact").unwrap();
+    let fresh = http.execute(ghl, upsert, &inputs(json!({"email": email}))).await.unwrap();
+    assert_eq!(fresh.body["new"], true);
+    assert_ne!(fresh.body["contact"]["id"], json!(gone));
+    // The survivor of the merge kept its id and took the other's tags.
+    let kept = http.execute(ghl, get, &inputs(json!({"contactId": survivor}))).await.unwrap();
+    assert_eq!(kept.body["contact"]["tags"], json!(["new lead", "vip"]));
+}
+
+#[tokio::test]
+async fn capsule_tasks_filter_by_status_and_restricted_parties_reach_their_own_trigger() {
+    let sandbox = sandbox(60).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let capsule = Arc::clone(config.connection("capsule").unwrap());
+    let tasks = Arc::clone(catalog.get("capsule.tasks.task_updated").unwrap());
+    let read = |status: Option<&str>| {
+        let mut ask = inputs(json!({"perPage": 100}));
+        if let Some(s) = status {
+            ask.insert("status".into(), json!(s));
+        }
+        Pager::new(&http, Arc::clone(&capsule), Arc::clone(&tasks), ask, None)
+    };
+
+    let pended = sandbox.capsule_pend_tasks(3);
+    assert_eq!(pended.len(), 3);
+    let (open, _) = walk(&mut read(None)).await;
+    assert!(open.iter().all(|t| t["status"] == "OPEN"), "open only by default");
+    assert!(ids(&open).iter().all(|id| !pended.contains(id)));
+    let (pending, _) = walk(&mut read(Some("pending"))).await;
+    assert!(pending.iter().all(|t| t["status"] == "PENDING"));
+    assert!(pended.iter().all(|id| ids(&pending).contains(id)));
+    let (all, _) = walk(&mut read(Some("open,completed,pending"))).await;
+    assert_eq!(all.len(), sandbox.capsule_counts().tasks);
+
+    // Restricted parties: gone from view, listed beside the deletions, and delivered by the
+    // catalog's own trigger over `restrictedParties`.
+    let mut hidden = sandbox.capsule_restrict_people(2);
+    hidden.sort();
+    let get = catalog.get("capsule.parties.get_party").unwrap();
+    let err = http.execute(&capsule, get, &inputs(json!({"partyId": hidden[0]}))).await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    let restricted = Arc::clone(catalog.get("capsule.parties.party_restricted").unwrap());
+    let ask = inputs(json!({"since": "1970-01-01T00:00:00Z"}));
+    let (records, _) = walk(&mut Pager::new(&http, Arc::clone(&capsule), restricted, ask, None)).await;
+    assert_eq!(ids(&records), hidden);
+    assert!(records.iter().all(|r| r["isRestricted"] == true && r["lastName"] == "Private"));
+    let deleted = catalog.get("capsule.parties.party_deleted").unwrap();
+    let body = http.execute(&capsule, deleted, &inputs(json!({"since": BASE}))).await.unwrap().body;
+    assert!(body["parties"].as_array().unwrap().is_empty(), "restriction is not deletion");
+}
+
+#[tokio::test]
+async fn contact_search_pages_by_number_up_to_10000_results_and_past_them_by_search_after() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = Arc::clone(config.connection("ghl").unwrap());
+    sandbox.ghl_add_contacts(25);
+    let total = sandbox.ghl_counts().contacts;
+    let search = once(&catalog, "ghl.contacts.search_contacts");
+
+    // Page numbers: the window ends at 10,000 results whatever the account holds.
+    let ok = http.execute(&ghl, &search, &inputs(json!({"page": 20, "pageLimit": 500}))).await.unwrap();
+    assert_eq!(ok.body["contacts"].as_array().unwrap().len(), 0);
+    let err = http.execute(&ghl, &search, &inputs(json!({"page": 101, "pageLimit": 100}))).await.unwrap_err();
+    match &err {
+        HttpError::Status { status: 422, message, .. } => {
+            assert!(message.contains("must not exceed 10000") && message.contains("searchAfter"), "{message}")
+        }
+        other => panic!("expected a 422, got {other}"),
+    }
+    let mixed = inputs(json!({"page": 2, "pageLimit": 5, "searchAfter": [1, "x"]}));
+    assert_eq!(http.execute(&ghl, &search, &mixed).await.unwrap_err().status(), Some(422));
+
+    // The trigger's walk uses the cursor of the last contact: every contact once, newest
+    // first (the order it sends when none is given).
+    let op = Arc::new(search);
+    let mut pager = Pager::new(&http, Arc::clone(&ghl), Arc::clone(&op), inputs(json!({"pageLimit": 7})), None);
+    assert!(pager.newest_first());
+    let (records, pages) = walk(&mut pager).await;
+    assert_eq!(records.len(), total);
+    assert_eq!(pages as usize, total.div_ceil(7) + usize::from(total % 7 == 0));
+    let added: Vec<&str> = records.iter().map(|c| c["dateAdded"].as_str().unwrap()).collect();
+    assert!(added.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let mut ids: Vec<&str> = records.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no contact twice");
+    // With a filter an old contact can join the feed: it must be read whole.
+    let filtered = inputs(json!({"filters": [{"field": "tags", "operator": "contains", "value": "vip"}]}));
+    assert!(!Pager::new(&http, Arc::clone(&ghl), op, filtered, None).newest_first());
+}
+
+#[tokio::test]
+async fn list_and_search_endpoints_keep_their_documented_orders() {
+    let sandbox = sandbox(5).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+
+    // Opportunities: added_desc newest first, added_asc oldest first, nothing else.
+    let search = once(&catalog, "ghl.opportunities.search_opportunities");
+    let created = |body: &Value| -> Vec<String> {
+        body["opportunities"].as_array().unwrap().iter().map(|o| o["createdAt"].as_str().unwrap().to_owned()).collect()
+    };
+    let desc = http.execute(ghl, &search, &inputs(json!({"order": "added_desc", "limit": 100}))).await.unwrap();
+    let asc = http.execute(ghl, &search, &inputs(json!({"order": "added_asc", "limit": 100}))).await.unwrap();
+    let (desc, asc) = (created(&desc.body), created(&asc.body));
+    assert!(desc.len() > 2);
+    assert!(desc.windows(2).all(|w| w[0] >= w[1]), "{desc:?}");
+    let mut reversed = asc.clone();
+    reversed.reverse();
+    assert_eq!(reversed, desc);
+    let bad = http.execute(ghl, &search, &inputs(json!({"order": "newest"}))).await.unwrap_err();
+    assert_eq!(bad.status(), Some(422));
+
+    // Users: by first and last name unless sorted by dateAdded.
+    let users = once(&catalog, "ghl.users.search_users");
+    let names = |body: &Value| -> Vec<String> {
+        body["users"].as_array().unwrap().iter().map(|u| u["firstName"].as_str().unwrap().to_owned()).collect()
+    };
+    let ask = |extra: Value| {
+        let mut i = inputs(json!({"companyId": sandbox.company_id(), "locationId": sandbox.location_id()}));
+        i.extend(inputs(extra));
+        i
+    };
+    let by_name = names(&http.execute(ghl, &users, &ask(json!({}))).await.unwrap().body);
+    let mut sorted = by_name.clone();
+    sorted.sort();
+    assert_eq!(by_name, sorted);
+    let oldest = names(&http.execute(ghl, &users, &ask(json!({"sort": "dateAdded"}))).await.unwrap().body);
+    let newest = names(
+        &http.execute(ghl, &users, &ask(json!({"sort": "dateAdded", "sortDirection": "desc"}))).await.unwrap().body,
+    );
+    assert_eq!(oldest, ["Priya", "Tom"], "the order they were added");
+    assert_eq!(newest, ["Tom", "Priya"]);
+}
+
+#[tokio::test]
+async fn a_deal_won_long_after_it_was_created_fires_even_behind_100_newer_won_deals() {
+    let ws =
+        ghlflow::demo::Workspace::new(SandboxOptions { people: 20, limits_scale: 100.0, ..SandboxOptions::default() })
+            .await
+            .unwrap();
+    let recipe = "ghl-won-deal-follow-up";
+    let call = |key: &'static str, v: Value| {
+        let ws = &ws;
+        async move { ws.ghl_call(key, v).await.unwrap_or_else(|e| panic!("{key}: {e}")) }
+    };
+    // The oldest open deal: created before every deal made below.
+    let oldest =
+        call("ghl.opportunities.search_opportunities", json!({"status": "open", "order": "added_asc", "limit": 1}))
+            .await;
+    let old_id = oldest["opportunities"][0]["id"].as_str().unwrap().to_owned();
+    let old_contact = oldest["opportunities"][0]["contactId"].as_str().unwrap().to_owned();
+    let pipeline = oldest["opportunities"][0]["pipelineId"].as_str().unwrap().to_owned();
+
+    // 110 newer deals, all won: more than a page of 100.
+    for contact in ws.sandbox.ghl_add_contacts(110) {
+        let made = call(
+            "ghl.opportunities.create_opportunity",
+            json!({"pipelineId": pipeline, "contactId": contact, "name": "Quick win", "status": "open"}),
+        )
+        .await;
+        let id = made["opportunity"]["id"].as_str().unwrap().to_owned();
+        call("ghl.opportunities.update_opportunity_status", json!({"id": id, "status": "won"})).await;
+    }
+    // The first poll takes stock (the recipe starts from now).
+    let first = ws.engine.run_once(&[recipe.to_owned()]).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let tasks_before = ws.sandbox.ghl_tasks(&old_contact).len();
+
+    // Now the oldest deal is won: it sits behind 110 won deals already seen.
+    call("ghl.opportunities.update_opportunity_status", json!({"id": old_id, "status": "won"})).await;
+    let second = ws.engine.run_once(&[recipe.to_owned()]).await;
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(second.polls.iter().map(|p| p.new).sum::<usize>(), 1, "{:?}", second.polls);
+    let tasks = ws.sandbox.ghl_tasks(&old_contact);
+    assert_eq!(tasks.len(), tasks_before + 1, "{tasks:?}");
+    assert!(tasks.iter().any(|t| t["title"].as_str().unwrap().contains("(won)")), "{tasks:?}");
 }

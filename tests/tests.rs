@@ -12,6 +12,7 @@ mod fuzz;
 mod hostile;
 mod http_layer;
 mod mirror;
+mod mirror_real;
 mod prism_conformance;
 mod recipe_validate;
 mod sandbox;

@@ -443,7 +443,7 @@ fn compile_operation(
         }
     }
 
-    let output = spec.output.as_ref().and_then(|o| compile_output(o, &err, diags));
+    let output = spec.output.as_ref().and_then(|o| compile_output(o, &inputs, &err, diags));
     let dedupe = match spec.dedupe.as_deref() {
         None => None,
         Some(d) => match Dedupe::parse(d) {
@@ -464,10 +464,14 @@ fn compile_operation(
     }
     if let (Some(d), Some(o)) = (dedupe, &output) {
         match (d, &o.records) {
-            (Dedupe::Content, Records::Items(_)) => err(
+            // A list whose records have an id but no change time (GHL's contact tasks): each
+            // record is known by its id and fires again when its content changes.
+            (Dedupe::Content, Records::Items(_)) if o.id.is_none() => err(
                 diags,
                 "dedupe",
-                "`content` is for single-record outputs; a list dedupes by `id` or `id_updated`".into(),
+                "`content` on a list needs `output.id` (each record is known by its id and fires when its \
+                 content changes)"
+                    .into(),
             ),
             (Dedupe::Id | Dedupe::IdUpdated, Records::Record(_)) => err(
                 diags,
@@ -620,6 +624,7 @@ fn compile_inputs(
 
 fn compile_output(
     spec: &OutputSpec,
+    inputs: &[Input],
     err: &dyn Fn(&mut Diagnostics, &str, String),
     diags: &mut Diagnostics,
 ) -> Option<Output> {
@@ -635,10 +640,50 @@ fn compile_output(
             return None;
         }
     };
+    let newest_first = spec.newest_first.as_ref().map(|nf| {
+        if matches!(records, Records::Record(_)) {
+            err(diags, "output.newest_first", "only a list (`items`) has an order".into());
+        }
+        let mut set = match (&nf.input, &nf.value) {
+            (Some(input), Some(value)) => vec![(input.clone(), value.clone())],
+            (None, None) => Vec::new(),
+            _ => {
+                err(
+                    diags,
+                    "output.newest_first",
+                    "give `input` and `value` together (or neither, for a documented fixed order)".into(),
+                );
+                Vec::new()
+            }
+        };
+        set.extend(nf.with.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (name, value) in &set {
+            match inputs.iter().find(|i| &i.name == name) {
+                None => err(
+                    diags,
+                    "output.newest_first",
+                    format!("`{name}` is not an input{}", hint(name, inputs.iter().map(|i| i.name.as_str()))),
+                ),
+                Some(input) => {
+                    let allowed = input.allowed.as_ref().is_none_or(|list| list.contains(value));
+                    if !input.ty.accepts(value) || !allowed {
+                        err(diags, "output.newest_first", format!("{value} is not a valid value for input `{name}`"));
+                    }
+                }
+            }
+        }
+        for name in &nf.read_whole_with {
+            if !inputs.iter().any(|i| &i.name == name) {
+                err(diags, "output.newest_first.read_whole_with", format!("`{name}` is not an input"));
+            }
+        }
+        NewestFirst { set, read_whole_with: nf.read_whole_with.clone() }
+    });
     Some(Output {
         records,
         id: spec.id.as_deref().map(FieldPath::parse),
         updated: spec.updated.as_deref().map(FieldPath::parse),
+        newest_first,
     })
 }
 
@@ -702,10 +747,11 @@ fn compile_pagination(
             positive(*page_size, diags);
             Pagination::StartAfter { limit: limit.clone(), page_size: *page_size }
         }
-        PaginationStyleSpec::Cursor { param, next, has_more, limit, page_size } => {
-            need(param, ParamPlace::Query, diags);
+        PaginationStyleSpec::Cursor { param, next, has_more, limit, page_size, location } => {
+            let at = place(location, diags);
+            need(param, at, diags);
             if let Some(l) = limit {
-                need(l, ParamPlace::Query, diags);
+                need(l, at, diags);
             }
             positive(*page_size, diags);
             let next = match next.strip_prefix("$last.") {
@@ -718,6 +764,7 @@ fn compile_pagination(
                 has_more: has_more.as_deref().map(FieldPath::parse),
                 limit: limit.clone(),
                 page_size: *page_size,
+                place: at,
             }
         }
         PaginationStyleSpec::LinkHeader { size, page_size } => {

@@ -388,6 +388,36 @@ pub struct Output {
     pub records: Records,
     pub id: Option<FieldPath>,
     pub updated: Option<FieldPath>,
+    /// Lists only: the inputs that make the API list records newest first.
+    pub newest_first: Option<NewestFirst>,
+}
+
+/// How a list is asked for newest first (by creation), and what spoils that order for a
+/// feed of new items. Checked against the operation's inputs by `compile`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewestFirst {
+    /// Input name and value pairs that set the order (`order: added_desc`).
+    pub set: Vec<(String, serde_json::Value)>,
+    /// Filters on fields a record can gain later: with one set, the feed is read whole.
+    pub read_whole_with: Vec<String>,
+}
+
+impl NewestFirst {
+    /// Fills in the order inputs the caller left out, so the order is explicit on the wire.
+    pub fn fill(&self, inputs: &mut serde_json::Map<String, serde_json::Value>) {
+        for (name, value) in &self.set {
+            inputs.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+
+    /// Whether a request with these inputs lists new records first and nothing else: every
+    /// order input as set (a number sent as text counts), no spoiling filter given.
+    pub fn holds(&self, inputs: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let same =
+            |a: &serde_json::Value, b: &serde_json::Value| a == b || (a.as_str().is_some() && a.as_str() == b.as_str());
+        self.set.iter().all(|(name, value)| inputs.get(name).is_some_and(|v| same(v, value)))
+            && !self.read_whole_with.iter().any(|name| inputs.get(name).is_some_and(|v| !v.is_null()))
+    }
 }
 
 impl Output {
@@ -414,11 +444,34 @@ pub enum ParamPlace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pagination {
     None,
-    Offset { limit: String, offset: String, page_size: u32, place: ParamPlace },
-    Page { page: String, size: String, page_size: u32, place: ParamPlace },
-    StartAfter { limit: String, page_size: u32 },
-    Cursor { param: String, next: CursorSource, has_more: Option<FieldPath>, limit: Option<String>, page_size: u32 },
-    LinkHeader { size: String, page_size: u32 },
+    Offset {
+        limit: String,
+        offset: String,
+        page_size: u32,
+        place: ParamPlace,
+    },
+    Page {
+        page: String,
+        size: String,
+        page_size: u32,
+        place: ParamPlace,
+    },
+    StartAfter {
+        limit: String,
+        page_size: u32,
+    },
+    Cursor {
+        param: String,
+        next: CursorSource,
+        has_more: Option<FieldPath>,
+        limit: Option<String>,
+        page_size: u32,
+        place: ParamPlace,
+    },
+    LinkHeader {
+        size: String,
+        page_size: u32,
+    },
 }
 
 impl Pagination {
@@ -451,7 +504,8 @@ pub enum Dedupe {
     Id,
     /// An item fires again whenever its updated time changes.
     IdUpdated,
-    /// A single record fires whenever its content changes.
+    /// A single record fires whenever its content changes; on a list (whose records have an
+    /// id), each record does.
     Content,
 }
 
@@ -652,5 +706,104 @@ impl Catalog {
     /// The key closest to a mistyped one, for "did you mean".
     pub fn suggest(&self, key: &str) -> Option<&str> {
         crate::diagnostic::did_you_mean(key, self.operations.keys().map(String::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Map, Value, json};
+
+    fn inputs(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn order(catalog: &Catalog, key: &str) -> Option<NewestFirst> {
+        catalog.get(key).unwrap().output.as_ref().and_then(|o| o.newest_first.clone())
+    }
+
+    #[test]
+    fn a_feed_is_newest_first_only_with_its_order_and_without_spoiling_filters() {
+        let catalog = load_embedded().unwrap();
+        let deals = order(&catalog, "ghl.opportunities.search_opportunities").unwrap();
+        let mut ask = inputs(json!({"limit": 100}));
+        deals.fill(&mut ask);
+        assert_eq!(ask["order"], "added_desc", "the order is sent, never left to a default");
+        assert!(deals.holds(&ask));
+        // Won deals: an old deal joins the list when it is won.
+        let mut won = inputs(json!({"status": "won"}));
+        deals.fill(&mut won);
+        assert!(!deals.holds(&won));
+        // The recipe's own order wins over the fill, and is not newest first.
+        let mut oldest = inputs(json!({"order": "added_asc"}));
+        deals.fill(&mut oldest);
+        assert_eq!(oldest["order"], "added_asc");
+        assert!(!deals.holds(&oldest));
+
+        let users = order(&catalog, "ghl.users.search_users").unwrap();
+        let mut ask = inputs(json!({"companyId": "c1"}));
+        users.fill(&mut ask);
+        assert_eq!((ask["sort"].clone(), ask["sortDirection"].clone()), (json!("dateAdded"), json!("desc")));
+        assert!(users.holds(&ask));
+        assert!(!users.holds(&inputs(json!({"sort": "dateAdded"}))), "ascending is not newest first");
+
+        let contacts = order(&catalog, "ghl.contacts.search_contacts").unwrap();
+        let mut ask = inputs(json!({"pageLimit": 100}));
+        contacts.fill(&mut ask);
+        assert_eq!(ask["sort"], json!([{"field": "dateAdded", "direction": "desc"}]));
+        assert!(contacts.holds(&ask));
+        ask.insert("filters".into(), json!([{"field": "tags", "operator": "contains", "value": "vip"}]));
+        assert!(!contacts.holds(&ask), "a contact can gain a tag long after it was added");
+    }
+
+    #[test]
+    fn only_feeds_with_a_documented_order_may_stop_early() {
+        // Every other list trigger deduped by id is read whole: its order is undocumented
+        // (locations' `order` names no field) or it has none.
+        let catalog = load_embedded().unwrap();
+        let mut ordered: Vec<String> = catalog
+            .operations()
+            .filter(|o| o.output.as_ref().is_some_and(|out| out.newest_first.is_some()))
+            .map(|o| o.key.to_string())
+            .collect();
+        ordered.sort();
+        assert_eq!(
+            ordered,
+            [
+                "capsule.entries.entry_updated",
+                "capsule.entries.party_entries",
+                "ghl.contacts.search_contacts",
+                "ghl.opportunities.search_opportunities",
+                "ghl.users.search_users"
+            ]
+        );
+        // Capsule's entries come newest first with nothing to send.
+        let entries = order(&catalog, "capsule.entries.entry_updated").unwrap();
+        assert!(entries.set.is_empty() && entries.holds(&Map::new()));
+        let tasks = catalog.get("ghl.contacts.get_contact_tasks").unwrap();
+        assert_eq!(tasks.dedupe, Some(Dedupe::Content), "tasks have no timestamps: edits show in their content");
+        let search = catalog.get("ghl.contacts.search_contacts").unwrap();
+        assert!(
+            matches!(&search.pagination, Pagination::Cursor { param, place: ParamPlace::Body, .. } if param == "searchAfter"),
+            "{:?}",
+            search.pagination
+        );
+    }
+
+    #[test]
+    fn a_newest_first_naming_no_input_or_a_bad_value_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = "name: Fixture app\nbase_url: https://example.test\nauth: [private_token]\nrate_limit: { headers: ghl, per: location, limits: [100/10s] }\nretry: { max_attempts: 3, initial_backoff: 100ms, max_backoff: 1s }\ntimeout: 10s\npage_bound: 5\n";
+        let ops = "operations:\n  - key: list_things\n    name: List Things\n    kind: trigger\n    description: Lists things.\n    method: GET\n    path: /things\n    inputs:\n      - { name: order, in: query, type: string, enum: [asc, desc], help: Order. }\n      - { name: tag, in: query, type: string, help: A tag. }\n    output:\n      items: things\n      id: id\n      newest_first: { input: ordr, value: desc, read_whole_with: [tags] }\n    dedupe: id\n    sample_output: { things: [] }\n  - key: more_things\n    name: More Things\n    kind: trigger\n    description: Lists things.\n    method: GET\n    path: /more\n    inputs:\n      - { name: order, in: query, type: string, enum: [asc, desc], help: Order. }\n    output:\n      items: things\n      id: id\n      newest_first: { input: order, value: newest }\n    dedupe: id\n    sample_output: { things: [] }\n";
+        std::fs::write(dir.path().join("app.yaml"), app).unwrap();
+        std::fs::write(dir.path().join("things.yaml"), ops).unwrap();
+        let mut source = CatalogSource::default();
+        source.add_file("fixture", &dir.path().join("app.yaml")).unwrap();
+        source.add_file("fixture", &dir.path().join("things.yaml")).unwrap();
+        let err = source.compile().unwrap_err().to_string();
+        assert!(err.contains("`ordr` is not an input (did you mean `order`?)"), "{err}");
+        assert!(err.contains("`tags` is not an input"), "{err}");
+        assert!(err.contains("\"newest\" is not a valid value for input `order`"), "{err}");
+        assert!(err.contains("things.yaml:"), "{err}");
     }
 }

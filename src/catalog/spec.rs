@@ -123,6 +123,36 @@ pub struct OutputSpec {
     /// The record's last-change timestamp field.
     #[serde(default)]
     pub updated: Option<String>,
+    /// Lists only: how to have the API list its records newest first (by creation). A poll
+    /// of new items (dedupe `id`, no `since`) may then stop at the first record it has seen;
+    /// without this the feed is read whole, up to the page bound, because a new record can
+    /// sit behind seen ones.
+    #[serde(default)]
+    pub newest_first: Option<NewestFirstSpec>,
+}
+
+/// The input value that makes a list come newest first, and the filters that spoil it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewestFirstSpec {
+    /// The input that sets the order (`order`, `sort`, `sortDirection`...). Leave it and
+    /// `value` out only where newest first is the API's documented and only order (Capsule's
+    /// entries).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Its value for newest first. The poller sends it whenever the recipe gives none, so the
+    /// order never rests on an undocumented default.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// Other inputs that must hold given values for the order to hold (`sort: dateAdded`
+    /// beside `sortDirection: desc`); also sent when the recipe gives none.
+    #[serde(default)]
+    pub with: BTreeMap<String, serde_json::Value>,
+    /// Inputs that filter on something a record can gain after it was created (a status, a
+    /// stage, a tag, a name): with any of them set an old record can join the feed behind
+    /// seen ones, so the feed is read whole.
+    #[serde(default)]
+    pub read_whole_with: Vec<String>,
 }
 
 /// Pagination: `none`, or a map with a `style` and that style's fields.
@@ -186,6 +216,9 @@ pub enum PaginationStyleSpec {
         limit: Option<String>,
         /// Records per page.
         page_size: u32,
+        /// Where the parameters go: `query` (default) or `body` (GHL's contact search).
+        #[serde(default, rename = "in")]
+        location: Option<String>,
     },
     /// Follows `Link: <...>; rel="next"` (Capsule).
     LinkHeader {

@@ -52,16 +52,17 @@ pub async fn run(args: DemoArgs) -> CliResult {
             ws.change_the_world().await.map_err(CliError::Runtime)?;
         }
         let r = ws.cycle().await;
-        failures += r.still_failed;
+        failures = r.still_failed;
         eprintln!(
-            "cycle {cycle}/{}: {} new item(s): {} run(s) succeeded, {} filtered, {} held{} ({:.1} s)",
+            "cycle {cycle}/{}: {} new item(s): {} run(s) succeeded, {} filtered, {} held, {} waiting{} ({:.1} s)",
             args.cycles.max(1),
             r.new_items,
             r.succeeded,
             r.filtered,
             r.held,
+            r.waiting,
             if r.failed > 0 {
-                format!(", {} failed then replayed ({} still failing)", r.failed, r.still_failed)
+                format!(", {} failed ({} after automatic replays)", r.failed, r.still_failed)
             } else {
                 String::new()
             },

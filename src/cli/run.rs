@@ -77,12 +77,18 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
                 if baselines > 0 { format!(", {baselines} baseline(s) recorded") } else { String::new() },
                 if held > 0 { format!(", {held} held (see `ghlflow runs list --status held`)") } else { String::new() },
             );
+            let waiting = summary.count(RunStatus::Waiting);
             let _ = writeln!(
                 out,
-                "runs: {} succeeded, {} failed, {} filtered",
+                "runs: {} succeeded, {} failed, {} filtered{}",
                 summary.count(RunStatus::Succeeded),
                 summary.count(RunStatus::Failed),
-                summary.count(RunStatus::Filtered)
+                summary.count(RunStatus::Filtered),
+                if waiting > 0 {
+                    format!(", {waiting} waiting for records other recipes create (they resume at later polls)")
+                } else {
+                    String::new()
+                }
             );
             for r in summary.runs.iter().filter(|r| r.status == RunStatus::Failed) {
                 let _ = writeln!(out, "failed: run {} ({}): {}", r.id, r.recipe, r.error.as_deref().unwrap_or(""));

@@ -29,6 +29,9 @@ pub struct RunOutcome {
 /// Growing waits between automatic replays: 1, 2, 4, 8, 16 minutes, then it stays failed.
 const AUTOREPLAY_LIMIT: u32 = 5;
 
+/// How long a run waits for an id another recipe records before it fails.
+const WAIT_LIMIT: chrono::Duration = chrono::Duration::hours(24);
+
 impl Engine {
     /// Runs (or resumes) the run `id` until it succeeds, is filtered or fails.
     pub async fn execute_run(&self, id: &str) -> Result<RunOutcome, EngineError> {
@@ -42,7 +45,7 @@ impl Engine {
     }
 
     async fn execute_traced(&self, mut run: RunRecord, recipe: Arc<Recipe>) -> Result<RunOutcome, EngineError> {
-        if !matches!(run.status, RunStatus::Queued | RunStatus::Running | RunStatus::Failed) {
+        if !matches!(run.status, RunStatus::Queued | RunStatus::Running | RunStatus::Failed | RunStatus::Waiting) {
             return Ok(outcome(&run));
         }
         // Steps may have changed since the run was created (an edited recipe): line the
@@ -53,10 +56,15 @@ impl Engine {
         run.error = None;
         run.next_replay_at = None;
 
+        let lookups = match self.lookups(&recipe).await {
+            Ok(l) => l,
+            Err(message) => return self.fail_run(run, &recipe, message, true).await,
+        };
         let base = json!({
             "trigger": run.item,
             "connection": Value::Null,
             "env": env_view(&recipe),
+            "lookups": lookups,
         });
 
         // The filter runs once, before any step.
@@ -76,88 +84,140 @@ impl Engine {
             }
         }
 
-        let mut outputs = Map::new();
-        for record in &run.steps {
-            if record.status == StepStatus::Succeeded {
-                outputs.insert(record.id.clone(), record.output.clone().unwrap_or(Value::Null));
+        let mut forgotten_keys = std::collections::HashSet::new();
+        'run: loop {
+            let mut outputs = Map::new();
+            for record in &run.steps {
+                if record.status == StepStatus::Succeeded {
+                    outputs.insert(record.id.clone(), record.output.clone().unwrap_or(Value::Null));
+                }
             }
-        }
-        for (i, step) in recipe.steps.iter().enumerate() {
-            if matches!(run.steps[i].status, StepStatus::Succeeded | StepStatus::Skipped) {
-                continue;
-            }
-            let mut ctx_value = with_connection(&base, &step.connection, &outputs);
-            if !step.ids.is_empty() {
-                match self.resolve_ids(step, &ctx_value) {
-                    Ok(ids) => set_root(&mut ctx_value, "ids", ids),
+            for (i, step) in recipe.steps.iter().enumerate() {
+                if matches!(run.steps[i].status, StepStatus::Succeeded | StepStatus::Skipped) {
+                    continue;
+                }
+                let mut ctx_value = with_connection(&base, &step.connection, &outputs);
+                let mut id_keys = Vec::new();
+                if !step.ids.is_empty() {
+                    match self.resolve_ids(step, &ctx_value) {
+                        Ok((ids, keys)) => {
+                            // An id another recipe records (the person's contact) is not there
+                            // yet: wait for it rather than fail.
+                            if let Some(name) =
+                                step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null))
+                            {
+                                let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str()).unwrap_or("");
+                                return self.wait_run(run, &recipe, i, name, key).await;
+                            }
+                            set_root(&mut ctx_value, "ids", ids);
+                            id_keys = keys;
+                        }
+                        Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
+                    }
+                }
+                // The context takes the value; a copy is kept only for a find or a save.
+                let ctx = if step.find.is_some() || !step.save.is_empty() {
+                    context(ctx_value.clone())
+                } else {
+                    context(std::mem::take(&mut ctx_value))
+                };
+                if let Some(cond) = &step.condition {
+                    match cond.render_string(&ctx) {
+                        Ok(text) if !truthy(&text) => {
+                            run.steps[i].status = StepStatus::Skipped;
+                            run.steps[i].finished = Some(now_iso());
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => return self.fail_step(run, &recipe, i, format!("if: {e}"), false).await,
+                    }
+                }
+                let inputs = match self.step_inputs(step, &ctx, &run) {
+                    Ok(i) => i,
                     Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
-                }
-            }
-            // The context takes the value; a copy is kept only for a find or a save.
-            let ctx = if step.find.is_some() || !step.save.is_empty() {
-                context(ctx_value.clone())
-            } else {
-                context(std::mem::take(&mut ctx_value))
-            };
-            if let Some(cond) = &step.condition {
-                match cond.render_string(&ctx) {
-                    Ok(text) if !truthy(&text) => {
-                        run.steps[i].status = StepStatus::Skipped;
-                        run.steps[i].finished = Some(now_iso());
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return self.fail_step(run, &recipe, i, format!("if: {e}"), false).await,
-                }
-            }
-            let inputs = match self.step_inputs(step, &ctx, &run) {
-                Ok(i) => i,
-                Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
-            };
-            let record = &mut run.steps[i];
-            // Sent before but never answered (the process died): the write may exist.
-            let in_doubt = record.status == StepStatus::Sent;
-            record.input = Some(self.config.redactor.redact_json(&Value::Object(inputs.clone())));
-            record.status = StepStatus::Sent;
-            record.attempts += 1;
-            record.started = Some(now_iso());
-            // "Sent, no answer yet" matters after a crash only to a step that can look for
-            // what it may have created; any other step is simply sent again.
-            if step.find.is_some() {
-                self.store.save_run(&run)?;
-            }
-            let started = Instant::now();
-            let result = match &step.find {
-                Some(find) if step.operation.writes() => {
-                    self.send_checking_lost(step, find, &inputs, &ctx_value, in_doubt).await
-                }
-                _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
-            };
-            let record = &mut run.steps[i];
-            record.duration_ms = Some(started.elapsed().as_millis() as u64);
-            record.finished = Some(now_iso());
-            match result {
-                Ok(body) => {
-                    record.status = StepStatus::Succeeded;
-                    record.output = Some(body.clone());
-                    record.error = None;
-                    outputs.insert(step.id.clone(), body);
-                    if let Err(message) = self.save_ids(step, &ctx_value, &outputs) {
-                        return self.fail_step(run, &recipe, i, message, false).await;
-                    }
-                    // Durable before the next step: a resumed run must not send this again.
-                    // (After the last step, the run's own final save and flush cover it.)
+                };
+                let record = &mut run.steps[i];
+                // Sent before but never answered (the process died): the write may exist.
+                let in_doubt = record.status == StepStatus::Sent;
+                record.input = Some(self.config.redactor.redact_json(&Value::Object(inputs.clone())));
+                record.status = StepStatus::Sent;
+                record.attempts += 1;
+                record.started = Some(now_iso());
+                // "Sent, no answer yet" matters after a crash only to a step that can look for
+                // what it may have created; any other step is simply sent again.
+                if step.find.is_some() {
                     self.store.save_run(&run)?;
-                    if i + 1 < recipe.steps.len() {
+                    self.store.flush_async().await?;
+                }
+                let started = Instant::now();
+                let result = match &step.find {
+                    Some(find) if step.operation.writes() => {
+                        let mut find_ctx = ctx_value.clone();
+                        set_root(&mut find_ctx, "input", Value::Object(inputs.clone()));
+                        self.send_checking_lost(step, find, &inputs, &find_ctx, in_doubt).await
+                    }
+                    _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
+                };
+                let record = &mut run.steps[i];
+                record.duration_ms = Some(started.elapsed().as_millis() as u64);
+                record.finished = Some(now_iso());
+                match result {
+                    Ok(body) => {
+                        record.status = StepStatus::Succeeded;
+                        record.output = Some(body.clone());
+                        record.error = None;
+                        outputs.insert(step.id.clone(), body);
+                        if let Err(message) = self.save_ids(step, &ctx_value, &outputs) {
+                            return self.fail_step(run, &recipe, i, message, false).await;
+                        }
+                        // Durable before the next step: a resumed run must not send this again.
+                        // (After the last step, the run's own final save and flush cover it.)
+                        self.store.save_run(&run)?;
+                        if i + 1 < recipe.steps.len() {
+                            self.store.flush_async().await?;
+                        }
+                    }
+                    Err(e)
+                        if e.is_not_found()
+                            && id_keys
+                                .iter()
+                                .any(|(n, k)| step.forget_when_gone.contains(n) && !forgotten_keys.contains(k)) =>
+                    {
+                        // The mapped record was deleted or merged away on the other side: forget
+                        // the mapping and start over, so the steps that create it create it
+                        // again. Each key is forgotten at most once per execution, so this ends.
+                        let message = self.config.redactor.redact(&e.to_string());
+                        let mut forgotten = Vec::new();
+                        for (name, key) in id_keys.iter().filter(|(n, _)| step.forget_when_gone.contains(n)) {
+                            if forgotten_keys.insert(key.clone()) {
+                                self.store.forget_id(key)?;
+                                forgotten.push(format!("{name} (`{key}`)"));
+                            }
+                        }
+                        let note = format!(
+                            "step `{}` answered not found ({message}); forgot {} and started the run over",
+                            step.id,
+                            forgotten.join(", ")
+                        );
+                        tracing::info!(step = %step.id, "{note}");
+                        run.notes.push(note);
+                        for record in &mut run.steps {
+                            record.status = StepStatus::Pending;
+                            record.output = None;
+                            record.error = None;
+                        }
+                        self.store.save_run(&run)?;
                         self.store.flush_async().await?;
+                        continue 'run;
+                    }
+                    Err(e) => {
+                        let retryable = e.is_retryable();
+                        let message = self.config.redactor.redact(&e.to_string());
+                        return self.fail_step(run, &recipe, i, message, retryable).await;
                     }
                 }
-                Err(e) => {
-                    let retryable = e.is_retryable();
-                    let message = self.config.redactor.redact(&e.to_string());
-                    return self.fail_step(run, &recipe, i, message, retryable).await;
-                }
             }
+            break 'run;
         }
         run.status = RunStatus::Succeeded;
         run.finished = Some(now_iso());
@@ -167,22 +227,69 @@ impl Engine {
         Ok(outcome(&run))
     }
 
-    /// `ids.<name>` for a step: each key rendered and looked up in the id map.
-    fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<Value, String> {
+    /// `ids.<name>` for a step: each key rendered and looked up in the id map. Also returns
+    /// the rendered keys by name (to forget them, or to say what a run waits for).
+    fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<(Value, Vec<(String, String)>), String> {
         let mut ids = Map::new();
+        let mut keys = Vec::new();
         if step.ids.is_empty() {
-            return Ok(Value::Object(ids));
+            return Ok((Value::Object(ids), keys));
         }
         // In order: a key may use the ids named above it.
         let mut ctx = ctx.clone();
         for (name, key) in &step.ids {
             set_root(&mut ctx, "ids", Value::Object(ids.clone()));
             let key = key.render_string(&context(ctx.clone())).map_err(|e| format!("ids.{name}: {e}"))?;
-            let id =
-                if key.trim().is_empty() { None } else { self.store.id_of(key.trim()).map_err(|e| e.to_string())? };
+            let key = key.trim().to_owned();
+            let id = if key.is_empty() { None } else { self.store.id_of(&key).map_err(|e| e.to_string())? };
             ids.insert(name.clone(), id.map(Value::String).unwrap_or(Value::Null));
+            keys.push((name.clone(), key));
         }
-        Ok(Value::Object(ids))
+        Ok((Value::Object(ids), keys))
+    }
+
+    /// Sets a run aside until the id `name` (key `key`) is recorded by another recipe; it is
+    /// tried again at this recipe's next polls. After `WAIT_LIMIT` it fails instead, so a
+    /// record that never comes (a person the people recipe filters out) is not waited for
+    /// forever.
+    async fn wait_run(
+        &self,
+        mut run: RunRecord,
+        recipe: &Recipe,
+        i: usize,
+        name: &str,
+        key: &str,
+    ) -> Result<RunOutcome, EngineError> {
+        let waited = chrono::DateTime::parse_from_rfc3339(&run.created)
+            .map(|c| chrono::Utc::now().signed_duration_since(c))
+            .unwrap_or_default();
+        let what = format!("waiting for `ids.{name}` (`{key}`), which no run has recorded yet");
+        if waited > WAIT_LIMIT {
+            let message = format!("gave up after {} hours {what}", WAIT_LIMIT.num_hours());
+            return self.fail_step(run, recipe, i, message, false).await;
+        }
+        tracing::debug!(step = %run.steps[i].id, "{what}");
+        run.status = RunStatus::Waiting;
+        run.error = Some(format!("step `{}`: {what}", run.steps[i].id));
+        self.store.save_run(&run)?;
+        self.store.flush_async().await?;
+        Ok(outcome(&run))
+    }
+
+    /// A recipe's lookups for a filter at poll time: a lookup that cannot be read is left
+    /// out (the filter then sees nothing there; the runs fail with the read's error).
+    pub(super) async fn lookup_values(&self, recipe: &Recipe) -> Value {
+        self.lookups(recipe).await.unwrap_or_else(|_| Value::Object(Map::new()))
+    }
+
+    /// A recipe's lookups (`lookups.<name>`): read once per poll and shared by its runs.
+    async fn lookups(&self, recipe: &Recipe) -> Result<Value, String> {
+        let mut out = Map::new();
+        for lookup in &recipe.lookups {
+            let records = self.lookup_records(recipe, lookup).await?;
+            out.insert(lookup.name.clone(), Value::clone(&records));
+        }
+        Ok(Value::Object(out))
     }
 
     /// After a step succeeded: remembers the ids its `save` names.
@@ -239,18 +346,25 @@ impl Engine {
 
     /// Runs a find: the first candidate its `match` accepts, shaped like the write's response.
     async fn find_existing(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
-        let inputs = render_inputs(&find.input, &context(ctx.clone()))
-            .map_err(|message| HttpError::InvalidInput { op: find.operation.key.to_string(), message })?;
-        let mut pager = crate::http::Pager::new(
-            &self.client,
-            Arc::clone(&step.connection),
-            Arc::clone(&find.operation),
-            inputs,
-            None,
-        );
-        while let Some(page) = pager.next_page().await {
-            for item in page?.records {
-                let mut c = ctx.clone();
+        // A two-step find reads its candidates' lists from each record of `from` (each of the
+        // contact's conversations, say).
+        let parents = match &find.from {
+            None => vec![ctx.clone()],
+            Some(from) => {
+                let records = self.read_all(step, &from.operation, &from.input, ctx).await?;
+                records
+                    .into_iter()
+                    .map(|r| {
+                        let mut c = ctx.clone();
+                        set_root(&mut c, "from", r);
+                        c
+                    })
+                    .collect()
+            }
+        };
+        for parent in parents {
+            for item in self.read_all(step, &find.operation, &find.input, &parent).await? {
+                let mut c = parent.clone();
                 set_root(&mut c, "item", item.clone());
                 if find.matcher.render_string(&context(c)).map(|t| truthy(&t)).unwrap_or(false) {
                     return Ok(Some(shaped_like_response(&step.operation, item)));
@@ -258,6 +372,21 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Every record of a read (up to the app's page bound), with inputs rendered against `ctx`.
+    async fn read_all(
+        &self,
+        step: &Step,
+        op: &Arc<crate::catalog::Operation>,
+        input: &[(String, crate::recipe::ValueTemplate)],
+        ctx: &Value,
+    ) -> Result<Vec<Value>, HttpError> {
+        let inputs = render_inputs(input, &context(ctx.clone()))
+            .map_err(|message| HttpError::InvalidInput { op: op.key.to_string(), message })?;
+        let mut pager =
+            crate::http::Pager::new(&self.client, Arc::clone(&step.connection), Arc::clone(op), inputs, None);
+        Ok(crate::http::collect_all(&mut pager).await?.0)
     }
 
     /// Renders a step's inputs; a required input that renders empty fails the step.
@@ -348,6 +477,23 @@ impl Engine {
         self.execute_run(id).await
     }
 
+    /// Automatic replays whose time has come (`autoreplay: true` recipes' failed runs, after
+    /// 1, 2, 4, 8 and 16 minutes). `ghlflow run` calls it every half minute with the clock;
+    /// the demo and the tests call it with the delays compressed.
+    pub async fn replay_due(&self, now_unix: u64) -> Vec<Result<RunOutcome, EngineError>> {
+        let due: Vec<String> = match self.store.open_runs() {
+            Ok(open) => {
+                open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix)).map(|r| r.id).collect()
+            }
+            Err(e) => return vec![Err(e.into())],
+        };
+        let mut out = Vec::new();
+        for id in due {
+            out.push(self.replay(&id).await);
+        }
+        out
+    }
+
     /// Puts held runs of a recipe in the queue; returns their ids.
     pub fn release(&self, recipe: &str) -> Result<Vec<String>, EngineError> {
         let mut ids = Vec::new();
@@ -398,10 +544,11 @@ impl Engine {
             steps: Vec::new(),
             replays: 0,
             next_replay_at: None,
+            notes: Vec::new(),
         };
         for step in &recipe.steps {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
-            if let Ok(ids) = self.resolve_ids(step, &ctx_value) {
+            if let Ok((ids, _)) = self.resolve_ids(step, &ctx_value) {
                 set_root(&mut ctx_value, "ids", ids);
             }
             let ctx = context(ctx_value);

@@ -8,8 +8,29 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt as _;
 
-use super::{Engine, now_iso};
+use std::sync::Arc;
+
+use super::{Engine, EngineError, PollTick, now_iso};
+use crate::recipe::Recipe;
 use crate::store::RunStatus;
+
+impl Engine {
+    /// `poll_and_run` with a panic caught: the tick then reports the panic as its poll's
+    /// error, and the recipe's queued and running runs are failed (not in a dry run, which
+    /// writes nothing).
+    pub async fn poll_and_run_guarded(&self, recipe: &Arc<Recipe>) -> PollTick {
+        match catch_panic(self.poll_and_run(recipe)).await {
+            Ok(tick) => tick,
+            Err(panic) => {
+                if !self.options.dry_run {
+                    fail_stuck_runs(self, &recipe.id, &panic).await;
+                }
+                let message = format!("internal error: the poll task panicked: {panic}");
+                PollTick { poll: Err(EngineError::Poll { recipe: recipe.id.clone(), message }), runs: Vec::new() }
+            }
+        }
+    }
+}
 
 /// Runs `task`, turning a panic into the panic's message.
 pub async fn catch_panic<T>(task: impl Future<Output = T>) -> Result<T, String> {
@@ -28,7 +49,10 @@ pub async fn fail_stuck_runs(engine: &Engine, recipe: &str, message: &str) -> us
     tracing::error!(recipe = %recipe, panic = %message, "a poll task panicked; its unfinished runs are marked failed");
     let Ok(open) = engine.store.open_runs() else { return 0 };
     let mut n = 0;
-    for mut run in open.into_iter().filter(|r| r.recipe == recipe && r.status.is_open()) {
+    // Waiting runs wait for another recipe's id, not for this task: they stay.
+    for mut run in
+        open.into_iter().filter(|r| r.recipe == recipe && matches!(r.status, RunStatus::Queued | RunStatus::Running))
+    {
         run.status = RunStatus::Failed;
         run.error = Some(format!(
             "internal error (the engine task panicked: {message}); `ghlflow runs replay {}` resumes it",
@@ -75,6 +99,7 @@ mod tests {
             steps: Vec::new(),
             replays: 0,
             next_replay_at: None,
+            notes: Vec::new(),
         }
     }
 

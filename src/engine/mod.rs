@@ -8,6 +8,7 @@
 
 mod execute;
 mod guard;
+mod lookups;
 mod poll;
 pub mod scheduler;
 
@@ -57,6 +58,7 @@ pub struct Engine {
     recipes: RwLock<BTreeMap<String, Arc<Recipe>>>,
     /// Lines of the dry-run plan, in order.
     plan: std::sync::Mutex<Vec<String>>,
+    lookup_cache: lookups::LookupCache,
 }
 
 impl Engine {
@@ -67,7 +69,16 @@ impl Engine {
         store: Store,
         options: EngineOptions,
     ) -> Self {
-        Engine { catalog, config, client, store, options, recipes: RwLock::default(), plan: Default::default() }
+        Engine {
+            catalog,
+            config,
+            client,
+            store,
+            options,
+            recipes: RwLock::default(),
+            plan: Default::default(),
+            lookup_cache: Default::default(),
+        }
     }
 
     /// Replaces the loaded recipes.
@@ -101,7 +112,8 @@ impl Engine {
         self.plan.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     }
 
-    /// Polls every recipe once and drains every open run: `run --once`.
+    /// Polls every recipe once and drains every open run: `run --once`. Recipes poll in the
+    /// order their `after:` keys give (the same waves `ghlflow run` uses within a tick).
     pub async fn run_once(self: &Arc<Self>, only: &[String]) -> OnceSummary {
         let mut summary = OnceSummary::default();
         // Runs left open by an earlier process first (crash recovery), in order.
@@ -117,48 +129,73 @@ impl Engine {
                 Err(e) => summary.errors.push(e.to_string()),
             }
         }
-        let recipes: Vec<Arc<Recipe>> =
-            self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)).collect();
-        let mut tasks = Vec::new();
-        for recipe in recipes {
-            let engine = Arc::clone(self);
-            tasks.push(tokio::spawn(async move {
-                let work = async {
-                    let outcome = engine.poll(&recipe).await;
-                    let runs = match &outcome {
-                        Ok(o) => engine.execute_runs(&recipe, &o.queued).await,
-                        Err(_) => Vec::new(),
-                    };
-                    (outcome, runs)
-                };
-                match guard::catch_panic(work).await {
-                    Ok(done) => done,
-                    Err(panic) => {
-                        if !engine.options.dry_run {
-                            guard::fail_stuck_runs(&engine, &recipe.id, &panic).await;
+        let recipes: Vec<Recipe> = self
+            .recipes()
+            .into_iter()
+            .filter(|r| only.is_empty() || only.contains(&r.id))
+            .map(|r| Recipe::clone(&r))
+            .collect();
+        let waves = crate::recipe::poll_order(&recipes)
+            .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
+        for wave in waves {
+            let mut tasks = Vec::new();
+            for id in wave {
+                let Some(recipe) = self.recipe(&id) else { continue };
+                let engine = Arc::clone(self);
+                tasks.push(tokio::spawn(async move { engine.poll_and_run_guarded(&recipe).await }));
+            }
+            for t in tasks {
+                match t.await {
+                    Ok(tick) => {
+                        match tick.poll {
+                            Ok(o) => summary.polls.push(o),
+                            Err(e) => summary.errors.push(e.to_string()),
                         }
-                        let message = format!("internal error: the poll task panicked: {panic}");
-                        (Err(EngineError::Poll { recipe: recipe.id.clone(), message }), Vec::new())
+                        for r in tick.runs {
+                            summary.add_run(r);
+                        }
                     }
+                    Err(e) => summary.errors.push(format!("a poll task failed: {e}")),
                 }
-            }));
-        }
-        for t in tasks {
-            match t.await {
-                Ok((outcome, runs)) => {
-                    match outcome {
-                        Ok(o) => summary.polls.push(o),
-                        Err(e) => summary.errors.push(e.to_string()),
-                    }
-                    for r in runs {
-                        summary.add_run(r);
-                    }
-                }
-                Err(e) => summary.errors.push(format!("a poll task failed: {e}")),
             }
         }
         summary
     }
+
+    /// One recipe's share of a tick, the same under `run` and `run --once`: poll, run what
+    /// the poll queued (oldest first), then try again the runs that wait for an id (another
+    /// recipe, polled earlier in the tick, may have recorded it by now).
+    pub async fn poll_and_run(&self, recipe: &Arc<Recipe>) -> PollTick {
+        let poll = self.poll(recipe).await;
+        let mut runs = match &poll {
+            Ok(o) => self.execute_runs(recipe, &o.queued).await,
+            Err(_) => Vec::new(),
+        };
+        if !self.options.dry_run {
+            // Runs this poll just set waiting wait for another recipe: not again right now.
+            let just_ran: std::collections::HashSet<&str> = match &poll {
+                Ok(o) => o.queued.iter().map(String::as_str).collect(),
+                Err(_) => Default::default(),
+            };
+            match self.store.waiting_runs(&recipe.id) {
+                Ok(waiting) if !waiting.is_empty() => {
+                    let ids: Vec<String> =
+                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id.as_str())).collect();
+                    runs.extend(self.execute_runs(recipe, &ids).await);
+                }
+                Ok(_) => {}
+                Err(e) => runs.push(Err(e.into())),
+            }
+        }
+        PollTick { poll, runs }
+    }
+}
+
+/// What one recipe's poll and its runs gave.
+#[derive(Debug)]
+pub struct PollTick {
+    pub poll: Result<PollOutcome, EngineError>,
+    pub runs: Vec<Result<RunOutcome, EngineError>>,
 }
 
 type RunFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<RunOutcome, EngineError>> + Send + 'a>>;
@@ -175,24 +212,37 @@ impl Engine {
     }
 }
 
-/// What `run --once` did.
+/// What `run --once` did. A run executed twice (waiting, then resumed) counts once, as it
+/// ended.
 #[derive(Debug, Default)]
 pub struct OnceSummary {
     pub polls: Vec<PollOutcome>,
     pub runs: Vec<RunOutcome>,
     pub errors: Vec<String>,
+    positions: std::collections::HashMap<String, usize>,
 }
 
 impl OnceSummary {
     fn add_run(&mut self, r: Result<RunOutcome, EngineError>) {
         match r {
-            Ok(o) => self.runs.push(o),
+            Ok(o) => match self.positions.get(&o.id) {
+                Some(&i) => self.runs[i] = o,
+                None => {
+                    self.positions.insert(o.id.clone(), self.runs.len());
+                    self.runs.push(o);
+                }
+            },
             Err(e) => self.errors.push(e.to_string()),
         }
     }
 
+    /// Runs that ended in `status` (filtered ones include those the polls filtered out).
     pub fn count(&self, status: crate::store::RunStatus) -> usize {
-        self.runs.iter().filter(|r| r.status == status).count()
+        let at_poll = match status {
+            crate::store::RunStatus::Filtered => self.polls.iter().map(|p| p.filtered).sum(),
+            _ => 0,
+        };
+        self.runs.iter().filter(|r| r.status == status).count() + at_poll
     }
 }
 

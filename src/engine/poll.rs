@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, connection_view, env_view, now_iso};
-use crate::catalog::{Dedupe, Records};
+use crate::catalog::Dedupe;
 use crate::http::Pager;
 use crate::recipe::{Recipe, Start, render_inputs};
 use crate::store::{PollCommit, RunRecord, RunStatus, StepRecord, TriggerState};
@@ -35,6 +35,8 @@ pub struct PollOutcome {
     pub queued: Vec<String>,
     /// Items held for release.
     pub held: usize,
+    /// Items the recipe's filter dropped (recorded as filtered runs, never held).
+    pub filtered: usize,
     /// This poll recorded the baseline.
     pub baseline: bool,
     /// The poll stopped at the page bound; the next goes on from there.
@@ -49,6 +51,7 @@ impl Engine {
     }
 
     async fn poll_traced(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
+        self.forget_lookups(&recipe.id).await;
         let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
         let trigger = &recipe.trigger;
         let op = &trigger.operation;
@@ -89,12 +92,12 @@ impl Engine {
         // Read pages.
         let mut pager = Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(op), start_inputs, None);
         let mut records: Vec<Value> = Vec::new();
-        // A feed of new items (dedupe by id), newest first, ends at the first item already
-        // seen. A feed of changes without a `since` filter is read whole (up to the page
-        // bound): an edit to an old record sits where the record always was, not on page 1.
-        let stop_at_seen = op.since.is_none()
-            && trigger.dedupe == Dedupe::Id
-            && matches!(op.output.as_ref().map(|o| &o.records), Some(Records::Items(_)));
+        // A feed of new items (dedupe by id) ends at the first item already seen only when
+        // the catalog says how to list it newest first and no filter lets an old record join
+        // it (`output.newest_first`, decided by the pager). Any other feed without a `since`
+        // filter is read whole (up to the page bound): an edit to an old record, or an old
+        // deal just won, sits where the record always was, not on page 1.
+        let stop_at_seen = op.since.is_none() && trigger.dedupe == Dedupe::Id && pager.newest_first();
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
@@ -149,11 +152,24 @@ impl Engine {
             ..Default::default()
         };
         let first_poll = !state.baselined;
-        let status = if first_poll && trigger.start == Start::Now {
+        let baseline = first_poll && trigger.start == Start::Now;
+        // Items the filter drops are recorded as filtered here and do not count toward the
+        // hold: a batch of contacts the recipe ignores anyway is no flood to stop.
+        let mut filtered_out = std::collections::HashSet::new();
+        if !baseline && recipe.filter.is_some() {
+            let lookups = self.lookup_values(recipe).await;
+            for (id, _, item) in &new_items {
+                if !self.passes_filter(recipe, item, &lookups) {
+                    filtered_out.insert(id.clone());
+                }
+            }
+        }
+        let passing = new_items.len() - filtered_out.len();
+        let status = if baseline {
             outcome.baseline = true;
             None
-        } else if !first_poll && trigger.hold_above.is_some_and(|n| new_items.len() > n as usize) {
-            outcome.held = new_items.len();
+        } else if !first_poll && trigger.hold_above.is_some_and(|n| passing > n as usize) {
+            outcome.held = passing;
             Some(RunStatus::Held)
         } else {
             Some(RunStatus::Queued)
@@ -191,8 +207,12 @@ impl Engine {
         for (id, mark, item) in new_items {
             commit.seen.push((id.clone(), mark));
             if let Some(status) = status {
-                let run = new_run(self, recipe, status, id, item);
-                if status == RunStatus::Queued {
+                let mut run = new_run(self, recipe, status, id, item);
+                if run.item_id.as_ref().is_some_and(|i| filtered_out.contains(i)) {
+                    run.status = RunStatus::Filtered;
+                    run.finished = Some(now_iso());
+                    outcome.filtered += 1;
+                } else if status == RunStatus::Queued {
                     outcome.queued.push(run.id.clone());
                 }
                 commit.runs.push(run);
@@ -230,6 +250,20 @@ impl Engine {
         }
     }
 
+    /// Whether an item passes the recipe's filter (an error lets it through: its run then
+    /// fails with the message).
+    fn passes_filter(&self, recipe: &Recipe, item: &Value, lookups: &Value) -> bool {
+        let Some(filter) = &recipe.filter else { return true };
+        let ctx = context(serde_json::json!({
+            "trigger": item,
+            "connection": connection_view(&recipe.trigger.connection),
+            "env": env_view(recipe),
+            "lookups": lookups,
+            "steps": {},
+        }));
+        filter.render_string(&ctx).map(|t| crate::template::truthy(&t)).unwrap_or(true)
+    }
+
     fn is_seen(&self, recipe: &Recipe, record: &Value) -> Result<bool, EngineError> {
         let (id, mark) = self.identity(recipe, record);
         Ok(self.store.seen_mark(&recipe.id, &id)?.as_deref() == Some(mark.as_str()))
@@ -250,6 +284,7 @@ fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String,
         steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
         replays: 0,
         next_replay_at: None,
+        notes: Vec::new(),
     }
 }
 

@@ -72,6 +72,8 @@ pub async fn run(
     let mut due: BTreeSet<(Instant, String)> = BTreeSet::new();
     let mut due_of: HashMap<String, Instant> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
+    // Due recipes whose `after:` recipes were still polling: started when those finish.
+    let mut deferred: BTreeSet<String> = BTreeSet::new();
     let now = Instant::now();
     for recipe in engine.recipes() {
         let at = now + initial_jitter(&recipe);
@@ -88,6 +90,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = async { match next_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 let now = Instant::now();
+                let mut starting: Vec<(Instant, String)> = Vec::new();
                 while let Some((t, id)) = due.first().cloned() {
                     if t > now { break; }
                     due.pop_first();
@@ -97,39 +100,34 @@ pub async fn run(
                     let next = next_due_after(&recipe, t, period);
                     due.insert((next, id.clone()));
                     due_of.insert(id.clone(), next);
-                    if !busy.insert(id.clone()) {
+                    starting.push((t, id));
+                }
+                // Dependencies first: a recipe whose `after:` recipes are polling (or start
+                // now) waits for them to finish, in the same tick.
+                let order = rank(&engine);
+                starting.sort_by_key(|(_, id)| order.get(id).copied().unwrap_or(0));
+                for (t, id) in starting {
+                    if busy.contains(&id) {
                         continue; // still busy with the last poll: skip this one
                     }
                     lateness.record(now.saturating_duration_since(t));
-                    let engine = Arc::clone(&engine);
-                    let polls = Arc::clone(&polls);
-                    tasks.spawn(async move {
-                        let _slot = polls.acquire().await.ok();
-                        // A panic anywhere below is caught here, so the task still returns
-                        // the recipe id (clearing `busy`) and the runs it left open fail.
-                        let work = async { match engine.poll(&recipe).await {
-                            Ok(outcome) => {
-                                for result in engine.execute_runs(&recipe, &outcome.queued).await {
-                                    if let Err(e) = result {
-                                        tracing::warn!(error = %e, "run could not execute");
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
-                                record_poll_error(&engine, &recipe.id, &e.to_string());
-                            }
-                        } };
-                        if let Err(panic) = super::guard::catch_panic(work).await {
-                            super::guard::fail_stuck_runs(&engine, &recipe.id, &panic).await;
-                            record_poll_error(&engine, &recipe.id, &format!("internal error: the poll task panicked: {panic}"));
-                        }
-                        recipe.id.clone()
-                    });
+                    if waits_for_busy(&engine, &id, &busy) {
+                        deferred.insert(id);
+                    } else {
+                        start_poll(&engine, &id, &polls, &mut busy, &mut tasks);
+                    }
                 }
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(id) = done { busy.remove(&id); }
+                let ready: Vec<String> =
+                    deferred.iter().filter(|id| !waits_for_busy(&engine, id, &busy)).cloned().collect();
+                for id in ready {
+                    deferred.remove(&id);
+                    if !busy.contains(&id) {
+                        start_poll(&engine, &id, &polls, &mut busy, &mut tasks);
+                    }
+                }
             }
             _ = reload.tick(), if recipes_dir.is_some() => {
                 if let Some(dir) = &recipes_dir {
@@ -153,12 +151,59 @@ pub async fn run(
     let _ = engine.store.flush_async().await;
 }
 
+/// Spawns one recipe's poll and runs; its id comes back when it is done.
+fn start_poll(
+    engine: &Arc<Engine>,
+    id: &str,
+    polls: &Arc<Semaphore>,
+    busy: &mut HashSet<String>,
+    tasks: &mut JoinSet<String>,
+) {
+    let Some(recipe) = engine.recipe(id) else { return };
+    busy.insert(id.to_owned());
+    let engine = Arc::clone(engine);
+    let polls = Arc::clone(polls);
+    tasks.spawn(async move {
+        let _slot = polls.acquire().await.ok();
+        // A panic below is caught (and the runs it left open failed), so this task still
+        // returns the recipe id and `busy` is cleared.
+        let tick = engine.poll_and_run_guarded(&recipe).await;
+        if let Err(e) = &tick.poll {
+            tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
+            record_poll_error(&engine, &recipe.id, &e.to_string());
+        }
+        for result in tick.runs {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "run could not execute");
+            }
+        }
+        recipe.id.clone()
+    });
+}
+
+/// Whether one of the recipe's `after:` recipes is polling now.
+fn waits_for_busy(engine: &Engine, id: &str, busy: &HashSet<String>) -> bool {
+    engine.recipe(id).is_some_and(|r| r.after.iter().any(|d| busy.contains(d)))
+}
+
+/// Each recipe's wave (0 for recipes that wait for none), for ordering a tick.
+fn rank(engine: &Engine) -> HashMap<String, usize> {
+    let recipes: Vec<Recipe> = engine.recipes().iter().map(|r| Recipe::clone(r)).collect();
+    match crate::recipe::poll_order(&recipes) {
+        Ok(waves) => waves.into_iter().enumerate().flat_map(|(i, w)| w.into_iter().map(move |id| (id, i))).collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
 /// First poll: somewhere in the first period, at a place fixed by the recipe id, so a
-/// thousand recipes on `every: 5m` spread over the five minutes.
+/// thousand recipes on `every: 5m` spread over the five minutes. A recipe with `after:`
+/// takes the place of the first recipe it waits for, so that on the same schedule both
+/// fall in the same tick and it polls right after it.
 fn initial_jitter(recipe: &Recipe) -> Duration {
     let period = recipe.trigger.schedule.period().max(Duration::from_secs(1));
+    let key = recipe.after.first().unwrap_or(&recipe.id);
     match &recipe.trigger.schedule {
-        Schedule::Every(_) => Duration::from_millis(stable_hash(&recipe.id) % period.as_millis().max(1) as u64),
+        Schedule::Every(_) => Duration::from_millis(stable_hash(key) % period.as_millis().max(1) as u64),
         Schedule::Cron { .. } => until_next_cron(recipe) + cron_jitter(recipe, period),
     }
 }
@@ -201,17 +246,15 @@ fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
 /// Automatic replays that are due, and history past its retention.
 fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
     let now = crate::http::auth::unix_now();
-    if let Ok(open) = engine.store.open_runs() {
-        for run in open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now)) {
-            let engine = Arc::clone(engine);
-            tasks.spawn(async move {
-                if let Err(e) = engine.replay(&run.id).await {
-                    tracing::warn!(run = %run.id, error = %e, "automatic replay failed to start");
-                }
-                String::new()
-            });
+    let replays = Arc::clone(engine);
+    tasks.spawn(async move {
+        for result in replays.replay_due(now).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "automatic replay failed to start");
+            }
         }
-    }
+        String::new()
+    });
     let cutoff = SystemTime::now()
         .checked_sub(engine.config.retention)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());

@@ -47,6 +47,16 @@ impl HttpError {
         }
     }
 
+    /// Whether the API said the record does not exist: a 404, or a 400 whose message says
+    /// "not found" (GHL answers some missing records that way rather than with a 404).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            HttpError::Status { status: 404, .. } => true,
+            HttpError::Status { status: 400, message, .. } => message.to_ascii_lowercase().contains("not found"),
+            _ => false,
+        }
+    }
+
     /// The HTTP status, when the API answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -23,10 +23,10 @@ use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 pub use error::HttpError;
-pub use paginate::{Page, Pager};
+pub use paginate::{Page, Pager, collect_all};
 pub use request::{PreparedRequest, RequestBody, prepare};
 
-use crate::catalog::{BudgetOwner, Method, Operation, ResponseKind};
+use crate::catalog::{BudgetOwner, Method, Operation, Pagination, ResponseKind};
 use crate::config::{Access, Connection, Redactor};
 use crate::store::Store;
 use auth::TokenSource;
@@ -49,8 +49,9 @@ pub struct Response {
     pub status: u16,
     /// The body: JSON as sent; text as a string; binary as `{contentType, size, base64}`.
     pub body: Value,
-    /// The `Link: <...>; rel="next"` target, if any.
-    pub next_link: Option<String>,
+    /// The `rel="next"` target of the response's Link headers, resolved against the request
+    /// URL (read only for operations paged by Link header).
+    pub next_link: Option<url::Url>,
     /// The response headers (rate-limit and validator headers are read from here).
     pub headers: reqwest::header::HeaderMap,
 }
@@ -248,7 +249,6 @@ impl HttpClient {
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let next_link = headers.get_all("link").iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
         let retry_after = headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
@@ -264,6 +264,12 @@ impl HttpClient {
                 retry_after,
             });
         }
+        let next_link = match op.pagination {
+            Pagination::LinkHeader { .. } => next_link(&headers, &request.url).map_err(|reason| {
+                HttpError::BadResponse { request: request.label.clone(), reason: self.redactor.redact(&reason) }
+            })?,
+            _ => None,
+        };
         let body = match op.response {
             ResponseKind::Json if bytes.iter().all(u8::is_ascii_whitespace) => Value::Null,
             ResponseKind::Json => serde_json::from_slice(&bytes).map_err(|e| HttpError::BadResponse {
@@ -387,26 +393,94 @@ pub fn check_access(connection: &Connection, op: &Operation) -> Result<(), HttpE
     Ok(())
 }
 
-/// The `rel="next"` target of one Link header value.
-fn next_link(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        let is_next = params.split(';').any(|p| {
-            let p = p.trim().to_ascii_lowercase();
-            p == "rel=\"next\"" || p == "rel=next"
-        });
-        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
-    })
+/// The `rel="next"` target of a response, as RFC 8288 reads Link headers: several links in
+/// one header value or spread over several headers, commas and semicolons inside `<...>`
+/// (Capsule keeps `embed=tags,fields` in its next URL), a `rel` naming several relation
+/// types (`rel="prev next"`), and targets relative to the URL that was requested. The
+/// `http-link` crate implements the parsing algorithm of the RFC's appendix B.
+fn next_link(headers: &reqwest::header::HeaderMap, request_url: &url::Url) -> Result<Option<url::Url>, String> {
+    for value in headers.get_all(reqwest::header::LINK) {
+        let text = value.to_str().map_err(|_| "a Link header holds bytes that are not text".to_owned())?;
+        let links = http_link::parse_link_header(text, request_url)
+            .map_err(|e| format!("the Link header `{text}` is unreadable: {e}"))?;
+        if let Some(next) = links.into_iter().find(|l| l.rel == "next") {
+            return Ok(Some(next.target));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, LINK};
+
+    fn next(values: &[&str], request: &str) -> Result<Option<String>, String> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(LINK, HeaderValue::from_str(v).unwrap());
+        }
+        next_link(&headers, &url::Url::parse(request).unwrap()).map(|u| u.map(String::from))
+    }
+
+    const TASKS: &str = "https://api.capsulecrm.com/api/v2/tasks?status=open,completed,pending&perPage=100";
 
     #[test]
-    fn finds_the_next_link() {
+    fn finds_the_next_link_among_several() {
         let h = r#"<https://api.capsulecrm.com/api/v2/parties?page=3&perPage=100>; rel="next", <https://api.capsulecrm.com/api/v2/parties?page=1>; rel="prev""#;
-        assert_eq!(next_link(h).as_deref(), Some("https://api.capsulecrm.com/api/v2/parties?page=3&perPage=100"));
-        assert_eq!(next_link(r#"<https://x/p?page=1>; rel="prev""#), None);
+        assert_eq!(
+            next(&[h], TASKS).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/parties?page=3&perPage=100")
+        );
+        assert_eq!(next(&[r#"<https://x/p?page=1>; rel="prev""#], TASKS).unwrap(), None);
+        assert_eq!(next(&[], TASKS).unwrap(), None);
+    }
+
+    #[test]
+    fn keeps_commas_inside_the_target() {
+        let h = r#"<https://api.capsulecrm.com/api/v2/tasks?status=open,completed,pending&perPage=100&page=2>; rel="next", <https://api.capsulecrm.com/api/v2/tasks?status=open,completed,pending&perPage=100&page=1>; rel="first""#;
+        assert_eq!(
+            next(&[h], TASKS).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/tasks?status=open,completed,pending&perPage=100&page=2")
+        );
+        let embed = r#"<https://api.capsulecrm.com/api/v2/parties?embed=tags,fields,organisation&page=2>; rel=next"#;
+        assert_eq!(
+            next(&[embed], TASKS).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/parties?embed=tags,fields,organisation&page=2")
+        );
+    }
+
+    #[test]
+    fn resolves_relative_targets_against_the_request_url() {
+        let request = "https://api.capsulecrm.com/api/v2/parties?embed=tags,fields&page=1";
+        assert_eq!(
+            next(&[r#"<?page=2>; rel="next""#], request).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/parties?page=2")
+        );
+        assert_eq!(
+            next(&[r#"</api/v2/parties?page=2&embed=tags,fields>; rel="next""#], request).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/parties?page=2&embed=tags,fields")
+        );
+    }
+
+    #[test]
+    fn reads_links_spread_over_several_headers_and_rels_with_several_types() {
+        let first = r#"<https://api.capsulecrm.com/api/v2/parties?page=1>; rel="first""#;
+        let second = r#"<https://api.capsulecrm.com/api/v2/parties?page=4>; rel="prev next""#;
+        assert_eq!(
+            next(&[first, second], TASKS).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/parties?page=4")
+        );
+        // Relation types are case-insensitive.
+        assert_eq!(
+            next(&[r#"<?page=9>; rel="NEXT""#], TASKS).unwrap().as_deref(),
+            Some("https://api.capsulecrm.com/api/v2/tasks?page=9")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_link_header_is_an_error_not_the_last_page() {
+        let err = next(&["https://x/p?page=2; rel=next"], TASKS).unwrap_err();
+        assert!(err.contains("is unreadable"), "{err}");
     }
 }

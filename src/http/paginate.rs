@@ -5,7 +5,8 @@
 //! it has seen. Each style decides the next request from the previous answer: an offset or
 //! page number that grows, GHL's `startAfter` + `startAfterId` pair (sent together: one
 //! alone returns the first page forever), a cursor read from the body or the last item, or
-//! Capsule's `Link: rel="next"`. A cursor that does not move ends the walk.
+//! Capsule's `Link: rel="next"`. A cursor that does not move ends the walk. A list the
+//! catalog can ask for newest first gets that order sent explicitly (`newest_first`).
 
 use std::sync::Arc;
 
@@ -30,8 +31,8 @@ pub struct Page {
 enum Next {
     /// The next request, as inputs.
     Inputs(Map<String, Value>),
-    /// The next request, as a URL the API gave.
-    Url(String),
+    /// The next request, as a URL the API gave (already resolved against the request URL).
+    Url(url::Url),
     Done,
 }
 
@@ -49,6 +50,8 @@ pub struct Pager<'c> {
     page_size: Option<u64>,
     last_cursor: Option<Value>,
     stopped_at_bound: bool,
+    /// See `newest_first()`.
+    newest_first: bool,
 }
 
 impl<'c> Pager<'c> {
@@ -63,6 +66,13 @@ impl<'c> Pager<'c> {
         let bound = bound.unwrap_or(connection.app.page_bound.get()).max(1);
         let mut inputs = inputs;
         let page_size = first_page(&op.pagination, &mut inputs);
+        let newest_first = match op.output.as_ref().and_then(|o| o.newest_first.as_ref()) {
+            Some(order) => {
+                order.fill(&mut inputs);
+                order.holds(&inputs)
+            }
+            None => false,
+        };
         Pager {
             client,
             connection,
@@ -74,7 +84,15 @@ impl<'c> Pager<'c> {
             page_size,
             last_cursor: None,
             stopped_at_bound: false,
+            newest_first,
         }
+    }
+
+    /// True when this walk lists records newest first (by creation) and no filter lets an
+    /// old record join the list later: a poll of new items may stop at the first record it
+    /// has seen. False means the list must be read whole (up to the bound).
+    pub fn newest_first(&self) -> bool {
+        self.newest_first
     }
 
     /// True when the walk ended because of the bound while more pages remained.
@@ -115,7 +133,7 @@ impl<'c> Pager<'c> {
             }
             Next::Url(url) => {
                 let Some(previous) = &self.last_request else { return None };
-                match prepare_next_url(&self.op, &self.connection, &url, previous) {
+                match prepare_next_url(&self.connection, &url, previous) {
                     Ok(r) => r,
                     Err(e) => return Some(Err(e)),
                 }
@@ -137,7 +155,7 @@ impl<'c> Pager<'c> {
             Next::Inputs(i) => Some(i),
             _ => None,
         };
-        self.next = self.decide_next(previous_inputs, &response.body, &records, response.next_link.as_deref());
+        self.next = self.decide_next(previous_inputs, &response.body, &records, response.next_link);
         self.last_request = Some(request);
         Some(Ok(Page { number: self.pages_read, body: response.body, records }))
     }
@@ -147,12 +165,12 @@ impl<'c> Pager<'c> {
         previous: Option<Map<String, Value>>,
         body: &Value,
         records: &[Value],
-        link: Option<&str>,
+        link: Option<url::Url>,
     ) -> Next {
         let full_page = |size: Option<u64>| size.is_none_or(|s| records.len() as u64 >= s) && !records.is_empty();
         match &self.op.pagination {
             Pagination::None => Next::Done,
-            Pagination::LinkHeader { .. } => link.map(|l| Next::Url(l.to_owned())).unwrap_or(Next::Done),
+            Pagination::LinkHeader { .. } => link.map(Next::Url).unwrap_or(Next::Done),
             Pagination::Offset { offset, .. } => {
                 let Some(mut inputs) = previous else { return Next::Done };
                 if !full_page(self.page_size) {

@@ -150,18 +150,20 @@ pub fn prepare(
 /// A next-page URL given by the API (a Link header, a `nextPageUrl`): sent as it is, but only
 /// to the connection's own host.
 pub fn prepare_next_url(
-    op: &Operation,
     connection: &Connection,
-    next: &str,
+    next: &Url,
     previous: &PreparedRequest,
 ) -> Result<PreparedRequest, HttpError> {
-    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
-    let url =
-        Url::parse(next).or_else(|_| Url::parse(&connection.base_url).and_then(|b| b.join(next))).map_err(|e| {
-            HttpError::Refused { request: label.clone(), reason: format!("next-page URL `{next}` is invalid: {e}") }
-        })?;
-    ensure_same_host(&url, &connection.base_url, &label)?;
-    Ok(PreparedRequest { url, ..previous.clone() })
+    // The link was resolved against the previous request's URL when its header was read;
+    // here it only has to stay on the connection's host, so the token never leaves it.
+    ensure_same_host(next, &connection.base_url, &previous.label).map_err(|e| match e {
+        HttpError::Refused { request, reason } => HttpError::Refused {
+            request,
+            reason: format!("the next-page link after {}: {reason}; the token goes nowhere else", previous.url),
+        },
+        other => other,
+    })?;
+    Ok(PreparedRequest { url: next.clone(), ..previous.clone() })
 }
 
 fn join_url(base: &str, path: &str) -> Result<Url, String> {
@@ -181,7 +183,12 @@ fn ensure_same_host(url: &Url, base: &str, label: &str) -> Result<(), HttpError>
     {
         return Err(HttpError::Refused {
             request: label.to_owned(),
-            reason: format!("{} is not on the connection's host {}", url, base.host_str().unwrap_or_default()),
+            reason: format!(
+                "{url} is not on the connection's host {}://{}:{} (scheme, host and port must all match)",
+                base.scheme(),
+                base.host_str().unwrap_or_default(),
+                base.port_or_known_default().map(|p| p.to_string()).unwrap_or_default()
+            ),
         });
     }
     Ok(())
@@ -328,6 +335,28 @@ mod tests {
         assert!(err.contains("unknown input `tagz` (did you mean `tags`?)"), "{err}");
         assert!(err.contains("input `type` is \"toggle\", which is not one of: add, remove"), "{err}");
         assert!(err.contains("missing required inputs `contacts`, `tags`"), "{err}");
+    }
+
+    #[test]
+    fn a_next_page_link_must_stay_on_the_connections_scheme_host_and_port() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.list_contacts").unwrap();
+        let conn = config.connection("ghl").unwrap();
+        let first = prepare(op, conn, &inputs(json!({"limit": 2}))).unwrap();
+        let same = Url::parse("https://services.leadconnectorhq.com/contacts/?limit=2&startAfterId=x,y").unwrap();
+        assert_eq!(prepare_next_url(conn, &same, &first).unwrap().url, same);
+        for elsewhere in [
+            "http://services.leadconnectorhq.com/contacts/?page=2",
+            "https://services.leadconnectorhq.com:8443/contacts/?page=2",
+            "https://services.leadconnectorhq.com.evil.example/contacts/?page=2",
+            "https://evil.example/contacts/?page=2",
+        ] {
+            let err = prepare_next_url(conn, &Url::parse(elsewhere).unwrap(), &first).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, HttpError::Refused { .. }), "{elsewhere}: {err:?}");
+            assert!(text.starts_with("GET /contacts/: refused: the next-page link"), "{text}");
+            assert!(text.contains("not on the connection's host https://services.leadconnectorhq.com:443"), "{text}");
+        }
     }
 
     #[test]

@@ -54,18 +54,55 @@ pub fn load_recipes(
         }
     }
     let mut recipes = Vec::new();
+    let mut texts = BTreeMap::new();
     for path in entries {
         let display = path.display().to_string();
         match crate::fsread::read_text(&path) {
             Ok(text) => match compile_recipe(&display, &stem(&path), &text, catalog, config, env) {
-                Ok(r) => recipes.push(r),
+                Ok(r) => {
+                    texts.insert(r.id.clone(), text);
+                    recipes.push(r)
+                }
                 Err(d) => diags.extend(d),
             },
             Err(e) => diags.push(&display, e.position, e.message),
         }
     }
+    check_order(&recipes, &texts, &mut diags);
     diags.into_result()?;
     Ok(recipes)
+}
+
+/// `after:` names recipes that exist, and no recipe waits for itself through others.
+fn check_order(recipes: &[Recipe], texts: &BTreeMap<String, String>, diags: &mut Diagnostics) {
+    let ids: Vec<&str> = recipes.iter().map(|r| r.id.as_str()).collect();
+    let locate = |recipe: &Recipe, i: usize| {
+        texts
+            .get(&recipe.id)
+            .and_then(|t| PositionIndex::build(t).ok())
+            .map(|index| index.locate_str(&format!("after[{i}]")))
+            .unwrap_or_default()
+    };
+    for r in recipes {
+        for (i, dep) in r.after.iter().enumerate() {
+            if !ids.contains(&dep.as_str()) {
+                diags.push(
+                    &r.file,
+                    locate(r, i),
+                    format!("after[{i}]: no recipe `{dep}` is loaded{}", hint(dep, ids.iter().copied())),
+                );
+            }
+        }
+    }
+    if let Err(cycle) = super::poll_order(recipes)
+        && let Some(r) = recipes.iter().find(|r| r.id == cycle[0])
+    {
+        diags.push(
+            &r.file,
+            locate(r, 0),
+            format!("after: recipes wait for each other in a circle: {}", cycle.join(" → ")),
+        );
+    }
 }
 
 fn stem(path: &Path) -> String {
@@ -108,6 +145,10 @@ struct Scope<'a> {
     item: Option<(String, Shape)>,
     /// The step itself, in its `save` (which runs after it).
     this_step: Option<Rc<(String, String, Shape)>>,
+    /// The recipe's `lookups.<name>` names.
+    lookups: Vec<String>,
+    /// `from`, in a two-step find's inputs: the operation and shape of one of its records.
+    from: Option<(String, Shape)>,
 }
 
 /// The steps before the one being compiled: id, operation key, response shape, found by id.
@@ -222,7 +263,22 @@ pub fn compile_recipe(
         ids: Vec::new(),
         item: None,
         this_step: None,
+        lookups: spec.lookups.keys().cloned().collect(),
+        from: None,
     };
+
+    let lookups = compile_lookups(&spec, catalog, config, env, &site, &mut diags);
+    for (i, dep) in spec.after.iter().enumerate() {
+        if dep == id {
+            site.push(&mut diags, &format!("after[{i}]"), "a recipe cannot wait for itself");
+        } else if dep.is_empty() || !dep.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            site.push(
+                &mut diags,
+                &format!("after[{i}]"),
+                format!("`{dep}` is not a recipe id (a file name without .yaml)"),
+            );
+        }
+    }
 
     let filter = spec.filter.as_deref().and_then(|f| compile_template(f, "filter", &scope, &site, &mut diags));
 
@@ -262,7 +318,50 @@ pub fn compile_recipe(
         steps,
         autoreplay: spec.autoreplay,
         concurrency: concurrency.unwrap_or(std::num::NonZeroUsize::MIN),
+        after: spec.after,
+        lookups,
     })
+}
+
+/// The recipe's `lookups`: read operations with inputs over `connection` and `env`.
+fn compile_lookups(
+    spec: &RecipeSpec,
+    catalog: &Catalog,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Vec<Lookup> {
+    let scope = Scope {
+        trigger: None,
+        trigger_op: "",
+        earlier: Rc::default(),
+        all_steps: Rc::default(),
+        env,
+        ids: Vec::new(),
+        item: None,
+        this_step: None,
+        lookups: Vec::new(),
+        from: None,
+    };
+    let mut out = Vec::new();
+    for (name, l) in &spec.lookups {
+        let at = format!("lookups.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            site.push(diags, &at, format!("lookup name `{name}` must be letters, digits and `_`"));
+        }
+        let op = lookup_operation(&l.operation, &format!("{at}.operation"), catalog, site, diags);
+        let connection = lookup_connection(&l.connection, &format!("{at}.connection"), config, site, diags);
+        let (Some(op), Some(connection)) = (op, connection) else { continue };
+        check_connection_fits(&op, &connection, &format!("{at}.connection"), site, diags);
+        if op.writes() {
+            site.push(diags, &format!("{at}.operation"), format!("`{}` writes; a lookup must only read", op.key));
+            continue;
+        }
+        let input = compile_inputs(&l.input, &op, &connection, &format!("{at}.input"), true, &scope, site, diags);
+        out.push(Lookup { name: name.clone(), operation: op, connection, input });
+    }
+    out
 }
 
 fn compile_trigger(
@@ -365,6 +464,8 @@ fn compile_trigger(
         ids: Vec::new(),
         item: None,
         this_step: None,
+        lookups: Vec::new(),
+        from: None,
     };
     let input = match (&op, &connection) {
         (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
@@ -562,10 +663,39 @@ fn compile_step(
         (Some(f), Some(c)) => compile_find(f, &at, c, catalog, &scope, site, diags),
         _ => None,
     };
+    for (key, names) in [("wait_for", &spec.wait_for), ("forget_when_gone", &spec.forget_when_gone)] {
+        for (n, name) in names.iter().enumerate() {
+            if !spec.ids.contains_key(name) {
+                site.push(
+                    diags,
+                    &format!("{at}.{key}[{n}]"),
+                    format!(
+                        "`{name}` is not one of this step's `ids`{}",
+                        if spec.ids.is_empty() {
+                            "; declare it: `ids: { <name>: \"<key template>\" }`".to_owned()
+                        } else {
+                            hint(name, spec.ids.keys().map(String::as_str))
+                        }
+                    ),
+                );
+            }
+        }
+    }
     if diags.len() > before {
         return None;
     }
-    Some(Step { id: spec.id.clone(), operation: op?, connection: connection?, condition, input, ids, save, find })
+    Some(Step {
+        id: spec.id.clone(),
+        operation: op?,
+        connection: connection?,
+        condition,
+        input,
+        ids,
+        save,
+        find,
+        wait_for: spec.wait_for.clone(),
+        forget_when_gone: spec.forget_when_gone.clone(),
+    })
 }
 
 fn compile_find(
@@ -578,15 +708,27 @@ fn compile_find(
     diags: &mut Diagnostics,
 ) -> Option<Find> {
     let at = format!("{at}.find");
-    let op = lookup_operation(&spec.operation, &format!("{at}.operation"), catalog, site, diags)?;
-    check_connection_fits(&op, connection, &format!("{at}.operation"), site, diags);
-    if op.writes() {
-        site.push(diags, &format!("{at}.operation"), format!("`{}` writes; a find must only read", op.key));
+    let read = |key: &str, at: &str, diags: &mut Diagnostics| -> Option<Arc<Operation>> {
+        let op = lookup_operation(key, at, catalog, site, diags)?;
+        check_connection_fits(&op, connection, at, site, diags);
+        if op.writes() {
+            site.push(diags, at, format!("`{}` writes; a find must only read", op.key));
+        }
+        Some(op)
+    };
+    let mut from = None;
+    let mut input_scope = scope.clone();
+    if let Some(f) = &spec.from {
+        let op = read(&f.operation, &format!("{at}.from.operation"), diags)?;
+        let input = compile_inputs(&f.input, &op, connection, &format!("{at}.from.input"), true, scope, site, diags);
+        input_scope.from = Some((op.key.to_string(), op.record_shape()));
+        from = Some(FindFrom { operation: op, input });
     }
-    let input = compile_inputs(&spec.input, &op, connection, &format!("{at}.input"), true, scope, site, diags);
-    let item_scope = Scope { item: Some((op.key.to_string(), op.record_shape())), ..scope.clone() };
+    let op = read(&spec.operation, &format!("{at}.operation"), diags)?;
+    let input = compile_inputs(&spec.input, &op, connection, &format!("{at}.input"), true, &input_scope, site, diags);
+    let item_scope = Scope { item: Some((op.key.to_string(), op.record_shape())), ..input_scope };
     let matcher = compile_template(&spec.matcher, &format!("{at}.match"), &item_scope, site, diags)?;
-    Some(Find { operation: op, input, matcher })
+    Some(Find { from, operation: op, input, matcher })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -795,6 +937,28 @@ fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
         "item" => match &scope.item {
             Some((op, shape)) => field_problem(shape, rest, &r.raw, &format!("a record of {op}")),
             None => Some(format!("`{}`: `item` exists only in a find's `match`", r.raw)),
+        },
+        // The step's own rendered inputs, for a find's `match` (the message that was sent).
+        "input" => match &scope.item {
+            Some(_) => None,
+            None => Some(format!("`{}`: `input` exists only in a find's `match`", r.raw)),
+        },
+        "from" => match &scope.from {
+            Some((op, shape)) => field_problem(shape, rest, &r.raw, &format!("a record of {op}")),
+            None => Some(format!("`{}`: `from` exists only in a two-step find (after `find.from`)", r.raw)),
+        },
+        "lookups" => match rest.first() {
+            None => Some("`lookups` needs a name: `lookups.<name>`, declared in the recipe's `lookups:`".into()),
+            Some(name) if scope.lookups.contains(name) => None,
+            Some(name) => Some(format!(
+                "`{}`: the recipe declares no lookup named `{name}`{}",
+                r.raw,
+                if scope.lookups.is_empty() {
+                    "; add `lookups: { <name>: { operation: ..., connection: ... } }` to the recipe".to_owned()
+                } else {
+                    hint(name, scope.lookups.iter().map(String::as_str))
+                }
+            )),
         },
         "env" => match rest.first() {
             None => Some("`env` needs a variable name: `env.NAME`".into()),

@@ -33,6 +33,19 @@ pub struct Recipe {
     pub autoreplay: bool,
     /// Runs in flight at once (1: one after another, oldest first).
     pub concurrency: std::num::NonZeroUsize,
+    /// Recipes polled before this one in each tick (ids, checked to exist and not to loop).
+    pub after: Vec<String>,
+    /// Reference reads shared by a poll's runs (`lookups.<name>`).
+    pub lookups: Vec<Lookup>,
+}
+
+/// A read whose records templates see as `lookups.<name>`, fetched at most once per poll.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub name: String,
+    pub operation: Arc<Operation>,
+    pub connection: Arc<Connection>,
+    pub input: Vec<(String, ValueTemplate)>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,14 +116,27 @@ pub struct Step {
     /// Ids to remember after success: key template and id template.
     pub save: Vec<(CompiledTemplate, CompiledTemplate)>,
     pub find: Option<Find>,
+    /// `ids` names that must be known before the step runs (else the run waits).
+    pub wait_for: Vec<String>,
+    /// `ids` names forgotten when the step answers "not found" (the run then starts over).
+    pub forget_when_gone: Vec<String>,
 }
 
 /// How to look for what a write whose answer was lost created.
 #[derive(Debug, Clone)]
 pub struct Find {
+    /// A first read whose records each give the candidates' list (`from.<field>`).
+    pub from: Option<FindFrom>,
     pub operation: Arc<Operation>,
     pub input: Vec<(String, ValueTemplate)>,
     pub matcher: CompiledTemplate,
+}
+
+/// The first read of a two-step find.
+#[derive(Debug, Clone)]
+pub struct FindFrom {
+    pub operation: Arc<Operation>,
+    pub input: Vec<(String, ValueTemplate)>,
 }
 
 /// An input value: a template, or a structure with templates inside.
@@ -167,6 +193,46 @@ pub fn render_inputs(
         }
     }
     Ok(out)
+}
+
+/// The recipes in waves: each wave's recipes depend (`after:`) only on earlier waves', so a
+/// tick polls the waves one after another and the recipes of a wave together. Dependencies on
+/// recipes not in `recipes` are ignored (a recipe run alone with `--recipe`). A circle of
+/// dependencies is an error naming it.
+pub fn poll_order(recipes: &[Recipe]) -> Result<Vec<Vec<String>>, Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let present: BTreeSet<&str> = recipes.iter().map(|r| r.id.as_str()).collect();
+    let mut pending: BTreeMap<&str, BTreeSet<&str>> = recipes
+        .iter()
+        .map(|r| (r.id.as_str(), r.after.iter().map(String::as_str).filter(|d| present.contains(d)).collect()))
+        .collect();
+    let mut waves = Vec::new();
+    while !pending.is_empty() {
+        let ready: Vec<&str> = pending.iter().filter(|(_, deps)| deps.is_empty()).map(|(id, _)| *id).collect();
+        if ready.is_empty() {
+            // Every remaining recipe waits for another: walk from one to find the circle.
+            let mut path: Vec<&str> = Vec::new();
+            let mut at = *pending.keys().next().unwrap_or(&"");
+            while !path.contains(&at) {
+                path.push(at);
+                at = pending.get(at).and_then(|d| d.iter().next().copied()).unwrap_or(at);
+            }
+            let start = path.iter().position(|p| *p == at).unwrap_or(0);
+            let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+            cycle.push(at.to_owned());
+            return Err(cycle);
+        }
+        for id in &ready {
+            pending.remove(id);
+        }
+        for deps in pending.values_mut() {
+            for id in &ready {
+                deps.remove(id);
+            }
+        }
+        waves.push(ready.into_iter().map(str::to_owned).collect());
+    }
+    Ok(waves)
 }
 
 /// Null, or a string of only whitespace.

@@ -30,8 +30,30 @@ pub struct RecipeSpec {
     /// them overlap, for recipes whose items do not depend on each other.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Recipes this one depends on (their ids): in each tick it is polled after them, so the
+    /// records they create (a mirrored contact, say) exist before its runs need them.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Reference data read once per poll and shared by every run of that poll, by name:
+    /// templates see it as `lookups.<name>` (the records of every page). E.g. Capsule's users
+    /// with their time zones.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, LookupSpec>,
     /// The actions to run for each item, in order.
     pub steps: Vec<StepSpec>,
+}
+
+/// A read operation whose records a recipe's templates may consult (`lookups.<name>`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupSpec {
+    /// A read operation's full key, e.g. `capsule.users.list_users`.
+    pub operation: String,
+    /// The connection (from ghlflow.yaml) to read it on.
+    pub connection: String,
+    /// Its inputs; templates may use `connection` and `env`.
+    #[serde(default)]
+    pub input: BTreeMap<String, serde_json::Value>,
 }
 
 /// The trigger: an operation polled on a schedule.
@@ -98,12 +120,27 @@ pub struct StepSpec {
     /// for what it may have created before sending it again.
     #[serde(default)]
     pub find: Option<FindSpec>,
+    /// Names from `ids` that must be known before this step can run: while one is not in the
+    /// id map yet (the record another recipe creates is not there yet), the run waits
+    /// (status `waiting`) and resumes at a later poll, instead of failing.
+    #[serde(default)]
+    pub wait_for: Vec<String>,
+    /// Names from `ids` whose record may be deleted or merged away in the target app: when the
+    /// step answers "not found", these ids are forgotten and the run starts over from its first
+    /// step (once), so the steps that create the record create it again and re-map it.
+    #[serde(default)]
+    pub forget_when_gone: Vec<String>,
 }
 
 /// A lookup for what an earlier attempt of a write created.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FindSpec {
+    /// A read run first when the candidates' list needs an id that only exists after the
+    /// write (a conversation for a message): the find's operation then runs once per record
+    /// of `from`, and its inputs see that record as `from`.
+    #[serde(default)]
+    pub from: Option<Box<FindFromSpec>>,
     /// A read operation listing candidates, e.g. `ghl.contacts.get_contact_notes`.
     pub operation: String,
     /// Its inputs (templates, like the step's).
@@ -113,4 +150,15 @@ pub struct FindSpec {
     /// which it is true is taken as what the lost write created.
     #[serde(rename = "match")]
     pub matcher: String,
+}
+
+/// The first read of a two-step find.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindFromSpec {
+    /// A read operation, e.g. `ghl.conversations.search_conversations`.
+    pub operation: String,
+    /// Its inputs (templates, like the step's).
+    #[serde(default)]
+    pub input: BTreeMap<String, serde_json::Value>,
 }

@@ -234,6 +234,9 @@ pub struct CapsuleData {
     pub parties: BTreeMap<i64, Party>,
     /// Deleted parties: id and when.
     pub deleted: Vec<(i64, Ms)>,
+    /// Parties that still exist but that the token's user may no longer see (restricted
+    /// to other teams), with their kind: `/parties/deleted` lists them as `restrictedParties`.
+    pub restricted: BTreeMap<i64, PartyKind>,
     pub entries: BTreeMap<i64, Entry>,
     pub tasks: BTreeMap<i64, Task>,
     pub tags: Vec<Tag>,
@@ -530,7 +533,9 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
             pages.reply("parties", parties, |p| data.party_json(p, &embed))
         }
         "get_party" => get_party(data, req.param("partyId"), &embed),
-        "party_deleted" => {
+        // Two catalog triggers read this endpoint: one its `parties`, one its
+        // `restrictedParties`.
+        "party_deleted" | "party_restricted" => {
             let since = match since(req) {
                 Ok(Some(s)) => s,
                 Ok(None) => return Reply::capsule_invalid("party", "since", "since is required".into()),
@@ -538,7 +543,10 @@ pub fn handle(state: &mut State, name: &str, req: &ApiRequest, path: &str) -> Re
             };
             let deleted: Vec<&(i64, Ms)> = data.deleted.iter().filter(|(_, at)| *at > since).collect();
             let mut reply = pages.reply("parties", deleted, |(id, at)| json!({"id": id, "deletedAt": iso_sec(*at)}));
-            reply.body["restrictedParties"] = restricted_parties();
+            // Restricted parties carry no time, so `since` cannot filter them: every answer
+            // lists them all (on each page; a reader dedupes by id).
+            reply.body["restrictedParties"] =
+                data.restricted.iter().map(|(id, kind)| restricted_json(*id, *kind)).collect();
             reply
         }
         "party_entries" => {
@@ -648,14 +656,15 @@ fn get_party(data: &CapsuleData, ids: &str, embed: &Embed) -> Reply {
     Reply::ok(json!({"parties": parties}))
 }
 
-/// Parties that still exist but that the token's user may no longer see.
-fn restricted_parties() -> Value {
-    json!([
-        {"id": 254_700_381, "type": "person", "firstName": Value::Null, "lastName": "Private",
-         "pictureURL": "https://facehub.capsule.run/default/person?text=P&size=100", "isRestricted": true},
-        {"id": 254_700_390, "type": "organisation", "name": "Private",
-         "pictureURL": "https://facehub.capsule.run/default/person?text=P&size=100", "isRestricted": true},
-    ])
+/// A restricted party as `/parties/deleted` shows it: a stub named "Private".
+fn restricted_json(id: i64, kind: PartyKind) -> Value {
+    const PICTURE: &str = "https://facehub.capsule.run/default/person?text=P&size=100";
+    match kind {
+        PartyKind::Person => json!({"id": id, "type": "person", "firstName": Value::Null, "lastName": "Private",
+                                    "pictureURL": PICTURE, "isRestricted": true}),
+        PartyKind::Organisation => json!({"id": id, "type": "organisation", "name": "Private",
+                                          "pictureURL": PICTURE, "isRestricted": true}),
+    }
 }
 
 /// The singular name Capsule's errors give a resource (`parties` → `party`).
@@ -718,25 +727,33 @@ impl Pages<'_> {
         if links.is_empty() { reply } else { reply.with_header("Link", links.join(", ")) }
     }
 
+    /// The request's own URL, absolute, with another page number: every other parameter is
+    /// kept in the order sent, and commas are written as commas (`embed=tags,fields`,
+    /// `status=open,completed`), as in Capsule's documented links.
     fn url(&self, page: usize) -> String {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        let encode = |text: &str| utf8_percent_encode(text, LINK_QUERY).to_string();
+        let mut parts: Vec<String> = Vec::new();
         let mut wrote_page = false;
         for (k, v) in &self.req.query {
             if k == "page" {
                 if !wrote_page {
-                    query.append_pair("page", &page.to_string());
+                    parts.push(format!("page={page}"));
                     wrote_page = true;
                 }
             } else {
-                query.append_pair(k, v);
+                parts.push(format!("{}={}", encode(k), encode(v)));
             }
         }
         if !wrote_page {
-            query.append_pair("page", &page.to_string());
+            parts.push(format!("page={page}"));
         }
-        format!("{}/api/v2{}?{}", self.base, self.path, query.finish())
+        format!("{}/api/v2{}?{}", self.base, self.path, parts.join("&"))
     }
 }
+
+/// What a query value in a Link keeps as it is: RFC 3986's unreserved characters and commas.
+const LINK_QUERY: &percent_encoding::AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b',');
 
 // ---------------------------------------------------------------------------------------
 // Changes made through the control API. Each picks its records with the state's own
@@ -808,6 +825,38 @@ pub fn delete_people(state: &mut State, n: usize) -> Vec<i64> {
     ids
 }
 
+/// Restricts `n` people: they stay in the account but vanish from the token user's view
+/// (lists, `GET /parties/{id}`, their entries and tasks) and appear under `/parties/deleted`
+/// as `restrictedParties`.
+pub fn restrict_people(state: &mut State, n: usize) -> Vec<i64> {
+    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids = pick(state, ids, n);
+    let data = &mut state.capsule;
+    for id in &ids {
+        if let Some(p) = data.parties.remove(id) {
+            data.restricted.insert(*id, p.kind);
+        }
+    }
+    data.entries.retain(|_, e| !ids.contains(&e.party));
+    data.tasks.retain(|_, t| t.party.is_none_or(|p| !ids.contains(&p)));
+    ids
+}
+
+/// Sets `n` open tasks to PENDING (no longer relevant, not completed), as Capsule does when
+/// their opportunity closes; `updatedAt` moves to now.
+pub fn pend_tasks(state: &mut State, n: usize) -> Vec<i64> {
+    let ids: Vec<i64> = state.capsule.tasks.values().filter(|t| t.status == TaskStatus::Open).map(|t| t.id).collect();
+    let ids = pick(state, ids, n);
+    let now = state.clock.now_second();
+    for id in &ids {
+        if let Some(t) = state.capsule.tasks.get_mut(id) {
+            t.status = TaskStatus::Pending;
+            t.updated = now;
+        }
+    }
+    ids
+}
+
 /// Adds `n` new people, created now.
 pub fn add_people(state: &mut State, n: usize) -> Vec<i64> {
     let now = state.clock.now_second();
@@ -842,6 +891,40 @@ pub fn add_tasks(state: &mut State, n: usize) -> Vec<i64> {
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     ids.into_iter().map(|party| state.generator.add_task(&mut state.capsule, party, now)).collect()
+}
+
+/// Gives one person a new job title now; false when there is no such person.
+pub fn touch_person(state: &mut State, id: i64) -> bool {
+    let now = state.clock.now_second();
+    let job = state.generator.job_title();
+    let Some(p) = state.capsule.parties.get_mut(&id) else { return false };
+    p.job_title = Some(job);
+    p.updated = now;
+    true
+}
+
+/// Takes one person's first tag off; returns the tag's name.
+pub fn untag_person(state: &mut State, id: i64) -> Option<String> {
+    let now = state.clock.now_second();
+    let p = state.capsule.parties.get_mut(&id)?;
+    if p.tags.is_empty() {
+        return None;
+    }
+    let tag = p.tags.remove(0);
+    p.updated = now;
+    state.capsule.tags.iter().find(|t| t.id == tag).map(|t| t.name.clone())
+}
+
+/// Adds an open task with a set due date and time (the owner's wall clock).
+pub fn add_timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
+    let now = state.clock.now_second();
+    let id = state.generator.add_task(&mut state.capsule, party, now);
+    if let Some(t) = state.capsule.tasks.get_mut(&id) {
+        t.owner = owner;
+        t.due_on = due_on.to_owned();
+        t.due_time = due_time.map(str::to_owned);
+    }
+    id
 }
 
 /// Completes `n` open tasks; each completion also files a "Task completed" entry, as

@@ -4,7 +4,8 @@
 //! After start, "now" is that base plus the real time elapsed, and it never repeats: every
 //! reading is later than the one before, so an edit always moves `updatedAt` past every
 //! earlier timestamp (Capsule's timestamps have whole seconds, so its readings step to the
-//! next whole second).
+//! next whole second). The control API can move the clock forward (`advance`), so that
+//! tokens expire and records age without a test waiting.
 
 use std::time::Instant;
 
@@ -22,16 +23,23 @@ pub type Ms = i64;
 pub struct Clock {
     started: Instant,
     last: Ms,
+    /// Added by `advance`.
+    skipped: Ms,
 }
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { started: Instant::now(), last: BASE_MS }
+        Clock { started: Instant::now(), last: BASE_MS, skipped: 0 }
     }
 
     fn candidate(&self) -> Ms {
         let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
-        (BASE_MS + elapsed).max(self.last + 1)
+        (BASE_MS + elapsed + self.skipped).max(self.last + 1)
+    }
+
+    /// Moves the clock `ms` forward (never back).
+    pub fn advance(&mut self, ms: Ms) {
+        self.skipped = self.skipped.saturating_add(ms.max(0));
     }
 
     /// A reading with millisecond precision (GHL records).
@@ -45,6 +53,11 @@ impl Clock {
         let t = self.candidate();
         self.last = (t + 999).div_euclid(1000) * 1000;
         self.last
+    }
+
+    /// The time now, without taking a reading (for checks that write nothing).
+    pub fn current(&self) -> Ms {
+        self.candidate()
     }
 
     /// The latest reading, without advancing.
@@ -155,6 +168,8 @@ mod tests {
         assert_eq!(c % 1000, 0);
         assert_eq!(iso_sec(d).len(), "2025-06-02T09:00:01Z".len());
         assert!(iso_sec(d) > iso_sec(c));
+        clock.advance(days(2));
+        assert!(clock.now_ms() >= BASE_MS + days(2) && clock.current() > d);
     }
 
     #[test]

@@ -4,11 +4,21 @@
 //!
 //! - `GET  /_sandbox`: where the APIs are, the sandbox clock, counts and faults
 //! - `POST /_sandbox/capsule/{people,notes,tasks}/{action}` `{"count": n}` → `{"ids": [...]}`
-//!   (people: edit, delete, add; notes: edit, add; tasks: complete, add)
+//!   (people: edit, delete, add, restrict (hidden from the token's user, listed as
+//!   `restrictedParties`); notes: edit, add; tasks: complete, add, pend (set to PENDING))
 //! - `GET  /_sandbox/capsule/counts`, `/_sandbox/capsule/parties/{id}`
 //! - `GET  /_sandbox/ghl/counts`, `/ghl/contacts`, `/ghl/contacts/{id}/notes`,
 //!   `/ghl/contacts/{id}/tasks`, `/ghl/messages`
 //! - `POST /_sandbox/ghl/contacts/add` `{"count": n}`: new leads, as from a web form
+//! - `POST /_sandbox/ghl/contacts/{id}/delete`: a person deletes the contact in GHL (its id
+//!   answers 404 from then on)
+//! - `POST /_sandbox/ghl/contacts/{id}/merge` `{"into": "<id>"}`: a person merges the contact
+//!   into another (tags, notes, tasks move; its id answers 404 from then on)
+//! - `POST /_sandbox/oauth/grant` `{"expires_in": s}` (optional): a new access and refresh token
+//!   for `POST /oauth/token`, as if a user had approved the app; `expires_in` sets the
+//!   lifetime of this and later access tokens
+//! - `POST /_sandbox/clock/advance` `{"seconds": s}`: moves the sandbox clock forward (tokens
+//!   expire, new records are dated later) → `{"now": ...}`
 //! - `GET|PUT /_sandbox/faults` (PUT takes any subset of the fields)
 //! - `GET  /_sandbox/requests`
 
@@ -37,6 +47,10 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/capsule/parties/{id}", get(capsule_party))
         .route("/_sandbox/ghl/counts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_counts())) }))
         .route("/_sandbox/ghl/contacts/add", post(ghl_add))
+        .route("/_sandbox/ghl/contacts/{id}/delete", post(ghl_delete))
+        .route("/_sandbox/ghl/contacts/{id}/merge", post(ghl_merge))
+        .route("/_sandbox/oauth/grant", post(oauth_grant))
+        .route("/_sandbox/clock/advance", post(clock_advance))
         .route("/_sandbox/ghl/contacts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_contacts())) }))
         .route(
             "/_sandbox/ghl/contacts/{id}/notes",
@@ -104,16 +118,18 @@ async fn capsule_change(AxumState(shared): Ctx, Path((kind, action)): Path<(Stri
         ("people", "edit") => capsule::edit_people(&mut state, n),
         ("people", "delete") => capsule::delete_people(&mut state, n),
         ("people", "add") => capsule::add_people(&mut state, n),
+        ("people", "restrict") => capsule::restrict_people(&mut state, n),
         ("notes", "edit") => capsule::edit_notes(&mut state, n),
         ("notes", "add") => capsule::add_notes(&mut state, n),
         ("tasks", "complete") => capsule::complete_tasks(&mut state, n),
         ("tasks", "add") => capsule::add_tasks(&mut state, n),
+        ("tasks", "pend") => capsule::pend_tasks(&mut state, n),
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "unknown change `{kind}/{action}`; try people/edit, people/delete, people/add, notes/edit, \
-                     notes/add, tasks/complete, tasks/add"
+                    "unknown change `{kind}/{action}`; try people/edit, people/delete, people/add, \
+                     people/restrict, notes/edit, notes/add, tasks/complete, tasks/add, tasks/pend"
                 ),
             );
         }
@@ -126,6 +142,63 @@ async fn ghl_add(AxumState(shared): Ctx, body: Bytes) -> Response {
         Ok(n) => ok(json!({"ids": super::ghl::add_leads(&mut shared.lock(), n)})),
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
+}
+
+async fn ghl_delete(AxumState(shared): Ctx, Path(id): Path<String>) -> Response {
+    if super::ghl::delete_contact(&mut shared.lock(), &id) {
+        ok(json!({"deleted": id}))
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no contact {id}"))
+    }
+}
+
+async fn ghl_merge(AxumState(shared): Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let into = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("into").and_then(Value::as_str).map(str::to_owned));
+    let Some(into) = into else {
+        return error(StatusCode::BAD_REQUEST, "the body must be JSON like {\"into\": \"<contact id>\"}".into());
+    };
+    match super::ghl::merge_contacts(&mut shared.lock(), &id, &into) {
+        Ok(()) => ok(json!({"merged": id, "into": into})),
+        Err(message) => error(StatusCode::NOT_FOUND, message),
+    }
+}
+
+/// An optional whole number field of an optional JSON body.
+fn optional_number(body: &Bytes, field: &str) -> Result<Option<u64>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body must be JSON: {e}"))?;
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("`{field}` must be a whole number")),
+    }
+}
+
+async fn oauth_grant(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let expires_in = match optional_number(&body, "expires_in") {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let mut state = shared.lock();
+    if let Some(seconds) = expires_in {
+        state.oauth.expires_in = seconds;
+    }
+    ok(json!(super::oauth::grant(&mut state)))
+}
+
+async fn clock_advance(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let seconds = match optional_number(&body, "seconds") {
+        Ok(Some(n)) => n,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "the body must be JSON like {\"seconds\": 3600}".into()),
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let mut state = shared.lock();
+    state.clock.advance(i64::try_from(seconds).unwrap_or(i64::MAX / 4_000).saturating_mul(1000));
+    let now = state.clock.current();
+    ok(json!({"now": super::clock::iso_ms(now)}))
 }
 
 async fn capsule_party(AxumState(shared): Ctx, Path(id): Path<String>) -> Response {

@@ -4,8 +4,12 @@
 //! catalog's own paths; every catalog operation answers (with state where it matters, with
 //! its catalog sample otherwise). It owns the emulation: seeded data (`seed`), the
 //! handlers (`ghl`, `capsule`), the gates every request passes (`server`: token, rate limits
-//! with the real headers, `Version`, unknown body properties, location), injected faults
-//! (`faults`), and the control API (`control` over HTTP, the methods of `Sandbox` in Rust).
+//! with the real headers, `Version`, unknown body properties, location), OAuth tokens that
+//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), and the
+//! control API (`control` over HTTP, the methods of `Sandbox` in Rust). Where the real APIs
+//! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
+//! silently dropped by upsert, page numbers that stop at 10,000 results), the sandbox does
+//! too; where their answer is unknown, it picks the stricter one and says so at the handler.
 //! It does not use the rest of ghlflow except the catalog, and nothing in ghlflow uses it
 //! except the `sandbox` command, the tests and the demo.
 
@@ -15,6 +19,7 @@ mod control;
 mod faults;
 mod ghl;
 mod limits;
+mod oauth;
 mod routes;
 mod seed;
 mod server;
@@ -30,6 +35,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::{Faults, LostAs};
+pub use oauth::Grant as OAuthGrant;
 pub use seed::{COMPANY_ID, LOCATION_ID};
 pub use state::{CapsuleCounts, GhlCounts, RequestCounts};
 
@@ -211,6 +217,17 @@ impl Sandbox {
         capsule::delete_people(&mut self.state(), n)
     }
 
+    /// Restricts `n` people: hidden from the token's user, listed as `restrictedParties`
+    /// under `/parties/deleted`.
+    pub fn capsule_restrict_people(&self, n: usize) -> Vec<i64> {
+        capsule::restrict_people(&mut self.state(), n)
+    }
+
+    /// Sets `n` open tasks to PENDING.
+    pub fn capsule_pend_tasks(&self, n: usize) -> Vec<i64> {
+        capsule::pend_tasks(&mut self.state(), n)
+    }
+
     /// Adds `n` people, created now.
     pub fn capsule_add_people(&self, n: usize) -> Vec<i64> {
         capsule::add_people(&mut self.state(), n)
@@ -234,6 +251,27 @@ impl Sandbox {
     /// Adds an open task to each of `n` people.
     pub fn capsule_add_tasks(&self, n: usize) -> Vec<i64> {
         capsule::add_tasks(&mut self.state(), n)
+    }
+
+    /// Edits one person (a new job title); its `updatedAt` moves to now.
+    pub fn capsule_touch_person(&self, id: i64) -> bool {
+        capsule::touch_person(&mut self.state(), id)
+    }
+
+    /// Takes one person's first tag off (its `updatedAt` moves to now); the tag's name.
+    pub fn capsule_untag_person(&self, id: i64) -> Option<String> {
+        capsule::untag_person(&mut self.state(), id)
+    }
+
+    /// Adds an open task to `party`, owned by the Capsule user `owner`, due on `due_on`
+    /// (`YYYY-MM-DD`) at `due_time` (`HH:MM:SS` on the owner's wall clock, or none).
+    pub fn capsule_add_timed_task(&self, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
+        capsule::add_timed_task(&mut self.state(), party, owner, due_on, due_time)
+    }
+
+    /// The Capsule users (id, username, timezone).
+    pub fn capsule_users(&self) -> Vec<Value> {
+        self.state().capsule_users()
     }
 
     /// A party as `GET /parties/{id}?embed=tags,fields` shows it.
@@ -262,6 +300,18 @@ impl Sandbox {
         ghl::add_leads(&mut self.state(), n)
     }
 
+    /// Deletes a contact as a person would in GHL (its notes and tasks go too; its id
+    /// answers 404 from then on). False when there is no such contact.
+    pub fn ghl_delete_contact(&self, id: &str) -> bool {
+        ghl::delete_contact(&mut self.state(), id)
+    }
+
+    /// Merges contact `from` into `into` as a person would in GHL; the error says which
+    /// contact is missing.
+    pub fn ghl_merge_contacts(&self, from: &str, into: &str) -> Result<(), String> {
+        ghl::merge_contacts(&mut self.state(), from, into)
+    }
+
     /// Every contact as the API returns it, oldest first.
     pub fn ghl_contacts(&self) -> Vec<Value> {
         self.state().ghl_contacts()
@@ -278,6 +328,26 @@ impl Sandbox {
     /// Every message sent or seeded, oldest first.
     pub fn ghl_messages(&self) -> Vec<Value> {
         self.state().ghl_messages()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // OAuth and the clock.
+
+    /// A fresh OAuth grant (access and refresh token), as if a user had just approved the
+    /// app; its access token lasts `expires_in` seconds of the sandbox clock (GHL's 86399
+    /// when None, and for the tokens issued after it).
+    pub fn oauth_grant(&self, expires_in: Option<u64>) -> OAuthGrant {
+        let mut state = self.state();
+        if let Some(seconds) = expires_in {
+            state.oauth.expires_in = seconds;
+        }
+        oauth::grant(&mut state)
+    }
+
+    /// Moves the sandbox clock forward: OAuth tokens expire, new records are dated later.
+    pub fn advance_clock(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.state().clock.advance(ms);
     }
 
     // -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use super::faults::{Cut, Fault, LostAs, roll};
 use super::routes::{Api, Lookup, RouteTable, Target};
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
-use super::{capsule, control, ghl};
+use super::{capsule, control, ghl, oauth};
 use crate::catalog::{BodyEncoding, InputLocation, InputType, Method, Operation};
 
 /// Bodies larger than this are refused with a 413.
@@ -121,7 +121,14 @@ fn process(
         Api::Capsule => state.counts.capsule += 1,
     }
 
-    // 1. A bearer token, any non-empty one.
+    // 0. The OAuth token endpoint (both APIs' token URLs end in /oauth/token).
+    if full_path == "/oauth/token" && http_method == axum::http::Method::POST {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+        return clean(oauth::token(state, &form));
+    }
+
+    // 1. A bearer token: any non-empty one, except that one issued by /oauth/token must be
+    //    known and unexpired.
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -129,11 +136,18 @@ fn process(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
-    let Some(token) = token else {
+    let accepted = token.as_deref().map(|t| state.oauth.check(t, state.clock.current()));
+    let Some(token) = token.filter(|_| matches!(accepted, Some(oauth::Check::Static | oauth::Check::Valid))) else {
         return clean(match api {
             Api::Ghl => Reply::ghl_error(401, "Invalid JWT"),
-            Api::Capsule => Reply::capsule_error(401, "Authentication failed: no valid bearer token")
-                .with_header("WWW-Authenticate", "Bearer realm=\"Capsule\", error=\"invalid_token\"".into()),
+            Api::Capsule => {
+                let message = match accepted {
+                    Some(oauth::Check::Expired) => "Authentication failed: the access token has expired",
+                    _ => "Authentication failed: no valid bearer token",
+                };
+                Reply::capsule_error(401, message)
+                    .with_header("WWW-Authenticate", "Bearer realm=\"Capsule\", error=\"invalid_token\"".into())
+            }
         });
     };
 
@@ -160,6 +174,18 @@ fn process(
     };
     let (target, params) = match routes.find(api, method, path) {
         Lookup::Found { target, params } => (target, params),
+        // Capsule serves reads only: every token here holds the `read` scope alone, so a
+        // write to a resource that exists is a 403 for the scope (as for a read-only token on
+        // the live API), not a 405.
+        Lookup::WrongMethod if api == Api::Capsule && method != Method::Get => {
+            return clean(with_limits(
+                Reply::capsule_error(403, "Forbidden: this token has the read scope only; writing needs write")
+                    .with_header(
+                        "WWW-Authenticate",
+                        "Bearer realm=\"Capsule\", error=\"insufficient_scope\", scope=\"read write\"".into(),
+                    ),
+            ));
+        }
         Lookup::WrongMethod => return clean(with_limits(not_found(api, http_method.as_str(), full_path, true))),
         Lookup::NotFound => return clean(with_limits(not_found(api, http_method.as_str(), full_path, false))),
     };
@@ -173,16 +199,19 @@ fn process(
         Target::Operation(op) => Arc::clone(op),
     };
 
-    // 4. GHL wants the operation's own Version.
+    // 4. GHL wants a Version header. The live API answers a missing one with a 401 (not a
+    //    400), "version header was not found.", and an unpublished one with a 401 "version
+    //    header is invalid". It is said to accept any published version on any endpoint; the
+    //    sandbox is stricter and wants the operation's own, to catch a catalog mistake.
     if api == Api::Ghl
         && let Some(expected) = &op.version
     {
         match headers.get("version").and_then(|v| v.to_str().ok()) {
-            None => return clean(with_limits(Reply::ghl_error(400, "Version header was not found"))),
+            None => return clean(with_limits(Reply::ghl_error(401, "version header was not found."))),
             Some(v) if v.trim() != expected => {
                 return clean(with_limits(Reply::ghl_error(
-                    400,
-                    format!("Version header is invalid: `{v}`; this endpoint takes {expected}"),
+                    401,
+                    format!("version header is invalid: `{v}`; this endpoint takes {expected}"),
                 )));
             }
             Some(_) => {}

@@ -10,6 +10,7 @@ use super::clock::{Clock, Rng};
 use super::faults::Faults;
 use super::ghl::GhlData;
 use super::limits::Limits;
+use super::oauth::OAuth;
 use super::seed::{Generator, seed};
 
 /// How many requests the sandbox has answered, and how.
@@ -48,6 +49,8 @@ pub struct CapsuleCounts {
     pub people: usize,
     pub organisations: usize,
     pub deleted: usize,
+    /// Hidden from the token's user, listed as `restrictedParties`.
+    pub restricted: usize,
     pub notes: usize,
     pub entries: usize,
     pub open_tasks: usize,
@@ -68,6 +71,8 @@ pub struct State {
     pub ghl: GhlData,
     pub faults: Faults,
     pub limits: Limits,
+    /// Access and refresh tokens issued by `/oauth/token`.
+    pub oauth: OAuth,
     pub counts: RequestCounts,
     /// `http://127.0.0.1:PORT`, for URLs in answers (Link, nextPageUrl).
     pub base_url: String,
@@ -86,6 +91,7 @@ impl State {
             ghl: seeded.ghl,
             faults,
             limits,
+            oauth: OAuth::default(),
             counts: RequestCounts::default(),
             base_url,
         }
@@ -116,6 +122,7 @@ impl State {
             people: c.parties.values().filter(|p| p.kind == PartyKind::Person).count(),
             organisations: c.parties.values().filter(|p| p.kind == PartyKind::Organisation).count(),
             deleted: c.deleted.len(),
+            restricted: c.restricted.len(),
             notes: c.entries.values().filter(|e| e.kind == EntryKind::Note).count(),
             entries: c.entries.len(),
             open_tasks: c.tasks.values().filter(|t| t.status == TaskStatus::Open).count(),
@@ -147,5 +154,14 @@ impl State {
     pub fn capsule_party(&self, id: i64) -> Option<Value> {
         let embed = super::capsule::Embed::parse_list("tags,fields");
         self.capsule.parties.get(&id).map(|p| self.capsule.party_json(p, &embed))
+    }
+
+    /// The Capsule users as `GET /users` shows them.
+    pub fn capsule_users(&self) -> Vec<Value> {
+        self.capsule
+            .users
+            .iter()
+            .map(|u| serde_json::json!({"id": u.id, "username": u.username, "timezone": u.timezone}))
+            .collect()
     }
 }

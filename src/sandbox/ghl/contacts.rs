@@ -30,10 +30,7 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
         "upsert_contact" => upsert(state, req),
         "update_contact" => update(state, &contact_id, req),
         "delete_contact" => {
-            let ghl = &mut state.ghl;
-            ghl.contacts.remove(&contact_id);
-            ghl.notes.retain(|n| n.contact_id != contact_id);
-            ghl.tasks.retain(|t| t.contact_id != contact_id);
+            super::delete_contact(state, &contact_id);
             Reply::ok(json!({"succeded": true}))
         }
         "list_contacts" => list(state, req),
@@ -278,6 +275,9 @@ fn duplicate_error(state: &State, id: &str, field: &str) -> Reply {
 }
 
 /// Merges `fields` into a contact: values replace, `null` removes, custom fields merge by id.
+/// So `tags`, when given, replace the whole tag list (update and upsert alike); when not
+/// given, the tags stay. Adding or removing single tags is what `POST`/`DELETE
+/// /contacts/{id}/tags` are for.
 fn merge(contact: &mut Contact, fields: Map<String, Value>) {
     for (k, v) in fields {
         if v.is_null() {
@@ -321,14 +321,27 @@ fn create(state: &mut State, req: &ApiRequest) -> Reply {
     Reply::created(body)
 }
 
+/// Upsert matches by email first, then by phone. When the email names one contact and the
+/// phone belongs to another, the email's contact is updated and the phone is dropped without
+/// a word, as the live API does (GoHighLevel/highlevel-api-docs#37): two contacts may not
+/// share a number. `tags`, when given, replace the contact's tags (see `merge`).
 fn upsert(state: &mut State, req: &ApiRequest) -> Reply {
-    let fields = match contact_fields(req) {
+    let mut fields = match contact_fields(req) {
         Ok(f) => f,
         Err(reply) => return reply,
     };
     let email = fields.get("email").and_then(Value::as_str);
     let phone = fields.get("phone").and_then(Value::as_str);
-    let existing = find_duplicate(state, email, phone).map(|(id, _)| id);
+    let by_email = find_duplicate(state, email, None).map(|(id, _)| id);
+    let by_phone = find_duplicate(state, None, phone).map(|(id, _)| id);
+    let existing = match (by_email, by_phone) {
+        (Some(e), Some(p)) if e != p => {
+            fields.remove("phone");
+            Some(e)
+        }
+        (Some(e), _) => Some(e),
+        (None, p) => p,
+    };
     let now = state.clock.now_ms();
     let trace = trace_id(state);
     let location = state.ghl.location_id.clone();
@@ -438,15 +451,35 @@ fn list(state: &State, req: &ApiRequest) -> Reply {
     }))
 }
 
+/// The deepest result page numbers reach: page x pageLimit may not pass it.
+pub const SEARCH_WINDOW: usize = 10_000;
+
 /// `POST /contacts/search`: newest first unless `sort` says otherwise; `page` and
 /// `pageLimit`, or `searchAfter` (the `searchAfter` of the last contact seen).
+///
+/// Page numbers reach the first 10,000 results only (the search index's result window, as
+/// GHL documents it); beyond that `searchAfter` must be used, and the two may not be mixed.
+/// The live API's answer to a page past the window is not documented: the sandbox refuses it
+/// with a 422 in GHL's validation shape, naming the fix, rather than an empty page a poller
+/// would take for the end of the list.
 fn search(state: &State, req: &ApiRequest) -> Reply {
     let body = &req.body;
     let page_limit = body.get("pageLimit").and_then(Value::as_u64).unwrap_or(20) as usize;
     if !(1..=500).contains(&page_limit) {
         return Reply::ghl_invalid(vec!["pageLimit must be between 1 and 500".into()]);
     }
+    let has_page = body.get("page").is_some_and(|p| !p.is_null());
+    let has_after = body.get("searchAfter").is_some_and(|a| !a.is_null());
+    if has_page && has_after {
+        return Reply::ghl_invalid(vec!["page and searchAfter cannot be used together".into()]);
+    }
     let page = body.get("page").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+    if page.saturating_mul(page_limit) > SEARCH_WINDOW {
+        return Reply::ghl_invalid(vec![format!(
+            "page * pageLimit must not exceed {SEARCH_WINDOW} (page {page} x pageLimit {page_limit}); \
+             use searchAfter to read further"
+        )]);
+    }
     let query = body.get("query").and_then(Value::as_str).unwrap_or_default();
     let filters = body.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut problems = Vec::new();

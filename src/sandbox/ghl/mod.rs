@@ -186,6 +186,15 @@ pub struct Event {
     pub updated: Ms,
 }
 
+/// Why a contact id no longer answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gone {
+    /// Deleted, through the API or by a person in GHL.
+    Deleted,
+    /// Merged into this contact by a person in GHL.
+    MergedInto(String),
+}
+
 /// The sub-account.
 #[derive(Debug, Clone)]
 pub struct GhlData {
@@ -203,10 +212,20 @@ pub struct GhlData {
     pub opportunities: Vec<Opportunity>,
     pub calendars: Vec<Value>,
     pub events: Vec<Event>,
+    /// Contacts deleted or merged away: their ids answer 404 from then on.
+    pub gone: BTreeMap<String, Gone>,
 }
 
 /// Answers one GHL request for `op`.
 pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
+    // A user id the location does not have: the live API answers 401 "The user does not
+    // exist." (GoHighLevel/highlevel-api-docs#205), which a client must not take for an
+    // expired token. Checked for every body `assignedTo`, as the write would fail on it.
+    if let Some(user) = req.body_str("assignedTo").filter(|u| !u.is_empty())
+        && !known_user(state, user)
+    {
+        return no_such_user();
+    }
     match op.key.category.as_str() {
         "contacts" => contacts::handle(state, op, req),
         "conversations" => conversations::handle(state, op, req),
@@ -253,17 +272,39 @@ fn users(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
     let users = &state.ghl.users;
     match op.key.name.as_str() {
         "list_users_by_location" => Reply::ok(json!({"users": users})),
+        // Sorted by first and last name unless `sort` says otherwise, as documented;
+        // `sort=dateAdded` is the order the users were added (their place in the list).
         "search_users" => {
             let q = req.query("query").unwrap_or_default().to_lowercase();
-            let matching: Vec<&Value> = users
+            let mut matching: Vec<(usize, &Value)> = users
                 .iter()
-                .filter(|u| {
+                .enumerate()
+                .filter(|(_, u)| {
                     q.is_empty()
                         || ["name", "email"]
                             .iter()
                             .any(|f| u[*f].as_str().is_some_and(|s| s.to_lowercase().contains(&q)))
                 })
                 .collect();
+            let name = |u: &Value| {
+                let part = |f: &str| u[f].as_str().unwrap_or_default().to_lowercase();
+                (part("firstName"), part("lastName"))
+            };
+            match req.query("sort") {
+                None => matching.sort_by_key(|(_, u)| name(u)),
+                Some("dateAdded") => matching.sort_by_key(|(added, _)| *added),
+                Some(other) => {
+                    return Reply::ghl_invalid(vec![format!("sort must be dateAdded or left out, not {other}")]);
+                }
+            }
+            match req.query("sortDirection") {
+                None | Some("asc") => {}
+                Some("desc") => matching.reverse(),
+                Some(other) => {
+                    return Reply::ghl_invalid(vec![format!("sortDirection must be asc or desc, not {other}")]);
+                }
+            }
+            let matching: Vec<&Value> = matching.into_iter().map(|(_, u)| u).collect();
             let skip = req.query_number("skip").unwrap_or(0.0).max(0.0) as usize;
             let limit = req.query_number("limit").unwrap_or(25.0).max(1.0) as usize;
             let page: Vec<&&Value> = matching.iter().skip(skip).take(limit).collect();
@@ -271,7 +312,7 @@ fn users(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
         }
         "get_user" => match users.iter().find(|u| u["id"] == req.param("userId")) {
             Some(u) => Reply::ok(u.clone()),
-            None => Reply::ghl_error(400, "User not found"),
+            None => no_such_user(),
         },
         _ => sample(op),
     }
@@ -300,9 +341,74 @@ pub fn add_leads(state: &mut State, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// A contact by id, or the 400 GHL answers when there is none.
+fn known_user(state: &State, id: &str) -> bool {
+    state.ghl.users.iter().any(|u| u["id"] == id)
+}
+
+/// The live API's answer for a user id it does not know: a 401, not a 404.
+fn no_such_user() -> Reply {
+    Reply::ghl_error(401, "The user does not exist.")
+}
+
+/// A contact by id; a 400 when the id never existed, a 404 when the contact was deleted or
+/// merged away. The live API's answer for a deleted contact is not documented or reported;
+/// the sandbox chooses the stricter 404, so a client cannot mistake it for a bad request.
 fn existing_contact<'a>(state: &'a State, id: &str) -> Result<&'a Contact, Reply> {
-    state.ghl.contacts.get(id).ok_or_else(|| Reply::ghl_error(400, "Contact not found"))
+    match state.ghl.contacts.get(id) {
+        Some(c) => Ok(c),
+        None if state.ghl.gone.contains_key(id) => Err(Reply::ghl_error(404, "Contact not found")),
+        None => Err(Reply::ghl_error(400, "Contact not found")),
+    }
+}
+
+/// Deletes a contact with its notes and tasks; its id answers 404 from then on. False when
+/// there is no such contact.
+pub fn delete_contact(state: &mut State, id: &str) -> bool {
+    let ghl = &mut state.ghl;
+    if ghl.contacts.remove(id).is_none() {
+        return false;
+    }
+    ghl.notes.retain(|n| n.contact_id != id);
+    ghl.tasks.retain(|t| t.contact_id != id);
+    ghl.gone.insert(id.to_owned(), Gone::Deleted);
+    true
+}
+
+/// Merges contact `from` into `into`, as a person does in GHL: `into` keeps its own values,
+/// takes the fields it lacks and every tag, note and task of `from`; `from` answers 404 from
+/// then on (what the live API answers for a merged-away id is not known: the stricter
+/// choice).
+pub fn merge_contacts(state: &mut State, from: &str, into: &str) -> Result<(), String> {
+    if from == into {
+        return Err("a contact cannot be merged into itself".into());
+    }
+    let now = state.clock.now_ms();
+    let ghl = &mut state.ghl;
+    if !ghl.contacts.contains_key(into) {
+        return Err(format!("no contact {into} to merge into"));
+    }
+    let Some(gone) = ghl.contacts.remove(from) else { return Err(format!("no contact {from}")) };
+    if let Some(survivor) = ghl.contacts.get_mut(into) {
+        let mut tags = survivor.tags();
+        for t in gone.tags() {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        for (k, v) in gone.fields {
+            survivor.fields.entry(k).or_insert(v);
+        }
+        survivor.fields.insert("tags".into(), json!(tags));
+        survivor.updated = now;
+    }
+    for n in ghl.notes.iter_mut().filter(|n| n.contact_id == from) {
+        n.contact_id = into.to_owned();
+    }
+    for t in ghl.tasks.iter_mut().filter(|t| t.contact_id == from) {
+        t.contact_id = into.to_owned();
+    }
+    ghl.gone.insert(from.to_owned(), Gone::MergedInto(into.to_owned()));
+    Ok(())
 }
 
 /// `limit`-style page sizes: a number from 1 to `max`, or `default`.

@@ -250,5 +250,6 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
         opportunities,
         calendars,
         events,
+        gone: Default::default(),
     }
 }

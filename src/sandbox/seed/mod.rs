@@ -547,9 +547,9 @@ fn capsule_users() -> Vec<User> {
     };
     vec![
         user(674_197, "marta.kowalczyk", "Marta", "Kowalczyk", "Europe/London", "en_GB", "GBP", 254_100_422),
-        user(1_187_342, "lukasz.zielinski", "Łukasz", "Zieliński", "Europe/Warsaw", "pl_PL", "PLN", 254_100_437),
+        user(1_187_342, "ananya.iyer", "Ananya", "Iyer", "Asia/Kolkata", "en_IN", "INR", 254_100_437),
         user(1_190_055, "sofia.angstrom", "Sofia", "Ångström", "Europe/Stockholm", "sv_SE", "SEK", 254_100_451),
-        user(1_201_876, "dana.whitfield", "Dana", "Whitfield", "America/Chicago", "en_US", "USD", 254_100_468),
+        user(1_201_876, "dana.whitfield", "Dana", "Whitfield", "America/New_York", "en_US", "USD", 254_100_468),
     ]
 }
 

@@ -1,0 +1,229 @@
+//! The mirror on the points where the real APIs differ from what a first reading suggests:
+//! recipes that depend on each other, GHL tags a GHL user added, Capsule times on the owner's
+//! wall clock, contacts deleted on the GHL side, and a Send Message whose answer is lost.
+//! Each test runs the shipped recipes against the sandbox, which follows the real APIs on
+//! these points (see tests/sandbox.rs).
+
+use std::collections::BTreeSet;
+
+use ghlflow::demo::Workspace;
+use ghlflow::sandbox::{Faults, SandboxOptions};
+use ghlflow::store::RunStatus;
+use serde_json::{Value, json};
+
+async fn workspace(people: usize, seed: u64) -> Workspace {
+    Workspace::new(SandboxOptions { people, seed, limits_scale: 100.0, ..SandboxOptions::default() }).await.unwrap()
+}
+
+fn runs_in(ws: &Workspace, status: RunStatus) -> Vec<ghlflow::store::RunRecord> {
+    ws.engine.store.runs(None, usize::MAX).unwrap().into_iter().filter(|r| r.status == status).collect()
+}
+
+/// A Capsule person the mirror put in GHL, with its contact id.
+fn mirrored_person(ws: &Workspace, skip: usize) -> (i64, String) {
+    ws.sandbox
+        .capsule_people()
+        .into_iter()
+        .filter_map(|id| ws.engine.store.id_of(&format!("party:{id}")).unwrap().map(|c| (id, c)))
+        .nth(skip)
+        .expect("a mirrored person")
+}
+
+fn contact(ws: &Workspace, id: &str) -> Option<Value> {
+    ws.sandbox.ghl_contacts().into_iter().find(|c| c["id"] == id)
+}
+
+fn tags(contact: &Value) -> BTreeSet<String> {
+    contact["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_and_tasks_polled_before_their_people_wait_instead_of_failing() {
+    let ws = workspace(120, 21).await;
+    // The dependent recipes alone first, as a fresh state under `ghlflow run` could meet them.
+    let early = ws.engine.run_once(&["capsule-notes".to_owned(), "capsule-tasks".to_owned()]).await;
+    assert!(early.errors.is_empty(), "{:?}", early.errors);
+    assert_eq!(early.count(RunStatus::Failed), 0, "a note or task of a person not mirrored yet failed");
+    let waiting = early.count(RunStatus::Waiting);
+    assert!(waiting > 50, "notes and tasks of unmirrored people wait: {waiting}");
+    assert_eq!(runs_in(&ws, RunStatus::Waiting).len(), waiting);
+    let run = &runs_in(&ws, RunStatus::Waiting)[0];
+    assert!(run.error.as_deref().unwrap_or_default().contains("waiting for `ids.contact` (`party:"), "{run:?}");
+
+    // The next `run --once` polls people first (`after:`), then resumes what waited.
+    let cycle = ws.cycle().await;
+    assert!(cycle.errors.is_empty(), "{:?}", cycle.errors);
+    assert_eq!(runs_in(&ws, RunStatus::Failed).len(), 0);
+    assert_eq!(runs_in(&ws, RunStatus::Waiting).len(), 0, "every waiting run resumed once its person was mirrored");
+    for r in ws.engine.store.runs(Some("capsule-notes"), usize::MAX).unwrap() {
+        assert!(matches!(r.status, RunStatus::Succeeded | RunStatus::Filtered), "{r:?}");
+    }
+
+    // And every later cycle, with people added (and their notes and tasks) in between.
+    for _ in 0..2 {
+        let added = ws.sandbox.capsule_add_people(5);
+        ws.sandbox.capsule_add_notes(10);
+        ws.sandbox.capsule_add_tasks(10);
+        assert_eq!(added.len(), 5);
+        let r = ws.cycle().await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.failed, 0, "{r:?}");
+        assert_eq!(r.waiting, 0, "{r:?}");
+    }
+}
+
+#[test]
+fn run_once_on_a_fresh_state_exits_0_with_waiting_runs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sandbox =
+        rt.block_on(ghlflow::sandbox::start(SandboxOptions { people: 40, ..SandboxOptions::default() })).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    for name in ["capsule-people", "capsule-notes"] {
+        std::fs::copy(
+            crate::util::root().join(format!("recipes/{name}.yaml")),
+            dir.path().join(format!("recipes/{name}.yaml")),
+        )
+        .unwrap();
+    }
+    let notes_only = crate::util::ghlflow(dir.path(), &["run", "--once", "--recipe", "capsule-notes"]);
+    let out = crate::util::stdout(&notes_only);
+    assert_eq!(notes_only.status.code(), Some(0), "{out}\n{}", crate::util::stderr(&notes_only));
+    assert!(out.contains(" waiting for records other recipes create"), "{out}");
+    assert!(out.contains(", 0 failed,"), "{out}");
+    let both = crate::util::ghlflow(dir.path(), &["run", "--once"]);
+    let out = crate::util::stdout(&both);
+    assert_eq!(both.status.code(), Some(0), "{out}\n{}", crate::util::stderr(&both));
+    assert!(out.contains(", 0 failed,") && !out.contains("waiting"), "{out}");
+    let listed = crate::util::ghlflow(dir.path(), &["runs", "list", "--status", "waiting", "--json"]);
+    let listed: Value = serde_json::from_str(&crate::util::stdout(&listed)).unwrap();
+    assert_eq!(listed, json!([]));
+    rt.block_on(sandbox.shutdown());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_a_ghl_user_added_survives_capsule_edits_and_only_the_mirrors_tags_go() {
+    let ws = workspace(60, 5).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    // A person with at least one Capsule tag.
+    let (person, contact_id) = (0..)
+        .map(|i| mirrored_person(&ws, i))
+        .find(|(p, _)| ws.sandbox.capsule_party(*p).unwrap()["tags"].as_array().is_some_and(|t| !t.is_empty()))
+        .unwrap();
+    let capsule_tags: BTreeSet<String> = ws.sandbox.capsule_party(person).unwrap()["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_lowercase())
+        .collect();
+    let before = tags(&contact(&ws, &contact_id).unwrap());
+    assert!(before.contains("capsule") && capsule_tags.is_subset(&before), "{before:?} {capsule_tags:?}");
+
+    // A GHL user tags the contact `vip`; the person is edited in Capsule three times.
+    ws.ghl_call("ghl.contacts.add_tags_to_contact", json!({"contactId": contact_id, "tags": ["vip"]})).await.unwrap();
+    for _ in 0..3 {
+        assert!(ws.sandbox.capsule_touch_person(person));
+        let r = ws.cycle().await;
+        assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}");
+        let now = tags(&contact(&ws, &contact_id).unwrap());
+        assert!(now.contains("vip"), "the GHL user's tag was wiped by a sync: {now:?}");
+        assert!(now.contains("capsule"));
+    }
+
+    // A tag removed in Capsule comes off in GHL; `vip` (never the mirror's) stays.
+    let removed = ws.sandbox.capsule_untag_person(person).expect("the person had a tag");
+    ws.cycle().await;
+    let now = tags(&contact(&ws, &contact_id).unwrap());
+    assert!(!now.contains(&removed.to_lowercase()), "`{removed}` should have been removed: {now:?}");
+    assert!(now.contains("vip") && now.contains("capsule"), "{now:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_tasks_arrive_at_the_instant_the_owner_meant_across_dst() {
+    let ws = workspace(40, 9).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    let zone_of = |tz: &str| {
+        ws.sandbox.capsule_users().into_iter().find(|u| u["timezone"] == tz).unwrap()["id"].as_i64().unwrap()
+    };
+    let (new_york, kolkata) = (zone_of("America/New_York"), zone_of("Asia/Kolkata"));
+    let (person, contact_id) = mirrored_person(&ws, 3);
+    let cases = [
+        // Before New York's clocks go forward (2026-03-08): EST, -05:00.
+        (new_york, "2026-03-06", Some("09:30:00"), "2026-03-06T14:30:00Z"),
+        // After: EDT, -04:00. The same wall-clock time, an hour earlier in UTC.
+        (new_york, "2026-03-09", Some("09:30:00"), "2026-03-09T13:30:00Z"),
+        // Kolkata, +05:30 all year.
+        (kolkata, "2026-03-09", Some("09:30:00"), "2026-03-09T04:00:00Z"),
+        // No time: 09:00 on the owner's clock.
+        (new_york, "2026-07-01", None, "2026-07-01T13:00:00Z"),
+    ];
+    let mut expected = Vec::new();
+    for (owner, day, time, instant) in cases {
+        let task = ws.sandbox.capsule_add_timed_task(person, owner, day, time);
+        expected.push((task, instant));
+    }
+    let r = ws.cycle().await;
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}");
+    let ghl_tasks = ws.sandbox.ghl_tasks(&contact_id);
+    for (task, instant) in expected {
+        let marker = format!("[capsule task {task}]");
+        let found = ghl_tasks
+            .iter()
+            .find(|t| t["body"].as_str().is_some_and(|b| b.contains(&marker)))
+            .unwrap_or_else(|| panic!("task {task} not mirrored: {ghl_tasks:?}"));
+        let due = chrono::DateTime::parse_from_rfc3339(found["dueDate"].as_str().unwrap()).unwrap();
+        let want = chrono::DateTime::parse_from_rfc3339(instant).unwrap();
+        assert_eq!(due, want, "task {task} due {} should be {instant}", found["dueDate"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_deleted_in_ghl_is_upserted_again_and_remapped() {
+    let ws = workspace(50, 13).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    let (person, old_contact) = mirrored_person(&ws, 2);
+    let email = contact(&ws, &old_contact).unwrap()["email"].clone();
+    ws.ghl_call("ghl.contacts.delete_contact", json!({"contactId": old_contact})).await.unwrap();
+    assert!(contact(&ws, &old_contact).is_none());
+
+    assert!(ws.sandbox.capsule_touch_person(person));
+    let r = ws.cycle().await;
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed));
+    let new_contact = ws.engine.store.id_of(&format!("party:{person}")).unwrap().unwrap();
+    assert_ne!(new_contact, old_contact, "the person is mapped to a contact GHL has");
+    let c = contact(&ws, &new_contact).expect("the contact exists again in GHL");
+    assert_eq!(c["email"], email);
+    assert!(tags(&c).contains("capsule"));
+    // The run says what happened.
+    let run = ws
+        .engine
+        .store
+        .runs(Some("capsule-people"), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.item_id.as_deref() == Some(&person.to_string()) && !r.notes.is_empty())
+        .expect("the run that found the contact gone");
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(
+        run.notes[0].contains("answered not found") && run.notes[0].contains(&format!("`party:{person}`")),
+        "{:?}",
+        run.notes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_sms_whose_answer_is_lost_is_found_not_sent_again() {
+    let ws = workspace(20, 17).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    // From now on every GHL write is applied but its answer lost (reads are answered).
+    ws.sandbox.set_faults(Faults { lose_responses: 1.0, ..ws.sandbox.faults() }).unwrap();
+    let leads = ws.sandbox.ghl_add_contacts(2);
+    let r = ws.cycle().await;
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}");
+    for lead in leads {
+        let texts: Vec<Value> =
+            ws.sandbox.ghl_messages().into_iter().filter(|m| m["contactId"] == lead.as_str()).collect();
+        assert_eq!(texts.len(), 1, "lead {lead} was texted {} times: {texts:?}", texts.len());
+    }
+}
