@@ -119,6 +119,10 @@ impl Redactor {
 // ---------------------------------------------------------------------------------------
 // The file, mirrored.
 
+/// The configuration's schema as a value, for `unknown_keys`.
+static CONFIG_SCHEMA: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::to_value(schemars::schema_for!(ConfigSpec)).unwrap_or_default());
+
 /// `ghlflow.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +351,10 @@ impl Config {
         });
         diags.clone().into_result()?;
 
+        // Every unknown key is reported and set aside, so the rest of the file is still checked.
+        for u in crate::unknown_keys::strip_unknown(&mut value, &CONFIG_SCHEMA) {
+            diags.push(&display, index.locate_str(&u.path), format!("{}: {}", u.path, u.message));
+        }
         let spec: ConfigSpec = match serde_path_to_error::deserialize(value) {
             Ok(s) => s,
             Err(e) => {

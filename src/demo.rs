@@ -22,7 +22,7 @@ use crate::http::HttpClient;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{RunStatus, Store};
 
-static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
+pub(crate) static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -94,9 +94,22 @@ impl Workspace {
         report
     }
 
-    /// What people do between two polls: edit, delete and add people in Capsule, edit notes,
-    /// complete tasks; and in GHL, a new lead arrives and a deal is won.
+    /// Makes the next cycle behave as if an hour had passed since the last: the feeds read
+    /// whole once per `full_scan_every` (Capsule's notes, for edits to old notes) are due.
+    pub fn let_an_hour_pass(&self) {
+        for recipe in self.engine.recipes() {
+            if let Ok(Some(mut state)) = self.engine.store.trigger_state(&recipe.id)
+                && state.last_full_scan.take().is_some()
+            {
+                let _ = self.engine.store.save_trigger_state(&recipe.id, &state);
+            }
+        }
+    }
+
+    /// What people do over an hour between two polls: edit, delete and add people in
+    /// Capsule, edit notes, complete tasks; and in GHL, a new lead arrives and a deal is won.
     pub async fn change_the_world(&self) -> Result<(), String> {
+        self.let_an_hour_pass();
         self.sandbox.capsule_edit_people(20);
         self.sandbox.capsule_delete_people(5);
         self.sandbox.capsule_add_people(10);

@@ -34,3 +34,4 @@ pub mod recipe;
 pub mod sandbox;
 pub mod store;
 pub mod template;
+pub mod unknown_keys;

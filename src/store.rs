@@ -50,18 +50,30 @@ pub struct TriggerState {
     pub last_poll: Option<u64>,
     /// The last poll's error, if it failed.
     pub last_error: Option<String>,
+    /// Unix seconds of the last poll that read a whole feed of changes (see the recipe's
+    /// `trigger.full_scan_every`).
+    #[serde(default)]
+    pub last_full_scan: Option<u64>,
 }
 
 /// A run's state. `held` runs wait for `runs release` or `runs discard`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// (`ValueEnum`: the CLI lists and parses statuses from this enum, so none is left out.)
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Created by a poll, waiting its turn to run.
     Queued,
+    /// Its steps are being sent.
     Running,
+    /// Every step succeeded or was skipped by its `if`.
     Succeeded,
+    /// A step failed after its retries (`runs replay` resumes it there).
     Failed,
+    /// The recipe's filter left the item out; no step ran.
     Filtered,
+    /// Part of a batch larger than `hold_above`, waiting for `runs release` or `runs discard`.
     Held,
+    /// A held run dropped with `runs discard`.
     Discarded,
     /// A step needs an id another recipe has not recorded yet; resumed at a later poll.
     Waiting,
@@ -437,6 +449,40 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Runs, newest first, optionally of one recipe and in one status: at most `limit`, and
+    /// how many match in all. Only the runs returned are read whole.
+    pub fn runs_page(
+        &self,
+        recipe: Option<&str>,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<(Vec<RunRecord>, usize), StoreError> {
+        /// The two fields a match needs (the rest of the record is skipped, not built).
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            recipe: std::borrow::Cow<'a, str>,
+            status: RunStatus,
+        }
+        let corrupt = |key: &[u8], e: serde_json::Error| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        };
+        let (mut out, mut total) = (Vec::new(), 0);
+        for entry in self.runs.iter().rev() {
+            let (key, value) = entry?;
+            let head: Head = serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?;
+            if recipe.is_some_and(|r| r != head.recipe) || status.is_some_and(|s| s != head.status) {
+                continue;
+            }
+            total += 1;
+            if out.len() < limit {
+                out.push(serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?);
+            }
+        }
+        Ok((out, total))
     }
 
     /// Runs of a recipe in one status, oldest first.

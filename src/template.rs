@@ -82,10 +82,14 @@ impl CompiledTemplate {
         }
         // Before the parser sees it: the parser and the renderer recurse once per level.
         check_nesting(source)?;
-        let parsed = Template::compile(source).map_err(|e| TemplateError {
-            message: format!("template does not parse: {}", first_line(&e.reason().to_string())),
-            line: e.pos().map(|p| p.0),
-            col: e.pos().map(|p| p.1),
+        let parsed = Template::compile(source).map_err(|e| match plain_syntax_error(source) {
+            // The plain message names its own place; the parser's is where it gave up.
+            Some(message) => TemplateError { message, line: None, col: None },
+            None => TemplateError {
+                message: format!("template does not parse: {}", first_line(&e.reason().to_string())),
+                line: e.pos().map(|p| p.0),
+                col: e.pos().map(|p| p.1),
+            },
         })?;
         check_helpers(&parsed.elements)?;
         let kind = match single_expression(&parsed) {
@@ -287,6 +291,81 @@ fn advance(text: &[u8], line: &mut usize, col: &mut usize) {
             *col += 1;
         }
     }
+}
+
+/// Why a template does not parse, in plain words, for the mistakes people make: a tag left
+/// open or closed with one brace, a block never closed or closed with another name. `None`
+/// when it is none of these (the parser's own message is used then).
+fn plain_syntax_error(source: &str) -> Option<String> {
+    let at = |i: usize| {
+        let before = &source[..i];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+        if line == 1 { format!("column {col}") } else { format!("line {line}, column {col}") }
+    };
+    let snippet = |t: &str| {
+        let t = t.lines().next().unwrap_or_default();
+        if t.chars().count() > 40 { format!("{}...", t.chars().take(40).collect::<String>()) } else { t.to_owned() }
+    };
+    // Tags, in order, each as (start, inside text).
+    let mut tags = Vec::new();
+    let mut from = 0;
+    while let Some(open) = source[from..].find("{{").map(|i| from + i) {
+        let body_start = open + 2 + usize::from(source[open + 2..].starts_with('{'));
+        let next_open = source[body_start..].find("{{").map(|i| body_start + i).unwrap_or(source.len());
+        match source[body_start..next_open].find("}}") {
+            Some(close) => {
+                tags.push((open, source[body_start..body_start + close].trim().to_owned()));
+                from = body_start + close + 2;
+            }
+            None => {
+                let text = &source[open..next_open];
+                return Some(match text.rfind('}') {
+                    Some(one) if one > 2 => format!(
+                        "the tag `{}` at {} ends with a single `}}`: a tag ends with `}}}}`",
+                        snippet(&text[..=one]),
+                        at(open)
+                    ),
+                    _ => format!(
+                        "the tag `{}` at {} is never closed: a `}}}}` is missing",
+                        snippet(text.trim_end()),
+                        at(open)
+                    ),
+                });
+            }
+        }
+    }
+    // Blocks: `{{#name ...}}` must be closed by `{{/name}}`, innermost first.
+    let mut open_blocks: Vec<(usize, String)> = Vec::new();
+    for (start, inside) in tags {
+        let inside = inside.trim_start_matches('~').trim_end_matches('~').trim();
+        let name = |t: &str| t.split_whitespace().next().unwrap_or_default().to_owned();
+        if let Some(rest) = inside.strip_prefix('#') {
+            open_blocks.push((start, name(rest)));
+        } else if let Some(rest) = inside.strip_prefix('/') {
+            let closing = name(rest);
+            match open_blocks.pop() {
+                Some((_, opened)) if opened == closing => {}
+                Some((o, opened)) => {
+                    return Some(format!(
+                        "`{{{{/{closing}}}}}` at {} closes the block `{{{{#{opened}}}}}` opened at {}: \
+                         close it with `{{{{/{opened}}}}}`",
+                        at(start),
+                        at(o)
+                    ));
+                }
+                None => {
+                    return Some(format!("`{{{{/{closing}}}}}` at {} closes a block that was never opened", at(start)));
+                }
+            }
+        }
+    }
+    open_blocks.pop().map(|(start, opened)| {
+        format!(
+            "the block `{{{{#{opened} ...}}}}` at {} is never closed: add `{{{{/{opened}}}}}` after its content",
+            at(start)
+        )
+    })
 }
 
 fn render_error(e: &RenderError) -> String {
@@ -1107,6 +1186,31 @@ mod tests {
         let err = CompiledTemplate::compile("{{lowr trigger.a}}").unwrap_err();
         assert!(err.message.contains("unknown helper `lowr` (did you mean `lower`?)"), "{}", err.message);
         assert!(CompiledTemplate::compile("{{#if trigger.a}}").is_err());
+    }
+
+    #[test]
+    fn syntax_errors_are_told_in_plain_words() {
+        let message = |t: &str| CompiledTemplate::compile(t).unwrap_err().message;
+        assert_eq!(
+            message("Hi {{trigger.firstName}"),
+            "the tag `{{trigger.firstName}` at column 4 ends with a single `}`: a tag ends with `}}`"
+        );
+        assert_eq!(
+            message("Hi {{trigger.firstName and more"),
+            "the tag `{{trigger.firstName and more` at column 4 is never closed: a `}}` is missing"
+        );
+        assert_eq!(
+            message("{{#if trigger.a}}yes"),
+            "the block `{{#if ...}}` at column 1 is never closed: add `{{/if}}` after its content"
+        );
+        assert_eq!(
+            message("{{#if a}}\n{{#each b}}x{{/if}}"),
+            "`{{/if}}` at line 2, column 13 closes the block `{{#each}}` opened at line 2, column 1: close it with `{{/each}}`"
+        );
+        // Not one of these: the parser's message, with its position.
+        let err = CompiledTemplate::compile("{{a b=}}").unwrap_err();
+        assert!(err.message.starts_with("template does not parse"), "{}", err.message);
+        assert!(err.col.is_some());
     }
 }
 

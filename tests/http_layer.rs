@@ -590,7 +590,7 @@ async fn an_offset_feed_that_never_ends_stops_at_the_apps_page_bound() {
     assert_eq!(api.count(), bound);
     assert_eq!(records.len(), 2 * bound);
     assert!(pager.stopped_at_bound());
-    assert_eq!(pager.next_inputs().and_then(|i| i.get("skip")), Some(&json!((2 * bound).to_string())));
+    assert_eq!(pager.next_inputs().and_then(|i| i.get("skip").cloned()), Some(json!((2 * bound).to_string())));
 }
 
 /// Capsule's parties: `page` in the query, the next page in a `Link` header (absolute URL).

@@ -169,6 +169,8 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
     let deleted = ws.sandbox.capsule_delete_people(5);
     let added = ws.sandbox.capsule_add_people(10);
     let notes = ws.sandbox.capsule_edit_notes(10);
+    // Edits to old notes are found by the hourly whole read of the notes feed.
+    ws.let_an_hour_pass();
     let tasks = ws.sandbox.capsule_complete_tasks(10);
     assert_eq!((edited.len(), deleted.len(), added.len(), notes.len(), tasks.len()), (20, 5, 10, 10, 10));
     let changes = ws.cycle().await;
@@ -219,6 +221,7 @@ async fn injected_failures_and_lost_answers_change_nothing_in_the_end() {
         ws.sandbox.capsule_add_people(10);
         ws.sandbox.capsule_edit_notes(10);
         ws.sandbox.capsule_complete_tasks(10);
+        ws.let_an_hour_pass();
         let r = ws.cycle().await;
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         // Whatever still failed is replayed later by autoreplay; do that now.

@@ -227,3 +227,125 @@ async fn a_welcome_sms_whose_answer_is_lost_is_found_not_sent_again() {
         assert_eq!(texts.len(), 1, "lead {lead} was texted {} times: {texts:?}", texts.len());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_to_old_notes_are_found_by_the_hourly_whole_read_and_new_notes_at_once() {
+    let ws = workspace(60, 23).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    let edited = ws.sandbox.capsule_edit_notes(5);
+    let added = ws.sandbox.capsule_add_notes(5);
+    assert_eq!((edited.len(), added.len()), (5, 5));
+    let note_runs = |ws: &Workspace| ws.engine.store.runs(Some("capsule-notes"), usize::MAX).unwrap().len();
+    let before = note_runs(&ws);
+    // Within the hour: the new notes (on top of the newest-first feed) arrive; the edits to
+    // old ones wait for the whole read.
+    let r = ws.cycle().await;
+    assert_eq!(r.failed, 0, "{r:?}");
+    let latest = |ws: &Workspace, before: usize| -> BTreeSet<String> {
+        let n = note_runs(ws) - before;
+        ws.engine.store.runs(Some("capsule-notes"), n).unwrap().into_iter().filter_map(|r| r.item_id).collect()
+    };
+    let ids = |v: &[i64]| -> BTreeSet<String> { v.iter().map(|i| i.to_string()).collect() };
+    let (added, edited) = (ids(&added), ids(&edited));
+    let quick = latest(&ws, before);
+    // The quick read stops at the first note seen unchanged: it holds every new note, and
+    // only those edits that sit above that point.
+    assert!(added.is_subset(&quick), "a quick poll finds every new note: {quick:?} {added:?}");
+    assert!(quick.difference(&added).all(|i| edited.contains(i)), "{quick:?}");
+    // An hour later the whole feed is read: the remaining edits arrive, nothing else.
+    ws.let_an_hour_pass();
+    let before = note_runs(&ws);
+    ws.cycle().await;
+    let scan = latest(&ws, before);
+    let all: BTreeSet<String> = quick.union(&scan).cloned().collect();
+    assert_eq!(all, added.union(&edited).cloned().collect(), "new and edited notes, each once");
+    assert!(quick.is_disjoint(&scan));
+}
+
+/// Capsule's 4,000 requests an hour per user, on an account of 5,000 people and about
+/// 20,000 notes: what one quiet poll of each shipped Capsule recipe costs, measured, and the
+/// hour that follows from the default schedules. The README shows the same arithmetic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_recipes_spend_under_a_quarter_of_capsules_hourly_budget() {
+    let ws = Workspace::new(SandboxOptions { people: 5_000, seed: 31, no_limits: true, ..SandboxOptions::default() })
+        .await
+        .unwrap();
+    while ws.sandbox.capsule_counts().notes < 20_000 {
+        ws.sandbox.capsule_add_notes(5_000);
+    }
+    let counts = ws.sandbox.capsule_counts();
+    let capsule_recipes: Vec<_> =
+        ws.engine.recipes().into_iter().filter(|r| r.trigger.connection.app.id == "capsule").collect();
+    // The first poll of each records what exists (its runs are not executed here).
+    for r in &capsule_recipes {
+        ws.engine.poll(r).await.unwrap();
+    }
+    let mut per_hour = 0.0;
+    let mut lines = Vec::new();
+    for r in &capsule_recipes {
+        let cost = |ws: &Workspace| ws.sandbox.request_counts().capsule;
+        // A whole read may span polls (at most the page bound each): count it to its end.
+        let read_to_the_end = async |ws: &Workspace| {
+            let before = cost(ws);
+            while ws.engine.poll(r).await.unwrap().stopped_at_bound {}
+            cost(ws) - before
+        };
+        read_to_the_end(&ws).await;
+        let before = cost(&ws);
+        ws.engine.poll(r).await.unwrap();
+        let quick = cost(&ws) - before;
+        ws.let_an_hour_pass();
+        let whole = read_to_the_end(&ws).await;
+        let polls = 3600.0 / r.trigger.schedule.period().as_secs_f64();
+        let scans = (3600.0 / r.trigger.full_scan_every.as_secs_f64()).min(polls);
+        let hour =
+            if whole > quick { (polls - scans) * quick as f64 + scans * whole as f64 } else { polls * quick as f64 };
+        lines.push(format!(
+            "{}: {polls:.0} polls/h, {quick} request(s) a poll, {whole} for a whole read -> {hour:.0}/h",
+            r.id
+        ));
+        per_hour += hour;
+    }
+    println!(
+        "capsule budget, {} people, {} notes, {} tasks:\n  {}\n  total {per_hour:.0} of 4,000 an hour ({:.1}%)",
+        counts.people,
+        counts.notes,
+        counts.tasks,
+        lines.join("\n  "),
+        per_hour / 40.0
+    );
+    assert!(per_hour <= 1_000.0, "the shipped recipes would spend {per_hour:.0} Capsule requests an hour");
+}
+
+#[tokio::test]
+async fn a_link_header_walk_stopped_at_the_bound_resumes_at_the_next_page() {
+    use ghlflow::http::Pager;
+    use std::sync::Arc;
+    let ws = workspace(200, 3).await;
+    let op = Arc::clone(ws.engine.catalog.get("capsule.entries.entry_updated").unwrap());
+    let connection = Arc::clone(ws.engine.config.connection("capsule").unwrap());
+    let inputs = json!({"embed": "party,creator"}).as_object().cloned().unwrap();
+    let ids = |records: &[Value]| records.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    // One walk to the end, two pages at a time.
+    let mut whole =
+        Pager::new(&ws.engine.client, Arc::clone(&connection), Arc::clone(&op), inputs.clone(), Some(1_000));
+    let mut all = Vec::new();
+    while let Some(page) = whole.next_page().await {
+        all.extend(page.unwrap().records);
+    }
+    assert!(all.len() > 150, "enough entries for several pages: {}", all.len());
+    let mut walked = Vec::new();
+    let mut start = inputs;
+    loop {
+        let mut pager = Pager::new(&ws.engine.client, Arc::clone(&connection), Arc::clone(&op), start.clone(), Some(2));
+        while let Some(page) = pager.next_page().await {
+            walked.extend(page.unwrap().records);
+        }
+        if !pager.stopped_at_bound() {
+            break;
+        }
+        start = pager.next_inputs().expect("a Capsule next link can be resumed");
+        assert_eq!(start["embed"], "party,creator", "the filter survives the resume: {start:?}");
+    }
+    assert_eq!(ids(&walked), ids(&all), "resumed walks read every page once, in order");
+}

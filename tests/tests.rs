@@ -6,6 +6,7 @@ mod util;
 
 mod catalog_counts;
 mod catalog_errors;
+mod cli_first_hour;
 mod cli_ops;
 mod engine;
 mod fuzz;

@@ -13,6 +13,12 @@ use crate::http::{self, HttpClient, HttpError, Pager};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow call ghl.locations.find_location_by_id --connection ghl --dry-run
+  ghlflow call ghl.contacts.get_contact --connection ghl --input '{\"contactId\":\"ID\"}'
+  ghlflow call ghl.contacts.upsert_contact --connection ghl --input @contact.json
+  ghlflow call capsule.parties.party_updated --connection capsule --all-pages > people.json")]
 pub struct CallArgs {
     /// The operation's full key, e.g. `ghl.contacts.get_contact`.
     key: String,
@@ -41,6 +47,23 @@ pub async fn run(args: CallArgs, operations: Option<&Path>) -> CliResult {
         CliError::Invalid(format!("unknown operation `{}`{hint}; `ghlflow ops list` shows them all", args.key))
     })?;
     let connection = config.connection(&args.connection).map_err(CliError::Invalid)?.clone();
+    if connection.app.id != op.key.app {
+        // As `validate` says it, with the connections that would do.
+        let fitting: Vec<&str> =
+            config.connections.values().filter(|c| c.app.id == op.key.app).map(|c| c.name.as_str()).collect();
+        return Err(CliError::Invalid(format!(
+            "connection `{}` is for app `{}`, but `{}` belongs to `{}`; {}",
+            connection.name,
+            connection.app.id,
+            op.key,
+            op.key.app,
+            if fitting.is_empty() {
+                format!("{} has no `{}` connection", args.config.display(), op.key.app)
+            } else {
+                format!("use --connection {}", fitting.join(" or --connection "))
+            }
+        )));
+    }
     let inputs = read_inputs(args.input.as_deref())?;
     http::check_access(&connection, &op).map_err(|e| CliError::Invalid(e.to_string()))?;
 

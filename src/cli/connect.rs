@@ -17,6 +17,10 @@ use crate::http::auth::token_request;
 use crate::store::Store;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow connect ghl                  open the printed address, approve, done
+  ghlflow connect ghl --port 9000      when the app's redirect URL uses port 9000")]
 pub struct ConnectArgs {
     /// The connection (from ghlflow.yaml) to authorize; it must use `type: oauth2`.
     connection: String,

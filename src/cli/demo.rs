@@ -13,6 +13,10 @@ use crate::sandbox::SandboxOptions;
 use crate::store::RunStatus;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow demo
+  ghlflow demo --people 50 --cycles 1      a quicker look")]
 pub struct DemoArgs {
     /// Capsule people in the sandbox.
     #[arg(long, default_value_t = 300)]
@@ -47,7 +51,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
     for cycle in 1..=args.cycles.max(1) {
         if cycle > 1 {
             eprintln!(
-                "between cycles: 20 people edited, 5 deleted and 10 added in Capsule, 10 notes edited, 10 tasks completed; a new GHL lead, a deal won"
+                "between cycles (an hour apart): 20 people edited, 5 deleted and 10 added in Capsule, 10 notes edited, 10 tasks completed; a new GHL lead, a deal won"
             );
             ws.change_the_world().await.map_err(CliError::Runtime)?;
         }

@@ -3,13 +3,16 @@
 //! logs and progress to stderr. Each subcommand's rendering lives in its own file.
 
 mod call;
+mod completions;
 mod connect;
 mod control;
 mod demo;
+mod init;
 mod ops;
 mod run;
 mod runs;
 mod sandbox;
+mod test;
 mod validate;
 
 use std::io::Write;
@@ -21,14 +24,29 @@ use clap::{Parser, Subcommand};
 use crate::catalog::{self, Catalog};
 
 #[derive(Debug, Parser)]
-#[command(name = "ghlflow", version, about = "Self-hosted automations for GoHighLevel, as files.")]
+#[command(
+    name = "ghlflow",
+    version,
+    about = "Self-hosted automations for GoHighLevel, as files.",
+    after_help = "\
+Examples:
+  ghlflow init                         a folder with ghlflow.yaml and the shipped recipes
+  ghlflow sandbox                      a local GHL + Capsule to practise on
+  ghlflow test capsule-people          what a recipe would send for the newest items
+  ghlflow run                          run the recipes until Ctrl-C
+  ghlflow <command> --help             each command's options and examples"
+)]
 pub struct Cli {
-    /// Add or override operations from this folder (laid out as `<app>/<category>.yaml`).
-    #[arg(long, global = true, value_name = "DIR")]
+    // Not `global`: an option shown in every command's help would be listed where it does
+    // nothing (sandbox, init, completions). They go before the command.
+    /// Add or override operations from this folder (laid out as `<app>/<category>.yaml`);
+    /// before the command: `ghlflow --operations DIR validate`.
+    #[arg(long, value_name = "DIR")]
     operations: Option<PathBuf>,
 
-    /// Log format on stderr: `text` or `json` (for log shippers).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: `text` or `json` (for log shippers); before the command
+    /// (`run` also takes it after).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -36,7 +54,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -44,7 +62,13 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Browse the operations catalog.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  ghlflow ops list --app ghl --category contacts
+  ghlflow ops show ghl.contacts.upsert_contact"
+    )]
     Ops(ops::OpsCommand),
     /// Run one operation on a connection and print the response.
     Call(call::CallArgs),
@@ -56,15 +80,28 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Poll the recipes and run what is new (until stopped, or once).
     Run(run::RunArgs),
+    /// Try a recipe on real items: render every step and print the requests (or send them).
+    Test(test::TestArgs),
     /// Run history: list, show, replay, release, discard.
     Runs(runs::RunsArgs),
     /// Move a recipe's trigger position.
     Trigger(runs::TriggerArgs),
     /// Print a JSON Schema.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  ghlflow schema recipe > docs/recipe.schema.json"
+    )]
     Schema(validate::SchemaCommand),
     /// Serve a local GHL + Capsule emulator with seeded data (prints a ghlflow.yaml for it).
     Sandbox(sandbox::SandboxArgs),
+    /// Set up a folder: ghlflow.yaml, recipes/ and the recipe schema for editors.
+    Init(init::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command into a folder.
+    Man(completions::ManArgs),
 }
 
 /// A failed command: what went wrong, and whether the user's input was at fault.
@@ -102,7 +139,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The engine tells what it does by default; one-shot commands only warn.
     let default_level = if matches!(&cli.command, Command::Run(_)) { "info" } else { "warn" };
-    init_logging(cli.log_format, default_level);
+    let log_format = match &cli.command {
+        Command::Run(args) => args.log_format.unwrap_or(cli.log_format),
+        _ => cli.log_format,
+    };
+    init_logging(log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -133,10 +174,14 @@ async fn run(cli: Cli) -> CliResult {
         Command::Validate(args) => validate::run(args, operations),
         Command::Schema(cmd) => validate::schema(cmd),
         Command::Run(args) => run::run(args, operations).await,
+        Command::Test(args) => test::run(args, operations).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Init(args) => init::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 
@@ -159,6 +204,13 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn load_config(path: &std::path::Path, catalog: &Catalog) -> Result<crate::config::Config, CliError> {
+    if !path.exists() {
+        return Err(CliError::Invalid(format!(
+            "no configuration at {}: `ghlflow init` writes one (with the shipped recipes), \
+             `ghlflow sandbox` prints one for a local practice account, and --config points at another file",
+            path.display()
+        )));
+    }
     crate::config::Config::load(path, catalog, &crate::config::process_env)
         .map_err(|d| CliError::Invalid(format!("invalid configuration:\n{d}")))
 }

@@ -14,6 +14,11 @@ use crate::diagnostic::hint;
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
     /// List operations, grouped by app and category.
+    #[command(after_help = "\
+Examples:
+  ghlflow ops list --app ghl --category contacts
+  ghlflow ops list --kind trigger          what a recipe can poll
+  ghlflow ops list --json | jq '.[].key'")]
     List {
         /// Only this app (`ghl`, `capsule`).
         #[arg(long)]
@@ -29,6 +34,10 @@ pub enum OpsCommand {
         json: bool,
     },
     /// Everything a recipe author needs to know about one operation.
+    #[command(after_help = "\
+Examples:
+  ghlflow ops show ghl.contacts.upsert_contact
+  ghlflow ops show capsule.parties.party_updated --json")]
     Show {
         /// The operation's full key, e.g. `ghl.contacts.upsert_contact`.
         key: String,

@@ -15,6 +15,12 @@ use crate::http::HttpClient;
 use crate::store::{RunStatus, Store};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow run                              poll every recipe on its schedule until Ctrl-C
+  ghlflow run --once --dry-run             what the new items would send; nothing is sent
+  ghlflow run --once --recipe capsule-people
+  ghlflow run --log-format json            logs for a log shipper")]
 pub struct RunArgs {
     /// Poll each recipe once, run what is new, and exit.
     #[arg(long)]
@@ -28,6 +34,9 @@ pub struct RunArgs {
     /// The configuration file.
     #[arg(long, default_value = "ghlflow.yaml")]
     config: PathBuf,
+    /// Log format on stderr: `text` or `json` (for log shippers).
+    #[arg(long, value_enum)]
+    pub(super) log_format: Option<super::LogFormat>,
 }
 
 pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {

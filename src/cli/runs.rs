@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -19,6 +19,11 @@ use crate::http::HttpClient;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow runs list --status failed
+  ghlflow runs show 1795856233073-000028
+  ghlflow runs replay 1795856233073-000028")]
 pub struct RunsArgs {
     #[command(subcommand)]
     command: RunsCommand,
@@ -30,13 +35,18 @@ pub struct RunsArgs {
 #[derive(Debug, Subcommand)]
 enum RunsCommand {
     /// Recent runs, newest first.
+    #[command(after_help = "\
+Examples:
+  ghlflow runs list
+  ghlflow runs list --recipe capsule-people --status failed
+  ghlflow runs list --limit 500 --json")]
     List {
         /// Only this recipe's runs.
         #[arg(long)]
         recipe: Option<String>,
-        /// Only runs in this status (succeeded, failed, filtered, held, running, queued).
-        #[arg(long)]
-        status: Option<String>,
+        /// Only runs in this status.
+        #[arg(long, value_enum)]
+        status: Option<RunStatus>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -45,20 +55,49 @@ enum RunsCommand {
         json: bool,
     },
     /// One run: its trigger item, each step's input, response, status and timing.
+    #[command(after_help = "\
+Examples:
+  ghlflow runs show 1795856233073-000028
+  ghlflow runs show 1795856233073-000028 --json")]
     Show {
+        /// The run's id (the RUN column of `ghlflow runs list`).
         run: String,
+        /// Print the whole record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Resume a failed run from its failed step.
-    Replay { run: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs replay 1795856233073-000028")]
+    Replay {
+        /// The failed run's id (the RUN column of `ghlflow runs list --status failed`).
+        run: String,
+    },
     /// Run a recipe's held batch.
-    Release { recipe: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs list --status held
+  ghlflow runs release ghl-welcome-sms")]
+    Release {
+        /// The recipe whose held runs to run (its id: the file name without .yaml).
+        recipe: String,
+    },
     /// Drop a recipe's held batch.
-    Discard { recipe: String },
+    #[command(after_help = "\
+Examples:
+  ghlflow runs discard ghl-welcome-sms")]
+    Discard {
+        /// The recipe whose held runs to drop (its id: the file name without .yaml).
+        recipe: String,
+    },
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow trigger reset capsule-people
+  ghlflow trigger reset capsule-people --to 2026-11-01T00:00:00Z")]
 pub struct TriggerArgs {
     #[command(subcommand)]
     command: TriggerCommand,
@@ -71,7 +110,12 @@ pub struct TriggerArgs {
 enum TriggerCommand {
     /// Move a recipe's trigger on purpose: without --to, the next poll records a new
     /// baseline; with --to TIME, it fires for everything changed since TIME.
+    #[command(after_help = "\
+Examples:
+  ghlflow trigger reset capsule-people                            a new baseline, nothing fires
+  ghlflow trigger reset capsule-people --to 2026-11-01T00:00:00Z  fire for what changed since then")]
     Reset {
+        /// The recipe whose trigger to move (its id: the file name without .yaml).
         recipe: String,
         /// An ISO 8601 time, e.g. 2026-11-01T00:00:00Z.
         #[arg(long)]
@@ -115,7 +159,9 @@ impl Reply {
 
 pub async fn run(args: RunsArgs, operations: Option<&Path>) -> CliResult {
     let req = match args.command {
-        RunsCommand::List { recipe, status, limit, json } => RunsRequest::List { recipe, status, limit, json },
+        RunsCommand::List { recipe, status, limit, json } => {
+            RunsRequest::List { recipe, status: status.map(|s| s.as_str().to_owned()), limit, json }
+        }
         RunsCommand::Show { run, json } => RunsRequest::Show { run, json },
         RunsCommand::Replay { run } => RunsRequest::Replay { run },
         RunsCommand::Release { recipe } => RunsRequest::Release { recipe },
@@ -167,24 +213,31 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
         RunsRequest::List { recipe, status, limit, json } => {
             let status = match status.as_deref().map(parse_status) {
                 Some(None) => {
+                    let all: Vec<&str> = RunStatus::value_variants().iter().map(|s| s.as_str()).collect();
                     return Reply::invalid(format!(
-                        "unknown status `{}`; use succeeded, failed, filtered, held, running, queued or discarded",
-                        status.unwrap_or_default()
+                        "unknown status `{}`; use one of: {}",
+                        status.unwrap_or_default(),
+                        all.join(", ")
                     ));
                 }
                 Some(Some(s)) => Some(s),
                 None => None,
             };
-            match engine.store.runs(recipe.as_deref(), if status.is_some() { usize::MAX } else { limit }) {
-                Ok(runs) => {
-                    let runs: Vec<RunRecord> =
-                        runs.into_iter().filter(|r| status.is_none_or(|s| r.status == s)).take(limit).collect();
-                    if json {
+            match engine.store.runs_page(recipe.as_deref(), status, limit) {
+                Ok((runs, total)) => {
+                    let mut reply = if json {
                         let rows: Vec<Value> = runs.iter().map(list_row).collect();
                         Reply::ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n")
+                    } else if runs.is_empty() {
+                        Reply::ok(nothing_listed(recipe.as_deref(), status))
                     } else {
                         Reply::ok(render_list(&runs))
+                    };
+                    // On stderr: stdout stays the table (or the JSON) alone, for scripts.
+                    if total > runs.len() {
+                        reply.stderr = format!("{} of {total} shown; --limit for more\n", runs.len());
                     }
+                    reply
                 }
                 Err(e) => Reply::failed(e.to_string()),
             }
@@ -289,10 +342,16 @@ fn list_row(r: &RunRecord) -> Value {
     })
 }
 
-fn render_list(runs: &[RunRecord]) -> String {
-    if runs.is_empty() {
-        return "no runs yet\n".into();
+/// What an empty list says: which runs there are none of.
+fn nothing_listed(recipe: Option<&str>, status: Option<RunStatus>) -> String {
+    let of = recipe.map(|r| format!(" of `{r}`")).unwrap_or_default();
+    match status {
+        Some(s) => format!("no {} runs{of}\n", s.as_str()),
+        None => format!("no runs{of} yet\n"),
     }
+}
+
+fn render_list(runs: &[RunRecord]) -> String {
     let rw = runs.iter().map(|r| r.recipe.len()).max().unwrap_or(6).max(6);
     let iw = runs.iter().map(|r| r.item_id.as_deref().unwrap_or("-").len()).max().unwrap_or(4).clamp(4, 24);
     let mut out =
@@ -334,6 +393,18 @@ fn render_run(r: &RunRecord) -> String {
         let _ = writeln!(out, "replays  {}", r.replays);
     }
     let _ = writeln!(out, "\ntrigger item:\n{}", indent(&serde_json::to_string_pretty(&r.item).unwrap_or_default()));
+    // A run that will never run a step does not list its steps as pending.
+    match r.status {
+        RunStatus::Filtered => {
+            let _ = writeln!(out, "\nno step ran: the recipe's filter left this item out");
+            return out;
+        }
+        RunStatus::Discarded => {
+            let _ = writeln!(out, "\nno step ran: the held run was discarded");
+            return out;
+        }
+        _ => {}
+    }
     for (i, s) in r.steps.iter().enumerate() {
         let status =
             serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();

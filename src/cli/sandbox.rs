@@ -10,6 +10,11 @@ use super::{CliError, CliResult, print};
 use crate::sandbox::{self, LostAs, SandboxError, SandboxOptions};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow sandbox > ghlflow.yaml             keep the printed configuration, then `ghlflow validate`
+  ghlflow sandbox --fail-rate 0.2            one GHL write in five fails with a 500
+  ghlflow sandbox --port 0 --people 50       any free port, a smaller account")]
 pub struct SandboxArgs {
     /// The port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8977)]

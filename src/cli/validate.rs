@@ -10,6 +10,10 @@ use crate::config::process_env;
 use crate::recipe;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow validate
+  ghlflow validate --config ~/automations/ghlflow.yaml")]
 pub struct ValidateArgs {
     /// The configuration file; recipes are read from `recipes/` beside it.
     #[arg(long, default_value = "ghlflow.yaml")]
@@ -19,6 +23,9 @@ pub struct ValidateArgs {
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
     /// The JSON Schema of recipe files (for editors: see the README).
+    #[command(after_help = "\
+Examples:
+  ghlflow schema recipe > docs/recipe.schema.json")]
     Recipe,
 }
 

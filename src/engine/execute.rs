@@ -75,6 +75,8 @@ impl Engine {
             match filter.render_string(&ctx) {
                 Ok(text) if !truthy(&text) => {
                     run.status = RunStatus::Filtered;
+                    // No step of a filtered run will ever run: none is recorded as pending.
+                    run.steps.clear();
                     run.finished = Some(now_iso());
                     self.store.save_run(&run)?;
                     return Ok(outcome(&run));
@@ -150,15 +152,21 @@ impl Engine {
                     self.store.flush_async().await?;
                 }
                 let started = Instant::now();
-                let result = match &step.find {
-                    Some(find) if step.operation.writes() => {
-                        let mut find_ctx = ctx_value.clone();
-                        set_root(&mut find_ctx, "input", Value::Object(inputs.clone()));
-                        self.send_checking_lost(step, find, &inputs, &find_ctx, in_doubt).await
+                let (result, sends) = crate::http::count_sends(async {
+                    match &step.find {
+                        Some(find) if step.operation.writes() => {
+                            let mut find_ctx = ctx_value.clone();
+                            set_root(&mut find_ctx, "input", Value::Object(inputs.clone()));
+                            self.send_checking_lost(step, find, &inputs, &find_ctx, in_doubt).await
+                        }
+                        _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
                     }
-                    _ => self.client.execute(&step.connection, &step.operation, &inputs).await.map(|r| r.body),
-                };
+                })
+                .await;
                 let record = &mut run.steps[i];
+                // Counted as one while in flight (a crash leaves that visible); now the real
+                // number of requests sent, retries included.
+                record.attempts = record.attempts.saturating_sub(1) + sends;
                 record.duration_ms = Some(started.elapsed().as_millis() as u64);
                 record.finished = Some(now_iso());
                 match result {
@@ -230,6 +238,16 @@ impl Engine {
     /// `ids.<name>` for a step: each key rendered and looked up in the id map. Also returns
     /// the rendered keys by name (to forget them, or to say what a run waits for).
     fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<(Value, Vec<(String, String)>), String> {
+        self.resolve_ids_with(step, ctx, &std::collections::HashMap::new())
+    }
+
+    /// `resolve_ids`, where `planned` (a dry run's ids not yet saved) wins over the id map.
+    fn resolve_ids_with(
+        &self,
+        step: &Step,
+        ctx: &Value,
+        planned: &std::collections::HashMap<String, Value>,
+    ) -> Result<(Value, Vec<(String, String)>), String> {
         let mut ids = Map::new();
         let mut keys = Vec::new();
         if step.ids.is_empty() {
@@ -241,6 +259,11 @@ impl Engine {
             set_root(&mut ctx, "ids", Value::Object(ids.clone()));
             let key = key.render_string(&context(ctx.clone())).map_err(|e| format!("ids.{name}: {e}"))?;
             let key = key.trim().to_owned();
+            if let Some(planned) = planned.get(&key) {
+                ids.insert(name.clone(), planned.clone());
+                keys.push((name.clone(), key));
+                continue;
+            }
             let id = if key.is_empty() { None } else { self.store.id_of(&key).map_err(|e| e.to_string())? };
             ids.insert(name.clone(), id.map(Value::String).unwrap_or(Value::Null));
             keys.push((name.clone(), key));
@@ -345,7 +368,12 @@ impl Engine {
     }
 
     /// Runs a find: the first candidate its `match` accepts, shaped like the write's response.
+    /// Its reads are not sends of the step, so they are counted apart (and dropped).
     async fn find_existing(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
+        crate::http::count_sends(self.find_candidates(step, find, ctx)).await.0
+    }
+
+    async fn find_candidates(&self, step: &Step, find: &Find, ctx: &Value) -> Result<Option<Value>, HttpError> {
         // A two-step find reads its candidates' lists from each record of `from` (each of the
         // contact's conversations, say).
         let parents = match &find.from {
@@ -519,18 +547,45 @@ impl Engine {
         Ok(n)
     }
 
-    /// Dry run: the requests the steps would send for one item (earlier steps' responses are
-    /// stood in for by their samples; conditions on them may therefore differ).
-    pub(super) fn plan_item(&self, recipe: &Recipe, item_id: &str, item: &Value) {
-        let base = json!({"trigger": item, "connection": Value::Null, "env": env_view(recipe)});
+    /// `ghlflow test`: the dry-run plan of one item (the lines `run --once --dry-run` prints
+    /// for it) and how many of its steps would fail. Sends no write and records nothing.
+    pub async fn plan_one(&self, recipe: &Recipe, item_id: &str, item: &Value) -> (Vec<String>, usize) {
+        let failures = self.plan_item(recipe, item_id, item).await;
+        (self.take_plan(), failures)
+    }
+
+    /// Dry run: the requests the steps would send for one item. What an earlier step would
+    /// have answered is unknown, so every value read from it is a visible placeholder
+    /// (`<steps.contact.contact.id>`), never a plausible-looking sample; an id an earlier
+    /// step would have saved reads as that placeholder too. Returns how many steps would fail.
+    /// The recipe's lookups are read (they are reads), as a real run would.
+    pub(super) async fn plan_item(&self, recipe: &Recipe, item_id: &str, item: &Value) -> usize {
+        let lookups = match self.lookups(recipe).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.plan_line(format!("{}: item {item_id}: would fail: {e}", recipe.id));
+                return 1;
+            }
+        };
+        let base = json!({"trigger": item, "connection": Value::Null, "env": env_view(recipe), "lookups": lookups});
         if let Some(filter) = &recipe.filter {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
-            if filter.render_string(&ctx).map(|t| !truthy(&t)).unwrap_or(false) {
-                self.plan_line(format!("{}: item {item_id}: filtered out", recipe.id));
-                return;
+            match filter.render_string(&ctx) {
+                Ok(t) if !truthy(&t) => {
+                    self.plan_line(format!("{}: item {item_id}: filtered out", recipe.id));
+                    return 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.plan_line(format!("{}: item {item_id}: the filter would fail: {e}", recipe.id));
+                    return 1;
+                }
             }
         }
         let mut outputs = Map::new();
+        // Ids the planned steps would have saved: key -> placeholder.
+        let mut saved: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+        let mut failures = 0;
         let fake_run = RunRecord {
             id: String::new(),
             recipe: recipe.id.clone(),
@@ -548,30 +603,187 @@ impl Engine {
         };
         for step in &recipe.steps {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
-            if let Ok((ids, _)) = self.resolve_ids(step, &ctx_value) {
+            if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved) {
+                if let Some(name) = step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)) {
+                    let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str()).unwrap_or("");
+                    self.plan_line(format!(
+                        "{}: item {item_id}: step `{}` would wait: no id `{key}` is recorded yet (ids.{name}; \
+                         another recipe records it)",
+                        recipe.id, step.id
+                    ));
+                    return failures;
+                }
                 set_root(&mut ctx_value, "ids", ids);
             }
-            let ctx = context(ctx_value);
-            if let Some(cond) = &step.condition
-                && cond.render_string(&ctx).map(|t| !truthy(&t)).unwrap_or(false)
-            {
-                self.plan_line(format!("{}: item {item_id}: step `{}` skipped (if)", recipe.id, step.id));
-                continue;
+            let ctx = context(ctx_value.clone());
+            if let Some(cond) = &step.condition {
+                let guessed = reads_placeholder(cond, &outputs);
+                match cond.render_string(&ctx) {
+                    Ok(t) if !truthy(&t) => {
+                        let note = if guessed { " (it read a placeholder; the real run may differ)" } else { "" };
+                        self.plan_line(format!("{}: item {item_id}: step `{}` skipped (if){note}", recipe.id, step.id));
+                        continue;
+                    }
+                    Ok(_) if guessed => self.plan_line(format!(
+                        "{}: item {item_id}: step `{}`: its `if` read a placeholder for an earlier step's answer; \
+                         the real run may skip it",
+                        recipe.id, step.id
+                    )),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.plan_line(format!(
+                            "{}: item {item_id}: step `{}` would fail: if: {e}",
+                            recipe.id, step.id
+                        ));
+                        failures += 1;
+                        continue;
+                    }
+                }
             }
-            let line = match self.step_inputs(step, &ctx, &fake_run).map_err(|e| e.to_string()).and_then(|inputs| {
-                prepare(&step.operation, &step.connection, &inputs).map_err(|e: HttpError| e.to_string())
-            }) {
-                Ok(request) => format!(
-                    "{}: item {item_id}: step `{}` would send:\n{}",
-                    recipe.id,
-                    step.id,
-                    indent(&self.config.redactor.redact(&request.render("Bearer")))
-                ),
-                Err(e) => format!("{}: item {item_id}: step `{}` would fail: {e}", recipe.id, step.id),
+            let line = match self.step_inputs(step, &ctx, &fake_run) {
+                Err(e) => Err(e),
+                Ok(inputs) => match prepare(&step.operation, &step.connection, &inputs) {
+                    Ok(request) => Ok(format!(
+                        "{}: item {item_id}: step `{}` would send:\n{}",
+                        recipe.id,
+                        step.id,
+                        indent(&readable_placeholders(&self.config.redactor.redact(&request.render("Bearer"))))
+                    )),
+                    // A placeholder where the operation wants a number or a boolean: the
+                    // request cannot be built before the earlier step answers; show the inputs.
+                    Err(_) if has_placeholder(&Value::Object(inputs.clone())) => Ok(format!(
+                        "{}: item {item_id}: step `{}` would send {} with these inputs \
+                         (built once the earlier steps answer):\n{}",
+                        recipe.id,
+                        step.id,
+                        step.operation.key,
+                        indent(
+                            &self
+                                .config
+                                .redactor
+                                .redact(&serde_json::to_string_pretty(&Value::Object(inputs)).unwrap_or_default())
+                        )
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
             };
+            let line = line.unwrap_or_else(|e| {
+                failures += 1;
+                format!("{}: item {item_id}: step `{}` would fail: {e}", recipe.id, step.id)
+            });
             self.plan_line(line);
-            outputs.insert(step.id.clone(), step.operation.sample_output.clone());
+            outputs.insert(step.id.clone(), placeholders(step, recipe));
+            // What the step would save, so later steps' `ids` see a placeholder, not nothing.
+            let mut save_ctx = ctx_value;
+            set_root(&mut save_ctx, "steps", Value::Object(outputs.clone()));
+            let save_ctx = context(save_ctx);
+            for (key, value) in &step.save {
+                if let (Ok(k), Ok(v)) = (key.render_string(&save_ctx), value.render(&save_ctx))
+                    && !k.trim().is_empty()
+                {
+                    saved.insert(k.trim().to_owned(), v);
+                }
+            }
         }
+        failures
+    }
+}
+
+/// What stands in for a step's response in a dry run: the shape of the operation's sample
+/// with every value replaced by its own path (`<steps.contact.contact.id>`), plus every path
+/// the recipe's templates read from the step, whether or not the sample has it.
+fn placeholders(step: &Step, recipe: &Recipe) -> Value {
+    fn shape(v: &Value, path: &str) -> Value {
+        match v {
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v, &format!("{path}.{k}")))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().take(1).map(|v| shape(v, &format!("{path}.0"))).collect()),
+            _ => Value::String(format!("<{path}>")),
+        }
+    }
+    let root = format!("steps.{}", step.id);
+    let mut out = shape(&step.operation.sample_output, &root);
+    if !out.is_object() {
+        out = Value::Object(Map::new());
+    }
+    for t in recipe.steps.iter().flat_map(step_templates) {
+        for r in t.references() {
+            if r.segments.len() > 2 && r.segments[0] == "steps" && r.segments[1] == step.id {
+                insert_path(&mut out, &r.segments[2..], &format!("<{}>", r.segments.join(".")));
+            }
+        }
+    }
+    out
+}
+
+/// Sets `value` at `path` inside `target` unless something is there already.
+fn insert_path(target: &mut Value, path: &[String], value: &str) {
+    let Some((first, rest)) = path.split_first() else { return };
+    let Value::Object(m) = target else { return };
+    if rest.is_empty() {
+        m.entry(first.clone()).or_insert_with(|| Value::String(value.to_owned()));
+    } else {
+        let next = m.entry(first.clone()).or_insert_with(|| Value::Object(Map::new()));
+        insert_path(next, rest, value);
+    }
+}
+
+/// Every template of a step (its `if`, inputs, ids, saves and find).
+fn step_templates(step: &Step) -> Vec<&crate::template::CompiledTemplate> {
+    let mut out: Vec<&crate::template::CompiledTemplate> = step.condition.iter().collect();
+    out.extend(step.input.iter().flat_map(|(_, t)| t.templates()));
+    out.extend(step.ids.iter().map(|(_, t)| t));
+    out.extend(step.save.iter().flat_map(|(k, v)| [k, v]));
+    if let Some(find) = &step.find {
+        if let Some(from) = &find.from {
+            out.extend(from.input.iter().flat_map(|(_, t)| t.templates()));
+        }
+        out.extend(find.input.iter().flat_map(|(_, t)| t.templates()));
+        out.push(&find.matcher);
+    }
+    out
+}
+
+/// Whether a template reads a field of a planned step's response (a placeholder), as
+/// opposed to only whether the step ran.
+fn reads_placeholder(t: &crate::template::CompiledTemplate, outputs: &Map<String, Value>) -> bool {
+    t.references()
+        .iter()
+        .any(|r| r.segments.len() > 2 && r.segments[0] == "steps" && outputs.contains_key(&r.segments[1]))
+}
+
+/// A placeholder in a URL path comes out percent-encoded (`%3Csteps.x.id%3E`); it is shown
+/// as written.
+fn readable_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("%3Csteps.") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 3..];
+        match tail.find("%3E") {
+            Some(end) if !tail[..end].contains(['/', ' ', '\n']) => {
+                out.push('<');
+                out.push_str(&tail[..end]);
+                out.push('>');
+                rest = &tail[end + 3..];
+            }
+            _ => {
+                out.push_str("%3C");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn has_placeholder(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("<steps."),
+        Value::Array(a) => a.iter().any(has_placeholder),
+        Value::Object(m) => m.values().any(has_placeholder),
+        _ => false,
     }
 }
 

@@ -70,22 +70,7 @@ impl Engine {
             None => TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() },
         };
 
-        let ctx =
-            context(serde_json::json!({"connection": connection_view(&trigger.connection), "env": env_view(recipe)}));
-        let mut inputs = render_inputs(&trigger.input, &ctx).map_err(fail)?;
-        if let (Some(since), Some(cursor)) = (&op.since, &state.cursor)
-            && let Some(at) = parse_date(&Value::String(cursor.clone()))
-        {
-            let from = at.checked_sub_signed(SINCE_OVERLAP).unwrap_or(at);
-            inputs.insert(since.clone(), Value::String(from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
-        }
-        // A feed that requires its `since` (Capsule's deletions) starts from the beginning.
-        if let Some(since) = &op.since
-            && !inputs.contains_key(since)
-            && op.input(since).is_some_and(|i| i.required)
-        {
-            inputs.insert(since.clone(), Value::String("1970-01-01T00:00:00Z".into()));
-        }
+        let inputs = trigger_inputs(recipe, state.cursor.as_deref()).map_err(fail)?;
         let resumed = state.resume.take();
         let start_inputs = resumed.clone().unwrap_or(inputs);
 
@@ -97,7 +82,17 @@ impl Engine {
         // it (`output.newest_first`, decided by the pager). Any other feed without a `since`
         // filter is read whole (up to the page bound): an edit to an old record, or an old
         // deal just won, sits where the record always was, not on page 1.
-        let stop_at_seen = op.since.is_none() && trigger.dedupe == Dedupe::Id && pager.newest_first();
+        // A feed of changes listed newest first (Capsule's notes, by entry time) is read whole
+        // only once per `full_scan_every`, to find edits to old records; the polls between
+        // read it until the first record seen unchanged, which finds every new record.
+        let now = crate::http::auth::unix_now();
+        let changes_newest_first = op.since.is_none() && trigger.dedupe == Dedupe::IdUpdated && pager.newest_first();
+        let full_scan_due = resumed.is_some()
+            || state.last_full_scan.is_none_or(|t| now.saturating_sub(t) >= trigger.full_scan_every.as_secs());
+        let stop_at_seen = op.since.is_none()
+            && pager.newest_first()
+            && (trigger.dedupe == Dedupe::Id || (changes_newest_first && !full_scan_due));
+        let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
@@ -108,11 +103,15 @@ impl Engine {
                 records.push(r);
             }
             if reached_seen {
+                stopped_early = true;
                 break;
             }
         }
+        if changes_newest_first && !stopped_early && !pager.stopped_at_bound() {
+            state.last_full_scan = Some(now);
+        }
         let stopped_at_bound = pager.stopped_at_bound();
-        state.resume = if stopped_at_bound { pager.next_inputs().cloned() } else { None };
+        state.resume = if stopped_at_bound { pager.next_inputs() } else { None };
 
         // Keep what is new, oldest first.
         let mut new_items: Vec<(String, String, Value)> = Vec::new(); // (item id, seen mark, record)
@@ -193,7 +192,7 @@ impl Engine {
                 )),
                 Some(_) => {
                     for (id, _, item) in &new_items {
-                        self.plan_item(recipe, id, item);
+                        self.plan_item(recipe, id, item).await;
                     }
                     if new_items.is_empty() {
                         self.plan_line(format!("{}: no new items", recipe.id));
@@ -231,6 +230,40 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// `ghlflow test`: the newest items of the trigger's first page (newest first, at most
+    /// `limit`), each with its id. Reads only: the trigger's position and seen marks stay.
+    pub async fn latest_items(&self, recipe: &Recipe, limit: usize) -> Result<Vec<(String, Value)>, EngineError> {
+        let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
+        let trigger = &recipe.trigger;
+        let inputs = trigger_inputs(recipe, None).map_err(fail)?;
+        let mut pager =
+            Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(&trigger.operation), inputs, None);
+        let mut records = match pager.next_page().await {
+            Some(page) => page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?.records,
+            None => Vec::new(),
+        };
+        if let Some(field) = trigger.operation.output.as_ref().and_then(|o| o.updated.clone()) {
+            // Newest first, whatever order the feed has.
+            records.sort_by_key(|r| std::cmp::Reverse(field.get(r).and_then(parse_date)));
+        }
+        records.truncate(limit);
+        Ok(records.into_iter().map(|r| (self.identity(recipe, &r).0, r)).collect())
+    }
+
+    /// `ghlflow test --send`: records a queued run of `item` outside any poll (the trigger's
+    /// position and seen marks stay as they are) and returns its id.
+    pub fn record_run(&self, recipe: &Recipe, item_id: String, item: Value) -> Result<String, EngineError> {
+        let run = new_run(self, recipe, RunStatus::Queued, item_id, item);
+        self.store.save_run(&run)?;
+        self.store.flush()?;
+        Ok(run.id)
+    }
+
+    /// An item's id as the trigger's dedupe sees it (a content hash when it has none).
+    pub fn item_id(&self, recipe: &Recipe, record: &Value) -> String {
+        self.identity(recipe, record).0
+    }
+
     /// The item's id and the mark that tells whether it changed.
     fn identity(&self, recipe: &Recipe, record: &Value) -> (String, String) {
         let output = recipe.trigger.operation.output.as_ref();
@@ -245,8 +278,14 @@ impl Engine {
                     output.and_then(|o| o.updated.as_ref()).and_then(|p| p.get(record)).map(scalar).unwrap_or_default();
                 (id.unwrap_or_else(|| content_hash(record)), format!("u:{updated}"))
             }
-            // One record watched: one key, its content as the mark.
-            Dedupe::Content => ("record".into(), content_hash(record)),
+            // One record watched: one key, its content as the mark. Records of a list with no
+            // timestamps (a contact's tasks): each by its id, its content as the mark, so an
+            // edit or a completion fires.
+            Dedupe::Content => {
+                let list = output.is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
+                let key = if list { id.unwrap_or_else(|| content_hash(record)) } else { "record".into() };
+                (key, content_hash(record))
+            }
         }
     }
 
@@ -268,6 +307,27 @@ impl Engine {
         let (id, mark) = self.identity(recipe, record);
         Ok(self.store.seen_mark(&recipe.id, &id)?.as_deref() == Some(mark.as_str()))
     }
+}
+
+/// A trigger's rendered inputs, with its `since` filter set from `cursor` (less the overlap).
+fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, Value>, String> {
+    let (trigger, op) = (&recipe.trigger, &recipe.trigger.operation);
+    let ctx = context(serde_json::json!({"connection": connection_view(&trigger.connection), "env": env_view(recipe)}));
+    let mut inputs = render_inputs(&trigger.input, &ctx)?;
+    if let (Some(since), Some(cursor)) = (&op.since, cursor)
+        && let Some(at) = parse_date(&Value::String(cursor.to_owned()))
+    {
+        let from = at.checked_sub_signed(SINCE_OVERLAP).unwrap_or(at);
+        inputs.insert(since.clone(), Value::String(from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    }
+    // A feed that requires its `since` (Capsule's deletions) starts from the beginning.
+    if let Some(since) = &op.since
+        && !inputs.contains_key(since)
+        && op.input(since).is_some_and(|i| i.required)
+    {
+        inputs.insert(since.clone(), Value::String("1970-01-01T00:00:00Z".into()));
+    }
+    Ok(inputs)
 }
 
 fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {

@@ -32,6 +32,22 @@ use crate::store::Store;
 use auth::TokenSource;
 use ratelimit::Budget;
 
+tokio::task_local! {
+    /// Requests put on the wire inside a `count_sends` scope.
+    static SENDS: std::cell::Cell<u32>;
+}
+
+/// Runs `f` and returns its output with how many requests it put on the wire: every retry,
+/// and every resend after a 429 or a token refresh, counts (run history shows this number).
+pub async fn count_sends<F: std::future::Future>(f: F) -> (F::Output, u32) {
+    SENDS
+        .scope(std::cell::Cell::new(0), async move {
+            let out = f.await;
+            (out, SENDS.try_with(std::cell::Cell::get).unwrap_or(0))
+        })
+        .await
+}
+
 /// How many 429s in a row one request waits out before it gives up.
 const MAX_RATE_LIMIT_WAITS: u32 = 20;
 
@@ -159,6 +175,7 @@ impl HttpClient {
                 // Held until the answer's headers are in (see `ratelimit::Permit`).
                 let permit = budget.acquire_within(longest).await.map_err(|left| wait_too_long(request, left))?;
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
+                let _ = SENDS.try_with(|n| n.set(n.get() + 1));
                 let sent = self.send_once(connection, request, token.expose()).await;
                 Ok::<_, HttpError>((token, sent, permit.sent_at()))
             }

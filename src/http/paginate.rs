@@ -52,6 +52,8 @@ pub struct Pager<'c> {
     stopped_at_bound: bool,
     /// See `newest_first()`.
     newest_first: bool,
+    /// The first request's path inputs (a next link names them only inside its path).
+    path_inputs: Map<String, Value>,
 }
 
 impl<'c> Pager<'c> {
@@ -73,11 +75,17 @@ impl<'c> Pager<'c> {
             }
             None => false,
         };
+        let path_inputs = inputs
+            .iter()
+            .filter(|(name, _)| op.input(name).is_some_and(|i| i.location == crate::catalog::InputLocation::Path))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Pager {
             client,
             connection,
             op,
             next: Next::Inputs(inputs),
+            path_inputs,
             last_request: None,
             pages_read: 0,
             bound,
@@ -101,10 +109,26 @@ impl<'c> Pager<'c> {
     }
 
     /// The inputs of the page that would come next (for resuming a walk later), if any.
-    pub fn next_inputs(&self) -> Option<&Map<String, Value>> {
+    pub fn next_inputs(&self) -> Option<Map<String, Value>> {
         match &self.next {
-            Next::Inputs(i) => Some(i),
-            _ => None,
+            Next::Inputs(i) => Some(i.clone()),
+            // A next link (Capsule's) carries the whole request in its query: its parameters
+            // are the operation's query inputs, so a later walk can start there. A parameter
+            // the operation does not know would be lost, so such a link is not resumable.
+            Next::Url(url) => {
+                let mut inputs = Map::new();
+                for (name, value) in url.query_pairs() {
+                    let input = self.op.input(&name)?;
+                    if input.location != crate::catalog::InputLocation::Query {
+                        return None;
+                    }
+                    inputs.insert(name.into_owned(), Value::String(value.into_owned()));
+                }
+                // Path inputs are not in the query: keep them from the walk's first request.
+                inputs.extend(self.path_inputs.clone());
+                Some(inputs)
+            }
+            Next::Done => None,
         }
     }
 

@@ -239,8 +239,13 @@ fn check_inputs(
             values.insert(input.name.clone(), Value::String(default.to_owned()));
         }
     }
-    let missing: Vec<&str> =
-        op.inputs.iter().filter(|i| i.required && !values.contains_key(&i.name)).map(|i| i.name.as_str()).collect();
+    // An input given with the wrong type is reported as that, not also as missing.
+    let missing: Vec<&str> = op
+        .inputs
+        .iter()
+        .filter(|i| i.required && !values.contains_key(&i.name) && inputs.get(&i.name).is_none_or(Value::is_null))
+        .map(|i| i.name.as_str())
+        .collect();
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
         problems.push(format!(

@@ -21,6 +21,9 @@ use crate::template::{CompiledTemplate, ROOTS, Reference};
 const MIN_EVERY: Duration = Duration::from_secs(60);
 const MAX_EVERY: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_HOLD_ABOVE: u32 = 100;
+/// How often a feed of changes listed newest first is read whole, by default and at most.
+const DEFAULT_FULL_SCAN: Duration = Duration::from_secs(60 * 60);
+const MAX_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Compiles every `*.yaml` in `dir` (sorted by name). Problems from all files come together.
 pub fn load_recipes(
@@ -108,6 +111,10 @@ fn check_order(recipes: &[Recipe], texts: &BTreeMap<String, String>, diags: &mut
 fn stem(path: &Path) -> String {
     path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
 }
+
+/// The recipe schema as a value, for `unknown_keys`.
+static RECIPE_SCHEMA: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| serde_json::to_value(schemars::schema_for!(RecipeSpec)).unwrap_or_default());
 
 /// The JSON Schema of recipe files, generated from the Spec types.
 pub fn schema_json() -> String {
@@ -202,7 +209,7 @@ pub fn compile_recipe(
             format!("the recipe id (the file name) `{id}` may only hold letters, digits, `-` and `_`"),
         );
     }
-    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let pos = crate::diagnostic::serde_yaml_position(&e);
@@ -210,6 +217,10 @@ pub fn compile_recipe(
             return Err(diags);
         }
     };
+    // Every unknown key is reported and set aside, so the rest of the file is still checked.
+    for u in crate::unknown_keys::strip_unknown(&mut value, &RECIPE_SCHEMA) {
+        site.push(&mut diags, &u.path, u.message);
+    }
     let spec: RecipeSpec = match serde_path_to_error::deserialize(value) {
         Ok(s) => s,
         Err(e) => {
@@ -441,7 +452,11 @@ fn compile_trigger(
     {
         let list = matches!(output.records, crate::catalog::Records::Items(_));
         match d {
-            Dedupe::Content if list => site.push(diags, "trigger.dedupe", "`content` is for single-record triggers"),
+            Dedupe::Content if list && output.id.is_none() => site.push(
+                diags,
+                "trigger.dedupe",
+                "`content` on a list needs records with an id; this list has none, use `id`",
+            ),
             Dedupe::Id | Dedupe::IdUpdated if !list => site.push(
                 diags,
                 "trigger.dedupe",
@@ -453,6 +468,25 @@ fn compile_trigger(
             _ => {}
         }
     }
+
+    let full_scan_every = match spec.full_scan_every.as_deref() {
+        None => Some(DEFAULT_FULL_SCAN),
+        Some(text) => match crate::catalog::parse_duration(text) {
+            Ok(d) if d <= MAX_FULL_SCAN => Some(d),
+            Ok(_) => {
+                site.push(
+                    diags,
+                    "trigger.full_scan_every",
+                    format!("`{text}` is more than a day; read the whole feed at least daily"),
+                );
+                None
+            }
+            Err(e) => {
+                site.push(diags, "trigger.full_scan_every", e);
+                None
+            }
+        },
+    };
 
     // Trigger inputs: templates over connection and env only.
     let scope = Scope {
@@ -494,6 +528,7 @@ fn compile_trigger(
             n => Some(n),
         },
         dedupe: dedupe?,
+        full_scan_every: full_scan_every?,
         fingerprint,
     })
 }

@@ -58,6 +58,8 @@ pub struct Trigger {
     /// Hold a batch larger than this (None: never hold).
     pub hold_above: Option<u32>,
     pub dedupe: Dedupe,
+    /// How often a feed of changes listed newest first is read whole (see the spec).
+    pub full_scan_every: Duration,
     /// What identifies the trigger's position: editing anything else keeps it.
     pub fingerprint: String,
 }

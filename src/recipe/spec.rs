@@ -87,6 +87,12 @@ pub struct TriggerSpec {
     /// Overrides the operation's dedupe rule: `id`, `id_updated` or `content`.
     #[serde(default)]
     pub dedupe: Option<String>,
+    /// For a feed of changes with no `since` filter that the API lists newest first
+    /// (Capsule's notes): how often a poll reads the whole feed to find edits to old records
+    /// (default `1h`, at most `24h`; one at or below the poll interval reads it whole every poll). The polls in between read only until
+    /// the first record seen unchanged, which is where every new record is.
+    #[serde(default)]
+    pub full_scan_every: Option<String>,
 }
 
 /// One action of the chain.
