@@ -353,3 +353,35 @@ async fn state_dot_is_refused_and_runs_list_limit_zero_is_an_error() {
         assert_ne!(mode & 0o077, 0, "the project folder was made owner-only");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_files_dropped_into_a_running_engines_recipes_keep_it_running() {
+    let api = FakeApi::start(serve(false)).await;
+    let flow = Flow::new(&api, &[("notes", NOTES)]);
+    let mut engine = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+        .args(["run", "--config"])
+        .arg(flow.dir.path().join("ghlflow.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let recipes = flow.dir.path().join("recipes");
+    for f in ["nested_helpers_5000.yaml", "nested_if_20000.yaml", "recursive_inline_partial.yaml"] {
+        std::fs::copy(fixture(f), recipes.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink("/dev/zero", recipes.join("zero.yaml")).unwrap();
+    let _ = std::process::Command::new("mkfifo").arg(recipes.join("fifo.yaml")).status();
+    std::fs::write(recipes.join("notes.yml"), NOTES).unwrap();
+    // Two reload checks (every 2 s) later, it still runs.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(engine.try_wait().unwrap().is_none(), "the engine died after hostile recipe files appeared");
+    engine.start_kill().unwrap();
+    let out = engine.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("nest more than 32 deep"), "{log}");
+    assert!(log.contains("not a regular file"), "{log}");
+    assert!(log.contains("two files give this recipe id"), "{log}");
+}
