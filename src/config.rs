@@ -89,19 +89,12 @@ impl Redactor {
     /// Redacts every string and object key inside a JSON value; returns it unchanged (no
     /// copy of the strings) when no secret is registered. Parsed JSON strings are already
     /// unescaped, so a secret a server echoed JSON-escaped is matched here too.
-    pub fn redact_json_deep(&self, value: serde_json::Value) -> serde_json::Value {
-        use serde_json::Value as V;
-        if self.secrets.read().map(|l| l.is_empty()).unwrap_or(true) {
-            return value;
+    pub fn redact_json_deep(&self, mut value: serde_json::Value) -> serde_json::Value {
+        let Ok(list) = self.secrets.read() else { return value };
+        if !list.is_empty() {
+            redact_in_place(&list, &mut value);
         }
-        match value {
-            V::String(s) => V::String(self.redact(&s)),
-            V::Array(items) => V::Array(items.into_iter().map(|v| self.redact_json_deep(v)).collect()),
-            V::Object(map) => {
-                V::Object(map.into_iter().map(|(k, v)| (self.redact(&k), self.redact_json_deep(v))).collect())
-            }
-            other => other,
-        }
+        value
     }
 
     /// Redacts every string inside a JSON value.
@@ -113,6 +106,33 @@ impl Redactor {
             V::Object(map) => V::Object(map.iter().map(|(k, v)| (k.clone(), self.redact_json(v))).collect()),
             other => other.clone(),
         }
+    }
+}
+
+/// Redacts `value` where it holds a secret, allocating only for what changes: most
+/// responses hold none, and this runs on every one.
+fn redact_in_place(secrets: &[String], value: &mut serde_json::Value) {
+    use serde_json::Value as V;
+    let holds = |text: &str| secrets.iter().any(|s| text.contains(s.as_str()));
+    let scrub = |text: &str| {
+        let mut out = text.to_owned();
+        for s in secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    };
+    match value {
+        V::String(s) if holds(s) => *s = scrub(s),
+        V::Array(items) => items.iter_mut().for_each(|v| redact_in_place(secrets, v)),
+        V::Object(map) => {
+            if map.keys().any(|k| holds(k)) {
+                *map = std::mem::take(map).into_iter().map(|(k, v)| (scrub(&k), v)).collect();
+            }
+            map.values_mut().for_each(|v| redact_in_place(secrets, v));
+        }
+        _ => {}
     }
 }
 
