@@ -77,6 +77,9 @@ pub enum RunStatus {
     Discarded,
     /// A step needs an id another recipe has not recorded yet; resumed at a later poll.
     Waiting,
+    /// The process stopped while a step that is not safe to repeat was being sent: whether
+    /// it reached the API is unknown, so a person decides (`runs replay` or `runs discard`).
+    Unsure,
 }
 
 impl RunStatus {
@@ -90,6 +93,7 @@ impl RunStatus {
             RunStatus::Held => "held",
             RunStatus::Discarded => "discarded",
             RunStatus::Waiting => "waiting",
+            RunStatus::Unsure => "unsure",
         }
     }
 

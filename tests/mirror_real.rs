@@ -349,3 +349,49 @@ async fn a_link_header_walk_stopped_at_the_bound_resumes_at_the_next_page() {
     }
     assert_eq!(ids(&walked), ids(&all), "resumed walks read every page once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_tasks_stay_open_and_restricted_people_are_tagged() {
+    let ws = workspace(80, 29).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    let pended = ws.sandbox.capsule_pend_tasks(5);
+    let restricted = ws.sandbox.capsule_restrict_people(3);
+    assert_eq!((pended.len(), restricted.len()), (5, 3));
+    ws.let_an_hour_pass();
+    let r = ws.cycle().await;
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}");
+    let all_tasks: Vec<Value> =
+        ws.sandbox.ghl_contacts().iter().flat_map(|c| ws.sandbox.ghl_tasks(c["id"].as_str().unwrap())).collect();
+    let mut seen = 0;
+    for task in &pended {
+        let marker = format!("[capsule task {task}]");
+        if let Some(t) = all_tasks.iter().find(|t| t["body"].as_str().is_some_and(|b| b.contains(&marker))) {
+            assert_eq!(t["completed"], false, "a pending task is not completed: {t}");
+            assert!(t["body"].as_str().unwrap().contains("pending in Capsule"), "{t}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "some pended task was on a mirrored person");
+    for id in restricted {
+        if let Some(contact_id) = ws.engine.store.id_of(&format!("party:{id}")).unwrap() {
+            let c = contact(&ws, &contact_id).unwrap();
+            assert!(tags(&c).contains("capsule-restricted"), "restricted person {id}: {c}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_merged_away_in_ghl_is_remapped_to_a_contact_ghl_has() {
+    let ws = workspace(50, 37).await;
+    assert_eq!(ws.cycle().await.still_failed, 0);
+    let (person, merged_away) = mirrored_person(&ws, 4);
+    let (_, survivor) = mirrored_person(&ws, 5);
+    ws.sandbox.ghl_merge_contacts(&merged_away, &survivor).unwrap();
+    assert!(contact(&ws, &merged_away).is_none());
+    assert!(ws.sandbox.capsule_touch_person(person));
+    let r = ws.cycle().await;
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed));
+    let now = ws.engine.store.id_of(&format!("party:{person}")).unwrap().unwrap();
+    assert_ne!(now, merged_away);
+    assert!(contact(&ws, &now).is_some(), "the person maps to a contact GHL has");
+}

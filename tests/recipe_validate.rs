@@ -101,6 +101,7 @@ fn the_shipped_recipes_validate_against_connections_named_ghl_and_capsule() {
             "capsule-deleted-people",
             "capsule-notes",
             "capsule-people",
+            "capsule-restricted-people",
             "capsule-tasks",
             "ghl-welcome-sms",
             "ghl-won-deal-follow-up"

@@ -12,6 +12,7 @@ mod engine;
 mod fuzz;
 mod hostile;
 mod http_layer;
+mod kill_nine;
 mod mirror;
 mod mirror_real;
 mod prism_conformance;

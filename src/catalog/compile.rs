@@ -545,16 +545,23 @@ fn compile_operation(
     if diags.len() > before {
         return None;
     }
+    let method = method?;
+    let scope = spec.scope.map(Scope);
+    let writes = match &scope {
+        Some(scope) => scope.is_write(),
+        None => method != Method::Get,
+    };
+    let repeat_safe = spec.repeat_safe.unwrap_or(!writes || matches!(method, Method::Put | Method::Delete));
     Some(Operation {
         key: OperationKey { app: app.id.clone(), category: category.to_owned(), name: spec.key },
         name: spec.name,
         kind: kind?,
         description: spec.description.trim().to_owned(),
         deprecated: spec.deprecated,
-        method: method?,
+        method,
         path: path?,
         version: spec.version,
-        scope: spec.scope.map(Scope),
+        scope,
         body,
         body_declared: spec.body.is_some(),
         response,
@@ -564,6 +571,7 @@ fn compile_operation(
         pagination,
         dedupe,
         since: spec.since,
+        repeat_safe,
         retry: retry?,
         sample_input,
         sample_output,

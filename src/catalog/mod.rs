@@ -561,6 +561,8 @@ pub struct Operation {
     pub dedupe: Option<Dedupe>,
     /// The input the poller fills with its cursor.
     pub since: Option<String>,
+    /// Sending it twice does what sending it once does (see the spec's `repeat_safe`).
+    pub repeat_safe: bool,
     pub retry: RetryPolicy,
     pub sample_input: serde_json::Map<String, serde_json::Value>,
     pub sample_output: serde_json::Value,

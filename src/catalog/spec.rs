@@ -71,6 +71,12 @@ pub struct OperationSpec {
     /// Triggers: the input the poller fills with its cursor (a `since`-style filter).
     #[serde(default)]
     pub since: Option<String>,
+    /// Writes only: whether sending it twice has the same effect as once (an upsert, adding
+    /// a tag). Default: true for reads, PUT and DELETE, false for other writes (a POST that
+    /// creates). After a crash between sending and recording, a step that is not safe to
+    /// repeat and has no `find` is set aside as `unsure` instead of being sent again.
+    #[serde(default)]
+    pub repeat_safe: Option<bool>,
     /// Retry policy for this operation, overriding the app's.
     #[serde(default)]
     pub retry: Option<RetrySpec>,

@@ -120,6 +120,7 @@ fn list_row_json(op: &Operation) -> Value {
         "scope": op.scope.as_ref().map(|s| s.0.clone()),
         "version": op.version,
         "deprecated": op.deprecated,
+        "repeat_safe": op.repeat_safe,
         "description": op.description,
     })
 }
@@ -271,6 +272,17 @@ fn render_show(op: &Operation, base_url: &str) -> String {
         None => {
             let _ = writeln!(out, "Scope     none ({access})");
         }
+    }
+    if op.writes() {
+        let _ = writeln!(
+            out,
+            "Repeat    {}",
+            if op.repeat_safe {
+                "safe: sending it twice does what sending it once does"
+            } else {
+                "not safe: after a crash mid-send, a step without `find` is set aside as unsure"
+            }
+        );
     }
     let _ = writeln!(out, "Pages     {}", describe_pagination(&op.pagination));
     if let Some(d) = op.dedupe {

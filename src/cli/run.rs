@@ -99,15 +99,24 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
                     String::new()
                 }
             );
-            for r in summary.runs.iter().filter(|r| r.status == RunStatus::Failed) {
-                let _ = writeln!(out, "failed: run {} ({}): {}", r.id, r.recipe, r.error.as_deref().unwrap_or(""));
+            for r in summary.runs.iter().filter(|r| matches!(r.status, RunStatus::Failed | RunStatus::Unsure)) {
+                let _ = writeln!(
+                    out,
+                    "{}: run {} ({}): {}",
+                    r.status.as_str(),
+                    r.id,
+                    r.recipe,
+                    r.error.as_deref().unwrap_or("")
+                );
             }
         }
         print(&out)?;
         for e in &summary.errors {
             eprintln!("error: {e}");
         }
-        let failed = summary.count(RunStatus::Failed) > 0 || !summary.errors.is_empty();
+        // An unsure run needs a person as much as a failed one.
+        let failed =
+            summary.count(RunStatus::Failed) > 0 || summary.count(RunStatus::Unsure) > 0 || !summary.errors.is_empty();
         return if failed { Err(CliError::Quiet(1)) } else { Ok(()) };
     }
 

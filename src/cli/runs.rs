@@ -284,7 +284,7 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
             Err(e) => Reply::failed(e.to_string()),
         },
         RunsRequest::Discard { recipe } => match engine.discard(&recipe) {
-            Ok(n) => Reply::ok(format!("discarded {n} held run(s) of `{recipe}`\n")),
+            Ok(n) => Reply::ok(format!("discarded {n} held or unsure run(s) of `{recipe}`\n")),
             Err(e) => Reply::failed(e.to_string()),
         },
         RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()),

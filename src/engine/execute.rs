@@ -138,16 +138,23 @@ impl Engine {
                     Ok(i) => i,
                     Err(message) => return self.fail_step(run, &recipe, i, message, false).await,
                 };
-                let record = &mut run.steps[i];
                 // Sent before but never answered (the process died): the write may exist.
-                let in_doubt = record.status == StepStatus::Sent;
+                let in_doubt = run.steps[i].status == StepStatus::Sent;
+                // A write that is not safe to repeat and cannot be looked up is not sent
+                // again blindly: a person decides (replay sends it, discard drops the run).
+                let blind = step.find.is_none() && step.operation.writes() && !step.operation.repeat_safe;
+                if in_doubt && blind {
+                    return self.set_unsure(run, i).await;
+                }
+                let record = &mut run.steps[i];
                 record.input = Some(self.config.redactor.redact_json(&Value::Object(inputs.clone())));
                 record.status = StepStatus::Sent;
                 record.attempts += 1;
                 record.started = Some(now_iso());
-                // "Sent, no answer yet" matters after a crash only to a step that can look for
-                // what it may have created; any other step is simply sent again.
-                if step.find.is_some() {
+                // "Sent, no answer yet" is on disk before the request leaves for every step
+                // that must not simply be sent again after a crash: one that can look for what
+                // it may have created, and one that would be set aside as unsure.
+                if step.find.is_some() || blind {
                     self.store.save_run(&run)?;
                     self.store.flush_async().await?;
                 }
@@ -294,6 +301,24 @@ impl Engine {
         tracing::debug!(step = %run.steps[i].id, "{what}");
         run.status = RunStatus::Waiting;
         run.error = Some(format!("step `{}`: {what}", run.steps[i].id));
+        self.store.save_run(&run)?;
+        self.store.flush_async().await?;
+        Ok(outcome(&run))
+    }
+
+    /// Sets a run aside after a crash in the middle of sending step `i`, a write that is not
+    /// safe to repeat and has no `find`: whether it reached the API is unknown.
+    async fn set_unsure(&self, mut run: RunRecord, i: usize) -> Result<RunOutcome, EngineError> {
+        let step = &run.steps[i];
+        let message = format!(
+            "step `{}` ({}) was being sent when the process stopped; it may or may not have reached the API. \
+             Check, then `ghlflow runs replay {}` to send it again or `ghlflow runs discard {}` to leave it",
+            step.id, step.operation, run.id, run.recipe
+        );
+        tracing::warn!(step = %step.id, "{message}");
+        run.status = RunStatus::Unsure;
+        run.error = Some(message);
+        run.finished = Some(now_iso());
         self.store.save_run(&run)?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
@@ -490,9 +515,9 @@ impl Engine {
     /// `runs replay`: resumes a failed run from its failed step (completed steps are kept).
     pub async fn replay(&self, id: &str) -> Result<RunOutcome, EngineError> {
         let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
-        if run.status != RunStatus::Failed {
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Unsure) {
             return Err(EngineError::Refused(format!(
-                "run {id} is {}; only failed runs can be replayed",
+                "run {id} is {}; only failed and unsure runs can be replayed",
                 run.status.as_str()
             )));
         }
@@ -534,10 +559,13 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Drops held runs of a recipe (they stay in history as discarded).
+    /// Drops held runs of a recipe, and unsure ones a person decided not to send again (they
+    /// stay in history as discarded).
     pub fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
         let mut n = 0;
-        for mut run in self.store.runs_with_status(recipe, RunStatus::Held)? {
+        let mut runs = self.store.runs_with_status(recipe, RunStatus::Held)?;
+        runs.extend(self.store.runs_with_status(recipe, RunStatus::Unsure)?);
+        for mut run in runs {
             run.status = RunStatus::Discarded;
             run.finished = Some(now_iso());
             self.store.save_run(&run)?;

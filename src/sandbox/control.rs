@@ -10,6 +10,7 @@
 //! - `GET  /_sandbox/ghl/counts`, `/ghl/contacts`, `/ghl/contacts/{id}/notes`,
 //!   `/ghl/contacts/{id}/tasks`, `/ghl/messages`
 //! - `POST /_sandbox/ghl/contacts/add` `{"count": n}`: new leads, as from a web form
+//! - `POST /_sandbox/ghl/opportunities/win` `{"count": n}`: a salesperson wins open deals
 //! - `POST /_sandbox/ghl/contacts/{id}/delete`: a person deletes the contact in GHL (its id
 //!   answers 404 from then on)
 //! - `POST /_sandbox/ghl/contacts/{id}/merge` `{"into": "<id>"}`: a person merges the contact
@@ -47,6 +48,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/capsule/parties/{id}", get(capsule_party))
         .route("/_sandbox/ghl/counts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_counts())) }))
         .route("/_sandbox/ghl/contacts/add", post(ghl_add))
+        .route("/_sandbox/ghl/opportunities/win", post(ghl_win))
         .route("/_sandbox/ghl/contacts/{id}/delete", post(ghl_delete))
         .route("/_sandbox/ghl/contacts/{id}/merge", post(ghl_merge))
         .route("/_sandbox/oauth/grant", post(oauth_grant))
@@ -140,6 +142,13 @@ async fn capsule_change(AxumState(shared): Ctx, Path((kind, action)): Path<(Stri
 async fn ghl_add(AxumState(shared): Ctx, body: Bytes) -> Response {
     match count(&body) {
         Ok(n) => ok(json!({"ids": super::ghl::add_leads(&mut shared.lock(), n)})),
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn ghl_win(AxumState(shared): Ctx, body: Bytes) -> Response {
+    match count(&body) {
+        Ok(n) => ok(json!({"ids": super::ghl::opportunities::win(&mut shared.lock(), n)})),
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }

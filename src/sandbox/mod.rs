@@ -302,6 +302,11 @@ impl Sandbox {
 
     /// Deletes a contact as a person would in GHL (its notes and tasks go too; its id
     /// answers 404 from then on). False when there is no such contact.
+    /// Wins `n` open opportunities (their status and update time change now).
+    pub fn ghl_win_deals(&self, n: usize) -> Vec<String> {
+        ghl::opportunities::win(&mut self.state(), n)
+    }
+
     pub fn ghl_delete_contact(&self, id: &str) -> bool {
         ghl::delete_contact(&mut self.state(), id)
     }

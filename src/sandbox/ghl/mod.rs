@@ -6,7 +6,7 @@
 mod calendars;
 mod contacts;
 mod conversations;
-mod opportunities;
+pub(super) mod opportunities;
 
 use std::collections::BTreeMap;
 

@@ -221,3 +221,16 @@ fn search(state: &State, req: &ApiRequest) -> Reply {
         "aggregations": {},
     }))
 }
+
+/// Wins `n` open opportunities, as a salesperson would in GHL; returns their ids.
+pub fn win(state: &mut State, n: usize) -> Vec<String> {
+    let now = state.clock.now_ms();
+    let mut won = Vec::new();
+    for o in state.ghl.opportunities.iter_mut().filter(|o| o.status == "open").take(n) {
+        o.status = "won".to_owned();
+        o.last_status_change = now;
+        o.updated = now;
+        won.push(o.id.clone());
+    }
+    won
+}
