@@ -992,3 +992,49 @@ async fn a_deal_won_long_after_it_was_created_fires_even_behind_100_newer_won_de
     assert_eq!(tasks.len(), tasks_before + 1, "{tasks:?}");
     assert!(tasks.iter().any(|t| t["title"].as_str().unwrap().contains("(won)")), "{tasks:?}");
 }
+
+#[tokio::test]
+async fn the_control_page_lists_every_route_and_each_listed_route_exists() {
+    let sandbox = sandbox(10).await;
+    let http = reqwest::Client::new();
+    let base = sandbox.ghl_base_url();
+    let info: Value = http.get(format!("{base}/_sandbox")).send().await.unwrap().json().await.unwrap();
+    let routes: Vec<String> =
+        info["routes"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    assert!(routes.len() >= 15, "{routes:?}");
+    let contact = sandbox.ghl_contacts()[0]["id"].as_str().unwrap().to_owned();
+    let party = sandbox.capsule_people()[0].to_string();
+    for line in &routes {
+        let (route, what) = line.split_once(": ").unwrap();
+        assert!(!what.trim().is_empty(), "{line}");
+        let (method, path) = route.split_once(' ').unwrap();
+        // One concrete path per listed route: the first choice of a {a,b} list, a real id.
+        let id = if path.contains("/capsule/") { &party } else { &contact };
+        let path = path.trim().replace("{id}", id);
+        let path = match (path.find('{'), path.find('}')) {
+            (Some(a), Some(b)) => format!("{}{}", &path[..a], path[a + 1..b].split(',').next().unwrap()),
+            _ => path,
+        };
+        if path.contains("/delete") || path.contains("/merge") {
+            continue; // they change what the other routes look at; tested elsewhere
+        }
+        let request = match method {
+            "GET" => http.get(format!("{base}{path}")),
+            "PUT" => http.put(format!("{base}{path}")).body("{}"),
+            _ if path.ends_with("/clock/advance") => http.post(format!("{base}{path}")).body(r#"{"seconds": 1}"#),
+            _ => http.post(format!("{base}{path}")).body(""),
+        };
+        let status = request.send().await.unwrap().status();
+        assert!(status.is_success(), "{method} {path} answered {status}");
+    }
+    let won: Value = http
+        .post(format!("{base}/_sandbox/ghl/opportunities/win"))
+        .body(r#"{"count": 2}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(won["ids"].as_array().unwrap().len(), 2);
+}

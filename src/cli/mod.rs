@@ -189,6 +189,7 @@ async fn run(cli: Cli) -> CliResult {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter =
         std::env::var("GHLFLOW_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| default_level.into());
+    let filter = log_directives(&filter);
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use std::io::IsTerminal as _;
@@ -201,6 +202,14 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// A bare level (`debug`) is ghlflow's own: its decisions at that level, every other crate
+/// (the storage library, the HTTP stack) at `warn`. Full directives (`sled=debug,info`) are
+/// taken as written.
+fn log_directives(value: &str) -> String {
+    let value = value.trim();
+    if value.contains('=') || value.contains(',') { value.to_owned() } else { format!("warn,ghlflow={value}") }
 }
 
 fn load_config(path: &std::path::Path, catalog: &Catalog) -> Result<crate::config::Config, CliError> {
@@ -226,5 +235,18 @@ pub(crate) fn print(text: &str) -> CliResult {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(CliError::Runtime(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_log_level_is_ghlflows_own() {
+        assert_eq!(log_directives("debug"), "warn,ghlflow=debug");
+        assert_eq!(log_directives(" info "), "warn,ghlflow=info");
+        assert_eq!(log_directives("sled=debug,info"), "sled=debug,info");
+        assert_eq!(log_directives("ghlflow=trace"), "ghlflow=trace");
     }
 }

@@ -67,8 +67,12 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
     let engine = Arc::new(Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, options));
     engine.set_recipes(recipes);
 
+    // Runs done of runs queued, on a terminal: for `--once` and for a long backfill alike.
+    let bar = Arc::new(Bar::new());
+    engine.set_progress(Arc::clone(&bar) as Arc<dyn crate::engine::RunProgress>);
     if args.once {
         let summary = engine.run_once(&args.recipes).await;
+        bar.0.finish_and_clear();
         let mut out = String::new();
         if args.dry_run {
             for line in engine.take_plan() {
@@ -126,6 +130,7 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
     tracing::info!(recipes = engine.recipes().len(), "running; stop with Ctrl-C (SIGINT) or SIGTERM");
     let lateness = Arc::new(scheduler::Lateness::default());
     scheduler::run(Arc::clone(&engine), Some(config.recipes_dir.clone()), lateness, shutdown_signal()).await;
+    bar.0.finish_and_clear();
     let _ = std::fs::remove_file(super::control::socket_path(&config.state_dir));
     tracing::info!("stopped");
     Ok(())
@@ -150,5 +155,35 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The progress of `run --once` on a terminal: runs done of runs queued. Hidden when stderr
+/// is not a terminal (a pipe, a file, CI), where the log lines say enough.
+#[derive(Debug)]
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        use std::io::IsTerminal as _;
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(0)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} runs {pos}/{len} {wide_bar} {elapsed}") {
+            bar.set_style(style);
+        }
+        Bar(bar)
+    }
+}
+
+impl crate::engine::RunProgress for Bar {
+    fn queued(&self, runs: usize) {
+        self.0.inc_length(runs as u64);
+    }
+
+    fn finished(&self, runs: usize) {
+        self.0.inc(runs as u64);
     }
 }

@@ -59,6 +59,14 @@ pub struct Engine {
     /// Lines of the dry-run plan, in order.
     plan: std::sync::Mutex<Vec<String>>,
     lookup_cache: lookups::LookupCache,
+    /// Told of runs as they are queued and finished (a progress bar on a terminal).
+    progress: std::sync::OnceLock<Arc<dyn RunProgress>>,
+}
+
+/// Something that follows a poll's runs: how many are queued, how many are done.
+pub trait RunProgress: Send + Sync + std::fmt::Debug {
+    fn queued(&self, runs: usize);
+    fn finished(&self, runs: usize);
 }
 
 impl Engine {
@@ -78,7 +86,13 @@ impl Engine {
             recipes: RwLock::default(),
             plan: Default::default(),
             lookup_cache: Default::default(),
+            progress: Default::default(),
         }
+    }
+
+    /// Follows the runs with `progress` from now on (once per engine).
+    pub fn set_progress(&self, progress: Arc<dyn RunProgress>) {
+        let _ = self.progress.set(progress);
     }
 
     /// Replaces the loaded recipes.
@@ -166,6 +180,7 @@ impl Engine {
     /// the poll queued (oldest first), then try again the runs that wait for an id (another
     /// recipe, polled earlier in the tick, may have recorded it by now).
     pub async fn poll_and_run(&self, recipe: &Arc<Recipe>) -> PollTick {
+        let started = std::time::Instant::now();
         let poll = self.poll(recipe).await;
         let mut runs = match &poll {
             Ok(o) => self.execute_runs(recipe, &o.queued).await,
@@ -187,7 +202,11 @@ impl Engine {
                 Err(e) => runs.push(Err(e.into())),
             }
         }
-        PollTick { poll, runs }
+        let tick = PollTick { poll, runs };
+        if !self.options.dry_run {
+            tick.log(&recipe.id, started.elapsed());
+        }
+        tick
     }
 }
 
@@ -198,6 +217,26 @@ pub struct PollTick {
     pub runs: Vec<Result<RunOutcome, EngineError>>,
 }
 
+impl PollTick {
+    /// The one line a poll leaves in the log: new items and runs by how they ended.
+    fn log(&self, recipe: &str, took: std::time::Duration) {
+        use crate::store::RunStatus as S;
+        let Ok(poll) = &self.poll else { return };
+        let count = |s: S| self.runs.iter().filter(|r| r.as_ref().is_ok_and(|o| o.status == s)).count();
+        tracing::info!(
+            recipe,
+            new = poll.new,
+            succeeded = count(S::Succeeded),
+            failed = count(S::Failed) + count(S::Unsure),
+            filtered = count(S::Filtered) + poll.filtered,
+            held = poll.held,
+            waiting = count(S::Waiting),
+            took = %format!("{:.2}s", took.as_secs_f64()),
+            "polled"
+        );
+    }
+}
+
 type RunFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<RunOutcome, EngineError>> + Send + 'a>>;
 
 impl Engine {
@@ -206,8 +245,22 @@ impl Engine {
         use futures_util::StreamExt as _;
         // Owned ids and a boxed future: a closure over borrowed items here trips the
         // compiler's higher-ranked lifetime check once the caller is spawned.
-        let runs: Vec<RunFuture<'_>> =
-            ids.iter().cloned().map(|id| Box::pin(async move { self.execute_run(&id).await }) as _).collect();
+        if let Some(p) = self.progress.get() {
+            p.queued(ids.len());
+        }
+        let runs: Vec<RunFuture<'_>> = ids
+            .iter()
+            .cloned()
+            .map(|id| {
+                Box::pin(async move {
+                    let outcome = self.execute_run(&id).await;
+                    if let Some(p) = self.progress.get() {
+                        p.finished(1);
+                    }
+                    outcome
+                }) as _
+            })
+            .collect();
         futures_util::stream::iter(runs).buffered(recipe.concurrency.get()).collect().await
     }
 }

@@ -219,13 +219,13 @@ impl Engine {
         }
         self.store.commit_poll(&recipe.id, &commit)?;
         self.store.flush_async().await?;
-        tracing::info!(
+        tracing::debug!(
             fetched = outcome.fetched,
             new = outcome.new,
             queued = outcome.queued.len(),
             held = outcome.held,
             baseline = outcome.baseline,
-            "polled"
+            "read the feed"
         );
         Ok(outcome)
     }

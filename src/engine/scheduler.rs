@@ -76,7 +76,15 @@ pub async fn run(
     let mut deferred: BTreeSet<String> = BTreeSet::new();
     let now = Instant::now();
     for recipe in engine.recipes() {
-        let at = now + initial_jitter(&recipe);
+        let first = initial_jitter(&recipe);
+        tracing::info!(
+            recipe = %recipe.id,
+            schedule = %describe(&recipe.trigger.schedule),
+            first_poll_in = %format!("{}s", first.as_secs()),
+            after = %recipe.after.join(","),
+            "recipe loaded"
+        );
+        let at = now + first;
         due.insert((at, recipe.id.clone()));
         due_of.insert(recipe.id.clone(), at);
     }
@@ -151,6 +159,14 @@ pub async fn run(
     let _ = engine.store.flush_async().await;
 }
 
+/// A schedule as a person writes it: `every 5m` or `cron 0 */5 * * * (UTC)`.
+fn describe(schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Every(d) => format!("every {}", humantime::format_duration(*d)),
+        Schedule::Cron { source, timezone, .. } => format!("cron {source} ({timezone})"),
+    }
+}
+
 /// Spawns one recipe's poll and runs; its id comes back when it is done.
 fn start_poll(
     engine: &Arc<Engine>,
@@ -174,7 +190,7 @@ fn start_poll(
         }
         for result in tick.runs {
             if let Err(e) = result {
-                tracing::warn!(error = %e, "run could not execute");
+                tracing::warn!(recipe = %recipe.id, error = %e, "run could not execute");
             }
         }
         recipe.id.clone()

@@ -1,7 +1,10 @@
 //! The sandbox's own clock and its random numbers.
 //!
 //! Seeded records are dated before a fixed base time, so a seed always gives the same data.
-//! After start, "now" is that base plus the real time elapsed, and it never repeats: every
+//! After start, "now" is the real time (never earlier than the base) plus what `advance`
+//! added. A restarted sandbox therefore dates its edits after everything an earlier one did,
+//! so a state folder that polled the earlier sandbox still sees them as changes (a cursor is
+//! never ahead of the new sandbox's clock). "Now" also never repeats: every
 //! reading is later than the one before, so an edit always moves `updatedAt` past every
 //! earlier timestamp (Capsule's timestamps have whole seconds, so its readings step to the
 //! next whole second). The control API can move the clock forward (`advance`), so that
@@ -22,6 +25,8 @@ pub type Ms = i64;
 #[derive(Debug)]
 pub struct Clock {
     started: Instant,
+    /// The reading at `started`: the real time, or the base if that is later.
+    start_ms: Ms,
     last: Ms,
     /// Added by `advance`.
     skipped: Ms,
@@ -29,12 +34,17 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { started: Instant::now(), last: BASE_MS, skipped: 0 }
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(BASE_MS))
+            .unwrap_or(BASE_MS);
+        let start_ms = real.max(BASE_MS);
+        Clock { started: Instant::now(), start_ms, last: start_ms, skipped: 0 }
     }
 
     fn candidate(&self) -> Ms {
         let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
-        (BASE_MS + elapsed + self.skipped).max(self.last + 1)
+        (self.start_ms + elapsed + self.skipped).max(self.last + 1)
     }
 
     /// Moves the clock `ms` forward (never back).
@@ -194,5 +204,17 @@ mod tests {
         let id = a.ghl_id();
         assert_eq!(id.len(), 20);
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn a_restarted_sandbox_dates_its_edits_after_the_real_time_it_starts() {
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let mut clock = Clock::new();
+        let first = clock.now_ms();
+        assert!(first >= before && first > BASE_MS, "{first} {before}");
+        // A second sandbox started later reads later than the first ever did.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut restarted = Clock::new();
+        assert!(restarted.now_second() > first);
     }
 }

@@ -81,9 +81,35 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
+/// Every control route with what it does, for `GET /_sandbox`.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET  /_sandbox", "this page: where the APIs are, the clock, counts, faults and these routes"),
+    ("POST /_sandbox/capsule/people/{edit,delete,add,restrict}", "change N Capsule people; body {\"count\": N}"),
+    ("POST /_sandbox/capsule/notes/{edit,add}", "edit N notes (entry time kept) or add a note to N people"),
+    ("POST /_sandbox/capsule/tasks/{complete,add,pend}", "complete, add or set to PENDING N tasks"),
+    ("GET  /_sandbox/capsule/counts", "how many people, organisations, notes and tasks Capsule has"),
+    ("GET  /_sandbox/capsule/parties/{id}", "one Capsule party, with its tags and fields"),
+    ("GET  /_sandbox/ghl/counts", "what the GHL location holds"),
+    ("GET  /_sandbox/ghl/contacts", "every GHL contact"),
+    ("GET  /_sandbox/ghl/contacts/{id}/notes", "a GHL contact's notes"),
+    ("GET  /_sandbox/ghl/contacts/{id}/tasks", "a GHL contact's tasks"),
+    ("GET  /_sandbox/ghl/messages", "every message sent through GHL"),
+    ("POST /_sandbox/ghl/contacts/add", "N new GHL leads, as from a web form"),
+    ("POST /_sandbox/ghl/opportunities/win", "a salesperson wins N open deals"),
+    ("POST /_sandbox/ghl/contacts/{id}/delete", "a person deletes a GHL contact (its id answers 404)"),
+    ("POST /_sandbox/ghl/contacts/{id}/merge", "merge a GHL contact into another; body {\"into\": \"<id>\"}"),
+    ("POST /_sandbox/oauth/grant", "a new OAuth token pair; body {\"expires_in\": seconds} (optional)"),
+    ("POST /_sandbox/clock/advance", "move the sandbox clock forward; body {\"seconds\": s}"),
+    ("GET  /_sandbox/faults", "the faults in force"),
+    ("PUT  /_sandbox/faults", "set faults: fail_rate, lose_responses, lost_as, latency_ms, fault_reads"),
+    ("GET  /_sandbox/requests", "request counters: total, per API, writes, 429s, faults"),
+];
+
 async fn info(AxumState(shared): Ctx) -> Response {
     let state = shared.lock();
+    let routes: Vec<String> = ROUTES.iter().map(|(route, what)| format!("{route}: {what}")).collect();
     ok(json!({
+        "routes": routes,
         "ghl_base_url": state.base_url,
         "capsule_base_url": format!("{}/api/v2", state.base_url),
         "location_id": state.ghl.location_id,
