@@ -56,11 +56,20 @@ pub struct Redactor {
 impl Redactor {
     /// Remembers a secret; values shorter than 4 characters are not worth matching.
     pub fn add(&self, secret: &str) {
-        if secret.len() >= 4
-            && let Ok(mut list) = self.secrets.write()
-            && !list.iter().any(|s| s == secret)
-        {
-            list.push(secret.to_owned());
+        if secret.len() < 4 {
+            return;
+        }
+        // As written, and as a server may echo it inside JSON text: escaped (`\"`, `\\`,
+        // `\uXXXX`), and with `/` escaped as `\/`.
+        let escaped = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = escaped.get(1..escaped.len().saturating_sub(1)).unwrap_or_default().to_owned();
+        let slashes = escaped.replace('/', "\\/");
+        if let Ok(mut list) = self.secrets.write() {
+            for form in [secret.to_owned(), escaped, slashes] {
+                if form.len() >= 4 && !list.contains(&form) {
+                    list.push(form);
+                }
+            }
             // Longest first, so a secret that contains another is replaced whole.
             list.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
@@ -77,6 +86,17 @@ impl Redactor {
         out
     }
 
+    /// Redacts every string and object key inside a JSON value; returns it unchanged (no
+    /// copy of the strings) when no secret is registered. Parsed JSON strings are already
+    /// unescaped, so a secret a server echoed JSON-escaped is matched here too.
+    pub fn redact_json_deep(&self, mut value: serde_json::Value) -> serde_json::Value {
+        let Ok(list) = self.secrets.read() else { return value };
+        if !list.is_empty() {
+            redact_in_place(&list, &mut value);
+        }
+        value
+    }
+
     /// Redacts every string inside a JSON value.
     pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value as V;
@@ -86,6 +106,33 @@ impl Redactor {
             V::Object(map) => V::Object(map.iter().map(|(k, v)| (k.clone(), self.redact_json(v))).collect()),
             other => other.clone(),
         }
+    }
+}
+
+/// Redacts `value` where it holds a secret, allocating only for what changes: most
+/// responses hold none, and this runs on every one.
+fn redact_in_place(secrets: &[String], value: &mut serde_json::Value) {
+    use serde_json::Value as V;
+    let holds = |text: &str| secrets.iter().any(|s| text.contains(s.as_str()));
+    let scrub = |text: &str| {
+        let mut out = text.to_owned();
+        for s in secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    };
+    match value {
+        V::String(s) if holds(s) => *s = scrub(s),
+        V::Array(items) => items.iter_mut().for_each(|v| redact_in_place(secrets, v)),
+        V::Object(map) => {
+            if map.keys().any(|k| holds(k)) {
+                *map = std::mem::take(map).into_iter().map(|(k, v)| (scrub(&k), v)).collect();
+            }
+            map.values_mut().for_each(|v| redact_in_place(secrets, v));
+        }
+        _ => {}
     }
 }
 
@@ -244,9 +291,9 @@ impl Config {
     /// Reads and checks `path`, taking `${VAR}` values from `env`.
     pub fn load(path: &Path, catalog: &Catalog, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::fsread::read_text(path).map_err(|e| {
             let mut d = Diagnostics::default();
-            d.push(&display, Position::default(), format!("cannot read the configuration: {e}"));
+            d.push(&display, e.position, format!("cannot read the configuration: {}", e.message));
             d
         })?;
         Self::parse(&text, path, catalog, env)
@@ -259,12 +306,37 @@ impl Config {
         catalog: &Catalog,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Diagnostics> {
+        // Every value taken from the environment, so that no message shows one: any of them
+        // may be a secret, whatever field it landed in.
+        let taken = std::cell::RefCell::new(Vec::new());
+        let recording_env = |name: &str| {
+            let value = env(name);
+            if let Some(v) = &value {
+                taken.borrow_mut().push((name.to_owned(), v.clone()));
+            }
+            value
+        };
+        Self::parse_checked(text, path, catalog, &recording_env).map_err(|d| hide_values(d, &taken.borrow()))
+    }
+
+    fn parse_checked(
+        text: &str,
+        path: &Path,
+        catalog: &Catalog,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
         let mut diags = Diagnostics::default();
         let index = match PositionIndex::build(text) {
             Ok(i) => i,
             Err((pos, msg)) => {
-                diags.push(&display, pos, format!("invalid YAML: {msg}"));
+                let line = text.lines().nth(pos.line.saturating_sub(1)).unwrap_or_default();
+                let hint = if line.contains("${") && line.contains('{') {
+                    "; inside `{ ... }` a `${VAR}` value must be quoted: `token: '${GHL_TOKEN}'`"
+                } else {
+                    ""
+                };
+                diags.push(&display, pos, format!("invalid YAML: {msg}{hint}"));
                 return Err(diags);
             }
         };
@@ -273,12 +345,20 @@ impl Config {
         }
         diags.clone().into_result()?;
         let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             let mut d = Diagnostics::default();
             d.push(&display, pos, format!("invalid YAML: {e}"));
             d
         })?;
 
+        if value.is_null() {
+            diags.push(
+                &display,
+                Position { line: 1, col: 1 },
+                "the configuration is empty; it needs at least `connections:` (see the README)",
+            );
+            return Err(diags);
+        }
         // ${VAR}: every string scalar, every missing variable reported.
         let redactor = Redactor::default();
         let mut path_stack = Vec::new();
@@ -300,7 +380,9 @@ impl Config {
             Err(e) => {
                 let at = e.path().to_string();
                 let at = if at == "." { String::new() } else { at };
-                diags.push(&display, index.locate(&parse_path(&at)), format!("{at}: {}", e.into_inner()));
+                let message = e.into_inner().to_string();
+                let message = if at.is_empty() { message } else { format!("{at}: {message}") };
+                diags.push(&display, index.locate(&parse_path(&at)), message);
                 return Err(diags);
             }
         };
@@ -379,7 +461,11 @@ impl Config {
                 }
             };
             let base_url = c.base_url.clone().unwrap_or_else(|| app.base_url.clone());
-            if url::Url::parse(&base_url).map(|u| u.host().is_none()).unwrap_or(true) {
+            // Only http(s) with a host: anything else (ftp://, file://) would fail at every call.
+            if url::Url::parse(&base_url)
+                .map(|u| u.host().is_none() || !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
                 problem("base_url", format!("`{base_url}` is not an http(s) URL"));
                 continue;
             }
@@ -432,6 +518,31 @@ impl Config {
             )
         })
     }
+}
+
+/// `diags` with every value taken from the environment replaced by where it came from.
+fn hide_values(diags: Diagnostics, taken: &[(String, String)]) -> Diagnostics {
+    let mut taken: Vec<&(String, String)> = taken.iter().filter(|(_, v)| v.trim().len() >= 4).collect();
+    // Longest first, so a value that contains another is replaced whole.
+    taken.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let mut out = Diagnostics::default();
+    for d in diags.iter() {
+        let mut message = d.message.clone();
+        for (name, value) in &taken {
+            // As written, trimmed, and escaped the way serde and Debug quote strings.
+            let debug = format!("{value:?}");
+            let debug = debug.get(1..debug.len().saturating_sub(1)).unwrap_or_default().to_owned();
+            let json = serde_json::to_string(value).unwrap_or_default();
+            let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_owned();
+            for v in [value.as_str(), value.trim(), debug.as_str(), json.as_str()] {
+                if v.trim().len() >= 4 && message.contains(v) {
+                    message = message.replace(v, &format!("<value of ${{{name}}}>"));
+                }
+            }
+        }
+        out.push(&d.file, d.position, message);
+    }
+    out
 }
 
 /// Replaces `${VAR}` in every string scalar; `$${` stays a literal `${`.
@@ -547,5 +658,68 @@ connections:
         let text = "connections:\n  x:\n    app: ghl\n    tokn: 1\n    auth: { type: private_token, token: t }\n";
         let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &|_| None).unwrap_err().to_string();
         assert!(err.contains("g.yaml:4:5: connections.x.tokn: unknown field `tokn`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    fn parse(text: &str) -> String {
+        let env = |_: &str| Some("SECRET_abcdef123".to_owned());
+        let catalog = crate::catalog::load_embedded().unwrap();
+        Config::parse(text, Path::new("g.yaml"), &catalog, &env).err().map(|d| d.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn values_from_the_environment_are_never_printed() {
+        let err = parse(
+            "connections:\n  x:\n    app: ghl\n    auth: { type: private_token, token: t }\n    access: '${GHL_TOKEN}'\n",
+        );
+        assert!(err.contains("unknown access `<value of ${GHL_TOKEN}>`"), "{err}");
+        assert!(!err.contains("SECRET_abcdef123"), "{err}");
+        let err = parse(
+            "connections:\n  x:\n    app: ghl\n    auth: { type: private_token, token: t }\n    concurrency: '${GHL_TOKEN}'\n",
+        );
+        assert!(err.contains("<value of ${GHL_TOKEN}>") && !err.contains("SECRET"), "{err}");
+        let err = parse("connections:\n  x:\n    app: '${APP}'\n    auth: { type: private_token, token: t }\n");
+        assert!(err.contains("unknown app `<value of ${APP}>`") && !err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn unquoted_variables_in_a_flow_mapping_get_a_hint() {
+        let err = parse("connections:\n  ghl: { app: ghl, auth: { type: private_token, token: ${GHL_TOKEN} } }\n");
+        assert!(err.contains("g.yaml:2:"), "{err}");
+        assert!(err.contains("must be quoted: `token: '${GHL_TOKEN}'`"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_and_a_non_http_base_url_are_explained() {
+        for empty in ["", "# nothing yet\n"] {
+            let err = parse(empty);
+            assert!(err.contains("g.yaml:1:1: the configuration is empty; it needs at least `connections:`"), "{err}");
+        }
+        let err = parse(
+            "connections:\n  x:\n    app: ghl\n    base_url: ftp://example.com\n    auth: { type: private_token, token: t }\n",
+        );
+        assert!(err.contains("g.yaml:4:5: connections.x.base_url: `ftp://example.com` is not an http(s) URL"), "{err}");
+        let err = parse("{}\n");
+        assert!(err.contains("g.yaml:1:1: missing field `connections`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod redactor_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_plain_json_escaped_and_in_keys() {
+        let r = Redactor::default();
+        r.add("tok/en\"1234");
+        assert_eq!(r.redact("a tok/en\"1234 b"), "a <redacted> b");
+        assert_eq!(r.redact(r#"{"x":"tok/en\"1234"}"#), r#"{"x":"<redacted>"}"#);
+        assert_eq!(r.redact(r#"{"x":"tok\/en\"1234"}"#), r#"{"x":"<redacted>"}"#);
+        let v = r.redact_json_deep(serde_json::json!({"tok/en\"1234": ["Bearer tok/en\"1234"]}));
+        assert_eq!(v, serde_json::json!({"<redacted>": ["Bearer <redacted>"]}));
     }
 }

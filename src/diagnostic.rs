@@ -6,7 +6,7 @@
 //! problem found after deserialization can still point at its line. It knows nothing of
 //! operations or recipes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -30,6 +30,10 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Position { line, col } = self.position;
+        if line == 0 {
+            // About the whole file (unreadable, a directory): no place to point at.
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         write!(f, "{}:{line}:{col}: {}", self.file, self.message)
     }
 }
@@ -120,12 +124,16 @@ pub struct PositionIndex {
 impl PositionIndex {
     /// Indexes `source`. A YAML syntax error comes back with its position.
     pub fn build(source: &str) -> Result<Self, (Position, String)> {
+        check_characters(source)?;
         let mut builder = IndexBuilder::default();
         let mut parser = Parser::new_from_str(source);
-        parser.load(&mut builder, false).map_err(|e| {
+        parser.load(&mut builder, true).map_err(|e| {
             let m = e.marker();
             (marker_position(m), e.info().to_owned())
         })?;
+        if let Some(second) = builder.documents.get(1) {
+            return Err((*second, "a second YAML document (after `---`); each file holds exactly one".to_owned()));
+        }
         Ok(builder.index)
     }
 
@@ -170,6 +178,34 @@ pub fn parse_path(path: &str) -> Vec<Segment> {
     out
 }
 
+/// YAML allows no control characters but tab, line feed and carriage return. The parser
+/// would report one by its byte offset; this names it and gives its line and column.
+fn check_characters(source: &str) -> Result<(), (Position, String)> {
+    let (mut line, mut col) = (1, 1);
+    for c in source.chars() {
+        if (c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}')) || matches!(c, '\u{fffe}' | '\u{ffff}') {
+            let name = if c == '\0' { " (NUL)".to_owned() } else { String::new() };
+            return Err((
+                Position { line, col },
+                format!("control character U+{:04X}{name} is not allowed in a YAML file", c as u32),
+            ));
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Where serde_yaml places an error; one it cannot place (a stream it reads as several
+/// documents, say) is put at the file's start rather than at a line 0 that does not exist.
+pub fn serde_yaml_position(e: &serde_yaml::Error) -> Position {
+    e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or(Position { line: 1, col: 1 })
+}
+
 fn marker_position(m: &Marker) -> Position {
     // yaml-rust2 counts lines from 1 and columns from 0.
     Position { line: m.line(), col: m.col() + 1 }
@@ -178,13 +214,21 @@ fn marker_position(m: &Marker) -> Position {
 /// What the builder is inside of: a mapping (waiting for a key or a value) or a sequence.
 #[derive(Debug)]
 enum Frame {
-    Mapping { keys: Vec<String>, pending_key: Option<String> },
-    Sequence { next: usize },
+    /// `keys` is a set: a mapping of 100,000 keys must not take 100,000² comparisons.
+    Mapping {
+        keys: HashSet<String>,
+        pending_key: Option<String>,
+    },
+    Sequence {
+        next: usize,
+    },
 }
 
 #[derive(Debug, Default)]
 struct IndexBuilder {
     index: PositionIndex,
+    /// Where each document starts.
+    documents: Vec<Position>,
     stack: Vec<Frame>,
     path: Vec<Segment>,
 }
@@ -208,7 +252,7 @@ impl IndexBuilder {
                         p.push(Segment::Key(key.clone()));
                         self.index.duplicate_keys.push((path_to_string(&p), pos));
                     } else {
-                        keys.push(key.clone());
+                        keys.insert(key.clone());
                         let mut p = self.path.clone();
                         p.push(Segment::Key(key.clone()));
                         self.index.positions.entry(path_to_string(&p)).or_insert(pos);
@@ -254,12 +298,13 @@ impl MarkedEventReceiver for IndexBuilder {
             }
             Event::MappingStart(..) => {
                 self.enter_node(mark, None);
-                self.stack.push(Frame::Mapping { keys: Vec::new(), pending_key: None });
+                self.stack.push(Frame::Mapping { keys: HashSet::new(), pending_key: None });
             }
             Event::SequenceStart(..) => {
                 self.enter_node(mark, None);
                 self.stack.push(Frame::Sequence { next: 0 });
             }
+            Event::DocumentStart => self.documents.push(marker_position(&mark)),
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
                 if !self.stack.is_empty() {
@@ -328,5 +373,31 @@ operations:
     fn suggests_close_words() {
         assert_eq!(did_you_mean("emial", ["email", "phone"]), Some("email"));
         assert_eq!(did_you_mean("zzz", ["email", "phone"]), None);
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_second_documents_are_placed() {
+        let (pos, msg) = PositionIndex::build("a: 1\nb: x\0y\n").unwrap_err();
+        assert_eq!(pos, Position { line: 2, col: 5 });
+        assert!(msg.contains("U+0000 (NUL)"), "{msg}");
+        let (pos, msg) = PositionIndex::build("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(pos.line, 2, "{msg}");
+        assert!(msg.contains("second YAML document"), "{msg}");
+        assert!(PositionIndex::build("---\na: 1\n").is_ok(), "one explicit document is fine");
+    }
+
+    #[test]
+    fn a_wide_mapping_is_indexed_whole() {
+        // 200,000 keys (quadratic duplicate detection made this take minutes; the speed
+        // figure is in `cargo bench --bench validate`).
+        let doc: String = (0..200_000).map(|i| format!("k{i}: v\n")).collect();
+        let index = PositionIndex::build(&doc).unwrap();
+        assert!(index.duplicate_keys.is_empty());
+        assert_eq!(index.locate_str("k199999"), Position { line: 200_000, col: 1 });
     }
 }

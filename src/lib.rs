@@ -16,6 +16,7 @@
 //!   where state lives.
 //! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
 //! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
+//! - `limits` holds the bounds on files, templates, responses and server-given waits.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
 //!
 //! No module reaches back up the flow.
@@ -26,7 +27,9 @@ pub mod config;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
+pub mod fsread;
 pub mod http;
+pub mod limits;
 pub mod recipe;
 pub mod sandbox;
 pub mod store;

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub enum StoreError {
     #[error("cannot open the state store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// The state path is some other folder (not busy: refused).
+    #[error("refusing to use {path} as the state store: {reason}")]
+    NotStateFolder { path: PathBuf, reason: String },
     #[error("state store error: {0}")]
     Sled(#[from] sled::Error),
     #[error("state store holds a record it cannot read ({key}): {reason}")]
@@ -214,8 +217,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`, owner-only.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let fail = |reason: String| StoreError::Open { path: dir.to_path_buf(), reason };
+        check_state_folder(dir).map_err(|reason| StoreError::NotStateFolder { path: dir.to_path_buf(), reason })?;
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         restrict_to_owner(dir).map_err(|e| fail(e.to_string()))?;
+        if !dir.join(MARKER).exists() {
+            std::fs::write(dir.join(MARKER), MARKER_TEXT).map_err(|e| fail(e.to_string()))?;
+        }
         let db = sled::Config::new().path(dir).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("WouldBlock") || text.contains("lock") {
@@ -224,6 +231,7 @@ impl Store {
                 fail(text)
             }
         })?;
+        restrict_files_to_owner(dir);
         Self::from_db(db)
     }
 
@@ -507,6 +515,25 @@ impl Store {
     }
 }
 
+/// One stored record: tree name, key, value.
+pub type DumpedRecord = (String, Vec<u8>, Vec<u8>);
+
+impl Store {
+    /// Every record in every tree, in order: for comparing a store before and after
+    /// something that must not change it (a dry run).
+    pub fn dump(&self) -> Result<Vec<DumpedRecord>, StoreError> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                out.push((String::from_utf8_lossy(&name).into_owned(), k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
     match tree.get(key.as_bytes())? {
         None => Ok(None),
@@ -532,6 +559,55 @@ fn seen_key(recipe: &str, item: &str) -> Vec<u8> {
     k.extend_from_slice(item.as_bytes());
     k
 }
+
+/// The file that marks a folder as ghlflow's state folder.
+const MARKER: &str = "GHLFLOW_STATE";
+const MARKER_TEXT: &str = "This folder is ghlflow's state store (sled). Do not edit it by hand.\n";
+
+/// A state path must be ghlflow's own folder: missing (it is created), empty, marked, or an
+/// earlier ghlflow store (sled's `conf` and `db`, from before the marker). Anything else,
+/// such as `state: .` (the project folder), is refused rather than taken over and made
+/// owner-only.
+fn check_state_folder(dir: &Path) -> Result<(), String> {
+    let entries: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if dir.exists() && !dir.is_dir() => return Err(format!("it is not a folder ({e})")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let has = |name: &str| entries.iter().any(|e| e == name);
+    if entries.is_empty() || has(MARKER) || (has("conf") && has("db")) {
+        return Ok(());
+    }
+    Err(format!(
+        "the folder is not empty and is not a ghlflow state folder (no {MARKER} file); point `state:` at a folder of its own, e.g. .ghlflow/state"
+    ))
+}
+
+/// sled creates its files with the default mode; they hold tokens and history, so they are
+/// made owner-only (0600). Files sled adds later sit in the owner-only folder.
+#[cfg(unix)]
+fn restrict_files_to_owner(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        let mode = if ft.is_dir() {
+            0o700
+        } else if ft.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+        if ft.is_dir() {
+            restrict_files_to_owner(&e.path());
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_files_to_owner(_dir: &Path) {}
 
 #[cfg(unix)]
 fn restrict_to_owner(dir: &Path) -> std::io::Result<()> {
@@ -596,5 +672,48 @@ mod tests {
         };
         tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("every flush finished");
         assert!(store.trigger_state("r63-19").unwrap().is_some());
+    }
+}
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_non_empty_folder_is_refused_and_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ghlflow.yaml"), "connections: {}\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let err = Store::open(dir.path()).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("not a ghlflow state folder"), "{err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_ne!(mode & 0o077, 0, "the refused folder's mode was changed: {mode:o}");
+        }
+        assert!(!dir.path().join("db").exists(), "sled files were written beside the project");
+
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        assert!(state.join(MARKER).exists());
+        let store = Store::open(&state).unwrap(); // marked: opens again
+        store.flush().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for e in std::fs::read_dir(&state).unwrap().flatten() {
+                let mode = e.metadata().unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is {mode:o}", e.path().display());
+            }
+        }
+        // A store from before the marker (sled's own files only) still opens.
+        drop(store);
+        std::fs::remove_file(state.join(MARKER)).unwrap();
+        assert!(Store::open(&state).is_ok());
     }
 }

@@ -12,10 +12,10 @@ use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
-use handlebars::{
-    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, Renderable, ScopedJson, StringOutput,
-};
+use handlebars::{Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, Renderable, ScopedJson};
 use serde_json::{Map, Value};
+
+mod budget;
 
 /// The roots a template may name.
 pub const ROOTS: &[&str] = &["trigger", "steps", "connection", "env", "ids", "lookups", "item", "from", "input"];
@@ -69,6 +69,8 @@ static REGISTRY: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     for (name, f) in HELPERS {
         hb.register_helper(name, Box::new(ValueHelper(*f)));
     }
+    // Replaces the built-in: every iteration is charged to the render's work budget.
+    hb.register_helper("each", Box::new(budget::BudgetedEach));
     hb
 });
 
@@ -78,6 +80,8 @@ impl CompiledTemplate {
         if !source.contains("{{") {
             return Ok(CompiledTemplate { source: source.to_owned(), kind: Kind::Literal(source.to_owned()) });
         }
+        // Before the parser sees it: the parser and the renderer recurse once per level.
+        check_nesting(source)?;
         let parsed = Template::compile(source).map_err(|e| match plain_syntax_error(source) {
             // The plain message names its own place; the parser's is where it gave up.
             Some(message) => TemplateError { message, line: None, col: None },
@@ -91,13 +95,15 @@ impl CompiledTemplate {
         let kind = match single_expression(&parsed) {
             Some(SingleExpression::Path(segments)) => Kind::Path(segments),
             Some(SingleExpression::Helper(inner)) => {
-                let wrapped = format!("{{{{__typed ({inner})}}}}");
-                let t = Template::compile(&wrapped).map_err(|e| TemplateError {
-                    message: e.to_string(),
-                    line: None,
-                    col: None,
-                })?;
-                Kind::Typed(Arc::new(t))
+                // The expression as the user wrote it, when it can be cut out (rewriting it
+                // from the parse loses literals such as 1e20); a wrapper that still does not
+                // parse falls back to text rather than showing the internal helper.
+                let written = source.trim().strip_prefix("{{").and_then(|s| s.strip_suffix("}}"));
+                let inner = written.map(|s| s.trim_matches('~').trim().to_owned()).unwrap_or(inner);
+                match Template::compile(&format!("{{{{__typed ({inner})}}}}")) {
+                    Ok(t) => Kind::Typed(Arc::new(t)),
+                    Err(_) => Kind::Text(Arc::new(parsed)),
+                }
             }
             None => Kind::Text(Arc::new(parsed)),
         };
@@ -160,10 +166,131 @@ pub fn truthy(rendered: &str) -> bool {
 }
 
 fn render_text(t: &Template, context: &Context) -> Result<String, String> {
-    let mut rc = RenderContext::new(None);
-    let mut out = StringOutput::new();
-    t.render(&REGISTRY, context, &mut rc, &mut out).map_err(|e| render_error(&e))?;
-    out.into_string().map_err(|e| e.to_string())
+    // A helper that panics (a bug here or in a crate beneath) fails this render, not the
+    // process: the step fails with a message and the run stays resumable.
+    let render = std::panic::AssertUnwindSafe(|| {
+        crate::limits::with_render_budget(|| {
+            let mut rc = RenderContext::new(None);
+            let mut out = budget::LimitedOutput::default();
+            match t.render(&REGISTRY, context, &mut rc, &mut out) {
+                Ok(()) => Ok(out.into_string()),
+                Err(_) if out.overflowed => Err(format!(
+                    "the template renders more than {} MiB; it is stopped there",
+                    crate::limits::MAX_RENDERED_BYTES / (1024 * 1024)
+                )),
+                Err(_) if out.out_of_work => Err(crate::limits::WorkExceeded.to_string()),
+                Err(e) => Err(render_error(&e)),
+            }
+        })
+    });
+    std::panic::catch_unwind(render).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("internal error while rendering (please report it): {what}"))
+    })
+}
+
+/// Refuses what would make the parser or the renderer recurse without bound: blocks and
+/// sub-expressions nested deeper than `MAX_TEMPLATE_NESTING`, and partials (`{{> p}}`,
+/// `{{#*inline}}`), which templates here have no use for and which can call themselves.
+/// A lexical pass: it counts `{{#`/`{{^` against `{{/`, and parentheses inside `{{ }}`
+/// outside string literals, so it never misses a level (at worst it counts one too many).
+fn check_nesting(source: &str) -> Result<(), TemplateError> {
+    let max = crate::limits::MAX_TEMPLATE_NESTING;
+    let bytes = source.as_bytes();
+    let (mut line, mut col) = (1usize, 1usize);
+    let mut blocks = 0usize;
+    let mut i = 0;
+    let err = |message: String, line: usize, col: usize| TemplateError { message, line: Some(line), col: Some(col) };
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"{{") {
+            let (start_line, start_col) = (line, col);
+            let mut j = i + 2;
+            while j < bytes.len() && bytes[j] == b'{' {
+                j += 1;
+            }
+            while j < bytes.len() && bytes[j] == b'~' {
+                j += 1;
+            }
+            let rest = &bytes[j..];
+            if rest.starts_with(b">") || rest.starts_with(b"#>") || rest.starts_with(b"#*") || rest.starts_with(b"*") {
+                return Err(err(
+                    "partials and inline partials (`{{> name}}`, `{{#*inline}}`) are not supported in templates".into(),
+                    start_line,
+                    start_col,
+                ));
+            }
+            if rest.starts_with(b"!") {
+                // A comment: skip to its end without counting anything inside.
+                let end = find(bytes, j, b"}}").unwrap_or(bytes.len());
+                advance(&bytes[i..end], &mut line, &mut col);
+                i = end;
+                continue;
+            }
+            if rest.starts_with(b"#") || rest.starts_with(b"^") {
+                blocks += 1;
+            } else if rest.starts_with(b"/") {
+                blocks = blocks.saturating_sub(1);
+            }
+            // Inside the mustache: parentheses, skipping string literals.
+            let mut parens = 0usize;
+            let mut k = j;
+            let mut quote: Option<u8> = None;
+            while k < bytes.len() {
+                let b = bytes[k];
+                match quote {
+                    Some(q) if b == q => quote = None,
+                    Some(_) => {}
+                    None if b == b'"' || b == b'\'' => quote = Some(b),
+                    None if b == b'(' => parens += 1,
+                    None if b == b')' => parens = parens.saturating_sub(1),
+                    None if bytes[k..].starts_with(b"}}") => break,
+                    None => {}
+                }
+                if blocks + parens > max {
+                    advance(&bytes[i..k], &mut line, &mut col);
+                    return Err(err(
+                        format!("blocks and sub-expressions nest more than {max} deep; flatten the template"),
+                        line,
+                        col,
+                    ));
+                }
+                k += 1;
+            }
+            if blocks > max {
+                return Err(err(
+                    format!("blocks and sub-expressions nest more than {max} deep; flatten the template"),
+                    start_line,
+                    start_col,
+                ));
+            }
+            advance(&bytes[i..k], &mut line, &mut col);
+            i = k;
+            continue;
+        }
+        advance(&bytes[i..i + 1], &mut line, &mut col);
+        i += 1;
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+}
+
+/// Moves a line/column past `text` (columns count characters, not bytes).
+fn advance(text: &[u8], line: &mut usize, col: &mut usize) {
+    for &b in text {
+        if b == b'\n' {
+            *line += 1;
+            *col = 1;
+        } else if b & 0xC0 != 0x80 {
+            *col += 1;
+        }
+    }
 }
 
 /// Why a template does not parse, in plain words, for the mistakes people make: a tag left
@@ -439,9 +566,10 @@ impl HelperDef for ValueHelper {
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let args: Vec<Value> = h.params().iter().map(|p| p.value().clone()).collect();
-        (self.0)(&args)
-            .map(ScopedJson::Derived)
-            .map_err(|m| handlebars::RenderErrorReason::Other(format!("{}: {m}", h.name())).into())
+        let value = (self.0)(&args).map_err(|m| handlebars::RenderErrorReason::Other(format!("{}: {m}", h.name())))?;
+        crate::limits::spend(1 + crate::limits::value_cost(&value))
+            .map_err(|e| handlebars::RenderErrorReason::Other(e.to_string()))?;
+        Ok(ScopedJson::Derived(value))
     }
 }
 
@@ -594,7 +722,7 @@ const HELPERS: &[(&str, HelperFn)] = &[
     // dates
     ("date", |a| {
         let Some(dt) = parse_date(arg(a, 0)) else { return Ok(Value::Null) };
-        Ok(format_date(dt, arg(a, 1)))
+        format_date_checked(dt, arg(a, 1))
     }),
     ("date_add", |a| {
         let Some(dt) = parse_date(arg(a, 0)) else { return Ok(Value::Null) };
@@ -608,10 +736,18 @@ const HELPERS: &[(&str, HelperFn)] = &[
             "week" => 604_800.0,
             other => return Err(format!("unknown unit `{other}`; use seconds, minutes, hours, days or weeks")),
         };
-        let dt = dt + ChronoDuration::milliseconds((amount * secs * 1000.0) as i64);
-        Ok(format_date(dt, arg(a, 3)))
+        // Checked all the way: an amount past chrono's range (±262,000 years) is an error
+        // for this step, not a panic of the process.
+        let millis = amount * secs * 1000.0;
+        let out_of_range = || format!("adding {amount} {unit} to {dt} leaves the supported date range");
+        if !millis.is_finite() || millis.abs() >= i64::MAX as f64 {
+            return Err(out_of_range());
+        }
+        let delta = ChronoDuration::try_milliseconds(millis as i64).ok_or_else(out_of_range)?;
+        let dt = dt.checked_add_signed(delta).ok_or_else(out_of_range)?;
+        format_date_checked(dt, arg(a, 3))
     }),
-    ("now", |a| Ok(format_date(Utc::now(), arg(a, 0)))),
+    ("now", |a| format_date_checked(Utc::now(), arg(a, 0))),
     // from_zone date time zone [format]: a wall-clock date and time in an IANA time zone
     // (Capsule's dueOn + dueTime in the owner's zone) as an instant, ISO 8601 in UTC by default.
     ("from_zone", |a| {
@@ -621,7 +757,7 @@ const HELPERS: &[(&str, HelperFn)] = &[
         }
         let zone = zone(arg(a, 2))?;
         let local = local_datetime(date.trim(), text(arg(a, 1)).trim())?;
-        Ok(format_date(from_local(zone, local), arg(a, 3)))
+        format_date_checked(from_local(zone, local), arg(a, 3))
     }),
     // to_zone date zone [format]: an instant shown on the wall clock of an IANA time zone,
     // ISO 8601 with that zone's offset by default.
@@ -814,6 +950,16 @@ fn format_date(dt: DateTime<Utc>, format: &Value) -> Value {
             }
         }
         _ => Value::String(dt.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    }
+}
+
+/// `format_date`, with a format chrono cannot render reported instead of rendering nothing.
+fn format_date_checked(dt: DateTime<Utc>, format: &Value) -> Result<Value, String> {
+    match (format_date(dt, format), format) {
+        (Value::Null, Value::String(f)) => Err(format!(
+            "`{f}` is not a date format chrono can render (see https://docs.rs/chrono/latest/chrono/format/strftime/)"
+        )),
+        (v, _) => Ok(v),
     }
 }
 
@@ -1065,5 +1211,93 @@ mod tests {
         let err = CompiledTemplate::compile("{{a b=}}").unwrap_err();
         assert!(err.message.starts_with("template does not parse"), "{}", err.message);
         assert!(err.col.is_some());
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(t: &str, ctx: Value) -> Result<Value, String> {
+        CompiledTemplate::compile(t).map_err(|e| e.message)?.render(&context(ctx))
+    }
+
+    #[test]
+    fn a_date_helper_that_overflows_fails_the_render_instead_of_panicking() {
+        let ctx = json!({"trigger": {"updatedAt": "2026-01-01T00:00:00Z"}});
+        for t in [
+            "{{date_add trigger.updatedAt 100000000 \"days\"}}",
+            "{{date_add trigger.updatedAt -100000000 \"weeks\"}}",
+            "{{date_add trigger.updatedAt 100000000000000000000000 \"seconds\"}}",
+            "x {{date_add trigger.updatedAt 100000000 \"days\"}}",
+        ] {
+            let err = render(t, ctx.clone()).unwrap_err();
+            assert!(err.contains("leaves the supported date range"), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_and_partials_are_refused_at_compile_time_with_a_place() {
+        let helpers = format!("{{{{{}trigger.a{}}}}}", "lower (".repeat(5000), ")".repeat(5000));
+        let e = CompiledTemplate::compile(&helpers).unwrap_err();
+        assert!(e.message.contains("nest more than 32 deep"), "{}", e.message);
+        assert_eq!((e.line, e.col), (Some(1), Some(9 + 7 * 32)), "placed at the 33rd `(`");
+        let ifs = format!("{}x{}", "{{#if trigger.a}}\n".repeat(20_000), "{{/if}}".repeat(20_000));
+        let e = CompiledTemplate::compile(&ifs).unwrap_err();
+        assert!(e.message.contains("nest more than 32 deep"), "{}", e.message);
+        assert_eq!(e.line, Some(33));
+        for t in ["{{#*inline \"p\"}}x{{> p}}{{/inline}}{{> p}}", "a {{> p}}", "{{#> layout}}x{{/layout}}"] {
+            let e = CompiledTemplate::compile(t).unwrap_err();
+            assert!(e.message.contains("partials"), "{t}: {}", e.message);
+        }
+        // Parentheses and braces inside string literals and comments are not nesting.
+        let fine = format!("{{{{concat \"{}\" trigger.a}}}}{{{{!-- {} --}}}}", "(".repeat(100), "{{#if".repeat(100));
+        assert!(CompiledTemplate::compile(&fine).is_ok());
+        let deep_enough = format!("{{{{{}trigger.a{}}}}}", "lower (".repeat(31), ")".repeat(31));
+        assert!(CompiledTemplate::compile(&deep_enough).is_ok());
+    }
+
+    #[test]
+    fn runaway_rendering_is_stopped_with_a_message() {
+        let list = (0..20).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let ctx = json!({"trigger": {"list": list}});
+        let nested =
+            format!("{}{{{{this}}}}{}", "{{#each (split @root.trigger.list)}}".repeat(8), "{{/each}}".repeat(8));
+        let err = render(&nested, ctx.clone()).unwrap_err();
+        assert!(err.contains("too much work") || err.contains("MiB"), "{err}");
+        // Loops whose body writes nothing are charged too.
+        let silent = format!("{}{}", "{{#each (split @root.trigger.list)}}".repeat(8), "{{/each}}".repeat(8));
+        let err = render(&silent, ctx.clone()).unwrap_err();
+        assert!(err.contains("too much work"), "{err}");
+        // A helper building a value larger than the whole budget.
+        let big = json!({"trigger": {"s": "x".repeat(5_000_000)}});
+        let err = render("{{length (concat trigger.s trigger.s)}}", big).unwrap_err();
+        assert!(err.contains("too much work"), "{err}");
+        // Ordinary loops still work, with @index and @last.
+        let ok =
+            render("{{#each (split \"a,b\")}}{{@index}}{{this}}{{#unless @last}};{{/unless}}{{/each}}", ctx).unwrap();
+        assert_eq!(ok, json!("0a;1b"));
+    }
+
+    #[test]
+    fn each_over_objects_and_block_params_behaves_as_before() {
+        let ctx = json!({"trigger": {"o": {"a": 1, "b": 2}, "l": [{"n": "x"}, {"n": "y"}], "e": []}});
+        assert_eq!(render("{{#each trigger.o}}{{@key}}={{this}},{{/each}}", ctx.clone()).unwrap(), json!("a=1,b=2,"));
+        assert_eq!(
+            render("{{#each trigger.l as |item i|}}{{i}}:{{item.n}} {{/each}}", ctx.clone()).unwrap(),
+            json!("0:x 1:y ")
+        );
+        assert_eq!(render("{{#each trigger.l}}{{n}}{{@first}}{{/each}}", ctx.clone()).unwrap(), json!("xtrueyfalse"));
+        assert_eq!(render("{{#each trigger.e}}x{{else}}none{{/each}}", ctx).unwrap(), json!("none"));
+    }
+
+    #[test]
+    fn date_errors_are_said_in_the_users_terms() {
+        let err = render("{{date \"2026-01-01\" \"%Q\"}}", json!({})).unwrap_err();
+        assert!(err.contains("`%Q` is not a date format"), "{err}");
+        let out = render("{{date 99999999999999999999}}", json!({}));
+        let text = format!("{out:?}");
+        assert!(!text.contains("__typed"), "{text}");
     }
 }

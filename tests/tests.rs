@@ -9,6 +9,8 @@ mod catalog_errors;
 mod cli_first_hour;
 mod cli_ops;
 mod engine;
+mod fuzz;
+mod hostile;
 mod http_layer;
 mod kill_nine;
 mod mirror;

@@ -89,7 +89,7 @@ impl CatalogSource {
 
     /// Adds one file of `app`; its stem is the category (or `app` for the app file).
     pub fn add_file(&mut self, app: &str, path: &Path) -> Result<(), Diagnostics> {
-        match std::fs::read_to_string(path) {
+        match crate::fsread::read_text(path) {
             Ok(text) => {
                 self.files.push(SourceFile {
                     display: path.display().to_string(),
@@ -101,7 +101,7 @@ impl CatalogSource {
             }
             Err(e) => {
                 let mut diags = Diagnostics::default();
-                diags.push(&path.display().to_string(), Position::default(), format!("cannot read: {e}"));
+                diags.push(&path.display().to_string(), e.position, e.message);
                 Err(diags)
             }
         }
@@ -196,7 +196,7 @@ fn parse_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<(PositionInd
     match serde_yaml::from_str(&file.text) {
         Ok(value) => Some((index, value)),
         Err(e) => {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             diags.push(&file.display, pos, format!("invalid YAML: {e}"));
             None
         }
@@ -294,6 +294,7 @@ fn compile_app_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<App> {
         retry: retry?,
         timeout: timeout?,
         page_bound: page_bound?,
+        max_response_bytes: spec.max_response_bytes.unwrap_or(crate::limits::DEFAULT_MAX_RESPONSE_BYTES),
     })
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use compile::{CatalogSource, load, load_embedded};
+pub use compile::{CatalogSource, SourceFile, load, load_embedded};
 pub use shape::Shape;
 pub use units::{Rate, parse_duration, parse_rate};
 
@@ -668,6 +668,8 @@ pub struct App {
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub page_bound: std::num::NonZeroU32,
+    /// The largest response body read (see `limits::DEFAULT_MAX_RESPONSE_BYTES`).
+    pub max_response_bytes: u64,
 }
 
 /// Every app and operation, indexed by key.

@@ -275,6 +275,10 @@ pub struct AppSpec {
     pub timeout: String,
     /// The most pages one poll or `--all-pages` call reads before it stops.
     pub page_bound: u32,
+    /// The largest response body read, in bytes (default 33554432, 32 MiB); a larger one
+    /// fails the request with a clear error instead of filling memory.
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// OAuth2 endpoints of an app.

@@ -100,8 +100,8 @@ fn read_inputs(input: Option<&str>) -> Result<Map<String, Value>, CliError> {
     let Some(input) = input else { return Ok(Map::new()) };
     let (text, source) = match input.strip_prefix('@') {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Invalid(format!("--input: cannot read {path}: {e}")))?;
+            let text = crate::fsread::read_text(Path::new(path))
+                .map_err(|e| CliError::Invalid(format!("--input: {path}: {e}")))?;
             (text, path.to_owned())
         }
         None => (input.to_owned(), "--input".to_owned()),

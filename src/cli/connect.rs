@@ -100,41 +100,86 @@ pub async fn run(args: ConnectArgs, operations: Option<&Path>) -> CliResult {
     Ok(())
 }
 
-/// Accepts connections until one brings `?code=...&state=<ours>` (or an error).
+/// How long one connection to the redirect port may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections until one brings `?code=...&state=<ours>` (or an error). Each
+/// connection is served on its own task with a read timeout, so one that connects and sends
+/// nothing (a port scanner, a browser's pre-connect) cannot hold up the real redirect.
 async fn wait_for_code(listener: &TcpListener, state: &str) -> Result<String, CliError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, CliError>>(4);
+    let mut served = tokio::task::JoinSet::new();
     loop {
-        let (mut socket, _) =
-            listener.accept().await.map_err(|e| CliError::Runtime(format!("redirect listener failed: {e}")))?;
-        let mut buf = vec![0u8; 8192];
-        let n = socket.read(&mut buf).await.unwrap_or(0);
-        let head = String::from_utf8_lossy(&buf[..n]);
-        let target = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
-        let url = url::Url::parse(&format!("http://127.0.0.1{target}")).ok();
-        let param = |name: &str| {
-            url.as_ref().and_then(|u| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
-        };
-        let (status, page, result) = match (param("code"), param("state"), param("error")) {
-            (_, _, Some(error)) => (
-                "400 Bad Request",
-                format!("Access was not granted: {error}. You can close this tab."),
-                Some(Err(CliError::Runtime(format!("the authorization server answered: {error}")))),
-            ),
-            (Some(code), Some(s), None) if s == state => {
-                ("200 OK", "ghlflow is connected. You can close this tab.".to_owned(), Some(Ok(code)))
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, _) =
+                    accepted.map_err(|e| CliError::Runtime(format!("redirect listener failed: {e}")))?;
+                let (tx, state) = (tx.clone(), state.to_owned());
+                served.spawn(async move {
+                    if let Some(result) = serve_redirect(socket, &state).await {
+                        let _ = tx.send(result).await;
+                    }
+                });
             }
-            (Some(_), _, None) => {
-                ("400 Bad Request", "This redirect does not belong to the running `ghlflow connect`.".to_owned(), None)
-            }
-            _ => ("404 Not Found", "Waiting for the authorization redirect.".to_owned(), None),
-        };
-        let reply = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-            page.len()
-        );
-        let _ = socket.write_all(reply.as_bytes()).await;
-        let _ = socket.shutdown().await;
-        if let Some(result) = result {
-            return result;
+            Some(result) = rx.recv() => return result,
+            Some(_) = served.join_next(), if !served.is_empty() => {}
         }
+    }
+}
+
+/// Answers one connection; `Some` when it brought our code or an authorization error.
+async fn serve_redirect(mut socket: tokio::net::TcpStream, state: &str) -> Option<Result<String, CliError>> {
+    let mut buf = vec![0u8; 8192];
+    let n = match tokio::time::timeout(READ_TIMEOUT, socket.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return None, // silent or broken: dropped
+    };
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let target = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/");
+    let url = url::Url::parse(&format!("http://127.0.0.1{target}")).ok();
+    let param =
+        |name: &str| url.as_ref().and_then(|u| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()));
+    let (status, page, result) = match (param("code"), param("state"), param("error")) {
+        (_, _, Some(error)) => (
+            "400 Bad Request",
+            format!("Access was not granted: {error}. You can close this tab."),
+            Some(Err(CliError::Runtime(format!("the authorization server answered: {error}")))),
+        ),
+        (Some(code), Some(s), None) if s == state => {
+            ("200 OK", "ghlflow is connected. You can close this tab.".to_owned(), Some(Ok(code)))
+        }
+        (Some(_), _, None) => {
+            ("400 Bad Request", "This redirect does not belong to the running `ghlflow connect`.".to_owned(), None)
+        }
+        _ => ("404 Not Found", "Waiting for the authorization redirect.".to_owned(), None),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    let _ = tokio::time::timeout(READ_TIMEOUT, socket.write_all(reply.as_bytes())).await;
+    let _ = socket.shutdown().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_the_redirect() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = tokio::spawn(async move { wait_for_code(&listener, "st4te").await });
+        // Connects and says nothing, and stays open.
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut real = tokio::net::TcpStream::connect(addr).await.unwrap();
+        real.write_all(b"GET /callback?code=abc&state=st4te HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        let _ = real.read_to_string(&mut answer).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        // Well inside the silent connection's read timeout.
+        let code = tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("not held up").unwrap();
+        assert_eq!(code.ok().as_deref(), Some("abc"));
     }
 }

@@ -56,7 +56,11 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
     }
     let recipes: Vec<_> =
         recipes.into_iter().filter(|r| args.recipes.is_empty() || args.recipes.contains(&r.id)).collect();
-    let store = Store::open(&config.state_dir).map_err(|e| CliError::Runtime(e.to_string()))?;
+    // A dry run writes nothing: without a state folder yet, it plans against an empty
+    // throwaway store rather than creating one.
+    let store =
+        if args.dry_run && !config.state_dir.exists() { Store::temporary() } else { Store::open(&config.state_dir) }
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
     let client =
         HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| CliError::Runtime(e.to_string()))?;
     let options = EngineOptions { dry_run: args.dry_run };

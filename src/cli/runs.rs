@@ -207,6 +207,9 @@ async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path
 /// Carries out one request against an engine.
 pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
     match req {
+        RunsRequest::List { limit: 0, .. } => {
+            Reply::invalid("--limit 0 would list nothing; give at least 1 (default 50)".to_owned())
+        }
         RunsRequest::List { recipe, status, limit, json } => {
             let status = match status.as_deref().map(parse_status) {
                 Some(None) => {

@@ -57,7 +57,13 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
 
     // The id map and history are read from the state store. A running `ghlflow run` holds it;
     // a dry run then goes on with an empty store (and says so), a real send does not.
-    let store = match Store::open(&config.state_dir) {
+    let opened = if !args.send && !config.state_dir.exists() {
+        // A dry run writes nothing: no state folder is created for it.
+        Store::temporary()
+    } else {
+        Store::open(&config.state_dir)
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(StoreError::Open { reason, .. }) if !args.send && args.item_id.is_none() => {
             eprintln!("note: the state store is not available ({reason}); `ids` read as empty in this dry run");
@@ -183,8 +189,7 @@ fn load_one(config: &crate::config::Config, catalog: &crate::catalog::Catalog, i
             crate::diagnostic::hint(id, names.iter().map(String::as_str))
         )));
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let text = crate::fsread::read_text(&path).map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
     crate::recipe::compile_recipe(&path.display().to_string(), id, &text, catalog, config, &crate::config::process_env)
         .map_err(|d| CliError::Invalid(format!("invalid recipe:\n{d}")))
 }
@@ -193,7 +198,7 @@ fn load_one(config: &crate::config::Config, catalog: &crate::catalog::Catalog, i
 fn read_item(text: &str) -> Result<Value, CliError> {
     let (body, source) = match text.strip_prefix('@') {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| CliError::Invalid(format!("--item: cannot read {path}: {e}")))?,
+            crate::fsread::read_text(Path::new(path)).map_err(|e| CliError::Invalid(format!("--item: {path}: {e}")))?,
             path.to_owned(),
         ),
         None => (text.to_owned(), "--item".to_owned()),

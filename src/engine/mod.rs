@@ -7,6 +7,7 @@
 //! sends requests only through `http` and keeps state only through `store`.
 
 mod execute;
+mod guard;
 mod lookups;
 mod poll;
 pub mod scheduler;
@@ -155,7 +156,7 @@ impl Engine {
             for id in wave {
                 let Some(recipe) = self.recipe(&id) else { continue };
                 let engine = Arc::clone(self);
-                tasks.push(tokio::spawn(async move { engine.poll_and_run(&recipe).await }));
+                tasks.push(tokio::spawn(async move { engine.poll_and_run_guarded(&recipe).await }));
             }
             for t in tasks {
                 match t.await {

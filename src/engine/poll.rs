@@ -60,8 +60,11 @@ impl Engine {
             Some(s) if s.fingerprint == trigger.fingerprint => s,
             Some(_) => {
                 // The trigger was edited into another one: a new position, a new baseline,
-                // and nothing of what the old feed had seen.
-                self.store.forget_seen(&recipe.id)?;
+                // and nothing of what the old feed had seen. A dry run writes nothing: it
+                // plans the new baseline and leaves the marks to the real run.
+                if !self.options.dry_run {
+                    self.store.forget_seen(&recipe.id)?;
+                }
                 TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() }
             }
             None => TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() },
@@ -314,7 +317,7 @@ fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, V
     if let (Some(since), Some(cursor)) = (&op.since, cursor)
         && let Some(at) = parse_date(&Value::String(cursor.to_owned()))
     {
-        let from = at - SINCE_OVERLAP;
+        let from = at.checked_sub_signed(SINCE_OVERLAP).unwrap_or(at);
         inputs.insert(since.clone(), Value::String(from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     }
     // A feed that requires its `since` (Capsule's deletions) starts from the beginning.

@@ -181,7 +181,9 @@ fn start_poll(
     let polls = Arc::clone(polls);
     tasks.spawn(async move {
         let _slot = polls.acquire().await.ok();
-        let tick = engine.poll_and_run(&recipe).await;
+        // A panic below is caught (and the runs it left open failed), so this task still
+        // returns the recipe id and `busy` is cleared.
+        let tick = engine.poll_and_run_guarded(&recipe).await;
         if let Err(e) = &tick.poll {
             tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
             record_poll_error(&engine, &recipe.id, &e.to_string());
@@ -320,7 +322,18 @@ fn apply_changes(
             continue;
         }
         let id = id_of(path);
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        // Bounded, regular files only: a link to /dev/zero or a FIFO must not stop the engine.
+        let text = match crate::fsread::read_text(path) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(recipe = %id, problem = %e, "recipe cannot be read; keeping the previous version");
+                continue;
+            }
+        };
+        if after.keys().any(|p| p != path && id_of(p) == id) {
+            tracing::error!(recipe = %id, "two files give this recipe id (.yaml and .yml); keeping the previous version");
+            continue;
+        }
         match compile_recipe(
             &path.display().to_string(),
             &id,

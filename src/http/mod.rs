@@ -166,13 +166,14 @@ impl HttpClient {
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
+        let longest = retry::longest_wait(policy);
         loop {
             attempt += 1;
             let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
             let outcome = async {
                 let _slot = slots.acquire().await.ok();
                 // Held until the answer's headers are in (see `ratelimit::Permit`).
-                let permit = budget.acquire().await;
+                let permit = budget.acquire_within(longest).await.map_err(|left| wait_too_long(request, left))?;
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
                 let _ = SENDS.try_with(|n| n.set(n.get() + 1));
                 let sent = self.send_once(connection, request, token.expose()).await;
@@ -196,12 +197,17 @@ impl HttpClient {
                         rate_waits += 1;
                         let wait = budget.wait_after_429(response.headers());
                         budget.pause(wait);
-                        // In the caller's span (a run's: recipe, run), not the request's debug span, so
-                        // the warning names what it belongs to at any log level.
+                        if wait > longest {
+                            // Not waited out here: every request on the budget now fails fast
+                            // until then, and the work is tried again later (replay).
+                            return Err(wait_too_long(request, wait));
+                        }
+                        // In the caller's span (a run's: recipe, run, step), not the request's
+                        // debug span, so the warning names what it belongs to at any log level.
                         tracing::warn!(op = %op.key, attempt, wait_ms = wait.as_millis() as u64, "429: waiting out the rate limit");
                         continue;
                     }
-                    self.read_response(op, request, response).await
+                    self.read_response(op, request, response, connection.app.max_response_bytes).await
                 }
                 Err(e) => Err(self.transport_error(request, &e)),
             };
@@ -258,6 +264,7 @@ impl HttpClient {
         op: &Operation,
         request: &PreparedRequest,
         mut response: reqwest::Response,
+        max_body: u64,
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
@@ -267,7 +274,7 @@ impl HttpClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(request, &e))?;
+        let bytes = self.read_body(request, &mut response, max_body).await?;
         if !(200..300).contains(&status) {
             return Err(HttpError::Status {
                 request: request.label.clone(),
@@ -286,10 +293,10 @@ impl HttpClient {
             ResponseKind::Json if bytes.iter().all(u8::is_ascii_whitespace) => Value::Null,
             ResponseKind::Json => serde_json::from_slice(&bytes).map_err(|e| HttpError::BadResponse {
                 request: request.label.clone(),
-                reason: format!(
+                reason: self.redactor.redact(&format!(
                     "expected JSON ({e}); the body starts with {:?}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
-                ),
+                )),
             })?,
             ResponseKind::Text => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
             ResponseKind::Binary => json!({
@@ -298,7 +305,37 @@ impl HttpClient {
                 "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
             }),
         };
+        // A server may echo what it was sent (the Authorization header, a templated secret):
+        // no secret leaves here, so none is printed, recorded or passed to a later step.
+        let body = self.redactor.redact_json_deep(body);
         Ok(Response { status, body, next_link, headers })
+    }
+
+    /// The body, chunk by chunk, refused once it passes `max` bytes (a declared length
+    /// over it is refused before anything is read).
+    async fn read_body(
+        &self,
+        request: &PreparedRequest,
+        response: &mut reqwest::Response,
+        max: u64,
+    ) -> Result<Vec<u8>, HttpError> {
+        let too_large = || HttpError::BadResponse {
+            request: request.label.clone(),
+            reason: format!(
+                "the response body is larger than {max} bytes (the app's max_response_bytes); it was not read"
+            ),
+        };
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(request, &e))? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn connection_state(&self, connection: &Connection) -> Arc<ConnectionState> {
@@ -336,6 +373,21 @@ impl HttpClient {
     /// The raw reqwest client, for the OAuth code exchange.
     pub fn reqwest(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// A 429 whose wait is longer than the retry policy allows.
+fn wait_too_long(request: &PreparedRequest, wait: Duration) -> HttpError {
+    let until = chrono::Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::zero());
+    HttpError::Status {
+        request: request.label.clone(),
+        status: 429,
+        message: format!(
+            "rate limited: the server asks to wait until {} ({}), longer than the retry policy waits; try again later",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            humantime::format_duration(Duration::from_secs(wait.as_secs()))
+        ),
+        retry_after: Some(wait),
     }
 }
 

@@ -15,6 +15,27 @@ use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
 use crate::catalog::{Rate, RateLimitHeaders};
+use crate::limits::MAX_SERVER_WAIT;
+
+/// The longest burst window a server's X-RateLimit-Interval-Milliseconds is believed for;
+/// GHL's is 10 s. A longer one is ignored (and logged): believing `u64::MAX` ms would stop
+/// every request on the budget for good.
+const MAX_SERVER_WINDOW: Duration = Duration::from_secs(3600);
+
+/// A wait the server asked for, clamped to `MAX_SERVER_WAIT`; an absurd one is logged.
+pub fn clamp_server_wait(wait: Duration, header: &str) -> Duration {
+    if wait > MAX_SERVER_WAIT {
+        tracing::warn!(
+            header,
+            asked_s = wait.as_secs(),
+            clamped_s = MAX_SERVER_WAIT.as_secs(),
+            "the server asked for an absurd wait; clamped"
+        );
+        MAX_SERVER_WAIT
+    } else {
+        wait
+    }
+}
 
 /// Windows longer than this, or allowing more requests than `EXACT_MAX`, are counted rather
 /// than logged.
@@ -183,8 +204,23 @@ impl Budget {
         }
     }
 
-    /// Stops every request on this budget for `wait`.
+    /// Like `acquire`, but when the budget is paused (by a server's 429 or reset time) for
+    /// longer than `longest`, gives up at once with how long the pause has left, instead of
+    /// holding the caller's task that long.
+    pub async fn acquire_within(&self, longest: Duration) -> Result<Permit<'_>, Duration> {
+        let paused_for = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.paused_until.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default()
+        };
+        if paused_for > longest {
+            return Err(paused_for);
+        }
+        Ok(self.acquire().await)
+    }
+
+    /// Stops every request on this budget for `wait` (at most `MAX_SERVER_WAIT`).
     pub fn pause(&self, wait: Duration) {
+        let wait = wait.min(MAX_SERVER_WAIT);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let until = Instant::now() + wait;
         state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
@@ -205,8 +241,12 @@ impl Budget {
                     && max > 0
                     && ms > 0
                 {
-                    *count = max.min(u64::from(EXACT_MAX)) as u32;
-                    *interval = Duration::from_millis(ms);
+                    if Duration::from_millis(ms) > MAX_SERVER_WINDOW {
+                        tracing::warn!(interval_ms = ms, "ignoring an absurd X-RateLimit-Interval-Milliseconds");
+                    } else {
+                        *count = max.min(u64::from(EXACT_MAX)) as u32;
+                        *interval = Duration::from_millis(ms);
+                    }
                 }
                 if let Some(remaining) = num("x-ratelimit-remaining")
                     && let Some(w) = state.windows.first_mut()
@@ -228,7 +268,7 @@ impl Budget {
                     if remaining == 0
                         && let Some(reset) = num("x-ratelimit-reset")
                     {
-                        let until = now + until_epoch(reset);
+                        let until = now + clamp_server_wait(until_epoch(reset), "x-ratelimit-reset");
                         state.paused_until = Some(state.paused_until.map_or(until, |t| t.max(until)));
                     }
                 }
@@ -245,17 +285,17 @@ impl Budget {
                 && secs.is_finite()
                 && secs >= 0.0
             {
-                return Duration::from_secs_f64(secs.min(86_400.0));
+                return clamp_server_wait(Duration::from_secs_f64(secs.min(1.0e12)), "retry-after");
             }
             if let Ok(at) = httpdate_parse(v) {
-                return at.duration_since(SystemTime::now()).unwrap_or_default();
+                return clamp_server_wait(at.duration_since(SystemTime::now()).unwrap_or_default(), "retry-after");
             }
         }
         if let Some(reset) = text("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
-            return until_epoch(reset);
+            return clamp_server_wait(until_epoch(reset), "x-ratelimit-reset");
         }
         if let Some(ms) = text("x-ratelimit-interval-milliseconds").and_then(|v| v.parse::<u64>().ok()) {
-            return Duration::from_millis(ms);
+            return clamp_server_wait(Duration::from_millis(ms), "x-ratelimit-interval-milliseconds");
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.windows.first().map(Window::interval).unwrap_or(Duration::from_secs(10))
@@ -271,7 +311,7 @@ fn until_epoch(epoch_secs: u64) -> Duration {
 /// RFC 7231 dates, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`.
 fn httpdate_parse(text: &str) -> Result<SystemTime, ()> {
     let dt = chrono::DateTime::parse_from_rfc2822(text).map_err(|_| ())?;
-    Ok(UNIX_EPOCH + Duration::from_secs(dt.timestamp().max(0) as u64))
+    UNIX_EPOCH.checked_add(Duration::from_secs(dt.timestamp().max(0) as u64)).ok_or(())
 }
 
 #[cfg(test)]
@@ -359,5 +399,51 @@ mod tests {
         h.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
         let wait = budget.wait_after_429(&h);
         assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::catalog::parse_rate;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_server_times_are_clamped_and_never_panic_or_hang() {
+        let capsule = Budget::new(&[parse_rate("4000/1h").unwrap()], RateLimitHeaders::Capsule);
+        let max = headers(&[("x-ratelimit-reset", "18446744073709551615"), ("x-ratelimit-remaining", "0")]);
+        assert_eq!(capsule.wait_after_429(&max), MAX_SERVER_WAIT);
+        capsule.observe(&max, Instant::now()); // overflowed an Instant before
+        assert!(capsule.acquire_within(Duration::from_secs(60)).await.is_err(), "paused for a day: fail fast");
+
+        let ghl = Budget::new(&[parse_rate("100/10s").unwrap()], RateLimitHeaders::Ghl);
+        let far = headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]);
+        assert_eq!(ghl.wait_after_429(&far), MAX_SERVER_WAIT);
+        assert_eq!(ghl.wait_after_429(&headers(&[("retry-after", "1e300")])), MAX_SERVER_WAIT);
+        assert_eq!(
+            ghl.wait_after_429(&headers(&[("x-ratelimit-interval-milliseconds", "18446744073709551615")])),
+            MAX_SERVER_WAIT
+        );
+        // An absurd burst window is not believed: the next requests still go at once.
+        let absurd = headers(&[
+            ("x-ratelimit-max", "1"),
+            ("x-ratelimit-interval-milliseconds", "18446744073709551615"),
+            ("x-ratelimit-remaining", "99"),
+        ]);
+        ghl.observe(&absurd, Instant::now());
+        let start = Instant::now();
+        for _ in 0..5 {
+            ghl.acquire_within(Duration::from_secs(60)).await.unwrap();
+        }
+        assert_eq!(Instant::now(), start);
+        ghl.pause(Duration::MAX);
+        assert!(ghl.acquire_within(Duration::from_secs(60)).await.is_err());
     }
 }

@@ -22,6 +22,13 @@ pub fn delays(policy: &RetryPolicy) -> impl Iterator<Item = Duration> + Send + u
         .build()
 }
 
+/// The longest a request waits for a paused budget (a server's 429 or reset time) before it
+/// fails instead: the policy's whole backoff (`max_attempts` × `max_backoff`), and at least a
+/// minute. A server asking for more is answered with an error that says until when.
+pub fn longest_wait(policy: &RetryPolicy) -> Duration {
+    policy.max_backoff.saturating_mul(policy.max_attempts.get()).max(Duration::from_secs(60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

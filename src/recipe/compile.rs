@@ -1,8 +1,9 @@
 //! Checking and compiling recipe files. Every problem in every recipe is collected and
 //! reported at once, each at its `file:line:col`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,11 +45,22 @@ pub fn load_recipes(
         }
     };
     entries.sort();
+    // `won.yaml` beside `won.yml` would be two recipes with one id (the stem).
+    let mut by_stem: HashMap<String, &std::path::PathBuf> = HashMap::new();
+    for path in &entries {
+        if let Some(first) = by_stem.insert(stem(path), path) {
+            diags.push(
+                &path.display().to_string(),
+                Position::default(),
+                format!("has the same recipe id as {}; rename or remove one of them", first.display()),
+            );
+        }
+    }
     let mut recipes = Vec::new();
     let mut texts = BTreeMap::new();
     for path in entries {
         let display = path.display().to_string();
-        match std::fs::read_to_string(&path) {
+        match crate::fsread::read_text(&path) {
             Ok(text) => match compile_recipe(&display, &stem(&path), &text, catalog, config, env) {
                 Ok(r) => {
                     texts.insert(r.id.clone(), text);
@@ -56,7 +68,7 @@ pub fn load_recipes(
                 }
                 Err(d) => diags.extend(d),
             },
-            Err(e) => diags.push(&display, Position::default(), format!("cannot read: {e}")),
+            Err(e) => diags.push(&display, e.position, e.message),
         }
     }
     check_order(&recipes, &texts, &mut diags);
@@ -130,18 +142,40 @@ struct Scope<'a> {
     trigger: Option<Shape>,
     trigger_op: &'a str,
     /// Earlier steps: id, operation key, response shape.
-    earlier: Vec<(String, String, Shape)>,
+    earlier: Rc<Earlier>,
     /// Every step id, to tell "later" from "unknown".
-    all_steps: Vec<String>,
+    all_steps: Rc<Vec<String>>,
     env: &'a dyn Fn(&str) -> Option<String>,
     /// The `ids.<name>` names the current step declares.
     ids: Vec<String>,
     /// `item`, in a find's match: the shape of one candidate.
     item: Option<(String, Shape)>,
+    /// The step itself, in its `save` (which runs after it).
+    this_step: Option<Rc<(String, String, Shape)>>,
     /// The recipe's `lookups.<name>` names.
     lookups: Vec<String>,
     /// `from`, in a two-step find's inputs: the operation and shape of one of its records.
     from: Option<(String, Shape)>,
+}
+
+/// The steps before the one being compiled: id, operation key, response shape, found by id.
+/// Shared by every scope cloned from one, so that cloning a scope for each of 10,000 steps
+/// does not copy the 9,999 before it (validation stays linear in the file).
+#[derive(Clone, Default)]
+struct Earlier {
+    list: Vec<(String, String, Shape)>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Earlier {
+    fn push(&mut self, id: String, op: String, shape: Shape) {
+        self.by_id.entry(id.clone()).or_insert(self.list.len());
+        self.list.push((id, op, shape));
+    }
+
+    fn get(&self, id: &str) -> Option<&(String, String, Shape)> {
+        self.by_id.get(id).and_then(|&i| self.list.get(i))
+    }
 }
 
 const CONNECTION_FIELDS: &[&str] = &["name", "app", "location_id", "company_id", "base_url"];
@@ -178,7 +212,7 @@ pub fn compile_recipe(
     let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let pos = e.location().map(|l| Position { line: l.line(), col: l.column() }).unwrap_or_default();
+            let pos = crate::diagnostic::serde_yaml_position(&e);
             diags.push(file, pos, format!("invalid YAML: {e}"));
             return Err(diags);
         }
@@ -234,11 +268,12 @@ pub fn compile_recipe(
     let mut scope = Scope {
         trigger: trigger_shape,
         trigger_op: &trigger_op,
-        earlier: Vec::new(),
-        all_steps,
+        earlier: Rc::default(),
+        all_steps: Rc::new(all_steps),
         env,
         ids: Vec::new(),
         item: None,
+        this_step: None,
         lookups: spec.lookups.keys().cloned().collect(),
         from: None,
     };
@@ -261,11 +296,15 @@ pub fn compile_recipe(
     let mut steps = Vec::new();
     for (i, s) in spec.steps.iter().enumerate() {
         if let Some(step) = compile_step(i, s, catalog, config, &scope, &site, &mut diags) {
-            scope.earlier.push((step.id.clone(), step.operation.key.to_string(), step.operation.body_shape()));
+            Rc::make_mut(&mut scope.earlier).push(
+                step.id.clone(),
+                step.operation.key.to_string(),
+                step.operation.body_shape(),
+            );
             steps.push(step);
         } else {
             // Keep later references to this step from being reported as unknown.
-            scope.earlier.push((s.id.clone(), s.operation.clone(), Shape::Any));
+            Rc::make_mut(&mut scope.earlier).push(s.id.clone(), s.operation.clone(), Shape::Any);
         }
     }
 
@@ -307,11 +346,12 @@ fn compile_lookups(
     let scope = Scope {
         trigger: None,
         trigger_op: "",
-        earlier: Vec::new(),
-        all_steps: Vec::new(),
+        earlier: Rc::default(),
+        all_steps: Rc::default(),
         env,
         ids: Vec::new(),
         item: None,
+        this_step: None,
         lookups: Vec::new(),
         from: None,
     };
@@ -452,11 +492,12 @@ fn compile_trigger(
     let scope = Scope {
         trigger: None,
         trigger_op: "",
-        earlier: Vec::new(),
-        all_steps: Vec::new(),
+        earlier: Rc::default(),
+        all_steps: Rc::default(),
         env,
         ids: Vec::new(),
         item: None,
+        this_step: None,
         lookups: Vec::new(),
         from: None,
     };
@@ -643,7 +684,7 @@ fn compile_step(
     // `save` runs after the step, so it may read the step's own response.
     let mut after = scope.clone();
     if let Some(op) = &op {
-        after.earlier.push((spec.id.clone(), op.key.to_string(), op.body_shape()));
+        after.this_step = Some(Rc::new((spec.id.clone(), op.key.to_string(), op.body_shape())));
     }
     let mut save = Vec::new();
     for (key, value) in &spec.save {
@@ -887,7 +928,9 @@ fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
         }
         "steps" => {
             let Some(step) = rest.first() else { return Some("`steps` needs a step id: `steps.<id>.<field>`".into()) };
-            if let Some((_, op, shape)) = scope.earlier.iter().find(|(id, ..)| id == step) {
+            if let Some((_, op, shape)) =
+                scope.earlier.get(step).or(scope.this_step.as_deref().filter(|s| &s.0 == step))
+            {
                 return field_problem(shape, &rest[1..], &r.raw, &format!("the response of {op}"));
             }
             if scope.all_steps.contains(step) {
