@@ -218,6 +218,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let fail = |reason: String| StoreError::Open { path: dir.to_path_buf(), reason };
         check_state_folder(dir).map_err(|reason| StoreError::NotStateFolder { path: dir.to_path_buf(), reason })?;
+        // Every file this process creates from here on (sled's segments and snapshots, written
+        // at any time later, the control socket) is its owner's only: the store holds tokens.
+        #[cfg(unix)]
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         restrict_to_owner(dir).map_err(|e| fail(e.to_string()))?;
         if !dir.join(MARKER).exists() {
@@ -584,8 +588,9 @@ fn check_state_folder(dir: &Path) -> Result<(), String> {
     ))
 }
 
-/// sled creates its files with the default mode; they hold tokens and history, so they are
-/// made owner-only (0600). Files sled adds later sit in the owner-only folder.
+/// Files an older ghlflow (or sled before the umask) created with the default mode hold
+/// tokens and history: they are made owner-only (0600) when the store opens. Files created
+/// later are owner-only through the process's umask.
 #[cfg(unix)]
 fn restrict_files_to_owner(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
