@@ -392,6 +392,9 @@ fn render_run(r: &RunRecord) -> String {
     if r.replays > 0 {
         let _ = writeln!(out, "replays  {}", r.replays);
     }
+    for note in &r.notes {
+        let _ = writeln!(out, "note     {note}");
+    }
     let _ = writeln!(out, "\ntrigger item:\n{}", indent(&serde_json::to_string_pretty(&r.item).unwrap_or_default()));
     // A run that will never run a step does not list its steps as pending.
     match r.status {
