@@ -74,6 +74,8 @@ fn serve(world: Arc<Mutex<World>>) -> impl Fn(&Recorded) -> Reply + Send + Sync 
             }
             ("POST", p) if p.starts_with("/contacts/") && p.ends_with("/notes") => {
                 let reply = Reply::json(w.note_status, json!({"note": {"id": "note1", "body": r.json()["body"]}}));
+                // A 429 asks to wait two hours (the burst window is reset far away).
+                let reply = if w.note_status == 429 { reply.header("retry-after", "7200") } else { reply };
                 reply.delayed(w.note_delay)
             }
             ("POST", "/opportunities/") => Reply::json(201, json!({"opportunity": {"id": "opp1"}})),
@@ -539,4 +541,25 @@ async fn connect_exchanges_the_code_and_stores_the_granted_tokens() {
     let tokens = store.tokens("ghl").unwrap().unwrap();
     assert_eq!(tokens.refresh_token.as_deref(), Some("rt-1"));
     assert_eq!(tokens.location_id.as_deref(), Some("LOC9"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_asking_for_hours_fails_the_run_at_once_and_schedules_it_for_then() {
+    let world = Arc::new(Mutex::new(World { note_status: 200, ..Default::default() }));
+    let api = FakeApi::start(serve(Arc::clone(&world))).await;
+    let flow = Flow::new(&api, &[("people", PEOPLE)]);
+    assert!(flow.run_once().await.status.success());
+    world.lock().unwrap().parties.push(party(70, "Hal", "2026-02-01T00:00:00Z"));
+    world.lock().unwrap().note_status = 429;
+    let started = std::time::Instant::now();
+    let out = flow.run_once().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(60), "no task waited the two hours out");
+    assert!(text(&out).contains("asks to wait until"), "{}", text(&out));
+    let runs = flow.runs().await;
+    let id = runs[0]["id"].as_str().unwrap().to_owned();
+    let shown: Value = serde_json::from_slice(&flow.ghlflow(&["runs", "show", &id, "--json"]).await.stdout).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let at = shown["next_replay_at"].as_u64().expect("the run is scheduled to be tried again");
+    assert!((now + 7_000..=now + 7_300).contains(&at), "tried again when the server asked: {at} vs now {now}");
 }

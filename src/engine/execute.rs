@@ -233,6 +233,12 @@ impl Engine {
                     }
                     Err(e) => {
                         let retryable = e.is_retryable();
+                        // The server asked for a longer wait than the retry policy makes (a
+                        // 429 far in the future): the run is tried again then, whatever the
+                        // recipe's autoreplay says, and no task waits for it meanwhile.
+                        if let HttpError::Status { status: 429, retry_after: Some(wait), .. } = &e {
+                            run.next_replay_at = Some(crate::http::auth::unix_now() + wait.as_secs().max(1));
+                        }
                         let message = self.config.redactor.redact(&e.to_string());
                         return self.fail_step(run, &recipe, i, message, retryable).await;
                     }
@@ -511,7 +517,9 @@ impl Engine {
         run.finished = Some(now_iso());
         if recipe.autoreplay && retryable && run.replays < AUTOREPLAY_LIMIT {
             let wait = 60u64 << run.replays;
-            run.next_replay_at = Some(crate::http::auth::unix_now() + wait);
+            let at = crate::http::auth::unix_now() + wait;
+            // Never earlier than a time the server asked for.
+            run.next_replay_at = Some(run.next_replay_at.map_or(at, |deferred| deferred.max(at)));
         }
         self.store.save_run(&run)?;
         self.store.flush_async().await?;
