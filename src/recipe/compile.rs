@@ -178,6 +178,25 @@ impl Earlier {
     }
 }
 
+impl<'a> Scope<'a> {
+    /// Templates that run before any item exists (trigger inputs, lookups): `connection` and
+    /// `env` only.
+    fn connection_and_env(env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Scope {
+            trigger: None,
+            trigger_op: "",
+            earlier: Rc::default(),
+            all_steps: Rc::default(),
+            env,
+            ids: Vec::new(),
+            item: None,
+            this_step: None,
+            lookups: Vec::new(),
+            from: None,
+        }
+    }
+}
+
 const CONNECTION_FIELDS: &[&str] = &["name", "app", "location_id", "company_id", "base_url"];
 
 /// Checks and compiles one recipe file.
@@ -343,18 +362,7 @@ fn compile_lookups(
     site: &Site,
     diags: &mut Diagnostics,
 ) -> Vec<Lookup> {
-    let scope = Scope {
-        trigger: None,
-        trigger_op: "",
-        earlier: Rc::default(),
-        all_steps: Rc::default(),
-        env,
-        ids: Vec::new(),
-        item: None,
-        this_step: None,
-        lookups: Vec::new(),
-        from: None,
-    };
+    let scope = Scope::connection_and_env(env);
     let mut out = Vec::new();
     for (name, l) in &spec.lookups {
         let at = format!("lookups.{name}");
@@ -489,18 +497,7 @@ fn compile_trigger(
     };
 
     // Trigger inputs: templates over connection and env only.
-    let scope = Scope {
-        trigger: None,
-        trigger_op: "",
-        earlier: Rc::default(),
-        all_steps: Rc::default(),
-        env,
-        ids: Vec::new(),
-        item: None,
-        this_step: None,
-        lookups: Vec::new(),
-        from: None,
-    };
+    let scope = Scope::connection_and_env(env);
     let input = match (&op, &connection) {
         (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
         _ => Vec::new(),
