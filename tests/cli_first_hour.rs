@@ -828,3 +828,91 @@ steps:
         "{text}"
     );
 }
+
+/// The commands of one README block, each with the lines shown after it.
+fn readme_commands(first: &str) -> Vec<(String, Vec<String>)> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find(&format!("```text\n$ {first}")).unwrap_or_else(|| panic!("no block for {first}"));
+    let block = &readme[start + "```text\n".len()..];
+    let block = &block[..block.find("\n```").unwrap()];
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("$ ") {
+            Some(command) => out.push((command.to_owned(), Vec::new())),
+            None => {
+                if let Some(last) = out.last_mut() {
+                    last.1.push(line.to_owned());
+                }
+            }
+        }
+    }
+    // A blank line separates commands; it is not output.
+    for (_, lines) in &mut out {
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+    }
+    out
+}
+
+/// Steps 4 and 5 of the walk-through, as a new user follows them: the recipe from step 3,
+/// `validate` (clean, then with the two typos the README shows), and the first
+/// `run --once` against a default sandbox, each printing what the README says it prints.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_validate_and_first_run_blocks_are_what_the_binary_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let at = readme.find("`recipes/vip-follow-up.yaml`").expect("the walk-through recipe");
+    let recipe = &readme[at..];
+    let recipe = &recipe[recipe.find("```yaml\n").unwrap() + 8..];
+    let recipe = recipe[..recipe.find("```").unwrap()].to_owned();
+    // The sandbox a new user starts: `ghlflow sandbox` with its defaults.
+    let sandbox = sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    let recipe_path = dir.path().join("recipes/vip-follow-up.yaml");
+    let run = |args: Vec<String>| {
+        let dir = dir.path().to_owned();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+                .args(&args)
+                .current_dir(&dir)
+                .env("NO_COLOR", "1")
+                .env_remove("GHLFLOW_LOG")
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let check = |command: &str, shown: &[String], printed: &str| {
+        assert!(
+            matches_shown(shown, &printed.lines().collect::<Vec<_>>()),
+            "`{command}`: README shows\n{}\nprinted\n{printed}",
+            shown.join("\n")
+        );
+    };
+
+    let validate = readme_commands("ghlflow validate");
+    assert_eq!(validate.len(), 2, "{validate:?}");
+    std::fs::write(&recipe_path, &recipe).unwrap();
+    let out = run(vec!["validate".into()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(&validate[0].0, &validate[0].1, &stdout(&out));
+    // The two typos of the README's second `validate`.
+    let typos = recipe
+        .replacen("{{steps.contact.contact.id}}", "{{steps.contacts.contact.id}}", 1)
+        .replacen("Call {{trigger.firstName}} back", "Call {{trigger.frstName}} back", 1);
+    assert_ne!(typos, recipe);
+    std::fs::write(&recipe_path, &typos).unwrap();
+    let out = run(vec!["validate".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    check(&validate[1].0, &validate[1].1, &stderr(&out));
+
+    std::fs::write(&recipe_path, &recipe).unwrap();
+    let first_run = readme_commands("ghlflow run --once\npolled");
+    let out = run(vec!["run".into(), "--once".into()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(&first_run[0].0, &first_run[0].1, &stdout(&out));
+    sandbox.shutdown().await;
+}
