@@ -900,9 +900,11 @@ async fn the_readmes_validate_and_first_run_blocks_are_what_the_binary_prints() 
     assert!(out.status.success(), "{}", stderr(&out));
     check(&validate[0].0, &validate[0].1, &stdout(&out));
     // The two typos of the README's second `validate`.
-    let typos = recipe
-        .replacen("{{steps.contact.contact.id}}", "{{steps.contacts.contact.id}}", 1)
-        .replacen("Call {{trigger.firstName}} back", "Call {{trigger.frstName}} back", 1);
+    let typos = recipe.replacen("{{steps.contact.contact.id}}", "{{steps.contacts.contact.id}}", 1).replacen(
+        "Call {{trigger.firstName}} back",
+        "Call {{trigger.frstName}} back",
+        1,
+    );
     assert_ne!(typos, recipe);
     std::fs::write(&recipe_path, &typos).unwrap();
     let out = run(vec!["validate".into()]).await;

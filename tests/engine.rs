@@ -438,12 +438,36 @@ async fn runs_commands_reach_a_running_engine_and_sigterm_stops_it_cleanly() {
     let pid = child.id().unwrap();
     let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(40), child.wait())
+    let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
         .await
         .expect("the engine stops after SIGTERM")
         .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(out.status.code(), Some(0));
     assert!(!socket.exists(), "the control socket is removed on a clean stop");
+    // What a user watching the terminal is told: each recipe, its schedule and first poll.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("recipe loaded recipe=people schedule=every 5m first_poll_in="), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_poll_leaves_one_line_with_its_runs_by_outcome() {
+    let world = Arc::new(Mutex::new(World { note_status: 200, ..Default::default() }));
+    let api = FakeApi::start(serve(Arc::clone(&world))).await;
+    let flow = Flow::new(&api, &[("people", PEOPLE)]);
+    assert!(flow.run_once().await.status.success());
+    world.lock().unwrap().parties.push(party(80, "Ida", "2026-02-01T00:00:00Z"));
+    world.lock().unwrap().note_status = 400;
+    let out = flow.ghlflow(&["run", "--once"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(
+            "polled recipe=\"people\" new=1 baseline=false succeeded=0 failed=1 filtered=0 held=0 waiting=0 took="
+        ),
+        "{log}"
+    );
+    // The failure's warning names the recipe and the run; the step is in its message.
+    assert!(log.contains("run{recipe=people run=") && log.contains("run failed error=step `note`"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
