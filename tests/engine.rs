@@ -418,7 +418,7 @@ async fn runs_commands_reach_a_running_engine_and_sigterm_stops_it_cleanly() {
     world.lock().unwrap().parties.push(party(60, "Gus", "2026-02-01T00:00:00Z"));
     assert!(flow.run_once().await.status.success());
 
-    let mut child = flow
+    let child = flow
         .command(&["run"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
