@@ -143,12 +143,8 @@ impl Engine {
                 Err(e) => summary.errors.push(e.to_string()),
             }
         }
-        let recipes: Vec<Recipe> = self
-            .recipes()
-            .into_iter()
-            .filter(|r| only.is_empty() || only.contains(&r.id))
-            .map(|r| Recipe::clone(&r))
-            .collect();
+        let recipes: Vec<Arc<Recipe>> =
+            self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)).collect();
         let waves = crate::recipe::poll_order(&recipes)
             .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
         for wave in waves {

@@ -155,10 +155,24 @@ impl Engine {
         // Items the filter drops are recorded as filtered here and do not count toward the
         // hold: a batch of contacts the recipe ignores anyway is no flood to stop.
         let mut filtered_out = std::collections::HashSet::new();
-        if !baseline && recipe.filter.is_some() {
-            let lookups = self.lookup_values(recipe).await;
+        if !baseline && let Some(filter) = &recipe.filter {
+            // What every item's filter sees besides the item, built once per poll; the
+            // lookups are read only when the filter names them.
+            let uses_lookups = filter.references().iter().any(|r| r.segments.first().is_some_and(|s| s == "lookups"));
+            let lookups = if uses_lookups { self.lookup_values(recipe).await } else { Value::Null };
+            let mut ctx = serde_json::json!({
+                "trigger": Value::Null,
+                "connection": connection_view(&recipe.trigger.connection),
+                "env": env_view(recipe),
+                "lookups": lookups,
+                "steps": {},
+            });
             for (id, _, item) in &new_items {
-                if !self.passes_filter(recipe, item, &lookups) {
+                ctx["trigger"] = item.clone();
+                // An error lets the item through: its run then fails with the message.
+                let passes =
+                    filter.render_string(&context(ctx.clone())).map(|t| crate::template::truthy(&t)).unwrap_or(true);
+                if !passes {
                     filtered_out.insert(id.clone());
                 }
             }
@@ -287,20 +301,6 @@ impl Engine {
                 (key, content_hash(record))
             }
         }
-    }
-
-    /// Whether an item passes the recipe's filter (an error lets it through: its run then
-    /// fails with the message).
-    fn passes_filter(&self, recipe: &Recipe, item: &Value, lookups: &Value) -> bool {
-        let Some(filter) = &recipe.filter else { return true };
-        let ctx = context(serde_json::json!({
-            "trigger": item,
-            "connection": connection_view(&recipe.trigger.connection),
-            "env": env_view(recipe),
-            "lookups": lookups,
-            "steps": {},
-        }));
-        filter.render_string(&ctx).map(|t| crate::template::truthy(&t)).unwrap_or(true)
     }
 
     fn is_seen(&self, recipe: &Recipe, record: &Value) -> Result<bool, EngineError> {

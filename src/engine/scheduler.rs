@@ -112,8 +112,11 @@ pub async fn run(
                 }
                 // Dependencies first: a recipe whose `after:` recipes are polling (or start
                 // now) waits for them to finish, in the same tick.
-                let order = rank(&engine);
-                starting.sort_by_key(|(_, id)| order.get(id).copied().unwrap_or(0));
+                // Ranking walks every recipe: only when a starting recipe waits for another.
+                if starting.iter().any(|(_, id)| engine.recipe(id).is_some_and(|r| !r.after.is_empty())) {
+                    let order = rank(&engine);
+                    starting.sort_by_key(|(_, id)| order.get(id).copied().unwrap_or(0));
+                }
                 for (t, id) in starting {
                     if busy.contains(&id) {
                         continue; // still busy with the last poll: skip this one
@@ -204,8 +207,7 @@ fn waits_for_busy(engine: &Engine, id: &str, busy: &HashSet<String>) -> bool {
 
 /// Each recipe's wave (0 for recipes that wait for none), for ordering a tick.
 fn rank(engine: &Engine) -> HashMap<String, usize> {
-    let recipes: Vec<Recipe> = engine.recipes().iter().map(|r| Recipe::clone(r)).collect();
-    match crate::recipe::poll_order(&recipes) {
+    match crate::recipe::poll_order(&engine.recipes()) {
         Ok(waves) => waves.into_iter().enumerate().flat_map(|(i, w)| w.into_iter().map(move |id| (id, i))).collect(),
         Err(_) => HashMap::new(),
     }

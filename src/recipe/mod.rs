@@ -8,6 +8,7 @@
 mod compile;
 pub mod spec;
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,12 +202,13 @@ pub fn render_inputs(
 /// tick polls the waves one after another and the recipes of a wave together. Dependencies on
 /// recipes not in `recipes` are ignored (a recipe run alone with `--recipe`). A circle of
 /// dependencies is an error naming it.
-pub fn poll_order(recipes: &[Recipe]) -> Result<Vec<Vec<String>>, Vec<String>> {
+pub fn poll_order<R: Borrow<Recipe>>(recipes: &[R]) -> Result<Vec<Vec<String>>, Vec<String>> {
     use std::collections::{BTreeMap, BTreeSet};
-    let present: BTreeSet<&str> = recipes.iter().map(|r| r.id.as_str()).collect();
+    let present: BTreeSet<&str> = recipes.iter().map(|r| r.borrow().id.as_str()).collect();
     let mut pending: BTreeMap<&str, BTreeSet<&str>> = recipes
         .iter()
-        .map(|r| (r.id.as_str(), r.after.iter().map(String::as_str).filter(|d| present.contains(d)).collect()))
+        .map(Borrow::borrow)
+        .map(|r: &Recipe| (r.id.as_str(), r.after.iter().map(String::as_str).filter(|d| present.contains(d)).collect()))
         .collect();
     let mut waves = Vec::new();
     while !pending.is_empty() {
