@@ -176,6 +176,34 @@ pub struct RunRecord {
     pub notes: Vec<String>,
 }
 
+impl RunRecord {
+    /// A run of `item` not started yet, with no step recorded.
+    pub fn new(
+        id: String,
+        recipe: &str,
+        status: RunStatus,
+        item_id: &str,
+        item: serde_json::Value,
+        created: String,
+    ) -> Self {
+        RunRecord {
+            id,
+            recipe: recipe.to_owned(),
+            status,
+            item_id: Some(item_id.to_owned()),
+            item,
+            created,
+            started: None,
+            finished: None,
+            error: None,
+            steps: Vec::new(),
+            replays: 0,
+            next_replay_at: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// What a poll decided, written in one transaction: new runs, seen marks, the trigger state.
 #[derive(Debug, Default)]
 pub struct PollCommit {

@@ -628,21 +628,8 @@ impl Engine {
         // Ids the planned steps would have saved: key -> placeholder.
         let mut saved: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
         let mut failures = 0;
-        let fake_run = RunRecord {
-            id: String::new(),
-            recipe: recipe.id.clone(),
-            status: RunStatus::Queued,
-            item_id: Some(item_id.to_owned()),
-            item: item.clone(),
-            created: String::new(),
-            started: None,
-            finished: None,
-            error: None,
-            steps: Vec::new(),
-            replays: 0,
-            next_replay_at: None,
-            notes: Vec::new(),
-        };
+        let fake_run =
+            RunRecord::new(String::new(), &recipe.id, RunStatus::Queued, item_id, item.clone(), String::new());
         for step in &recipe.steps {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
             if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved) {

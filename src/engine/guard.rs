@@ -86,21 +86,7 @@ mod tests {
     }
 
     fn run(id: &str, recipe: &str, status: RunStatus) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            recipe: recipe.into(),
-            status,
-            item_id: Some("1".into()),
-            item: serde_json::json!({}),
-            created: now_iso(),
-            started: None,
-            finished: None,
-            error: None,
-            steps: Vec::new(),
-            replays: 0,
-            next_replay_at: None,
-            notes: Vec::new(),
-        }
+        RunRecord::new(id.into(), recipe, status, "1", serde_json::json!({}), now_iso())
     }
 
     #[tokio::test]

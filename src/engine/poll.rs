@@ -332,19 +332,8 @@ fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, V
 
 fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
     RunRecord {
-        id: engine.store.next_run_id(),
-        recipe: recipe.id.clone(),
-        status,
-        item_id: Some(item_id),
-        item,
-        created: now_iso(),
-        started: None,
-        finished: None,
-        error: None,
         steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
-        replays: 0,
-        next_replay_at: None,
-        notes: Vec::new(),
+        ..RunRecord::new(engine.store.next_run_id(), &recipe.id, status, &item_id, item, now_iso())
     }
 }
 
