@@ -75,10 +75,10 @@ async fn capsule_parties_page_by_link_header_and_since_returns_only_the_changes(
     let capsule = Arc::clone(config.connection("capsule").unwrap());
     let op = Arc::clone(catalog.get("capsule.parties.party_updated").unwrap());
 
-    // Everything: 120 people and 20 organisations, 50 a page.
+    // Everything: 120 people, the 4 users' own parties and 20 organisations, 50 a page.
     let mut pager = Pager::new(&http, Arc::clone(&capsule), Arc::clone(&op), inputs(json!({"perPage": 50})), None);
     let (all, pages) = walk(&mut pager).await;
-    assert_eq!((all.len(), pages), (140, 3));
+    assert_eq!((all.len(), pages), (144, 3));
     assert!(all.iter().all(|p| p.get("tags").is_none()), "tags only come with embed");
 
     // 45 edits after the base time: three pages of 20 with `since`, nothing else.
@@ -137,7 +137,8 @@ async fn capsule_links_keep_comma_lists_so_every_page_has_the_same_filter_and_em
     let embed = inputs(json!({"embed": "tags,fields,organisation", "perPage": 100}));
     let mut pager = Pager::new(&http, Arc::clone(&capsule), parties, embed, None);
     let (all, pages) = walk(&mut pager).await;
-    assert_eq!((all.len(), pages), (350, 4));
+    // 300 people, 4 users' parties, 50 organisations.
+    assert_eq!((all.len(), pages), (354, 4));
     assert!(all.iter().all(|p| p["tags"].is_array() && p["fields"].is_array()), "embeds kept on every page");
     let last_page = &all[300..];
     assert!(last_page.iter().any(|p| p["organisation"]["type"] == "organisation"), "organisation embedded in full");
@@ -489,7 +490,7 @@ async fn the_control_api_changes_capsule_and_shows_ghl() {
     let r = http.post(format!("{control}/capsule/people/add")).body(r#"{"count": 2}"#).send().await.unwrap();
     let added: Value = r.json().await.unwrap();
     assert_eq!(added["ids"].as_array().unwrap().len(), 2);
-    assert_eq!(sandbox.capsule_counts().people, 22);
+    assert_eq!(sandbox.capsule_counts().people, 20 + 4 + 2, "20 seeded, the 4 users' own parties, 2 added");
     let party = sandbox.capsule_party(added["ids"][0].as_i64().unwrap()).unwrap();
     assert!(party["createdAt"].as_str().unwrap() > BASE);
 
@@ -945,8 +946,8 @@ async fn list_and_search_endpoints_keep_their_documented_orders() {
     let newest = names(
         &http.execute(ghl, &users, &ask(json!({"sort": "dateAdded", "sortDirection": "desc"}))).await.unwrap().body,
     );
-    assert_eq!(oldest, ["Priya", "Tom"], "the order they were added");
-    assert_eq!(newest, ["Tom", "Priya"]);
+    assert_eq!(oldest, ["Priya", "Tom", "Ananya", "Dana"], "the order they were added");
+    assert_eq!(newest, ["Dana", "Ananya", "Tom", "Priya"]);
 }
 
 #[tokio::test]
@@ -1037,4 +1038,554 @@ async fn the_control_page_lists_every_route_and_each_listed_route_exists() {
         .await
         .unwrap();
     assert_eq!(won["ids"].as_array().unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Calendars and appointments, as the live API holds them.
+
+/// The seed's location zone.
+const CHICAGO: chrono_tz::Tz = chrono_tz::America::Chicago;
+
+/// The live API's words for a slot it would not offer.
+const SLOT_TAKEN: &str = "The slot you have selected is no longer available.";
+
+/// A raw GHL call: the status and the JSON body (null when there is none).
+async fn ghl_raw(sandbox: &Sandbox, method: &str, path: &str, version: &str, body: Option<Value>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{}{path}", sandbox.ghl_base_url()))
+        .bearer_auth("sandbox-ghl-token")
+        .header("Version", version);
+    if let Some(body) = body {
+        r = r.json(&body);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn book(sandbox: &Sandbox, body: Value) -> (u16, Value) {
+    ghl_raw(sandbox, "POST", "/calendars/events/appointments", "2021-04-15", Some(body)).await
+}
+
+async fn reschedule(sandbox: &Sandbox, id: &str, body: Value) -> (u16, Value) {
+    ghl_raw(sandbox, "PUT", &format!("/calendars/events/appointments/{id}"), "2021-04-15", Some(body)).await
+}
+
+async fn appointment(sandbox: &Sandbox, id: &str) -> Value {
+    let (status, body) =
+        ghl_raw(sandbox, "GET", &format!("/calendars/events/appointments/{id}"), "2021-04-15", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["event"].clone()
+}
+
+/// GET /calendars/events for the seeded calendar between two instants (RFC 3339), with
+/// more query pairs.
+async fn calendar_events(sandbox: &Sandbox, from: &str, to: &str, extra: &str) -> Vec<Value> {
+    let ms = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+    let path = format!(
+        "/calendars/events?locationId={}&calendarId={}&startTime={}&endTime={}{extra}",
+        sandbox.location_id(),
+        sandbox.ghl_calendar_id(),
+        ms(from),
+        ms(to)
+    );
+    let (status, body) = ghl_raw(sandbox, "GET", &path, "2021-04-15", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().unwrap().clone()
+}
+
+/// The id of the GHL user with this email.
+fn ghl_user(sandbox: &Sandbox, email: &str) -> String {
+    let users = sandbox.ghl_users();
+    let user = users.iter().find(|u| u["email"] == email).unwrap_or_else(|| panic!("no GHL user {email}"));
+    user["id"].as_str().unwrap().to_owned()
+}
+
+const DANA: &str = "dana.whitfield@sandbox-agency.example";
+const ANANYA: &str = "ananya.iyer@sandbox-agency.example";
+
+/// A booking of the seeded calendar, with more fields.
+fn booking(sandbox: &Sandbox, contact: &str, user: &str, start: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "calendarId": sandbox.ghl_calendar_id(), "locationId": sandbox.location_id(), "contactId": contact,
+        "assignedUserId": user, "startTime": start,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// A Monday to Friday at least a week after today, in Chicago.
+fn weekday_ahead() -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let mut day = chrono::Utc::now().with_timezone(&CHICAGO).date_naive() + chrono::Days::new(8);
+    while day.weekday().num_days_from_monday() > 4 {
+        day = day.succ_opt().unwrap();
+    }
+    day
+}
+
+/// A wall time in Chicago with its offset that day, e.g. `2026-12-09T10:00:00-06:00`.
+fn chicago(day: chrono::NaiveDate, hour: u32, minute: u32) -> String {
+    use chrono::TimeZone;
+    let t = CHICAGO.from_local_datetime(&day.and_hms_opt(hour, minute, 0).unwrap()).unwrap();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+/// The free slots `free-slots` offers on a Chicago day.
+async fn free_slots(sandbox: &Sandbox, day: chrono::NaiveDate) -> Vec<Value> {
+    let ms = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+    let path = format!(
+        "/calendars/{}/free-slots?startDate={}&endDate={}",
+        sandbox.ghl_calendar_id(),
+        ms(&chicago(day, 0, 0)),
+        ms(&chicago(day, 23, 59))
+    );
+    let (status, body) = ghl_raw(sandbox, "GET", &path, "2021-04-15", None).await;
+    assert_eq!(status, 200, "{body}");
+    body[day.format("%Y-%m-%d").to_string()]["slots"].as_array().cloned().unwrap_or_default()
+}
+
+fn message(body: &Value) -> String {
+    match &body["message"] {
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "),
+        other => other.as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_booking_needs_a_calendar_a_user_of_the_location_a_contact_and_a_time_with_an_offset() {
+    let sandbox = sandbox(5).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let dana = ghl_user(&sandbox, DANA);
+    let start = chicago(weekday_ahead(), 10, 0);
+    let seeded = sandbox.ghl_appointments().len();
+
+    let refused = [
+        (json!({"calendarId": "noSuchCalendar000000"}), 400, "Calendar not found"),
+        (json!({"assignedUserId": null}), 400, "assignedUserId must be set"),
+        (json!({"assignedUserId": ""}), 400, "assignedUserId must be set"),
+        (json!({"assignedUserId": "noSuchUser0000000000"}), 401, "The user does not exist."),
+        (json!({"contactId": "noSuchContact0000000"}), 400, "Contact not found"),
+        // A bare local time names no zone: refused rather than guessed.
+        (json!({"startTime": start[..19].to_owned()}), 422, "startTime must be a valid ISO 8601"),
+        (json!({"startTime": "next Tuesday"}), 422, "startTime must be a valid ISO 8601"),
+        (json!({"endTime": "10:30"}), 422, "endTime must be a valid ISO 8601"),
+        (json!({"appointmentStatus": "booked"}), 422, "appointmentStatus must be one of the following values"),
+        // `userId` is undocumented, so not in the catalog: an unknown property.
+        (json!({"userId": dana}), 422, "property userId should not exist"),
+        (json!({"endTime": chicago(weekday_ahead(), 9, 30)}), 400, "endTime must be after startTime"),
+    ];
+    for (extra, status, words) in refused {
+        let mut body = booking(&sandbox, &contact, &dana, &start, extra.clone());
+        if extra.get("assignedUserId") == Some(&Value::Null) {
+            body.as_object_mut().unwrap().remove("assignedUserId");
+        }
+        let (code, answer) = book(&sandbox, body).await;
+        assert_eq!(code, status, "{extra}: {answer}");
+        assert!(message(&answer).contains(words), "{extra}: {answer}");
+    }
+    assert_eq!(sandbox.ghl_appointments().len(), seeded, "nothing was booked");
+
+    // All in order: booked, 200 (not 201), with the calendar's 30 minutes as the end.
+    let (code, answer) =
+        book(&sandbox, booking(&sandbox, &contact, &dana, &start, json!({"appointmentStatus": "confirmed"}))).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["startTime"], json!(start));
+    assert_eq!(answer["endTime"], json!(chicago(weekday_ahead(), 10, 30)));
+    assert_eq!(
+        (answer["appointmentStatus"].as_str(), answer["assignedUserId"].as_str()),
+        (Some("confirmed"), Some(dana.as_str()))
+    );
+    assert_eq!(sandbox.ghl_appointments().len(), seeded + 1);
+}
+
+#[tokio::test]
+async fn slots_must_be_open_free_and_ahead_unless_validation_is_switched_off() {
+    let sandbox = sandbox(5).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let dana = ghl_user(&sandbox, DANA);
+    let day = weekday_ahead();
+    let at = |h, m| chicago(day, h, m);
+    // Free slots: every half hour from 09:00 to 16:30, Chicago time.
+    let slots = free_slots(&sandbox, day).await;
+    assert_eq!(slots.len(), 16, "{slots:?}");
+    assert_eq!((slots[0].as_str(), slots[15].as_str()), (Some(at(9, 0).as_str()), Some(at(16, 30).as_str())));
+
+    let (code, first) = book(&sandbox, booking(&sandbox, &contact, &dana, &at(10, 0), json!({}))).await;
+    assert_eq!(code, 200, "{first}");
+    let slots = free_slots(&sandbox, day).await;
+    assert_eq!(slots.len(), 15);
+    assert!(!slots.contains(&json!(at(10, 0))), "a booked slot is no longer offered");
+
+    let saturday = {
+        use chrono::Datelike;
+        let mut d = day;
+        while d.weekday() != chrono::Weekday::Sat {
+            d = d.succ_opt().unwrap();
+        }
+        d
+    };
+    let past = {
+        use chrono::Datelike;
+        let mut d = chrono::Utc::now().with_timezone(&CHICAGO).date_naive() - chrono::Days::new(14);
+        while d.weekday().num_days_from_monday() > 4 {
+            d = d.pred_opt().unwrap();
+        }
+        chicago(d, 11, 0)
+    };
+    for (start, why) in [
+        (at(10, 0), "taken"),
+        (at(9, 45), "overlaps the 10:00 booking"),
+        (at(11, 15), "off the half-hour grid"),
+        (at(8, 30), "before opening"),
+        (at(16, 45), "runs past closing"),
+        (at(17, 0), "at closing"),
+        (chicago(saturday, 10, 0), "on a Saturday"),
+        (past.clone(), "in the past"),
+    ] {
+        let (code, answer) = book(&sandbox, booking(&sandbox, &contact, &dana, &start, json!({}))).await;
+        assert_eq!((code, message(&answer)), (400, SLOT_TAKEN.to_owned()), "{start} ({why})");
+    }
+    // ignoreDateRange lets a past slot through, but only an open one.
+    let (code, answer) =
+        book(&sandbox, booking(&sandbox, &contact, &dana, &past, json!({"ignoreDateRange": true}))).await;
+    assert_eq!(code, 200, "{answer}");
+    let night = past.replace("T11:00", "T22:00");
+    let (code, _) = book(&sandbox, booking(&sandbox, &contact, &dana, &night, json!({"ignoreDateRange": true}))).await;
+    assert_eq!(code, 400, "closed hours still count with ignoreDateRange");
+    // ignoreFreeSlotValidation books anything: a taken slot, a Saturday night.
+    for start in [at(10, 0), chicago(saturday, 22, 0)] {
+        let (code, answer) =
+            book(&sandbox, booking(&sandbox, &contact, &dana, &start, json!({"ignoreFreeSlotValidation": true}))).await;
+        assert_eq!(code, 200, "{start}: {answer}");
+    }
+
+    // A cancelled appointment frees its slot; a move into a taken slot is refused like a booking.
+    let (_, second) = book(&sandbox, booking(&sandbox, &contact, &dana, &at(13, 0), json!({}))).await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    let (code, _) = book(&sandbox, booking(&sandbox, &contact, &dana, &at(13, 0), json!({}))).await;
+    assert_eq!(code, 400);
+    let (code, _) = reschedule(&sandbox, &second, json!({"appointmentStatus": "cancelled"})).await;
+    assert_eq!(code, 200);
+    let (code, third) = book(&sandbox, booking(&sandbox, &contact, &dana, &at(13, 0), json!({}))).await;
+    assert_eq!(code, 200, "{third}");
+    let third = third["id"].as_str().unwrap().to_owned();
+    let (code, answer) = reschedule(&sandbox, &third, json!({"startTime": at(10, 0)})).await;
+    assert_eq!((code, message(&answer)), (400, SLOT_TAKEN.to_owned()));
+    assert_eq!(appointment(&sandbox, &third).await["startTime"], json!(at(13, 0)), "a refused move changes nothing");
+    let (code, _) = reschedule(&sandbox, &third, json!({"startTime": at(14, 0)})).await;
+    assert_eq!(code, 200, "a free slot");
+    let (code, _) =
+        reschedule(&sandbox, &third, json!({"startTime": at(10, 0), "ignoreFreeSlotValidation": true})).await;
+    assert_eq!(code, 200);
+    // A change that keeps the time is not judged again, though the slot is now doubly taken.
+    let (code, _) = reschedule(&sandbox, &third, json!({"title": "Renamed"})).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn times_keep_their_offsets_and_are_shown_in_the_location_zone() {
+    let sandbox = sandbox(5).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let (dana, ananya) = (ghl_user(&sandbox, DANA), ghl_user(&sandbox, ANANYA));
+    // The recipe's bookings: past dates, so slot validation is off.
+    let off = json!({"ignoreFreeSlotValidation": true, "toNotify": false});
+
+    // Kolkata's +05:30: 19:30 there is 14:00Z, 09:00 in Chicago (already on CDT, -05:00).
+    let (code, kolkata) =
+        book(&sandbox, booking(&sandbox, &contact, &ananya, "2026-03-09T19:30:00+05:30", off.clone())).await;
+    assert_eq!(code, 200, "{kolkata}");
+    assert_eq!(kolkata["startTime"], "2026-03-09T19:30:00+05:30", "echoed as sent");
+    assert_eq!(kolkata["endTime"], "2026-03-09T20:00:00+05:30", "the slot's 30 minutes, same offset");
+    let shown = appointment(&sandbox, kolkata["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (shown["startTime"].as_str(), shown["endTime"].as_str()),
+        (Some("2026-03-09T09:00:00-05:00"), Some("2026-03-09T09:30:00-05:00"))
+    );
+
+    // New York before and after its change to daylight time on 2026-03-08: Chicago's offset
+    // changes the same night.
+    let (_, before) =
+        book(&sandbox, booking(&sandbox, &contact, &dana, "2026-03-06T10:00:00-05:00", off.clone())).await;
+    let before_id = before["id"].as_str().unwrap().to_owned();
+    assert_eq!(appointment(&sandbox, &before_id).await["startTime"], "2026-03-06T09:00:00-06:00");
+    // Moved across the change with only a new start: same length, the new start's offset.
+    let (code, moved) = reschedule(
+        &sandbox,
+        &before_id,
+        json!({"startTime": "2026-03-09T11:00:00-04:00", "ignoreFreeSlotValidation": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{moved}");
+    assert_eq!(
+        (moved["startTime"].as_str(), moved["endTime"].as_str()),
+        (Some("2026-03-09T11:00:00-04:00"), Some("2026-03-09T11:30:00-04:00"))
+    );
+    let shown = appointment(&sandbox, &before_id).await;
+    assert_eq!(
+        (shown["startTime"].as_str(), shown["endTime"].as_str()),
+        (Some("2026-03-09T10:00:00-05:00"), Some("2026-03-09T10:30:00-05:00"))
+    );
+
+    // An appointment over the change itself: 01:30 EST to 03:30 EDT is one hour.
+    let (code, night) = book(
+        &sandbox,
+        booking(
+            &sandbox,
+            &contact,
+            &dana,
+            "2026-03-08T01:30:00-05:00",
+            json!({"endTime": "2026-03-08T03:30:00-04:00", "ignoreFreeSlotValidation": true}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{night}");
+    assert_eq!(
+        (night["startTime"].as_str(), night["endTime"].as_str()),
+        (Some("2026-03-08T01:30:00-05:00"), Some("2026-03-08T03:30:00-04:00"))
+    );
+    let shown = appointment(&sandbox, night["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (shown["startTime"].as_str(), shown["endTime"].as_str()),
+        (Some("2026-03-08T00:30:00-06:00"), Some("2026-03-08T01:30:00-06:00"))
+    );
+
+    // Z stays Z in the echo.
+    let (_, utc) = book(&sandbox, booking(&sandbox, &contact, &dana, "2026-03-10T15:00:00Z", off.clone())).await;
+    assert_eq!(
+        (utc["startTime"].as_str(), utc["endTime"].as_str()),
+        (Some("2026-03-10T15:00:00Z"), Some("2026-03-10T15:30:00Z"))
+    );
+
+    // The event list and the contact's appointments agree on the instants.
+    let listed = calendar_events(&sandbox, "2026-03-08T00:00:00Z", "2026-03-11T00:00:00Z", "").await;
+    let starts: Vec<&str> = listed.iter().filter_map(|e| e["startTime"].as_str()).collect();
+    assert_eq!(starts.len(), 4, "{starts:?}");
+    for t in [
+        "2026-03-09T09:00:00-05:00",
+        "2026-03-09T10:00:00-05:00",
+        "2026-03-08T00:30:00-06:00",
+        "2026-03-10T10:00:00-05:00",
+    ] {
+        assert!(starts.contains(&t), "{t} not in {starts:?}");
+    }
+    let (code, body) = ghl_raw(&sandbox, "GET", &format!("/contacts/{contact}/appointments"), "2021-07-28", None).await;
+    assert_eq!(code, 200, "{body}");
+    let mut plain: Vec<(String, String)> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["startTime"].as_str().unwrap().to_owned(), e["endTime"].as_str().unwrap().to_owned()))
+        .collect();
+    plain.sort();
+    let expected = [
+        ("2026-03-08 00:30:00", "2026-03-08 01:30:00"),
+        ("2026-03-09 09:00:00", "2026-03-09 09:30:00"),
+        ("2026-03-09 10:00:00", "2026-03-09 10:30:00"),
+        ("2026-03-10 10:00:00", "2026-03-10 10:30:00"),
+    ];
+    assert_eq!(plain, expected.map(|(a, b)| (a.to_owned(), b.to_owned())), "YYYY-MM-DD HH:mm:ss in Chicago");
+}
+
+#[tokio::test]
+async fn appointments_show_up_in_the_contacts_appointments_and_the_calendars_events() {
+    let sandbox = sandbox(5).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let (dana, ananya) = (ghl_user(&sandbox, DANA), ghl_user(&sandbox, ANANYA));
+    let off = json!({"ignoreFreeSlotValidation": true, "toNotify": false});
+    let with = |description: &str| {
+        let mut v = off.clone();
+        v["description"] = json!(description);
+        v["title"] = json!("Quarterly review");
+        v
+    };
+    let (_, kept) = book(
+        &sandbox,
+        booking(&sandbox, &contact, &dana, "2026-04-14T10:00:00-04:00", with("Agenda\n[capsule task 123]")),
+    )
+    .await;
+    let (_, dropped) =
+        book(&sandbox, booking(&sandbox, &contact, &ananya, "2026-04-15T19:30:00+05:30", with("[capsule task 456]")))
+            .await;
+    let (kept, dropped) = (kept["id"].as_str().unwrap().to_owned(), dropped["id"].as_str().unwrap().to_owned());
+    let (code, answer) =
+        reschedule(&sandbox, &dropped, json!({"appointmentStatus": "cancelled", "toNotify": false})).await;
+    assert_eq!((code, answer["appointmentStatus"].as_str()), (200, Some("cancelled")));
+
+    // The calendar's events: both, cancelled included, with the description as sent.
+    let events = calendar_events(&sandbox, "2026-04-13T00:00:00Z", "2026-04-20T00:00:00Z", "").await;
+    let by_id = |events: &[Value], id: &str| events.iter().find(|e| e["id"] == id).cloned();
+    let found = by_id(&events, &kept).unwrap();
+    assert_eq!(
+        (found["description"].as_str(), found["notes"].as_str()),
+        (Some("Agenda\n[capsule task 123]"), Some(""))
+    );
+    assert_eq!(found["contactId"], json!(contact));
+    assert_eq!(by_id(&events, &dropped).unwrap()["appointmentStatus"], "cancelled");
+    assert!(events.iter().any(|e| e["description"].as_str().is_some_and(|d| d.contains("[capsule task 456]"))));
+    // Filtered by user, and by the window.
+    let danas =
+        calendar_events(&sandbox, "2026-04-13T00:00:00Z", "2026-04-20T00:00:00Z", &format!("&userId={dana}")).await;
+    assert_eq!(danas.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), [kept.as_str()]);
+    let early = calendar_events(&sandbox, "2026-04-13T00:00:00Z", "2026-04-14T14:00:00Z", "").await;
+    assert!(early.is_empty(), "10:00 EDT is 14:00Z: a window ending then holds nothing");
+    let (code, _) = ghl_raw(
+        &sandbox,
+        "GET",
+        &format!("/calendars/events?locationId={}&startTime=1&endTime=2", sandbox.location_id()),
+        "2021-04-15",
+        None,
+    )
+    .await;
+    assert_eq!(code, 422, "one of calendarId, userId or groupId is needed");
+    assert_eq!(appointment(&sandbox, &kept).await["description"], "Agenda\n[capsule task 123]");
+
+    // The contact's appointments: both, with their statuses; notes empty and no description.
+    let (code, body) = ghl_raw(&sandbox, "GET", &format!("/contacts/{contact}/appointments"), "2021-07-28", None).await;
+    assert_eq!(code, 200, "{body}");
+    let mine = body["events"].as_array().unwrap();
+    let statuses: std::collections::BTreeMap<&str, &str> =
+        mine.iter().map(|e| (e["id"].as_str().unwrap(), e["appointmentStatus"].as_str().unwrap())).collect();
+    assert_eq!(statuses, [(kept.as_str(), "new"), (dropped.as_str(), "cancelled")].into_iter().collect());
+    assert!(mine.iter().all(|e| e["notes"] == "" && e.get("description").is_none()), "{mine:?}");
+    // Another contact's list does not hold them.
+    let other = sandbox.ghl_add_contacts(1).remove(0);
+    let (_, body) = ghl_raw(&sandbox, "GET", &format!("/contacts/{other}/appointments"), "2021-07-28", None).await;
+    assert_eq!(body["events"], json!([]));
+}
+
+#[tokio::test]
+async fn to_notify_false_is_remembered_and_updates_check_what_they_change() {
+    let sandbox = sandbox(5).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    let dana = ghl_user(&sandbox, DANA);
+    let day = weekday_ahead();
+    let notified = |sandbox: &Sandbox, id: &str| {
+        let all = sandbox.ghl_appointments();
+        all.iter().find(|a| a["id"] == id).map(|a| a["notified"].as_bool().unwrap())
+    };
+    let (_, quiet) =
+        book(&sandbox, booking(&sandbox, &contact, &dana, &chicago(day, 9, 0), json!({"toNotify": false}))).await;
+    let (_, loud) = book(&sandbox, booking(&sandbox, &contact, &dana, &chicago(day, 11, 0), json!({}))).await;
+    let (quiet, loud) = (quiet["id"].as_str().unwrap().to_owned(), loud["id"].as_str().unwrap().to_owned());
+    assert_eq!((notified(&sandbox, &quiet), notified(&sandbox, &loud)), (Some(false), Some(true)));
+
+    // Quiet changes keep it quiet; a change without toNotify: false would notify.
+    let (code, answer) = reschedule(&sandbox, &quiet, json!({"appointmentStatus": "showed", "toNotify": false})).await;
+    assert_eq!((code, answer["appointmentStatus"].as_str()), (200, Some("showed")));
+    assert_eq!(notified(&sandbox, &quiet), Some(false));
+
+    // Statuses outside the list and unknown ids are refused; a refused change changes nothing.
+    let (code, answer) = reschedule(&sandbox, &quiet, json!({"appointmentStatus": "done", "toNotify": false})).await;
+    assert_eq!(code, 422, "{answer}");
+    assert!(message(&answer).contains("appointmentStatus must be one of the following values"), "{answer}");
+    let (code, answer) = reschedule(&sandbox, "noSuchEvent000000000", json!({"title": "x"})).await;
+    assert_eq!((code, message(&answer)), (400, "Appointment not found".to_owned()));
+    let (code, _) =
+        reschedule(&sandbox, &quiet, json!({"assignedUserId": "noSuchUser0000000000", "toNotify": false})).await;
+    assert_eq!(code, 401);
+    let (code, _) = reschedule(&sandbox, &quiet, json!({"startTime": "2026-12-01T10:00:00", "toNotify": false})).await;
+    assert_eq!(code, 422, "a bare local time");
+    assert_eq!(appointment(&sandbox, &quiet).await["appointmentStatus"], "showed");
+
+    // A new start alone keeps the length (here 90 minutes), in the new start's offset.
+    let (code, _) = reschedule(&sandbox, &loud, json!({"endTime": chicago(day, 12, 30)})).await;
+    assert_eq!(code, 200);
+    // 14:00 in Chicago, sent in UTC: the answer echoes Z, the event shows Chicago.
+    let utc = |t: String| {
+        let t = chrono::DateTime::parse_from_rfc3339(&t).unwrap().with_timezone(&chrono::Utc);
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let (code, moved) = reschedule(&sandbox, &loud, json!({"startTime": utc(chicago(day, 14, 0))})).await;
+    assert_eq!(code, 200, "{moved}");
+    assert_eq!(moved["startTime"], json!(utc(chicago(day, 14, 0))));
+    assert_eq!(moved["endTime"], json!(utc(chicago(day, 15, 30))), "the 90 minutes kept");
+    assert!(moved["endTime"].as_str().unwrap().ends_with('Z'));
+    let shown = appointment(&sandbox, &loud).await;
+    assert_eq!(shown["startTime"], json!(chicago(day, 14, 0)));
+    assert_eq!(shown["endTime"], json!(chicago(day, 15, 30)));
+    let (code, answer) =
+        reschedule(&sandbox, &loud, json!({"description": "[capsule task 9]", "toNotify": false})).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(appointment(&sandbox, &loud).await["description"], "[capsule task 9]");
+    assert_eq!(notified(&sandbox, &loud), Some(true), "notified once stays notified");
+}
+
+#[tokio::test]
+async fn capsule_meetings_move_change_category_complete_and_vanish_and_users_have_email_parties() {
+    let sandbox = sandbox(10).await;
+    let http = reqwest::Client::new();
+    let capsule = sandbox.capsule_base_url();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).bearer_auth("t").send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Every Capsule user's party exists, with a work email; two of them are GHL users.
+    let (_, users) = get(format!("{capsule}/users")).await;
+    let ghl_emails: Vec<String> = sandbox.ghl_users().iter().map(|u| u["email"].as_str().unwrap().to_owned()).collect();
+    let mut matched = Vec::new();
+    for u in users["users"].as_array().unwrap() {
+        let (code, party) = get(format!("{capsule}/parties/{}", u["party"]["id"])).await;
+        assert_eq!(code, 200, "user {}'s party", u["username"]);
+        let email = party["party"]["emailAddresses"][0]["address"].as_str().unwrap().to_owned();
+        if ghl_emails.contains(&email) {
+            matched.push(u["id"].as_i64().unwrap());
+        }
+    }
+    matched.sort();
+    assert_eq!(matched, [1_187_342, 1_201_876], "Ananya and Dana, not Marta or Sofia");
+
+    let party = sandbox.capsule_people()[3];
+    let task = |id: i64| get(format!("{capsule}/tasks/{id}"));
+    let id = sandbox.capsule_add_meeting(party, 1_201_876, "2026-12-14", "10:00:00", "Meeting");
+    let (_, t) = task(id).await;
+    let t = &t["task"];
+    assert_eq!(
+        (t["category"]["name"].as_str(), t["dueOn"].as_str(), t["dueTime"].as_str()),
+        (Some("Meeting"), Some("2026-12-14"), Some("10:00:00"))
+    );
+    assert_eq!(
+        (t["owner"]["id"].as_i64(), t["party"]["id"].as_i64(), t["status"].as_str()),
+        (Some(1_201_876), Some(party), Some("OPEN"))
+    );
+    let updated = t["updatedAt"].as_str().unwrap().to_owned();
+
+    assert!(sandbox.capsule_move_task(id, "2026-12-15", "15:30:00"));
+    let (_, t) = task(id).await;
+    assert_eq!((t["task"]["dueOn"].as_str(), t["task"]["dueTime"].as_str()), (Some("2026-12-15"), Some("15:30:00")));
+    let moved = t["task"]["updatedAt"].as_str().unwrap().to_owned();
+    assert!(moved > updated, "{moved} after {updated}");
+
+    assert!(sandbox.capsule_set_task_category(id, "Call"));
+    assert!(!sandbox.capsule_set_task_category(id, "No such category"));
+    assert!(!sandbox.capsule_move_task(1, "2026-12-15", "15:30:00"), "no task 1");
+    let (_, t) = task(id).await;
+    assert_eq!(t["task"]["category"]["name"], "Call");
+    assert!(t["task"]["updatedAt"].as_str().unwrap() > moved.as_str());
+
+    let entries = sandbox.capsule_counts().entries;
+    assert!(sandbox.capsule_complete_task(id));
+    assert!(!sandbox.capsule_complete_task(id), "already completed");
+    let (_, t) = task(id).await;
+    assert_eq!(t["task"]["status"], "COMPLETED");
+    assert_eq!(sandbox.capsule_counts().entries, entries + 1, "a Task completed entry");
+
+    let gone = sandbox.capsule_add_meeting(party, 1_187_342, "2026-12-16", "19:30:00", "Meeting");
+    let uncategorised = sandbox.capsule_add_meeting(party, 1_187_342, "2026-12-16", "19:30:00", "Nope");
+    assert_eq!(task(uncategorised).await.1["task"]["category"], Value::Null);
+    assert!(sandbox.capsule_delete_task(gone));
+    assert!(!sandbox.capsule_delete_task(gone));
+    assert_eq!(task(gone).await.0, 404);
+    let listed: Vec<i64> = capsule_pages(&sandbox, "/tasks?status=open,completed,pending&perPage=100")
+        .await
+        .iter()
+        .flat_map(|b| b["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect::<Vec<_>>())
+        .collect();
+    assert!(listed.contains(&id) && listed.contains(&uncategorised) && !listed.contains(&gone));
 }

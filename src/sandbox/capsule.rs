@@ -927,13 +927,67 @@ pub fn add_timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, d
     id
 }
 
+/// Adds an open task in the category named `category` (none if no category has that
+/// name) to `party`, owned by `owner`, due at `due_time` on `due_on` on the owner's clock.
+pub fn add_meeting(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: &str, category: &str) -> i64 {
+    let id = add_timed_task(state, party, owner, due_on, Some(due_time));
+    let category = state.capsule.categories.iter().position(|c| c.name == category);
+    if let Some(t) = state.capsule.tasks.get_mut(&id) {
+        t.category = category;
+    }
+    id
+}
+
+/// Moves a task to a new due date and time; its `updatedAt` moves to now. False when there
+/// is no such task.
+pub fn move_task(state: &mut State, id: i64, due_on: &str, due_time: Option<&str>) -> bool {
+    let now = state.clock.now_second();
+    let Some(t) = state.capsule.tasks.get_mut(&id) else { return false };
+    t.due_on = due_on.to_owned();
+    t.due_time = due_time.map(str::to_owned);
+    t.updated = now;
+    true
+}
+
+/// Puts a task in the category named `name`; false when there is no such task or category.
+pub fn set_task_category(state: &mut State, id: i64, name: &str) -> bool {
+    let Some(category) = state.capsule.categories.iter().position(|c| c.name == name) else { return false };
+    let now = state.clock.now_second();
+    let Some(t) = state.capsule.tasks.get_mut(&id) else { return false };
+    t.category = Some(category);
+    t.updated = now;
+    true
+}
+
+/// Deletes a task: it leaves `/tasks` for good (Capsule keeps no list of deleted tasks).
+/// False when there is no such task.
+pub fn delete_task(state: &mut State, id: i64) -> bool {
+    state.capsule.tasks.remove(&id).is_some()
+}
+
+/// Completes one open task (filing its "Task completed" entry); false when there is no
+/// such task or it is not open.
+pub fn complete_task(state: &mut State, id: i64) -> bool {
+    if state.capsule.tasks.get(&id).is_none_or(|t| t.status != TaskStatus::Open) {
+        return false;
+    }
+    let now = state.clock.now_second();
+    complete(state, &[id], now);
+    true
+}
+
 /// Completes `n` open tasks; each completion also files a "Task completed" entry, as
 /// Capsule does.
 pub fn complete_tasks(state: &mut State, n: usize) -> Vec<i64> {
     let ids: Vec<i64> = state.capsule.tasks.values().filter(|t| t.status == TaskStatus::Open).map(|t| t.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
-    for id in &ids {
+    complete(state, &ids, now);
+    ids
+}
+
+fn complete(state: &mut State, ids: &[i64], now: Ms) {
+    for id in ids {
         let data = &mut state.capsule;
         let Some(t) = data.tasks.get_mut(id) else { continue };
         t.status = TaskStatus::Completed;
@@ -958,7 +1012,6 @@ pub fn complete_tasks(state: &mut State, n: usize) -> Vec<i64> {
             data.entries.insert(entry.id, entry);
         }
     }
-    ids
 }
 
 #[cfg(test)]

@@ -48,7 +48,8 @@ pub struct SandboxOptions {
     /// 0 picks a free port.
     pub port: u16,
     pub seed: u64,
-    /// Capsule people to seed (plus one organisation for every six).
+    /// Capsule people to seed (plus one organisation for every six, and each Capsule
+    /// user's own person party).
     pub people: usize,
     /// Share of GHL writes that fail with a 500 before being applied (0 to 1).
     pub fail_rate: f64,
@@ -269,6 +270,38 @@ impl Sandbox {
         capsule::add_timed_task(&mut self.state(), party, owner, due_on, due_time)
     }
 
+    /// Adds an open task in the category named `category` (uncategorised when no category
+    /// has that name: the seed has Meeting, Billing, Call and Follow-up) to `party`, owned
+    /// by the Capsule user `owner`, due on `due_on` (`YYYY-MM-DD`) at `due_time`
+    /// (`HH:MM:SS` on the owner's wall clock).
+    pub fn capsule_add_meeting(&self, party: i64, owner: i64, due_on: &str, due_time: &str, category: &str) -> i64 {
+        capsule::add_meeting(&mut self.state(), party, owner, due_on, due_time, category)
+    }
+
+    /// Moves a task to `due_on` at `due_time` (its `updatedAt` moves to now); false when
+    /// there is no such task.
+    pub fn capsule_move_task(&self, id: i64, due_on: &str, due_time: &str) -> bool {
+        capsule::move_task(&mut self.state(), id, due_on, Some(due_time))
+    }
+
+    /// Completes one open task (filing its "Task completed" entry); false when there is no
+    /// such open task.
+    pub fn capsule_complete_task(&self, id: i64) -> bool {
+        capsule::complete_task(&mut self.state(), id)
+    }
+
+    /// Deletes a task: it disappears from `/tasks` (Capsule lists no deleted tasks). False
+    /// when there is no such task.
+    pub fn capsule_delete_task(&self, id: i64) -> bool {
+        capsule::delete_task(&mut self.state(), id)
+    }
+
+    /// Puts a task in the category named `name` (its `updatedAt` moves to now); false when
+    /// there is no such task or category.
+    pub fn capsule_set_task_category(&self, id: i64, name: &str) -> bool {
+        capsule::set_task_category(&mut self.state(), id, name)
+    }
+
     /// The Capsule users (id, username, timezone).
     pub fn capsule_users(&self) -> Vec<Value> {
         self.state().capsule_users()
@@ -333,6 +366,25 @@ impl Sandbox {
     /// Every message sent or seeded, oldest first.
     pub fn ghl_messages(&self) -> Vec<Value> {
         self.state().ghl_messages()
+    }
+
+    /// The id of the seeded calendar ("Discovery Call": Mon–Fri 09:00–17:00 in the
+    /// location's zone, America/Chicago; 30-minute slots).
+    pub fn ghl_calendar_id(&self) -> String {
+        self.state().ghl.calendars.first().and_then(|c| c["id"].as_str()).unwrap_or_default().to_owned()
+    }
+
+    /// The location's users as `GET /users/` lists them (id, name, email...).
+    pub fn ghl_users(&self) -> Vec<Value> {
+        self.state().ghl.users.clone()
+    }
+
+    /// Every appointment as the event list shows it (times in the location's zone), oldest
+    /// booking first, each with a sandbox-only `"notified"`: whether the calendar's
+    /// notifications would have reached the contact (it was booked or changed without
+    /// `toNotify: false`).
+    pub fn ghl_appointments(&self) -> Vec<Value> {
+        self.state().ghl_appointments()
     }
 
     // -----------------------------------------------------------------------------------

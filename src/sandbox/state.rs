@@ -150,6 +150,14 @@ impl State {
         self.ghl.messages.iter().map(|m| super::ghl::message_json(m, &self.ghl.location_id)).collect()
     }
 
+    /// Every appointment, with the sandbox-only `notified`.
+    pub fn ghl_appointments(&self) -> Vec<Value> {
+        let zone = super::ghl::location_zone(self);
+        let mut all: Vec<_> = self.ghl.events.iter().collect();
+        all.sort_by(|a, b| a.added.cmp(&b.added).then_with(|| a.id.cmp(&b.id)));
+        all.iter().map(|e| super::ghl::appointment_json(e, &self.ghl.location_id, zone)).collect()
+    }
+
     /// A Capsule party as `GET /parties/{id}?embed=tags,fields` shows it.
     pub fn capsule_party(&self, id: i64) -> Option<Value> {
         let embed = super::capsule::Embed::parse_list("tags,fields");

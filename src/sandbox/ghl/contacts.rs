@@ -171,12 +171,14 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             None => Reply::ghl_error(400, "Task not found"),
         },
         "get_contact_appointments" => {
+            // Every appointment of the contact, cancelled ones included (with their status).
+            let zone = super::calendars::location_zone(state);
             let events: Vec<Value> = state
                 .ghl
                 .events
                 .iter()
                 .filter(|e| e.contact_id == contact_id)
-                .map(|e| super::calendars::event_json(e, &location))
+                .map(|e| super::calendars::contact_event_json(e, &location, zone))
                 .collect();
             Reply::ok(json!({"events": events}))
         }

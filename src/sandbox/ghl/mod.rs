@@ -17,6 +17,7 @@ use super::state::State;
 use super::wire::{ApiRequest, Reply};
 use crate::catalog::Operation;
 
+pub use calendars::{inspect_json as appointment_json, location_zone};
 pub use conversations::message_json;
 
 /// A contact: its id, times, and the fields it was given (kept as sent, so everything the
@@ -169,7 +170,8 @@ pub struct Opportunity {
     pub lost_reason_id: Option<String>,
 }
 
-/// An appointment.
+/// An appointment. Its start and end are instants; the offsets they were last sent with
+/// are kept so that create and update answers can echo the times as the caller wrote them.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub id: String,
@@ -179,11 +181,20 @@ pub struct Event {
     pub appointment_status: String,
     pub assigned_user_id: String,
     pub address: String,
+    /// Written by people in GHL; the API has no field that sets it.
     pub notes: String,
+    /// `description`, as sent.
+    pub description: String,
     pub start: Ms,
     pub end: Ms,
+    /// The offsets `startTime` and `endTime` were sent with (seconds east of UTC).
+    pub start_offset: i32,
+    pub end_offset: i32,
     pub added: Ms,
     pub updated: Ms,
+    /// Whether the calendar's notifications and automations would have run for it (a
+    /// create or update without `toNotify: false`). Sandbox-only: tests read it.
+    pub notified: bool,
 }
 
 /// Why a contact id no longer answers.
@@ -220,7 +231,8 @@ pub struct GhlData {
 pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
     // A user id the location does not have: the live API answers 401 "The user does not
     // exist." (GoHighLevel/highlevel-api-docs#205), which a client must not take for an
-    // expired token. Checked for every body `assignedTo`, as the write would fail on it.
+    // expired token. Checked for every body `assignedTo`, as the write would fail on it;
+    // appointments' `assignedUserId` is checked by the calendar handler (the same answer).
     if let Some(user) = req.body_str("assignedTo").filter(|u| !u.is_empty())
         && !known_user(state, user)
     {

@@ -27,10 +27,22 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
             "roles": {"type": "account", "role": role, "locationIds": [loc], "restrictSubAccount": role != "admin"},
         })
     };
-    let users = vec![
+    let mut users = vec![
         user(&admin, "Priya", "Raman", "priya.raman@sandbox-agency.example", "admin"),
         user(&rep, "Tom", "Becker", "tom.becker@sandbox-agency.example", "user"),
     ];
+    // Two Capsule users also work in GHL, under the same email (Dana in New York, Ananya in
+    // Kolkata); the other Capsule users have no GHL user. Their ids come from a copy of the
+    // id generator, so the ids of everything after them stay as they were.
+    let mut staff_ids = Rng::new(ids.clone().next_u64());
+    let mut calendar_members =
+        vec![json!({"userId": admin, "priority": 0.5, "meetingLocationType": "custom", "isPrimary": true})];
+    for u in capsule.users.iter().filter(|u| [1_201_876, 1_187_342].contains(&u.id)) {
+        let id = staff_ids.ghl_id();
+        users.push(user(&id, &u.first_name, &u.last_name, &super::user_email(u), "user"));
+        calendar_members
+            .push(json!({"userId": id, "priority": 0.5, "meetingLocationType": "custom", "isPrimary": false}));
+    }
     let location = json!({
         "id": loc, "companyId": COMPANY_ID, "name": "Sandbox Dental & Co", "address": "233 S Wacker Dr",
         "city": "Chicago", "state": "IL", "country": "US", "postalCode": "60606", "website": "https://sandbox-dental.example",
@@ -177,7 +189,7 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
         "slug": "discovery-call", "calendarType": "round_robin", "eventType": "RoundRobin_OptimizeForAvailability",
         "eventTitle": "{{contact.name}} - Discovery Call", "eventColor": "#039be5", "isActive": true,
         "slotDuration": 30, "slotDurationUnit": "mins", "slotInterval": 30, "slotIntervalUnit": "mins",
-        "teamMembers": [{"userId": admin, "priority": 0.5, "meetingLocationType": "custom", "isPrimary": true}],
+        "teamMembers": calendar_members,
         "openHours": [{"daysOfTheWeek": [1, 2, 3, 4, 5], "hours": [{"openHour": 9, "openMinute": 0, "closeHour": 17, "closeMinute": 0}]}],
         "autoConfirm": true, "allowReschedule": true, "allowCancellation": true,
     })];
@@ -194,10 +206,14 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
             assigned_user_id: admin.clone(),
             address: "https://meet.google.com/yqp-gogr-wve".into(),
             notes: String::new(),
+            description: String::new(),
             start,
             end: start + 1_800_000,
+            start_offset: 0,
+            end_offset: 0,
             added: start - days(5),
             updated: start - days(4),
+            notified: true,
         });
     }
 

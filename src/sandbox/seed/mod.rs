@@ -530,7 +530,52 @@ pub fn seed(seed: u64, people: usize) -> Seeded {
 
     let mut ids = Rng::new(seed.wrapping_add(0x1D5));
     let ghl = ghl::seed(&mut g.rng, &mut ids, &data);
+    // Added last, with no draw from the generators, so the rest of the seed (and the GHL
+    // contacts picked from the people above) stays as it was before users had parties.
+    add_user_parties(&mut data);
     Seeded { capsule: data, ghl, generator: g.successor(seed.wrapping_add(0xC0FFEE)), ids }
+}
+
+/// A Capsule user's work email, on their own party: Capsule's `/users` carries none, so a
+/// client reads it from `GET /parties/{user.party.id}`.
+pub fn user_email(u: &User) -> String {
+    format!("{}@{USER_DOMAIN}", u.username)
+}
+
+/// The firm's own mail domain: Capsule users' parties and the GHL users share it.
+pub const USER_DOMAIN: &str = "sandbox-agency.example";
+
+/// Each Capsule user's own person party (Capsule lists them with the other parties), with
+/// a work email.
+fn add_user_parties(data: &mut CapsuleData) {
+    let created = BASE_MS - days(600);
+    for u in data.users.clone() {
+        let email = Email { id: data.item_id(), kind: Some("Work".into()), address: user_email(&u) };
+        data.parties.insert(
+            u.party,
+            Party {
+                id: u.party,
+                kind: PartyKind::Person,
+                title: None,
+                first_name: Some(u.first_name.clone()),
+                last_name: Some(u.last_name.clone()),
+                name: None,
+                job_title: Some("Account manager".into()),
+                about: None,
+                organisation: None,
+                owner: Some(u.id),
+                created,
+                updated: created,
+                last_contacted: None,
+                emails: vec![email],
+                phones: Vec::new(),
+                addresses: Vec::new(),
+                websites: Vec::new(),
+                tags: Vec::new(),
+                fields: Vec::new(),
+            },
+        );
+    }
 }
 
 fn capsule_users() -> Vec<User> {
@@ -578,7 +623,22 @@ mod tests {
     fn the_default_seed_has_the_awkward_cases() {
         let s = seed(1, 300);
         let people: Vec<&Party> = s.capsule.people().collect();
-        assert_eq!(people.len(), 300);
+        // The 300 asked for, and each Capsule user's own party.
+        assert_eq!(people.len(), 300 + s.capsule.users.len());
+        for u in &s.capsule.users {
+            let party = s.capsule.parties.get(&u.party).map(|p| p.emails.iter().map(|e| e.address.clone()).collect());
+            assert_eq!(party, Some(vec![user_email(u)]), "user {}", u.username);
+        }
+        // Two of them are GHL users under the same email; the others are not.
+        let ghl_emails: Vec<&str> = s.ghl.users.iter().filter_map(|u| u["email"].as_str()).collect();
+        let shared: Vec<&str> = s
+            .capsule
+            .users
+            .iter()
+            .filter(|u| ghl_emails.contains(&user_email(u).as_str()))
+            .map(|u| u.username.as_str())
+            .collect();
+        assert_eq!(shared, ["ananya.iyer", "dana.whitfield"]);
         let names: Vec<String> = people.iter().map(|p| p.display_name()).collect();
         for needle in ["Zoë", "José", "Müller", "Ångström", "李"] {
             assert!(names.iter().any(|n| n.contains(needle)), "no {needle}");
