@@ -1540,6 +1540,13 @@ async fn capsule_meetings_move_change_category_complete_and_vanish_and_users_hav
     }
     matched.sort();
     assert_eq!(matched, [1_187_342, 1_201_876], "Ananya and Dana, not Marta or Sofia");
+    // The control API's picks leave the users' parties alone.
+    let user_parties: Vec<i64> =
+        users["users"].as_array().unwrap().iter().map(|u| u["party"]["id"].as_i64().unwrap()).collect();
+    assert!(sandbox.capsule_people().iter().all(|p| !user_parties.contains(p)));
+    let edited = sandbox.capsule_edit_people(100);
+    assert_eq!(edited.len(), 10, "the 10 seeded people, not the users' parties");
+    assert!(edited.iter().all(|p| !user_parties.contains(p)));
 
     let party = sandbox.capsule_people()[3];
     let task = |id: i64| get(format!("{capsule}/tasks/{id}"));

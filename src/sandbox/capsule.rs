@@ -259,6 +259,12 @@ impl CapsuleData {
         self.parties.values().filter(|p| p.kind == PartyKind::Person)
     }
 
+    /// The people other than the users' own parties: the ones the control API edits,
+    /// deletes and adds to (a user's party stays put, so the owner's email stays readable).
+    pub fn contacts(&self) -> impl Iterator<Item = &Party> {
+        self.people().filter(|p| !self.users.iter().any(|u| u.party == p.id))
+    }
+
     fn user(&self, id: i64) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }
@@ -773,7 +779,7 @@ fn pick<T: Copy>(state: &mut State, mut pool: Vec<T>, n: usize) -> Vec<T> {
 /// Edits `n` people (job title, about, a phone number or a tag) and moves their
 /// `updatedAt` to now. Returns their ids.
 pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     for (i, id) in ids.iter().enumerate() {
@@ -812,7 +818,7 @@ pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
 /// Deletes `n` people, with their entries and tasks (Capsule cascades), and lists them
 /// under `/parties/deleted`.
 pub fn delete_people(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     let data = &mut state.capsule;
@@ -829,7 +835,7 @@ pub fn delete_people(state: &mut State, n: usize) -> Vec<i64> {
 /// (lists, `GET /parties/{id}`, their entries and tasks) and appear under `/parties/deleted`
 /// as `restrictedParties`.
 pub fn restrict_people(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let data = &mut state.capsule;
     for id in &ids {
@@ -865,7 +871,7 @@ pub fn add_people(state: &mut State, n: usize) -> Vec<i64> {
 
 /// Adds a note to each of `n` people, dated now.
 pub fn add_notes(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     ids.into_iter().map(|party| state.generator.add_note(&mut state.capsule, party, now)).collect()
@@ -887,7 +893,7 @@ pub fn edit_notes(state: &mut State, n: usize) -> Vec<i64> {
 
 /// Adds an open task to each of `n` people.
 pub fn add_tasks(state: &mut State, n: usize) -> Vec<i64> {
-    let ids: Vec<i64> = state.capsule.people().map(|p| p.id).collect();
+    let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
     ids.into_iter().map(|party| state.generator.add_task(&mut state.capsule, party, now)).collect()

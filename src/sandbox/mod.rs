@@ -8,8 +8,9 @@
 //! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), and the
 //! control API (`control` over HTTP, the methods of `Sandbox` in Rust). Where the real APIs
 //! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
-//! silently dropped by upsert, page numbers that stop at 10,000 results), the sandbox does
-//! too; where their answer is unknown, it picks the stricter one and says so at the handler.
+//! silently dropped by upsert, page numbers that stop at 10,000 results, a booking refused
+//! outside the calendar's free slots), the sandbox does too; where their answer is unknown,
+//! it picks the stricter one and says so at the handler.
 //! It does not use the rest of ghlflow except the catalog, and nothing in ghlflow uses it
 //! except the `sandbox` command, the tests and the demo.
 
@@ -312,9 +313,9 @@ impl Sandbox {
         self.state().capsule_party(id)
     }
 
-    /// Ids of every live Capsule person, in id order.
+    /// Ids of every live Capsule person except the users' own parties, in id order.
     pub fn capsule_people(&self) -> Vec<i64> {
-        self.state().capsule.people().map(|p| p.id).collect()
+        self.state().capsule.contacts().map(|p| p.id).collect()
     }
 
     pub fn capsule_counts(&self) -> CapsuleCounts {
