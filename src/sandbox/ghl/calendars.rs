@@ -167,8 +167,9 @@ fn open_windows(calendar: &Value, date: NaiveDate, zone: Tz) -> Vec<(Ms, Ms)> {
 /// Whether `[start, end)` is a slot the calendar offers: in the future (unless
 /// `allow_past`), inside one open window, on the slot grid counted from the window's
 /// opening, and not overlapping another live (not cancelled) appointment of the calendar
-/// other than `except`. The grid check is the strict reading of "a free slot": the live
-/// API compares the time against the slots free-slots would return.
+/// other than `except`. The grid check is the strict reading of "a free slot": public GHL
+/// clients report that the live API compares the time against the slots free-slots would
+/// return (GHL documents none of this).
 fn slot_offered(
     state: &State,
     calendar: &Value,
