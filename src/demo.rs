@@ -71,7 +71,30 @@ impl Workspace {
         }
         let catalog = Arc::new(crate::catalog::load_embedded().map_err(|d| setup(d.to_string()))?);
         let engine = Arc::new(engine_for(dir.path().join("ghlflow.yaml"), catalog)?);
-        Ok(Workspace { sandbox, engine, dir })
+        let workspace = Workspace { sandbox, engine, dir };
+        let settings = workspace.recipe_settings().await.map_err(setup)?;
+        let recipes = crate::recipe::load_recipes(
+            &workspace.engine.config.recipes_dir,
+            &workspace.engine.catalog,
+            &workspace.engine.config,
+            &|name| settings.get(name).cloned().or_else(|| crate::config::process_env(name)),
+        )
+        .map_err(|d| setup(d.to_string()))?;
+        workspace.engine.set_recipes(recipes);
+        Ok(workspace)
+    }
+
+    /// The settings the shipped recipes take from the environment, found in the sandbox as
+    /// a user finds them in GHL: the calendar that receives Capsule meetings
+    /// (`ghlflow call ghl.calendars.list_calendars`) and a user to assign a meeting whose
+    /// Capsule owner has no GHL user (`ghl.users.list_users_by_location`).
+    async fn recipe_settings(&self) -> Result<std::collections::HashMap<&'static str, String>, String> {
+        let calendars = self.ghl_call("ghl.calendars.list_calendars", json!({})).await?;
+        let users = self.ghl_call("ghl.users.list_users_by_location", json!({})).await?;
+        let first_id = |v: &Value, pointer: &str| v.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
+        let calendar = first_id(&calendars, "/calendars/0/id").ok_or("the sandbox has no calendar")?;
+        let user = first_id(&users, "/users/0/id").ok_or("the sandbox has no GHL user")?;
+        Ok([("GHL_CALENDAR_ID", calendar), ("GHL_DEFAULT_USER_ID", user)].into_iter().collect())
     }
 
     /// One cycle: `run --once`, then the automatic replays that are due once their delays
@@ -154,13 +177,9 @@ fn engine_for(config_path: PathBuf, catalog: Arc<Catalog>) -> Result<Engine, Dem
     let setup = |e: String| DemoError::Setup(e);
     let config =
         Arc::new(Config::load(&config_path, &catalog, &crate::config::process_env).map_err(|d| setup(d.to_string()))?);
-    let recipes = crate::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &crate::config::process_env)
-        .map_err(|d| setup(d.to_string()))?;
     let store = Store::open(&config.state_dir).map_err(|e| setup(e.to_string()))?;
     let client = HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| setup(e.to_string()))?;
-    let engine = Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default());
-    engine.set_recipes(recipes);
-    Ok(engine)
+    Ok(Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default()))
 }
 
 fn add(report: &mut CycleReport, s: &OnceSummary) {

@@ -231,6 +231,8 @@ struct IndexBuilder {
     documents: Vec<Position>,
     stack: Vec<Frame>,
     path: Vec<Segment>,
+    /// Paths placed at their mapping key.
+    keyed: HashSet<String>,
 }
 
 impl IndexBuilder {
@@ -243,7 +245,9 @@ impl IndexBuilder {
                 None => {
                     // This node is a key. A block mapping's own start marker lands after
                     // its first key, so the mapping is placed at that first key instead.
-                    if keys.is_empty() {
+                    // A mapping that is a key's value stays at its key, where a person
+                    // looks for the name an error gives.
+                    if keys.is_empty() && !self.keyed.contains(&path_to_string(&self.path)) {
                         self.index.positions.insert(path_to_string(&self.path), pos);
                     }
                     let key = scalar.unwrap_or("<complex key>").to_owned();
@@ -256,6 +260,7 @@ impl IndexBuilder {
                         let mut p = self.path.clone();
                         p.push(Segment::Key(key.clone()));
                         self.index.positions.entry(path_to_string(&p)).or_insert(pos);
+                        self.keyed.insert(path_to_string(&p));
                     }
                     if let Some(Frame::Mapping { pending_key, .. }) = self.stack.last_mut() {
                         *pending_key = Some(key);

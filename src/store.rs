@@ -210,6 +210,10 @@ pub struct PollCommit {
     pub runs: Vec<RunRecord>,
     pub seen: Vec<(String, String)>,
     pub state: TriggerState,
+    /// Items that ran and now count as present (`trigger.report_gone`).
+    pub joined: Vec<String>,
+    /// Items reported gone: no longer present.
+    pub left: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -221,6 +225,8 @@ pub struct Store {
     runs: sled::Tree,
     open: sled::Tree,
     ids: sled::Tree,
+    /// Per recipe with `report_gone`: the items that ran and have not gone since.
+    present: sled::Tree,
     sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
     flushes: std::sync::Arc<FlushGate>,
 }
@@ -280,6 +286,7 @@ impl Store {
             runs: db.open_tree("runs")?,
             open: db.open_tree("open_runs")?,
             ids: db.open_tree("id_map")?,
+            present: db.open_tree("present")?,
             sequence: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             flushes: std::sync::Arc::default(),
             db,
@@ -349,14 +356,29 @@ impl Store {
         Ok(self.seen.get(seen_key(recipe, item))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Forgets everything a recipe's trigger has seen (`trigger reset`).
+    /// Forgets everything a recipe's trigger has seen (`trigger reset`), and which of its
+    /// items count as present: a new position starts with a new baseline, so a feed
+    /// replaced by another never reports the old one's items gone.
     pub fn forget_seen(&self, recipe: &str) -> Result<usize, StoreError> {
         let mut n = 0;
         for key in self.seen.scan_prefix(seen_key(recipe, "")).keys() {
             self.seen.remove(key?)?;
             n += 1;
         }
+        for key in self.present.scan_prefix(seen_key(recipe, "")).keys() {
+            self.present.remove(key?)?;
+        }
         Ok(n)
+    }
+
+    /// The items of a recipe's feed that ran and have not gone since (`report_gone`).
+    pub fn present_items(&self, recipe: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        let prefix = seen_key(recipe, "");
+        self.present
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
     }
 
     /// Records a poll's outcome atomically: the runs it created, the items it marked seen
@@ -369,14 +391,20 @@ impl Store {
             .map(|r| Ok((r.id.as_bytes().to_vec(), to_bytes(&r.id, r)?)))
             .collect::<Result<_, StoreError>>()?;
         let state = to_bytes(recipe, &commit.state)?;
-        (&self.runs, &self.open, &self.seen, &self.triggers)
-            .transaction(|(runs_t, open_t, seen_t, triggers_t)| {
+        (&self.runs, &self.open, &self.seen, &self.triggers, &self.present)
+            .transaction(|(runs_t, open_t, seen_t, triggers_t, present_t)| {
                 for (key, value) in &runs {
                     runs_t.insert(key.as_slice(), value.as_slice())?;
                     open_t.insert(key.as_slice(), recipe.as_bytes())?;
                 }
                 for (item, mark) in &commit.seen {
                     seen_t.insert(seen_key(recipe, item), mark.as_bytes())?;
+                }
+                for item in &commit.joined {
+                    present_t.insert(seen_key(recipe, item), &[])?;
+                }
+                for item in &commit.left {
+                    present_t.remove(seen_key(recipe, item))?;
                 }
                 triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
                 Ok(())

@@ -9,7 +9,7 @@ use std::process::Output;
 use ghlflow::sandbox::{self, Sandbox, SandboxOptions};
 use serde_json::Value;
 
-use crate::util::{ghlflow, root, stderr, stdout};
+use crate::util::{ghlflow, ghlflow_env, root, stderr, stdout};
 
 /// A folder with a ghlflow.yaml pointing at a sandbox, and the recipes a test writes.
 struct Folder {
@@ -207,16 +207,8 @@ fn test_names_an_unknown_recipe_with_a_suggestion() {
 // --- 3: init, completions, man ------------------------------------------------------------
 
 /// Runs the binary in `dir` with these environment variables.
-fn ghlflow_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"));
-    c.args(args).current_dir(dir).env("NO_COLOR", "1");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-const SECRETS: [(&str, &str); 3] = [("GHL_LOCATION_ID", "loc1"), ("GHL_TOKEN", "pit-1"), ("CAPSULE_TOKEN", "cap-1")];
+const SECRETS: [(&str, &str); 4] =
+    [("GHL_LOCATION_ID", "loc1"), ("GHL_TOKEN", "pit-1"), ("CAPSULE_TOKEN", "cap-1"), ("GHL_CALENDAR_ID", "cal1")];
 
 #[test]
 fn init_writes_a_folder_that_validates_with_the_shipped_recipes_and_their_schema() {

@@ -15,6 +15,8 @@ struct World {
     parties: Vec<Value>,
     /// Entries newest first, served two per page.
     entries: Vec<Value>,
+    /// Capsule tasks, all on one page.
+    tasks: Vec<Value>,
     next_contact: u64,
     /// Status GHL answers note requests with (200 by default).
     note_status: u16,
@@ -51,6 +53,7 @@ fn serve(world: Arc<Mutex<World>>) -> impl Fn(&Recorded) -> Reply + Send + Sync 
                     .collect();
                 Reply::json(200, json!({"parties": items}))
             }
+            ("GET", "/api/v2/tasks") => Reply::json(200, json!({"tasks": w.tasks})),
             ("GET", "/api/v2/entries") => {
                 let page: usize = r.query_param("page").and_then(|p| p.parse().ok()).unwrap_or(1);
                 let chunk: Vec<Value> = w.entries.iter().skip((page - 1) * 2).take(2).cloned().collect();
@@ -462,7 +465,7 @@ async fn each_poll_leaves_one_line_with_its_runs_by_outcome() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains(
-            "polled recipe=\"people\" new=1 baseline=false succeeded=0 failed=1 filtered=0 held=0 waiting=0 took="
+            "polled recipe=\"people\" new=1 gone=0 baseline=false succeeded=0 failed=1 filtered=0 held=0 waiting=0 took="
         ),
         "{log}"
     );
@@ -586,4 +589,82 @@ async fn a_429_asking_for_hours_fails_the_run_at_once_and_schedules_it_for_then(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let at = shown["next_replay_at"].as_u64().expect("the run is scheduled to be tried again");
     assert!((now + 7_000..=now + 7_300).contains(&at), "tried again when the server asked: {at} vs now {now}");
+}
+
+fn task(id: u64, category: &str, updated: &str) -> Value {
+    json!({"id": id, "description": format!("task {id}"), "category": {"id": 1, "name": category},
+           "status": "OPEN", "party": {"id": 1, "type": "person"}, "dueOn": "2026-12-01",
+           "createdAt": "2026-01-01T00:00:00Z", "updatedAt": updated})
+}
+
+const MEETINGS: &str = r#"
+name: Meetings, and the ones that leave
+trigger:
+  operation: capsule.tasks.task_updated
+  connection: capsule
+  every: 5m
+  start: backfill
+  report_gone: true
+filter: "{{eq trigger.category.name \"Meeting\"}}"
+steps:
+  - id: note
+    operation: ghl.contacts.create_contact_note
+    connection: ghl
+    input:
+      contactId: c1
+      body: "{{#if trigger.gone}}gone{{else}}here{{/if}} {{trigger.id}}"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn items_that_leave_a_feed_read_whole_run_once_more_marked_gone() {
+    let world = Arc::new(Mutex::new(World { note_status: 200, ..Default::default() }));
+    world.lock().unwrap().tasks = vec![
+        task(1, "Meeting", "2026-02-01T00:00:00Z"),
+        task(2, "Meeting", "2026-02-01T00:00:00Z"),
+        task(3, "Call", "2026-02-01T00:00:00Z"),
+        task(4, "Meeting", "2026-02-01T00:00:00Z"),
+    ];
+    let api = FakeApi::start(serve(Arc::clone(&world))).await;
+    let flow = Flow::new(&api, &[("meetings", MEETINGS)]);
+    let notes = || -> Vec<String> {
+        api.requests().iter().filter(|r| r.path.ends_with("/notes")).map(|r| r.json()["body"].to_string()).collect()
+    };
+    let out = flow.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(notes(), [r#""here 1""#, r#""here 2""#, r#""here 4""#]);
+
+    // Task 2 deleted, task 4 no longer a meeting, task 3 (never a meeting) deleted too.
+    {
+        let mut w = world.lock().unwrap();
+        w.tasks.retain(|t| t["id"] != 2 && t["id"] != 3);
+        w.tasks[1] = task(4, "Call", "2026-02-02T00:00:00Z");
+    }
+    let out = flow.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        notes()[3..],
+        [r#""gone 4""#, r#""gone 2""#],
+        "only meetings that ran are reported gone: {}",
+        text(&out)
+    );
+    let runs = flow.runs().await;
+    assert_eq!(runs.iter().filter(|r| r["status"] == "filtered").count(), 1, "task 3 at first: {runs:?}");
+
+    // Gone is reported once; a task that comes back is a meeting again.
+    let out = flow.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(notes().len(), 5);
+    world.lock().unwrap().tasks[1] = task(4, "Meeting", "2026-02-03T00:00:00Z");
+    let out = flow.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(notes()[5..], [r#""here 4""#]);
+
+    // `trigger reset` forgets which items were present: the next (baseline) poll reports
+    // nothing gone, even with everything deleted.
+    let out = flow.ghlflow(&["trigger", "reset", "meetings"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    world.lock().unwrap().tasks.clear();
+    let out = flow.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(notes().len(), 6, "{:?}", notes());
 }

@@ -13,11 +13,18 @@ use ghlflow::sandbox::{Faults, SandboxOptions};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-fn run_once(dir: &std::path::Path) -> std::process::Child {
+/// The settings capsule-meetings takes from the environment, for this sandbox.
+fn meeting_settings(sandbox: &ghlflow::sandbox::Sandbox) -> [(&'static str, String); 2] {
+    let user = sandbox.ghl_users()[0]["id"].as_str().unwrap_or_default().to_owned();
+    [("GHL_CALENDAR_ID", sandbox.ghl_calendar_id()), ("GHL_DEFAULT_USER_ID", user)]
+}
+
+fn run_once(dir: &std::path::Path, settings: &[(&str, String)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ghlflow"))
         .args(["run", "--once"])
         .current_dir(dir)
         .env("NO_COLOR", "1")
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -60,13 +67,16 @@ async fn kill_nine_at_random_moments_sends_nothing_twice_and_misses_nothing() {
 
     // A first clean poll records the GHL recipes' baselines (`start: now`): what exists then
     // is never texted or followed up. Everything after it is.
-    let first = crate::util::ghlflow(dir.path(), &["run", "--once"]);
+    let settings = meeting_settings(&sandbox);
+    let env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = crate::util::ghlflow_env(dir.path(), &["run", "--once"], &env);
     assert!(first.status.success(), "{}", crate::util::stderr(&first));
     sandbox.capsule_edit_people(5);
 
     let mut leads = Vec::new();
     let mut won = Vec::new();
     let mut kills = 0;
+    let mut meetings_added = Vec::new();
     for round in 0..20 {
         // The world changes between some rounds: new leads (welcome SMS), deals won
         // (follow-up tasks), people edited and added, notes added, tasks completed.
@@ -77,8 +87,16 @@ async fn kill_nine_at_random_moments_sends_nothing_twice_and_misses_nothing() {
             sandbox.capsule_add_people(2);
             sandbox.capsule_add_notes(3);
             sandbox.capsule_complete_tasks(2);
+            // A meeting booked, and the one before it moved.
+            let people = sandbox.capsule_people();
+            let owner = sandbox.capsule_users()[round % 4]["id"].as_i64().unwrap();
+            let person = people[round % people.len()];
+            meetings_added.push(sandbox.capsule_add_meeting(person, owner, "2026-12-14", "10:00:00", "Meeting"));
+            if let [.., earlier, _] = meetings_added.as_slice() {
+                assert!(sandbox.capsule_move_task(*earlier, "2026-12-15", "11:30:00"));
+            }
         }
-        let mut child = run_once(dir.path());
+        let mut child = run_once(dir.path(), &settings);
         let wait = Duration::from_millis(rng.random_range(20..700));
         tokio::time::sleep(wait).await;
         if child.try_wait().unwrap().is_none() {
@@ -92,7 +110,7 @@ async fn kill_nine_at_random_moments_sends_nothing_twice_and_misses_nothing() {
     // Then to the end, with no kill: a run that waited for its person gets it.
     let mut finished = false;
     for _ in 0..4 {
-        let out = crate::util::ghlflow(dir.path(), &["run", "--once"]);
+        let out = crate::util::ghlflow_env(dir.path(), &["run", "--once"], &env);
         let text = crate::util::stdout(&out);
         if out.status.success() && text.contains(", 0 failed,") && !text.contains("waiting") && text.contains("polled")
         {
@@ -126,8 +144,15 @@ async fn kill_nine_at_random_moments_sends_nothing_twice_and_misses_nothing() {
             *tasks.entry(m).or_default() += 1;
         }
     }
+    let mut meetings: BTreeMap<String, usize> = BTreeMap::new();
+    for m in markers(&sandbox.ghl_appointments(), "description", "[capsule task ") {
+        *meetings.entry(m).or_default() += 1;
+    }
     assert!(!notes.is_empty() && !tasks.is_empty());
-    for (m, n) in notes.iter().chain(tasks.iter()) {
+    for task in &meetings_added {
+        assert!(meetings.contains_key(&format!("[capsule task {task}")), "meeting {task} was never booked");
+    }
+    for (m, n) in notes.iter().chain(tasks.iter()).chain(meetings.iter()) {
         assert_eq!(*n, 1, "{m}] was created {n} times");
     }
     // Every Capsule person with an email or phone is mirrored.
@@ -206,7 +231,7 @@ steps:
     // process is killed while it waits for the answer.
     sandbox.set_faults(Faults { latency: Duration::from_secs(3), ..Faults::default() }).unwrap();
     let writes = sandbox.request_counts().ghl_writes;
-    let mut child = run_once(dir.path());
+    let mut child = run_once(dir.path(), &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while sandbox.request_counts().ghl_writes == writes {
         assert!(std::time::Instant::now() < deadline, "the note was never sent");

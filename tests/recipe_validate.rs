@@ -11,7 +11,11 @@ use ghlflow::recipe;
 const DIR: &str = "tests/fixtures/recipes";
 
 fn env(name: &str) -> Option<String> {
-    (name == "GHLFLOW_FIXTURE_SET_VAR").then(|| "set".to_owned())
+    match name {
+        "GHLFLOW_FIXTURE_SET_VAR" => Some("set".to_owned()),
+        "GHL_CALENDAR_ID" => Some("calendar1".to_owned()),
+        _ => None,
+    }
 }
 
 fn compile(file: &Path) -> Result<recipe::Recipe, ghlflow::diagnostic::Diagnostics> {
@@ -28,6 +32,15 @@ fn the_valid_recipe_compiles_with_types_and_references_resolved() {
     assert_eq!(r.steps.len(), 2);
     assert_eq!(r.trigger.operation.key.to_string(), "capsule.parties.party_updated");
     assert_eq!(r.trigger.hold_above, Some(100));
+}
+
+#[test]
+fn settings_fill_env_from_the_environment_or_their_defaults() {
+    let r = compile(&Path::new(DIR).join("valid/meetings_with_settings.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    assert!(r.trigger.report_gone);
+    assert_eq!(r.env.get("GHLFLOW_FIXTURE_SET_VAR"), Some(&serde_json::json!("set")));
+    assert_eq!(r.env.get("GHLFLOW_FIXTURE_MINUTES"), Some(&serde_json::json!("45")), "the default");
+    assert_eq!(r.env.len(), 2, "{:?}", r.env);
 }
 
 #[test]
@@ -99,6 +112,7 @@ fn the_shipped_recipes_validate_against_connections_named_ghl_and_capsule() {
         ids,
         [
             "capsule-deleted-people",
+            "capsule-meetings",
             "capsule-notes",
             "capsule-people",
             "capsule-restricted-people",

@@ -13,6 +13,7 @@ mod fuzz;
 mod hostile;
 mod http_layer;
 mod kill_nine;
+mod meetings;
 mod mirror;
 mod mirror_real;
 mod prism_conformance;

@@ -11,6 +11,7 @@ use super::{CliError, CliResult, print};
 use crate::demo::Workspace;
 use crate::sandbox::SandboxOptions;
 use crate::store::RunStatus;
+use serde_json::Value;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -103,6 +104,20 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let _ = writeln!(out, "  contacts tagged capsule-deleted    {deleted}");
     let _ = writeln!(out, "  notes on GHL contacts              {}", ghl.notes);
     let _ = writeln!(out, "  tasks on GHL contacts              {} ({} completed)", ghl.tasks, ghl.completed_tasks);
+    let meetings: Vec<Value> = ws
+        .sandbox
+        .ghl_appointments()
+        .into_iter()
+        .filter(|a| a["description"].as_str().is_some_and(|d| d.contains("[capsule task ")))
+        .collect();
+    let status = |s: &str| meetings.iter().filter(|a| a["appointmentStatus"] == s).count();
+    let _ = writeln!(
+        out,
+        "  meetings on the GHL calendar       {} ({} showed, {} cancelled)",
+        meetings.len(),
+        status("showed"),
+        status("cancelled")
+    );
     let succeeded = |recipe: &str| {
         ws.engine
             .store

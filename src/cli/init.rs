@@ -121,7 +121,20 @@ pub fn run(args: InitArgs) -> CliResult {
     }
     let _ = writeln!(out, "wrote {} (for editors; see the README)", shown(&dir.join(SCHEMA_PATH)));
     let _ = writeln!(out, "\nNext:");
-    let _ = writeln!(out, "  export GHL_LOCATION_ID=... GHL_TOKEN=... CAPSULE_TOKEN=...");
+    // The variables ghlflow.yaml reads, then the settings a written recipe cannot do without.
+    let mut variables = vec!["GHL_LOCATION_ID".to_owned(), "GHL_TOKEN".into(), "CAPSULE_TOKEN".into()];
+    for (_, text) in &recipes {
+        let required = serde_yaml::from_slice::<crate::recipe::spec::RecipeSpec>(text)
+            .map(|spec| spec.settings.into_iter().filter(|(_, s)| s.default.is_none()).map(|(name, _)| name))
+            .into_iter()
+            .flatten();
+        for name in required {
+            if !variables.contains(&name) {
+                variables.push(name);
+            }
+        }
+    }
+    let _ = writeln!(out, "  export {}", variables.iter().map(|v| format!("{v}=...")).collect::<Vec<_>>().join(" "));
     let _ = writeln!(out, "  ghlflow validate{}", config_flag(dir));
     if recipes.is_empty() {
         let _ = writeln!(out, "  (write a recipe in recipes/; `ghlflow ops list` shows the operations)");

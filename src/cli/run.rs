@@ -83,10 +83,12 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
             let new: usize = summary.polls.iter().map(|p| p.new).sum();
             let held: usize = summary.polls.iter().map(|p| p.held).sum();
             let baselines = summary.polls.iter().filter(|p| p.baseline).count();
+            let gone: usize = summary.polls.iter().map(|p| p.gone).sum();
             let _ = writeln!(
                 out,
-                "polled {} recipe(s): {new} new item(s){}{}",
+                "polled {} recipe(s): {new} new item(s){}{}{}",
                 summary.polls.len(),
+                if gone > 0 { format!(", {gone} gone") } else { String::new() },
                 if baselines > 0 { format!(", {baselines} baseline(s) recorded") } else { String::new() },
                 if held > 0 { format!(", {held} held (see `ghlflow runs list --status held`)") } else { String::new() },
             );

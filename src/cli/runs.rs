@@ -181,9 +181,19 @@ async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path
     let config = Arc::new(load_config(config_path, &catalog)?);
     let reply = match Store::open(&config.state_dir) {
         Ok(store) => {
-            let recipes =
-                crate::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &crate::config::process_env)
-                    .map_err(|d| CliError::Invalid(format!("invalid recipes:\n{d}")))?;
+            // Reading history needs no recipe: a recipe that does not validate (a setting not
+            // exported in this shell, say) must not hide what already ran.
+            let reads_only = matches!(req, RunsRequest::List { .. } | RunsRequest::Show { .. });
+            let recipes = match crate::recipe::load_recipes(
+                &config.recipes_dir,
+                &catalog,
+                &config,
+                &crate::config::process_env,
+            ) {
+                Ok(recipes) => recipes,
+                Err(_) if reads_only => Vec::new(),
+                Err(d) => return Err(CliError::Invalid(format!("invalid recipes:\n{d}"))),
+            };
             let client = HttpClient::new(Some(store.clone()), config.redactor.clone())
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             let engine = Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default());

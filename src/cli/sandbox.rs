@@ -86,9 +86,12 @@ pub async fn run(args: SandboxArgs) -> CliResult {
     eprintln!(
         "sandbox: GHL at {base}, Capsule at {}, location {}\n\
          sandbox: control API at {base}/_sandbox (e.g. curl -X POST {base}/_sandbox/capsule/people/edit -d '{{\"count\":5}}')\n\
+         sandbox: for capsule-meetings: export GHL_CALENDAR_ID={} GHL_DEFAULT_USER_ID={}\n\
          sandbox: serving until Ctrl-C",
         sandbox.capsule_base_url(),
         sandbox.location_id(),
+        sandbox.ghl_calendar_id(),
+        sandbox.ghl_users().first().and_then(|u| u["id"].as_str()).unwrap_or_default(),
     );
     let _ = tokio::signal::ctrl_c().await;
     let served = sandbox.request_count();

@@ -67,8 +67,11 @@ impl Engine {
             "lookups": lookups,
         });
 
-        // The filter runs once, before any step.
+        // The filter runs once, before any step; never on a run reporting an item gone,
+        // which is there because the item left the filter (or the feed).
+        let reports_gone = recipe.trigger.report_gone && run.item.get("gone") == Some(&Value::Bool(true));
         if run.steps.iter().all(|s| s.status == StepStatus::Pending)
+            && !reports_gone
             && let Some(filter) = &recipe.filter
         {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
@@ -100,17 +103,19 @@ impl Engine {
                 }
                 let mut ctx_value = with_connection(&base, &step.connection, &outputs);
                 let mut id_keys = Vec::new();
+                // An id another recipe records (the person's contact) that is not there yet:
+                // the run waits for it, if the step is to run at all.
+                let mut missing: Option<(String, String)> = None;
                 if !step.ids.is_empty() {
                     match self.resolve_ids(step, &ctx_value) {
                         Ok((ids, keys)) => {
-                            // An id another recipe records (the person's contact) is not there
-                            // yet: wait for it rather than fail.
-                            if let Some(name) =
-                                step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null))
-                            {
-                                let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str()).unwrap_or("");
-                                return self.wait_run(run, &recipe, i, name, key).await;
-                            }
+                            missing =
+                                step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)).map(
+                                    |name| {
+                                        let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
+                                        (name.clone(), key.unwrap_or_default())
+                                    },
+                                );
                             set_root(&mut ctx_value, "ids", ids);
                             id_keys = keys;
                         }
@@ -133,6 +138,9 @@ impl Engine {
                         Ok(_) => {}
                         Err(e) => return self.fail_step(run, &recipe, i, format!("if: {e}"), false).await,
                     }
+                }
+                if let Some((name, key)) = missing {
+                    return self.wait_run(run, &recipe, i, &name, &key).await;
                 }
                 let inputs = match self.step_inputs(step, &ctx, &run) {
                     Ok(i) => i,
@@ -632,16 +640,12 @@ impl Engine {
             RunRecord::new(String::new(), &recipe.id, RunStatus::Queued, item_id, item.clone(), String::new());
         for step in &recipe.steps {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
+            let mut missing: Option<(String, String)> = None;
             if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved) {
-                if let Some(name) = step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)) {
-                    let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_str()).unwrap_or("");
-                    self.plan_line(format!(
-                        "{}: item {item_id}: step `{}` would wait: no id `{key}` is recorded yet (ids.{name}; \
-                         another recipe records it)",
-                        recipe.id, step.id
-                    ));
-                    return failures;
-                }
+                missing = step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)).map(|name| {
+                    let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
+                    (name.clone(), key.unwrap_or_default())
+                });
                 set_root(&mut ctx_value, "ids", ids);
             }
             let ctx = context(ctx_value.clone());
@@ -668,6 +672,14 @@ impl Engine {
                         continue;
                     }
                 }
+            }
+            if let Some((name, key)) = missing {
+                self.plan_line(format!(
+                    "{}: item {item_id}: step `{}` would wait: no id `{key}` is recorded yet (ids.{name}; \
+                     another recipe records it)",
+                    recipe.id, step.id
+                ));
+                return failures;
             }
             let line = match self.step_inputs(step, &ctx, &fake_run) {
                 Err(e) => Err(e),

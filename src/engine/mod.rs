@@ -15,7 +15,7 @@ pub mod scheduler;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 pub use execute::RunOutcome;
 pub use poll::PollOutcome;
@@ -222,6 +222,7 @@ impl PollTick {
         tracing::info!(
             recipe,
             new = poll.new,
+            gone = poll.gone,
             baseline = poll.baseline,
             succeeded = count(S::Succeeded),
             failed = count(S::Failed) + count(S::Unsure),
@@ -307,23 +308,9 @@ pub fn connection_view(c: &Connection) -> Value {
     })
 }
 
-/// The environment variables a recipe's templates use.
+/// What a recipe's templates see as `env` (read when the recipe was compiled).
 pub fn env_view(recipe: &Recipe) -> Value {
-    let mut m = Map::new();
-    let all = recipe.trigger.input.iter().flat_map(|(_, t)| t.templates()).chain(recipe.filter.iter()).chain(
-        recipe.steps.iter().flat_map(|s| s.condition.iter().chain(s.input.iter().flat_map(|(_, t)| t.templates()))),
-    );
-    for t in all {
-        for r in t.references() {
-            if r.segments.first().map(String::as_str) == Some("env")
-                && let Some(name) = r.segments.get(1)
-                && let Ok(v) = std::env::var(name)
-            {
-                m.insert(name.clone(), Value::String(v));
-            }
-        }
-    }
-    Value::Object(m)
+    Value::Object(recipe.env.clone())
 }
 
 pub fn now_iso() -> String {

@@ -37,6 +37,9 @@ pub struct PollOutcome {
     pub held: usize,
     /// Items the recipe's filter dropped (recorded as filtered runs, never held).
     pub filtered: usize,
+    /// Items that left the feed (`trigger.report_gone`): deleted, or no longer passing the
+    /// filter. Each has a run.
+    pub gone: usize,
     /// This poll recorded the baseline.
     pub baseline: bool,
     /// The poll stopped at the page bound; the next goes on from there.
@@ -177,6 +180,37 @@ impl Engine {
                 }
             }
         }
+        // Items that leave the feed run once more, marked gone: one that no longer passes
+        // the filter (it is in this poll's changes), and one missing from a whole read
+        // (deleted at the source). Only a read that began on page 1 and reached the end
+        // tells what is missing.
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        if trigger.report_gone && !baseline {
+            let present = self.store.present_items(&recipe.id)?;
+            for (id, _, item) in &mut new_items {
+                if !filtered_out.contains(id) {
+                    if !present.contains(id) {
+                        joined.push(id.clone());
+                    }
+                } else if present.contains(id) {
+                    filtered_out.remove(id);
+                    if let Some(fields) = item.as_object_mut() {
+                        fields.insert("gone".into(), Value::Bool(true));
+                    }
+                    left.push(id.clone());
+                }
+            }
+            if resumed.is_none() && !stopped_early && !stopped_at_bound {
+                let mut missing: Vec<&String> = present.iter().filter(|id| !seen_in_this_poll.contains(*id)).collect();
+                missing.sort();
+                for id in missing {
+                    // No seen mark: the record is gone, there is nothing to compare later.
+                    new_items.push((id.clone(), String::new(), serde_json::json!({"id": id, "gone": true})));
+                    left.push(id.clone());
+                }
+            }
+            outcome.gone = left.len();
+        }
         let passing = new_items.len() - filtered_out.len();
         let status = if baseline {
             outcome.baseline = true;
@@ -216,9 +250,11 @@ impl Engine {
             return Ok(outcome);
         }
 
-        let mut commit = PollCommit { state, ..Default::default() };
+        let mut commit = PollCommit { state, joined, left, ..Default::default() };
         for (id, mark, item) in new_items {
-            commit.seen.push((id.clone(), mark));
+            if !mark.is_empty() {
+                commit.seen.push((id.clone(), mark));
+            }
             if let Some(status) = status {
                 let mut run = new_run(self, recipe, status, id, item);
                 if run.item_id.as_ref().is_some_and(|i| filtered_out.contains(i)) {

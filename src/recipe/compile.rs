@@ -255,6 +255,19 @@ pub fn compile_recipe(
         }
     };
 
+    // `env.<NAME>` resolves through the recipe's settings: the variable when set, else the
+    // setting's default. A required setting that is unset reads as empty here, so that only
+    // the `settings:` entry reports it, once, at its line. Every value read is kept: the
+    // compiled recipe carries the environment it was checked against.
+    let read_env = std::cell::RefCell::new(BTreeMap::<String, String>::new());
+    let env_or_setting = |name: &str| -> Option<String> {
+        let value = env(name).or_else(|| spec.settings.get(name).map(|s| s.default.clone().unwrap_or_default()))?;
+        read_env.borrow_mut().insert(name.to_owned(), value.clone());
+        Some(value)
+    };
+    let env: &dyn Fn(&str) -> Option<String> = &env_or_setting;
+    check_settings(&spec, env, &site, &mut diags);
+
     let trigger = compile_trigger(&spec.trigger, catalog, config, env, &site, &mut diags);
 
     // Steps: ids first (so references can tell "later" from "unknown").
@@ -282,7 +295,13 @@ pub fn compile_recipe(
 
     // Even when the trigger has problems, its operation (if known) still tells what items
     // look like, so step templates are checked without a cascade of follow-on errors.
-    let trigger_shape = Some(catalog.get(&spec.trigger.operation).map(|op| op.record_shape()).unwrap_or(Shape::Any));
+    let mut trigger_shape = catalog.get(&spec.trigger.operation).map(|op| op.record_shape()).unwrap_or(Shape::Any);
+    if spec.trigger.report_gone
+        && let Shape::Object(fields) = &mut trigger_shape
+    {
+        fields.insert("gone".into(), Shape::Bool);
+    }
+    let trigger_shape = Some(trigger_shape);
     let trigger_op = spec.trigger.operation.clone();
     let mut scope = Scope {
         trigger: trigger_shape,
@@ -339,7 +358,9 @@ pub fn compile_recipe(
         return Err(d);
     };
     diags.into_result()?;
+    let env_values = read_env.into_inner().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     Ok(Recipe {
+        env: env_values,
         id: id.to_owned(),
         name: spec.name,
         file: file.to_owned(),
@@ -351,6 +372,30 @@ pub fn compile_recipe(
         after: spec.after,
         lookups,
     })
+}
+
+/// The recipe's `settings`: names a shell can export, and every required one set. Reading
+/// each one also puts it in the compiled recipe's environment, so an optional setting no
+/// template names yet is still there for `env`.
+fn check_settings(spec: &RecipeSpec, env: &dyn Fn(&str) -> Option<String>, site: &Site, diags: &mut Diagnostics) {
+    for (name, setting) in &spec.settings {
+        let at = format!("settings.{name}");
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            site.push(diags, &at, format!("`{name}` is not an environment variable name (letters, digits and `_`)"));
+            continue;
+        }
+        let value = env(name).unwrap_or_default();
+        if setting.default.is_none() && value.trim().is_empty() {
+            let help = setting.help.as_deref().map(|h| format!(": {}", h.trim())).unwrap_or_default();
+            site.push(
+                diags,
+                &at,
+                format!("setting `{name}` is required and the environment variable `{name}` is not set{help}"),
+            );
+        }
+    }
 }
 
 /// The recipe's `lookups`: read operations with inputs over `connection` and `env`.
@@ -496,6 +541,25 @@ fn compile_trigger(
         },
     };
 
+    if spec.report_gone
+        && let Some(op) = &op
+    {
+        let list = op.output.as_ref().is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
+        if !list {
+            site.push(diags, "trigger.report_gone", format!("`{}` watches a single record, not a list", op.key));
+        } else if let Some(since) = &op.since {
+            site.push(
+                diags,
+                "trigger.report_gone",
+                format!(
+                    "`{}` reads only what changed since its cursor (`{since}`), so no poll can tell that an item \
+                     is missing; watch the API's own deletions feed instead",
+                    op.key
+                ),
+            );
+        }
+    }
+
     // Trigger inputs: templates over connection and env only.
     let scope = Scope::connection_and_env(env);
     let input = match (&op, &connection) {
@@ -526,6 +590,7 @@ fn compile_trigger(
         },
         dedupe: dedupe?,
         full_scan_every: full_scan_every?,
+        report_gone: spec.report_gone,
         fingerprint,
     })
 }
@@ -921,7 +986,13 @@ fn check_reference(r: &Reference, scope: &Scope) -> Option<String> {
             let Some(shape) = &scope.trigger else {
                 return Some(format!("`{}`: trigger inputs can use only `connection` and `env`", r.raw));
             };
-            field_problem(shape, rest, &r.raw, &format!("an item of {}", scope.trigger_op))
+            let problem = field_problem(shape, rest, &r.raw, &format!("an item of {}", scope.trigger_op));
+            match problem {
+                Some(p) if rest.len() == 1 && rest[0] == "gone" => {
+                    Some(format!("{p}; `trigger.gone` exists with `report_gone: true` on the trigger"))
+                }
+                other => other,
+            }
         }
         "steps" => {
             let Some(step) = rest.first() else { return Some("`steps` needs a step id: `steps.<id>.<field>`".into()) };

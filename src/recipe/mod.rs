@@ -38,6 +38,9 @@ pub struct Recipe {
     pub after: Vec<String>,
     /// Reference reads shared by a poll's runs (`lookups.<name>`).
     pub lookups: Vec<Lookup>,
+    /// What templates see as `env`: every variable the recipe names, read when it was
+    /// compiled, with its `settings:` defaults filled in.
+    pub env: Map<String, Value>,
 }
 
 /// A read whose records templates see as `lookups.<name>`, fetched at most once per poll.
@@ -61,6 +64,9 @@ pub struct Trigger {
     pub dedupe: Dedupe,
     /// How often a feed of changes listed newest first is read whole (see the spec).
     pub full_scan_every: Duration,
+    /// Items that leave the feed (deleted, or no longer passing the filter) run once more,
+    /// with `trigger.gone` set.
+    pub report_gone: bool,
     /// What identifies the trigger's position: editing anything else keeps it.
     pub fingerprint: String,
 }

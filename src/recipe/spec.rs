@@ -39,8 +39,25 @@ pub struct RecipeSpec {
     /// with their time zones.
     #[serde(default)]
     pub lookups: BTreeMap<String, LookupSpec>,
+    /// Settings the recipe takes from the environment, by variable name: templates read each
+    /// as `env.<NAME>`. One with a `default` is optional; one without is required, and
+    /// `ghlflow validate` names it (with its `help`) while it is unset.
+    #[serde(default)]
+    pub settings: indexmap::IndexMap<String, SettingSpec>,
     /// The actions to run for each item, in order.
     pub steps: Vec<StepSpec>,
+}
+
+/// One setting of a recipe, read from the environment variable of the same name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingSpec {
+    /// The value used while the variable is unset; without one, the setting is required.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// What the setting is and where to find its value, shown when it is missing.
+    #[serde(default)]
+    pub help: Option<String>,
 }
 
 /// A read operation whose records a recipe's templates may consult (`lookups.<name>`).
@@ -93,6 +110,13 @@ pub struct TriggerSpec {
     /// the first record seen unchanged, which is where every new record is.
     #[serde(default)]
     pub full_scan_every: Option<String>,
+    /// Also run once for an item that leaves the feed after it ran: one deleted at the source
+    /// (missing from a poll that read the whole list) or one that no longer passes the
+    /// recipe's filter. That run sees `trigger.gone` true, with `trigger.id` (and the rest of
+    /// the record when it still exists). Items of the first poll's baseline never ran, so
+    /// they never count. Needs a feed without a `since` filter (one read whole).
+    #[serde(default)]
+    pub report_gone: bool,
 }
 
 /// One action of the chain.
