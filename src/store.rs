@@ -20,6 +20,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("state store holds a record it cannot read ({key}): {reason}")]
     Corrupt { key: String, reason: String },
+    /// The trigger was reset (or moved) after the poll began: what the poll read belongs to
+    /// the old position, so none of it is recorded.
+    #[error("the trigger of `{recipe}` was reset while it was polled; the poll's outcome is dropped")]
+    TriggerMoved { recipe: String },
 }
 
 /// The tokens of one OAuth connection, as last received.
@@ -54,6 +58,10 @@ pub struct TriggerState {
     /// `trigger.full_scan_every`).
     #[serde(default)]
     pub last_full_scan: Option<u64>,
+    /// Counts the resets of this trigger (`trigger reset`). A poll records its outcome only
+    /// if the number is still the one it began with.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A run's state. `held` runs wait for `runs release` or `runs discard`.
@@ -381,8 +389,21 @@ impl Store {
             .collect()
     }
 
+    /// Resets a recipe's trigger to `state`: its seen marks and present items are forgotten
+    /// and the reset is counted, so a poll that began before it records nothing (see
+    /// `commit_poll`). Flushed before it returns.
+    pub fn reset_trigger(&self, recipe: &str, mut state: TriggerState) -> Result<(), StoreError> {
+        let before = self.trigger_state(recipe)?.map_or(0, |s| s.generation);
+        state.generation = before + 1;
+        self.forget_seen(recipe)?;
+        self.save_trigger_state(recipe, &state)?;
+        self.flush()
+    }
+
     /// Records a poll's outcome atomically: the runs it created, the items it marked seen
-    /// and the trigger's new position. A crash leaves either all of it or none.
+    /// and the trigger's new position. A crash leaves either all of it or none. If the
+    /// trigger was reset since the poll began (its generation moved), nothing is recorded and
+    /// `TriggerMoved` is returned.
     pub fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Result<(), StoreError> {
         use sled::Transactional;
         let runs: Vec<(Vec<u8>, Vec<u8>)> = commit
@@ -393,6 +414,12 @@ impl Store {
         let state = to_bytes(recipe, &commit.state)?;
         (&self.runs, &self.open, &self.seen, &self.triggers, &self.present)
             .transaction(|(runs_t, open_t, seen_t, triggers_t, present_t)| {
+                let stored = triggers_t.get(recipe.as_bytes())?;
+                let generation =
+                    stored.and_then(|b| serde_json::from_slice::<TriggerState>(&b).ok()).map_or(0, |s| s.generation);
+                if generation != commit.state.generation {
+                    return sled::transaction::abort(Moved);
+                }
                 for (key, value) in &runs {
                     runs_t.insert(key.as_slice(), value.as_slice())?;
                     open_t.insert(key.as_slice(), recipe.as_bytes())?;
@@ -409,11 +436,9 @@ impl Store {
                 triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+            .map_err(|e: sled::transaction::TransactionError<Moved>| match e {
                 sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Corrupt { key: recipe.into(), reason: "poll commit aborted".into() }
-                }
+                sled::transaction::TransactionError::Abort(Moved) => StoreError::TriggerMoved { recipe: recipe.into() },
             })?;
         Ok(())
     }
@@ -611,6 +636,10 @@ fn put_json<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(),
 fn to_bytes<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
+
+/// Why a poll's commit was abandoned: the trigger was reset under it.
+#[derive(Debug, Clone, Copy)]
+struct Moved;
 
 fn seen_key(recipe: &str, item: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(recipe.len() + item.len() + 1);

@@ -395,3 +395,37 @@ async fn a_contact_merged_away_in_ghl_is_remapped_to_a_contact_ghl_has() {
     assert_ne!(now, merged_away);
     assert!(contact(&ws, &now).is_some(), "the person maps to a contact GHL has");
 }
+
+/// `trigger reset` sent while the recipe's poll is reading the feed: the reset wins. The
+/// poll records nothing (no runs, no seen marks, no position), and the next poll starts
+/// from the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
+    let ws = workspace(60, 5).await;
+    let engine = std::sync::Arc::clone(&ws.engine);
+    let people = engine.recipe("capsule-people").unwrap();
+    assert!(ws.engine.poll(&people).await.unwrap().queued.len() > 10, "the backfill");
+    let runs_before = ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap().len();
+    ws.sandbox.capsule_edit_people(5);
+    // Every answer now takes a while: the reset lands while the feed is being read.
+    let mut faults = ws.sandbox.faults();
+    faults.latency = std::time::Duration::from_millis(600);
+    ws.sandbox.set_faults(faults.clone()).unwrap();
+    let poll = tokio::spawn({
+        let (engine, people) = (std::sync::Arc::clone(&engine), std::sync::Arc::clone(&people));
+        async move { engine.poll(&people).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    engine.reset_trigger(&people, None).unwrap();
+    let outcome = poll.await.unwrap().unwrap();
+    assert!(outcome.queued.is_empty(), "{outcome:?}");
+    assert_eq!(ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap().len(), runs_before);
+    let state = ws.engine.store.trigger_state("capsule-people").unwrap().unwrap();
+    assert!(!state.baselined && state.cursor.is_none(), "the reset was undone: {state:?}");
+
+    faults.latency = std::time::Duration::ZERO;
+    ws.sandbox.set_faults(faults).unwrap();
+    // capsule-people starts with a backfill: from the reset, the whole feed runs again.
+    let next = ws.engine.poll(&people).await.unwrap();
+    assert!(next.new >= 60 && next.new == next.fetched, "the next poll starts from the reset: {next:?}");
+}

@@ -316,18 +316,7 @@ fn trigger_reset(engine: &Engine, recipe: &str, to: Option<&str>) -> Reply {
             None => return Reply::invalid(format!("--to `{t}` is not a time; write e.g. 2026-11-01T00:00:00Z")),
         },
     };
-    let state = crate::store::TriggerState {
-        fingerprint: r.trigger.fingerprint.clone(),
-        baselined: cursor.is_some(),
-        cursor: cursor.clone(),
-        ..Default::default()
-    };
-    let result = engine
-        .store
-        .forget_seen(recipe)
-        .and_then(|_| engine.store.save_trigger_state(recipe, &state))
-        .and_then(|_| engine.store.flush());
-    match (result, cursor) {
+    match (engine.reset_trigger(&r, cursor.clone()), cursor) {
         (Err(e), _) => Reply::failed(e.to_string()),
         (Ok(()), None) => Reply::ok(format!("trigger of `{recipe}` reset: the next poll records a new baseline\n")),
         (Ok(()), Some(c)) => {

@@ -117,6 +117,19 @@ impl Engine {
         self.recipes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
+    /// `trigger reset`: the recipe's trigger forgets what it has seen and starts again, with
+    /// a new baseline, or (with `cursor`, an ISO 8601 instant) from that time on. A poll of
+    /// the recipe in flight meanwhile records nothing: the reset wins.
+    pub fn reset_trigger(&self, recipe: &Recipe, cursor: Option<String>) -> Result<(), EngineError> {
+        let state = crate::store::TriggerState {
+            fingerprint: recipe.trigger.fingerprint.clone(),
+            baselined: cursor.is_some(),
+            cursor,
+            ..Default::default()
+        };
+        Ok(self.store.reset_trigger(&recipe.id, state)?)
+    }
+
     /// The dry-run plan so far.
     pub fn take_plan(&self) -> Vec<String> {
         std::mem::take(&mut *self.plan.lock().unwrap_or_else(|p| p.into_inner()))

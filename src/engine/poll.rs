@@ -61,14 +61,18 @@ impl Engine {
 
         let mut state = match self.store.trigger_state(&recipe.id)? {
             Some(s) if s.fingerprint == trigger.fingerprint => s,
-            Some(_) => {
+            Some(old) => {
                 // The trigger was edited into another one: a new position, a new baseline,
                 // and nothing of what the old feed had seen. A dry run writes nothing: it
                 // plans the new baseline and leaves the marks to the real run.
                 if !self.options.dry_run {
                     self.store.forget_seen(&recipe.id)?;
                 }
-                TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() }
+                TriggerState {
+                    fingerprint: trigger.fingerprint.clone(),
+                    generation: old.generation,
+                    ..TriggerState::default()
+                }
             }
             None => TriggerState { fingerprint: trigger.fingerprint.clone(), ..TriggerState::default() },
         };
@@ -267,7 +271,16 @@ impl Engine {
                 commit.runs.push(run);
             }
         }
-        self.store.commit_poll(&recipe.id, &commit)?;
+        match self.store.commit_poll(&recipe.id, &commit) {
+            Ok(()) => {}
+            // `trigger reset` arrived while the feed was read: the reset wins, and the next
+            // poll starts from where it put the trigger.
+            Err(crate::store::StoreError::TriggerMoved { .. }) => {
+                tracing::warn!("the trigger was reset during this poll; what it read is dropped");
+                return Ok(PollOutcome { recipe: recipe.id.clone(), fetched: outcome.fetched, ..Default::default() });
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.store.flush_async().await?;
         tracing::debug!(
             fetched = outcome.fetched,
