@@ -410,7 +410,7 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
     // Every answer now takes a while: the reset lands while the feed is being read.
     let mut faults = ws.sandbox.faults();
     faults.latency = std::time::Duration::from_millis(600);
-    ws.sandbox.set_faults(faults.clone()).unwrap();
+    ws.sandbox.set_faults(faults).unwrap();
     let poll = tokio::spawn({
         let (engine, people) = (std::sync::Arc::clone(&engine), std::sync::Arc::clone(&people));
         async move { engine.poll(&people).await }
