@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+/// sled's page cache. Its default (1 GiB) lets a long history fill the process's memory;
+/// runs are read back by id and rarely twice, so a small cache costs little.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the state store at {path}: {reason}")]
@@ -215,9 +219,14 @@ impl RunRecord {
 /// What a poll decided, written in one transaction: new runs, seen marks, the trigger state.
 #[derive(Debug, Default)]
 pub struct PollCommit {
+    /// The trigger's generation when the poll began: a reset since then drops the commit.
+    pub generation: u64,
     pub runs: Vec<RunRecord>,
     pub seen: Vec<(String, String)>,
-    pub state: TriggerState,
+    /// The trigger's new position, with the poll's last chunk.
+    pub state: Option<TriggerState>,
+    /// Spill slots whose records these runs now hold.
+    pub spilled: Vec<u64>,
     /// Items that ran and now count as present (`trigger.report_gone`).
     pub joined: Vec<String>,
     /// Items reported gone: no longer present.
@@ -235,6 +244,8 @@ pub struct Store {
     ids: sled::Tree,
     /// Per recipe with `report_gone`: the items that ran and have not gone since.
     present: sled::Tree,
+    /// A poll's new records, between the page that brought them and their runs.
+    spill: sled::Tree,
     sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
     flushes: std::sync::Arc<FlushGate>,
 }
@@ -269,7 +280,7 @@ impl Store {
         if !dir.join(MARKER).exists() {
             std::fs::write(dir.join(MARKER), MARKER_TEXT).map_err(|e| fail(e.to_string()))?;
         }
-        let db = sled::Config::new().path(dir).open().map_err(|e| {
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("WouldBlock") || text.contains("lock") {
                 fail("another ghlflow process is using it (is `ghlflow run` running?)".into())
@@ -283,7 +294,7 @@ impl Store {
 
     /// A store in a fresh temporary directory that disappears with the process (tests, demo).
     pub fn temporary() -> Result<Store, StoreError> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
+        Self::from_db(sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open()?)
     }
 
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
@@ -295,6 +306,7 @@ impl Store {
             open: db.open_tree("open_runs")?,
             ids: db.open_tree("id_map")?,
             present: db.open_tree("present")?,
+            spill: db.open_tree("poll_spill")?,
             sequence: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
             flushes: std::sync::Arc::default(),
             db,
@@ -411,14 +423,17 @@ impl Store {
             .iter()
             .map(|r| Ok((r.id.as_bytes().to_vec(), to_bytes(&r.id, r)?)))
             .collect::<Result<_, StoreError>>()?;
-        let state = to_bytes(recipe, &commit.state)?;
-        (&self.runs, &self.open, &self.seen, &self.triggers, &self.present)
-            .transaction(|(runs_t, open_t, seen_t, triggers_t, present_t)| {
+        let state = commit.state.as_ref().map(|s| to_bytes(recipe, s)).transpose()?;
+        (&self.runs, &self.open, &self.seen, &self.triggers, &self.present, &self.spill)
+            .transaction(|(runs_t, open_t, seen_t, triggers_t, present_t, spill_t)| {
                 let stored = triggers_t.get(recipe.as_bytes())?;
                 let generation =
                     stored.and_then(|b| serde_json::from_slice::<TriggerState>(&b).ok()).map_or(0, |s| s.generation);
-                if generation != commit.state.generation {
+                if generation != commit.generation {
                     return sled::transaction::abort(Moved);
+                }
+                for slot in &commit.spilled {
+                    spill_t.remove(spill_key(recipe, *slot))?;
                 }
                 for (key, value) in &runs {
                     runs_t.insert(key.as_slice(), value.as_slice())?;
@@ -433,13 +448,40 @@ impl Store {
                 for item in &commit.left {
                     present_t.remove(seen_key(recipe, item))?;
                 }
-                triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
+                if let Some(state) = &state {
+                    triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
+                }
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<Moved>| match e {
                 sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
                 sled::transaction::TransactionError::Abort(Moved) => StoreError::TriggerMoved { recipe: recipe.into() },
             })?;
+        Ok(())
+    }
+
+    // --- the poll spill ---------------------------------------------------------------
+
+    /// Keeps a new record of `recipe`'s poll until its run is recorded.
+    pub fn spill_put(&self, recipe: &str, slot: u64, record: &serde_json::Value) -> Result<(), StoreError> {
+        self.spill.insert(spill_key(recipe, slot), to_bytes(recipe, record)?)?;
+        Ok(())
+    }
+
+    pub fn spill_get(&self, recipe: &str, slot: u64) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.spill.get(spill_key(recipe, slot))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: format!("spill of {recipe}"), reason: e.to_string() }),
+        }
+    }
+
+    /// Forgets what a poll of `recipe` spilled (a poll that crashed or was dropped).
+    pub fn spill_clear(&self, recipe: &str) -> Result<(), StoreError> {
+        for key in self.spill.scan_prefix(seen_key(recipe, "")).keys() {
+            self.spill.remove(key?)?;
+        }
         Ok(())
     }
 
@@ -640,6 +682,12 @@ fn to_bytes<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
 /// Why a poll's commit was abandoned: the trigger was reset under it.
 #[derive(Debug, Clone, Copy)]
 struct Moved;
+
+fn spill_key(recipe: &str, slot: u64) -> Vec<u8> {
+    let mut k = seen_key(recipe, "");
+    k.extend_from_slice(&slot.to_be_bytes());
+    k
+}
 
 fn seen_key(recipe: &str, item: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(recipe.len() + item.len() + 1);

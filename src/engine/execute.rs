@@ -618,7 +618,8 @@ impl Engine {
             }
         };
         let base = json!({"trigger": item, "connection": Value::Null, "env": env_view(recipe), "lookups": lookups});
-        if let Some(filter) = &recipe.filter {
+        let reports_gone = recipe.trigger.report_gone && item.get("gone") == Some(&Value::Bool(true));
+        if !reports_gone && let Some(filter) = &recipe.filter {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
             match filter.render_string(&ctx) {
                 Ok(t) if !truthy(&t) => {

@@ -254,25 +254,23 @@ impl Engine {
     /// Executes a poll's runs, oldest first, with at most the recipe's `concurrency` in flight.
     pub async fn execute_runs(&self, recipe: &Recipe, ids: &[String]) -> Vec<Result<RunOutcome, EngineError>> {
         use futures_util::StreamExt as _;
-        // Owned ids and a boxed future: a closure over borrowed items here trips the
-        // compiler's higher-ranked lifetime check once the caller is spawned.
+        // Each run's future is made when the stream pulls it, so a backfill of 200,000 items
+        // holds `concurrency` futures, not 200,000. Owned ids and a boxed future: a closure
+        // over borrowed items here trips the compiler's higher-ranked lifetime check once
+        // the caller is spawned.
         if let Some(p) = self.progress.get() {
             p.queued(ids.len());
         }
-        let runs: Vec<RunFuture<'_>> = ids
-            .iter()
-            .cloned()
-            .map(|id| {
-                Box::pin(async move {
-                    let outcome = self.execute_run(&id).await;
-                    if let Some(p) = self.progress.get() {
-                        p.finished(1);
-                    }
-                    outcome
-                }) as _
+        let start = |id: String| -> RunFuture<'_> {
+            Box::pin(async move {
+                let outcome = self.execute_run(&id).await;
+                if let Some(p) = self.progress.get() {
+                    p.finished(1);
+                }
+                outcome
             })
-            .collect();
-        futures_util::stream::iter(runs).buffered(recipe.concurrency.get()).collect().await
+        };
+        futures_util::stream::iter(ids.iter().cloned()).map(start).buffered(recipe.concurrency.get()).collect().await
     }
 }
 

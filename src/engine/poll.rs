@@ -23,6 +23,68 @@ use crate::template::{context, parse_date};
 /// How far the `since` filter reaches back before the cursor.
 const SINCE_OVERLAP: chrono::Duration = chrono::Duration::minutes(2);
 
+/// New items recorded per transaction.
+const COMMIT_CHUNK: usize = 500;
+
+/// One new item of a poll, while the poll goes on: its record waits in the spill.
+struct NewItem {
+    id: String,
+    /// The seen mark to record (empty for an item reported gone after its deletion).
+    mark: String,
+    /// Its updated time, to run oldest first.
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    slot: u64,
+    filtered: bool,
+    gone: bool,
+}
+
+/// Where a poll keeps the records of its new items until it records their runs: the
+/// store's spill (a dry run, which writes nothing, keeps them in memory).
+struct Spill<'a> {
+    engine: &'a Engine,
+    recipe: &'a str,
+    in_memory: Option<std::collections::HashMap<u64, Value>>,
+    next: u64,
+}
+
+impl<'a> Spill<'a> {
+    /// A spill for one poll; what a crashed poll left in it is cleared first.
+    fn new(engine: &'a Engine, recipe: &'a str) -> Result<Self, EngineError> {
+        let in_memory = engine.options.dry_run.then(Default::default);
+        if in_memory.is_none() {
+            engine.store.spill_clear(recipe)?;
+        }
+        Ok(Spill { engine, recipe, in_memory, next: 0 })
+    }
+
+    fn put(&mut self, record: &Value) -> Result<u64, EngineError> {
+        let slot = self.next;
+        self.next += 1;
+        match &mut self.in_memory {
+            Some(map) => {
+                map.insert(slot, record.clone());
+            }
+            None => self.engine.store.spill_put(self.recipe, slot, record)?,
+        }
+        Ok(slot)
+    }
+
+    /// The record in `slot` (the store's copy is removed when its chunk is recorded).
+    fn take(&mut self, slot: u64) -> Result<Value, EngineError> {
+        Ok(match &mut self.in_memory {
+            Some(map) => map.remove(&slot).unwrap_or(Value::Null),
+            None => self.engine.store.spill_get(self.recipe, slot)?.unwrap_or(Value::Null),
+        })
+    }
+
+    fn clear(&mut self) -> Result<(), EngineError> {
+        if self.in_memory.is_none() {
+            self.engine.store.spill_clear(self.recipe)?;
+        }
+        Ok(())
+    }
+}
+
 /// What one poll found and did.
 #[derive(Debug, Clone, Default)]
 pub struct PollOutcome {
@@ -81,9 +143,10 @@ impl Engine {
         let resumed = state.resume.take();
         let start_inputs = resumed.clone().unwrap_or(inputs);
 
-        // Read pages.
+        // Read pages. Each page's records are sorted out as it arrives: unchanged ones are
+        // dropped, new ones spilled to the store (kept in memory only by a dry run) with a
+        // small entry here, so a backfill of any size is read in a bounded memory.
         let mut pager = Pager::new(&self.client, Arc::clone(&trigger.connection), Arc::clone(op), start_inputs, None);
-        let mut records: Vec<Value> = Vec::new();
         // A feed of new items (dedupe by id) ends at the first item already seen only when
         // the catalog says how to list it newest first and no filter lets an old record join
         // it (`output.newest_first`, decided by the pager). Any other feed without a `since`
@@ -99,15 +162,77 @@ impl Engine {
         let stop_at_seen = op.since.is_none()
             && pager.newest_first()
             && (trigger.dedupe == Dedupe::Id || (changes_newest_first && !full_scan_due));
+        let first_poll = !state.baselined;
+        let baseline = first_poll && trigger.start == Start::Now;
+        // What every item's filter sees besides the item, built once per poll; the lookups
+        // are read only when the filter names them. Items the filter drops are recorded as
+        // filtered and do not count toward the hold: a batch of contacts the recipe ignores
+        // anyway is no flood to stop.
+        let filter = match (&recipe.filter, baseline) {
+            (Some(filter), false) => {
+                let uses_lookups =
+                    filter.references().iter().any(|r| r.segments.first().is_some_and(|s| s == "lookups"));
+                let lookups = if uses_lookups { self.lookup_values(recipe).await } else { Value::Null };
+                let ctx = serde_json::json!({
+                    "trigger": Value::Null,
+                    "connection": connection_view(&recipe.trigger.connection),
+                    "env": env_view(recipe),
+                    "lookups": lookups,
+                    "steps": {},
+                });
+                Some((filter, ctx))
+            }
+            _ => None,
+        };
+        // Items that ran and have not gone since (`report_gone`).
+        let present = if trigger.report_gone && !baseline { Some(self.store.present_items(&recipe.id)?) } else { None };
+        let mut spill = Spill::new(self, &recipe.id)?;
+        let updated = op.output.as_ref().and_then(|o| o.updated.clone());
+        let mut new_items: Vec<NewItem> = Vec::new();
+        let mut read_ids = std::collections::HashSet::new();
+        let mut fetched = 0;
+        let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
-            for r in page.records {
-                if stop_at_seen && state.baselined && self.is_seen(recipe, &r)? {
-                    reached_seen = true;
+            for mut record in page.records {
+                fetched += 1;
+                let at = updated.as_ref().and_then(|f| f.get(&record)).and_then(parse_date);
+                newest = newest.max(at);
+                let (id, mark) = self.identity(recipe, &record);
+                if !read_ids.insert(id.clone()) {
+                    continue; // the same record twice in one read (it moved between pages)
                 }
-                records.push(r);
+                if self.store.seen_mark(&recipe.id, &id)?.as_deref() == Some(mark.as_str()) {
+                    reached_seen |= stop_at_seen && state.baselined;
+                    continue;
+                }
+                let mut filtered = match &filter {
+                    // An error lets the item through: its run then fails with the message.
+                    Some((filter, ctx)) => {
+                        let mut ctx = ctx.clone();
+                        ctx["trigger"] = record;
+                        let passes = filter
+                            .render_string(&context(ctx.clone()))
+                            .map(|t| crate::template::truthy(&t))
+                            .unwrap_or(true);
+                        record = std::mem::take(&mut ctx["trigger"]);
+                        !passes
+                    }
+                    None => false,
+                };
+                // An item that ran and no longer passes the filter has left: it runs once
+                // more, marked gone.
+                let gone = filtered && present.as_ref().is_some_and(|p| p.contains(&id));
+                if gone {
+                    filtered = false;
+                    if let Some(fields) = record.as_object_mut() {
+                        fields.insert("gone".into(), Value::Bool(true));
+                    }
+                }
+                let slot = spill.put(&record)?;
+                new_items.push(NewItem { id, mark, at, slot, filtered, gone });
             }
             if reached_seen {
                 stopped_early = true;
@@ -120,102 +245,48 @@ impl Engine {
         let stopped_at_bound = pager.stopped_at_bound();
         state.resume = if stopped_at_bound { pager.next_inputs() } else { None };
 
-        // Keep what is new, oldest first.
-        let mut new_items: Vec<(String, String, Value)> = Vec::new(); // (item id, seen mark, record)
-        let mut seen_in_this_poll = std::collections::HashSet::new();
-        for r in &records {
-            let (id, mark) = self.identity(recipe, r);
-            if !seen_in_this_poll.insert(id.clone()) {
-                continue;
-            }
-            if self.store.seen_mark(&recipe.id, &id)?.as_deref() != Some(mark.as_str()) {
-                new_items.push((id, mark, r.clone()));
-            }
-        }
-        let updated = op.output.as_ref().and_then(|o| o.updated.clone());
-        if let Some(field) = &updated {
-            new_items.sort_by_key(|(_, _, r)| field.get(r).and_then(parse_date));
-        }
+        // New items run oldest first.
+        new_items.sort_by_key(|i| i.at);
         // The cursor moves to the newest record timestamp read (never the local clock).
-        if let Some(field) = &updated {
-            let newest = records
-                .iter()
-                .filter_map(|r| field.get(r))
-                .filter_map(|v| parse_date(v).map(|d| (d, v)))
-                .max_by_key(|(d, _)| *d);
-            if let Some((d, _)) = newest
-                && state.cursor.as_deref().and_then(|c| parse_date(&Value::String(c.to_owned()))).is_none_or(|c| d > c)
-            {
-                state.cursor = Some(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        if let Some(d) = newest
+            && state.cursor.as_deref().and_then(|c| parse_date(&Value::String(c.to_owned()))).is_none_or(|c| d > c)
+        {
+            state.cursor = Some(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+        // Items missing from a whole read (one that began on page 1 and reached the end)
+        // were deleted at the source: each that ran runs once more, marked gone.
+        if let Some(present) = &present
+            && resumed.is_none()
+            && !stopped_early
+            && !stopped_at_bound
+        {
+            let mut missing: Vec<&String> = present.iter().filter(|id| !read_ids.contains(*id)).collect();
+            missing.sort();
+            for id in missing {
+                let slot = spill.put(&serde_json::json!({"id": id, "gone": true}))?;
+                // No seen mark: the record is gone, there is nothing to compare later.
+                new_items.push(NewItem {
+                    id: id.clone(),
+                    mark: String::new(),
+                    at: None,
+                    slot,
+                    filtered: false,
+                    gone: true,
+                });
             }
         }
+        drop(read_ids);
 
+        let filtered = new_items.iter().filter(|i| i.filtered).count();
         let mut outcome = PollOutcome {
             recipe: recipe.id.clone(),
-            fetched: records.len(),
-            new: new_items.len(),
+            fetched,
+            new: new_items.iter().filter(|i| !i.mark.is_empty()).count(),
+            gone: new_items.iter().filter(|i| i.gone).count(),
             stopped_at_bound,
             ..Default::default()
         };
-        let first_poll = !state.baselined;
-        let baseline = first_poll && trigger.start == Start::Now;
-        // Items the filter drops are recorded as filtered here and do not count toward the
-        // hold: a batch of contacts the recipe ignores anyway is no flood to stop.
-        let mut filtered_out = std::collections::HashSet::new();
-        if !baseline && let Some(filter) = &recipe.filter {
-            // What every item's filter sees besides the item, built once per poll; the
-            // lookups are read only when the filter names them.
-            let uses_lookups = filter.references().iter().any(|r| r.segments.first().is_some_and(|s| s == "lookups"));
-            let lookups = if uses_lookups { self.lookup_values(recipe).await } else { Value::Null };
-            let mut ctx = serde_json::json!({
-                "trigger": Value::Null,
-                "connection": connection_view(&recipe.trigger.connection),
-                "env": env_view(recipe),
-                "lookups": lookups,
-                "steps": {},
-            });
-            for (id, _, item) in &new_items {
-                ctx["trigger"] = item.clone();
-                // An error lets the item through: its run then fails with the message.
-                let passes =
-                    filter.render_string(&context(ctx.clone())).map(|t| crate::template::truthy(&t)).unwrap_or(true);
-                if !passes {
-                    filtered_out.insert(id.clone());
-                }
-            }
-        }
-        // Items that leave the feed run once more, marked gone: one that no longer passes
-        // the filter (it is in this poll's changes), and one missing from a whole read
-        // (deleted at the source). Only a read that began on page 1 and reached the end
-        // tells what is missing.
-        let (mut joined, mut left) = (Vec::new(), Vec::new());
-        if trigger.report_gone && !baseline {
-            let present = self.store.present_items(&recipe.id)?;
-            for (id, _, item) in &mut new_items {
-                if !filtered_out.contains(id) {
-                    if !present.contains(id) {
-                        joined.push(id.clone());
-                    }
-                } else if present.contains(id) {
-                    filtered_out.remove(id);
-                    if let Some(fields) = item.as_object_mut() {
-                        fields.insert("gone".into(), Value::Bool(true));
-                    }
-                    left.push(id.clone());
-                }
-            }
-            if resumed.is_none() && !stopped_early && !stopped_at_bound {
-                let mut missing: Vec<&String> = present.iter().filter(|id| !seen_in_this_poll.contains(*id)).collect();
-                missing.sort();
-                for id in missing {
-                    // No seen mark: the record is gone, there is nothing to compare later.
-                    new_items.push((id.clone(), String::new(), serde_json::json!({"id": id, "gone": true})));
-                    left.push(id.clone());
-                }
-            }
-            outcome.gone = left.len();
-        }
-        let passing = new_items.len() - filtered_out.len();
+        let passing = new_items.len() - filtered;
         let status = if baseline {
             outcome.baseline = true;
             None
@@ -243,8 +314,8 @@ impl Engine {
                     new_items.len()
                 )),
                 Some(_) => {
-                    for (id, _, item) in &new_items {
-                        self.plan_item(recipe, id, item).await;
+                    for item in &new_items {
+                        self.plan_item(recipe, &item.id, &spill.take(item.slot)?).await;
                     }
                     if new_items.is_empty() {
                         self.plan_line(format!("{}: no new items", recipe.id));
@@ -254,15 +325,30 @@ impl Engine {
             return Ok(outcome);
         }
 
-        let mut commit = PollCommit { state, joined, left, ..Default::default() };
-        for (id, mark, item) in new_items {
-            if !mark.is_empty() {
-                commit.seen.push((id.clone(), mark));
-            }
-            if let Some(status) = status {
-                let mut run = new_run(self, recipe, status, id, item);
-                if run.item_id.as_ref().is_some_and(|i| filtered_out.contains(i)) {
+        // Recorded in chunks, oldest first: each chunk's runs, seen marks and present items
+        // at once, then the trigger's position last. A crash between chunks leaves the
+        // position where it was: the next poll reads the feed again, and the chunks already
+        // recorded are seen, so nothing runs twice and nothing is lost.
+        let generation = state.generation;
+        let mut items = new_items.into_iter().peekable();
+        loop {
+            let mut commit = PollCommit { generation, ..Default::default() };
+            for item in items.by_ref().take(COMMIT_CHUNK) {
+                if !item.mark.is_empty() {
+                    commit.seen.push((item.id.clone(), item.mark.clone()));
+                }
+                let record = spill.take(item.slot)?;
+                commit.spilled.push(item.slot);
+                let Some(status) = status else { continue };
+                if item.gone {
+                    commit.left.push(item.id.clone());
+                } else if present.as_ref().is_some_and(|p| !item.filtered && !p.contains(&item.id)) {
+                    commit.joined.push(item.id.clone());
+                }
+                let mut run = new_run(self, recipe, status, item.id, record);
+                if item.filtered {
                     run.status = RunStatus::Filtered;
+                    run.steps.clear();
                     run.finished = Some(now_iso());
                     outcome.filtered += 1;
                 } else if status == RunStatus::Queued {
@@ -270,16 +356,28 @@ impl Engine {
                 }
                 commit.runs.push(run);
             }
-        }
-        match self.store.commit_poll(&recipe.id, &commit) {
-            Ok(()) => {}
-            // `trigger reset` arrived while the feed was read: the reset wins, and the next
-            // poll starts from where it put the trigger.
-            Err(crate::store::StoreError::TriggerMoved { .. }) => {
-                tracing::warn!("the trigger was reset during this poll; what it read is dropped");
-                return Ok(PollOutcome { recipe: recipe.id.clone(), fetched: outcome.fetched, ..Default::default() });
+            let last = items.peek().is_none();
+            if last {
+                commit.state = Some(state.clone());
             }
-            Err(e) => return Err(e.into()),
+            match self.store.commit_poll(&recipe.id, &commit) {
+                Ok(()) => {}
+                // `trigger reset` arrived while the feed was read: the reset wins, and the
+                // next poll starts from where it put the trigger.
+                Err(crate::store::StoreError::TriggerMoved { .. }) => {
+                    tracing::warn!("the trigger was reset during this poll; what it read is dropped");
+                    spill.clear()?;
+                    return Ok(PollOutcome {
+                        recipe: recipe.id.clone(),
+                        fetched: outcome.fetched,
+                        ..Default::default()
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if last {
+                break;
+            }
         }
         self.store.flush_async().await?;
         tracing::debug!(
@@ -350,11 +448,6 @@ impl Engine {
                 (key, content_hash(record))
             }
         }
-    }
-
-    fn is_seen(&self, recipe: &Recipe, record: &Value) -> Result<bool, EngineError> {
-        let (id, mark) = self.identity(recipe, record);
-        Ok(self.store.seen_mark(&recipe.id, &id)?.as_deref() == Some(mark.as_str()))
     }
 }
 
