@@ -75,6 +75,10 @@ done
 
 # The peak RSS (KiB) of a running process: the sandbox's own figure, printed apart.
 rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The CPU seconds (user + sys) a running process has used so far.
+cpu_s() {
+    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.1f", ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 
 # Starts a sandbox with N people in the background; sets sandbox_pid and writes its
 # ghlflow.yaml to $1/ghlflow.yaml.
@@ -166,7 +170,8 @@ for items in "${items_list[@]}"; do
             >"$dir/run.out" 2>"$dir/run.err"
         status=$?
         set -e
-        printf 'sandbox: after the run, RSS peak %s MB\n' "$(( $(rss_kib "$sandbox_pid") / 1024 ))" >&2
+        printf 'sandbox: after the run, RSS peak %s MB, CPU %s s in all\n' \
+            "$(( $(rss_kib "$sandbox_pid") / 1024 ))" "$(cpu_s "$sandbox_pid")" >&2
         stop_sandbox
         if [ "$status" -ne 0 ]; then
             echo "backfill.sh: ghlflow run --once exited with $status (items $items, concurrency $concurrency):" >&2
