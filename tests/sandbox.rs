@@ -232,6 +232,47 @@ async fn upsert_finds_the_contact_by_email_then_by_phone() {
 }
 
 #[tokio::test]
+async fn matching_follows_edits_and_deletions_of_emails_and_phones() {
+    let sandbox = sandbox(10).await;
+    let catalog = embedded();
+    let config = config(&catalog, &sandbox);
+    let http = client();
+    let ghl = config.connection("ghl").unwrap();
+    let upsert = catalog.get("ghl.contacts.upsert_contact").unwrap();
+    let update = catalog.get("ghl.contacts.update_contact").unwrap();
+    let delete = catalog.get("ghl.contacts.delete_contact").unwrap();
+    let id_of = |body: &Value| body["contact"]["id"].as_str().unwrap().to_owned();
+
+    let first =
+        http.execute(ghl, upsert, &inputs(json!({"email": "old@example.org", "phone": "+13125550101"}))).await.unwrap();
+    let id = id_of(&first.body);
+    http.execute(ghl, update, &inputs(json!({"contactId": id, "email": "New@Example.org", "phone": "+13125550102"})))
+        .await
+        .unwrap();
+
+    // The old email and phone belong to nobody any more; the new ones find the contact.
+    let by_new = http.execute(ghl, upsert, &inputs(json!({"email": "new@example.org"}))).await.unwrap();
+    assert_eq!((by_new.body["new"].clone(), id_of(&by_new.body)), (json!(false), id.clone()));
+    let by_new_phone = http.execute(ghl, upsert, &inputs(json!({"phone": "+13125550102"}))).await.unwrap();
+    assert_eq!(id_of(&by_new_phone.body), id);
+    let by_old = http.execute(ghl, upsert, &inputs(json!({"email": "old@example.org"}))).await.unwrap();
+    assert_eq!(by_old.body["new"], true, "the old email no longer matches");
+    let other = id_of(&by_old.body);
+    assert_ne!(other, id);
+    let by_old_phone = http
+        .execute(ghl, upsert, &inputs(json!({"phone": "+13125550101", "email": "third@example.org"})))
+        .await
+        .unwrap();
+    assert_eq!(by_old_phone.body["new"], true, "the old phone no longer matches");
+
+    // A deleted contact's email is free again.
+    http.execute(ghl, delete, &inputs(json!({"contactId": id}))).await.unwrap();
+    let after_delete = http.execute(ghl, upsert, &inputs(json!({"email": "new@example.org"}))).await.unwrap();
+    assert_eq!(after_delete.body["new"], true);
+    assert_ne!(id_of(&after_delete.body), id);
+}
+
+#[tokio::test]
 async fn an_unknown_body_property_is_refused_with_422() {
     let sandbox = sandbox(5).await;
     let catalog = embedded();

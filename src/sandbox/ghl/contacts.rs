@@ -254,15 +254,22 @@ fn contact_fields(req: &ApiRequest) -> Result<Map<String, Value>, Reply> {
 
 /// The contact that already has this email (first) or phone, and which field matched.
 fn find_duplicate(state: &State, email: Option<&str>, phone: Option<&str>) -> Option<(String, &'static str)> {
-    let contacts = || state.ghl.contacts.values();
+    // The index names the contacts that may match; each is checked as it is now, and the
+    // first in id order wins, as a scan of `contacts` would find it.
+    let index = &state.ghl.match_index;
+    let contact = |id: &String| state.ghl.contacts.get(id);
     if let Some(email) = email.map(str::trim).filter(|e| !e.is_empty()) {
         let email = email.to_lowercase();
-        if let Some(c) = contacts().find(|c| c.text("email").is_some_and(|e| e.to_lowercase() == email)) {
+        if let Some(c) = index
+            .by_email(&email)
+            .filter_map(contact)
+            .find(|c| c.text("email").is_some_and(|e| e.to_lowercase() == email))
+        {
             return Some((c.id.clone(), "email"));
         }
     }
     if let Some(phone) = phone.filter(|p| !p.is_empty())
-        && let Some(c) = contacts().find(|c| c.text("phone") == Some(phone))
+        && let Some(c) = index.by_phone(phone).filter_map(contact).find(|c| c.text("phone") == Some(phone))
     {
         return Some((c.id.clone(), "phone"));
     }
@@ -319,6 +326,7 @@ fn create(state: &mut State, req: &ApiRequest) -> Reply {
     let now = state.clock.now_ms();
     let contact = Contact { id: state.ids.ghl_id(), added: now, updated: now, fields };
     let body = json!({"contact": contact.json(&state.ghl.location_id)});
+    state.ghl.match_index.note(&contact);
     state.ghl.contacts.insert(contact.id.clone(), contact);
     Reply::created(body)
 }
@@ -351,11 +359,13 @@ fn upsert(state: &mut State, req: &ApiRequest) -> Reply {
         Some(contact) => {
             merge(contact, fields);
             contact.updated = now;
+            state.ghl.match_index.note(contact);
             Reply::ok(json!({"new": false, "contact": contact.json(&location), "traceId": trace}))
         }
         None => {
             let contact = Contact { id: state.ids.ghl_id(), added: now, updated: now, fields };
             let body = json!({"new": true, "contact": contact.json(&location), "traceId": trace});
+            state.ghl.match_index.note(&contact);
             state.ghl.contacts.insert(contact.id.clone(), contact);
             Reply::created(body)
         }
@@ -379,6 +389,7 @@ fn update(state: &mut State, id: &str, req: &ApiRequest) -> Reply {
     let Some(contact) = state.ghl.contacts.get_mut(id) else { return Reply::ghl_error(400, "Contact not found") };
     merge(contact, fields);
     contact.updated = now;
+    state.ghl.match_index.note(contact);
     Reply::ok(json!({"succeded": true, "contact": contact.json(&location)}))
 }
 

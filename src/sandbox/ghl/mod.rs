@@ -8,7 +8,7 @@ mod contacts;
 mod conversations;
 pub(super) mod opportunities;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -225,6 +225,52 @@ pub struct GhlData {
     pub events: Vec<Event>,
     /// Contacts deleted or merged away: their ids answer 404 from then on.
     pub gone: BTreeMap<String, Gone>,
+    /// Which contacts may have an email or phone, for duplicate matching.
+    pub match_index: MatchIndex,
+}
+
+/// The contacts that may hold each email (lowercased) and phone, so that matching an upsert
+/// or create against the location does not read every contact: a 200,000-contact backfill
+/// would otherwise cost the sandbox time quadratic in its size. It is a superset: every place
+/// that gives a contact an email or phone notes it here, and nothing is ever taken out, so a
+/// lookup checks each candidate against the contact as it is now (stale entries of an edited
+/// or deleted contact drop out there). The ids are ordered, so the first candidate that
+/// matches is the one a scan of `contacts` in id order would find.
+#[derive(Debug, Clone, Default)]
+pub struct MatchIndex {
+    email: HashMap<String, BTreeSet<String>>,
+    phone: HashMap<String, BTreeSet<String>>,
+}
+
+impl MatchIndex {
+    /// Indexes every contact of `contacts`.
+    pub fn of<'a>(contacts: impl IntoIterator<Item = &'a Contact>) -> Self {
+        let mut index = MatchIndex::default();
+        for c in contacts {
+            index.note(c);
+        }
+        index
+    }
+
+    /// Records the contact's current email and phone (call after any change to them).
+    pub fn note(&mut self, contact: &Contact) {
+        if let Some(email) = contact.text("email") {
+            self.email.entry(email.to_lowercase()).or_default().insert(contact.id.clone());
+        }
+        if let Some(phone) = contact.text("phone") {
+            self.phone.entry(phone.to_owned()).or_default().insert(contact.id.clone());
+        }
+    }
+
+    /// Contact ids that may have this email (already lowercased), in id order.
+    pub fn by_email(&self, email: &str) -> impl Iterator<Item = &String> {
+        self.email.get(email).into_iter().flatten()
+    }
+
+    /// Contact ids that may have this phone, in id order.
+    pub fn by_phone(&self, phone: &str) -> impl Iterator<Item = &String> {
+        self.phone.get(phone).into_iter().flatten()
+    }
 }
 
 /// Answers one GHL request for `op`.
@@ -347,6 +393,7 @@ pub fn add_leads(state: &mut State, n: usize) -> Vec<String> {
             fields.insert("tags".into(), json!(["new lead"]));
             let contact = Contact { id: state.ids.ghl_id(), added: now, updated: now, fields };
             let id = contact.id.clone();
+            state.ghl.match_index.note(&contact);
             state.ghl.contacts.insert(id.clone(), contact);
             id
         })
@@ -412,6 +459,7 @@ pub fn merge_contacts(state: &mut State, from: &str, into: &str) -> Result<(), S
         }
         survivor.fields.insert("tags".into(), json!(tags));
         survivor.updated = now;
+        ghl.match_index.note(survivor);
     }
     for n in ghl.notes.iter_mut().filter(|n| n.contact_id == from) {
         n.contact_id = into.to_owned();

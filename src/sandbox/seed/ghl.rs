@@ -6,7 +6,7 @@ use serde_json::{Map, json};
 
 use super::super::capsule::{CapsuleData, Party};
 use super::super::clock::{BASE_MS, Rng, days, iso_ms};
-use super::super::ghl::{Contact, Conversation, Event, GhlData, Message, Note, Opportunity, TaskRecord};
+use super::super::ghl::{Contact, Conversation, Event, GhlData, MatchIndex, Message, Note, Opportunity, TaskRecord};
 use super::{COMPANY_ID, LOCATION_ID};
 
 /// The GHL sub-account: location, users, custom fields, a pipeline with opportunities, a
@@ -251,6 +251,7 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
         });
     }
 
+    let match_index = MatchIndex::of(contacts.values());
     GhlData {
         location_id: loc.into(),
         company_id: COMPANY_ID.into(),
@@ -267,5 +268,6 @@ pub fn seed(rng: &mut Rng, ids: &mut Rng, capsule: &CapsuleData) -> GhlData {
         calendars,
         events,
         gone: Default::default(),
+        match_index,
     }
 }
