@@ -910,3 +910,65 @@ async fn the_readmes_validate_and_first_run_blocks_are_what_the_binary_prints() 
     check(&first_run[0].0, &first_run[0].1, &stdout(&out));
     sandbox.shutdown().await;
 }
+
+/// The frames of a progress bar in `text`: `runs DONE/QUEUED` pairs, as drawn.
+fn progress_frames(text: &str) -> Vec<(usize, usize)> {
+    text.match_indices("runs ")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + 5..];
+            let (done, rest) = rest.split_once('/')?;
+            let queued: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((done.parse().ok()?, queued.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `run --once` on a terminal draws a bar of runs done out of runs queued; in a pipe (CI, a
+/// log file) it draws nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe() {
+    let sandbox =
+        sandbox::start(SandboxOptions { people: 40, no_limits: true, ..SandboxOptions::default() }).await.unwrap();
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).unwrap();
+        std::fs::create_dir(dir.path().join("recipes")).unwrap();
+        std::fs::copy(root().join("recipes/capsule-people.yaml"), dir.path().join("recipes/capsule-people.yaml"))
+            .unwrap();
+        dir
+    };
+    // On a terminal: `script` gives the process a pseudo-terminal and records what it drew.
+    let dir = setup();
+    let command = format!("{} run --once", env!("CARGO_BIN_EXE_ghlflow"));
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{drawn}");
+    let frames = progress_frames(&drawn);
+    let succeeded: usize = drawn
+        .split("runs: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {drawn}"));
+    assert!(succeeded > 10, "{drawn}");
+    assert!(!frames.is_empty(), "no progress bar on a terminal:\n{drawn}");
+    // Every queued run counted (the bar is cleared at the end, and frames are drawn at most
+    // 20 times a second, so the last count shown may be short of the total).
+    assert!(frames.iter().all(|(_, queued)| *queued == succeeded), "{succeeded} runs: {frames:?}");
+    assert!(frames.windows(2).all(|w| w[0].0 <= w[1].0), "the count went back: {frames:?}");
+    assert!(frames.last().is_some_and(|(done, _)| *done > 0), "{frames:?}");
+
+    // In a pipe: no bar at all.
+    let dir = setup();
+    let out = ghlflow(dir.path(), &["run", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(progress_frames(&stderr(&out)).is_empty(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains('\u{1b}'), "terminal escapes in a pipe: {}", stderr(&out));
+    sandbox.shutdown().await;
+}
