@@ -847,9 +847,10 @@ fn readme_commands(first: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// Steps 4 and 5 of the walk-through, as a new user follows them: the recipe from step 3,
-/// `validate` (clean, then with the two typos the README shows), and the first
-/// `run --once` against a default sandbox, each printing what the README says it prints.
+/// Steps 4 to 7 of the walk-through, as a new user follows them: the recipe from step 3,
+/// `validate` (clean, then with the two typos the README shows), the first `run --once`
+/// against a default sandbox, the dry run and the run with failures after people changed,
+/// the failed runs listed, one replayed and shown: each printing what the README shows.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readmes_validate_and_first_run_blocks_are_what_the_binary_prints() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
@@ -908,7 +909,84 @@ async fn the_readmes_validate_and_first_run_blocks_are_what_the_binary_prints() 
     let out = run(vec!["run".into(), "--once".into()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     check(&first_run[0].0, &first_run[0].1, &stdout(&out));
+
+    // Step 5 goes on: some people change in Capsule (the control API's edit), a dry run, then
+    // a run against a sandbox failing half of its writes. Retries are made quick with an
+    // operations override (backoff only; nothing printed depends on it).
+    let ops = dir.path().join("ops/ghl");
+    std::fs::create_dir_all(&ops).unwrap();
+    let app = std::fs::read_to_string(root().join("operations/ghl/app.yaml")).unwrap();
+    let fast =
+        app.replace("initial_backoff: 500ms", "initial_backoff: 5ms").replace("max_backoff: 30s", "max_backoff: 20ms");
+    assert_ne!(fast, app);
+    std::fs::write(ops.join("app.yaml"), fast).unwrap();
+    let with_ops = |command: &str| {
+        let mut args = vec!["--operations".to_owned(), dir.path().join("ops").display().to_string()];
+        args.extend(command.split('#').next().unwrap_or_default().split_whitespace().skip(1).map(str::to_owned));
+        args
+    };
+    let later = &first_run[1..];
+    assert_eq!(later.len(), 2, "{first_run:?}");
+    sandbox.capsule_edit_people(WALK_THROUGH_EDITS);
+    let out = run(with_ops(&later[0].0)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    check_normalized(&later[0].0, &later[0].1, &stdout(&out));
+    let mut faults = sandbox.faults();
+    faults.fail_rate = 0.5;
+    sandbox.set_faults(faults).unwrap();
+    let out = run(with_ops(&later[1].0)).await;
+    assert_eq!(out.status.code(), Some(1), "a run failed: {}", stderr(&out));
+    check_normalized(&later[1].0, &later[1].1, &stdout(&out));
+
+    // Step 6: the failed runs; step 7: the first one replayed once the sandbox is healthy.
+    let list = readme_commands("ghlflow runs list --status failed");
+    let out = run(with_ops(&list[0].0)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    check_normalized(&list[0].0, &list[0].1, &stdout(&out));
+    // The oldest failure, the one `run --once` named.
+    let failed = stdout(&out).lines().last().and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
+    faults.fail_rate = 0.0;
+    sandbox.set_faults(faults).unwrap();
+    let replay = readme_commands("ghlflow runs replay");
+    assert_eq!(replay.len(), 2, "{replay:?}");
+    for (command, shown) in &replay {
+        let mut args = with_ops(command);
+        *args.last_mut().unwrap() = failed.clone();
+        let out = run(args).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        check_normalized(command, shown, &stdout(&out));
+    }
     sandbox.shutdown().await;
+}
+
+/// How many people the walk-through's "after some people changed in Capsule" edits.
+const WALK_THROUGH_EDITS: usize = 60;
+
+/// A line with what changes from one run to the next (run ids, the sandbox's port, times,
+/// milliseconds) replaced by placeholders, and no trailing blanks.
+fn normalized(line: &str) -> String {
+    static PATTERNS: std::sync::LazyLock<[(regex::Regex, &str); 4]> = std::sync::LazyLock::new(|| {
+        [
+            (regex::Regex::new(r"\b\d{13}-\d{6}\b").unwrap(), "<run>"),
+            (regex::Regex::new(r"127\.0\.0\.1:\d+").unwrap(), "127.0.0.1:<port>"),
+            (regex::Regex::new(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z").unwrap(), "<time>"),
+            (regex::Regex::new(r"\b\d+ ms\b").unwrap(), "<n> ms"),
+        ]
+    });
+    PATTERNS
+        .iter()
+        .fold(line.trim_end().to_owned(), |text, (pattern, with)| pattern.replace_all(&text, *with).into_owned())
+}
+
+/// `printed` shows what the README shows for `command`, run ids, times and milliseconds aside.
+fn check_normalized(command: &str, shown: &[String], printed: &str) {
+    let shown: Vec<String> = shown.iter().map(|l| normalized(l)).collect();
+    let printed_lines: Vec<String> = printed.lines().map(normalized).collect();
+    assert!(
+        matches_shown(&shown, &printed_lines.iter().map(String::as_str).collect::<Vec<_>>()),
+        "`{command}`: README shows\n{}\nprinted\n{printed}",
+        shown.join("\n")
+    );
 }
 
 /// The frames of a progress bar in `text`: `runs DONE/QUEUED` pairs, as drawn.
