@@ -199,10 +199,13 @@ impl Engine {
                         if let Err(message) = self.save_ids(step, &ctx_value, &outputs) {
                             return self.fail_step(run, &recipe, i, message, false).await;
                         }
-                        // Durable before the next step: a resumed run must not send this again.
-                        // (After the last step, the run's own final save and flush cover it.)
+                        // A blind write is durable before the next step: a resumed run would
+                        // otherwise find it "sent" and set the run aside as unsure. Any other
+                        // step may wait for the next flush: if a crash loses its success, it is
+                        // sent again (repeat-safe) or looked up first (its `find`). (After the
+                        // last step, the run's own final save and flush cover it.)
                         self.store.save_run(&run)?;
-                        if i + 1 < recipe.steps.len() {
+                        if blind && i + 1 < recipe.steps.len() {
                             self.store.flush_async().await?;
                         }
                     }
