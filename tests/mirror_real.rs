@@ -429,3 +429,54 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
     let next = ws.engine.poll(&people).await.unwrap();
     assert!(next.new >= 60 && next.new == next.fetched, "the next poll starts from the reset: {next:?}");
 }
+
+/// Asked to stop in the middle of a backfill (SIGTERM under `ghlflow run`), the engine lets
+/// the runs in flight finish and starts no other: those stay queued, and the next start runs
+/// each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_backfill_leaves_the_runs_not_started_queued_for_the_next_start() {
+    let ws = workspace(80, 12).await;
+    let mut faults = ws.sandbox.faults();
+    faults.latency = std::time::Duration::from_millis(20);
+    ws.sandbox.set_faults(faults).unwrap();
+    let people = ws.engine.recipe("capsule-people").unwrap();
+    let tick = tokio::spawn({
+        let (engine, people) = (std::sync::Arc::clone(&ws.engine), std::sync::Arc::clone(&people));
+        async move { engine.poll_and_run(&people).await }
+    });
+    // Stop once a few runs are done.
+    let done = |ws: &Workspace| runs_in(ws, RunStatus::Succeeded).len();
+    while done(&ws) < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ws.engine.stop();
+    let tick = tick.await.unwrap();
+    let queued = tick.poll.as_ref().unwrap().queued.len();
+    let finished = runs_in(&ws, RunStatus::Succeeded).len();
+    let left = runs_in(&ws, RunStatus::Queued).len();
+    assert!(finished >= 5 && left > 0, "{finished} finished, {left} left queued of {queued}");
+    assert_eq!(finished + left, queued, "every run either finished or stayed queued");
+    assert_eq!(runs_in(&ws, RunStatus::Running).len(), 0, "a run in flight was cut off");
+
+    // The next start (a new engine on the same state) runs what was left, each once.
+    let engine = std::sync::Arc::new(ghlflow::engine::Engine::new(
+        std::sync::Arc::clone(&ws.engine.catalog),
+        std::sync::Arc::clone(&ws.engine.config),
+        std::sync::Arc::clone(&ws.engine.client),
+        ws.engine.store.clone(),
+        ghlflow::engine::EngineOptions::default(),
+    ));
+    engine.set_recipes(ws.engine.recipes().iter().map(|r| (**r).clone()).collect());
+    let summary = engine.run_once(&["capsule-people".to_owned()]).await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(runs_in(&ws, RunStatus::Queued).len(), 0);
+    assert_eq!(runs_in(&ws, RunStatus::Succeeded).len(), queued);
+    // Each person upserted once: one contact per mirrored person, none twice.
+    let contacts = ws.sandbox.ghl_contacts();
+    let mut emails = BTreeSet::new();
+    for c in &contacts {
+        if let Some(e) = c["email"].as_str().filter(|e| !e.is_empty()) {
+            assert!(emails.insert(e.to_lowercase()), "two contacts have {e}");
+        }
+    }
+}

@@ -29,7 +29,12 @@ pub fn serve(engine: Arc<Engine>) -> std::io::Result<()> {
     }
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            // The socket stops with the engine.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = engine.stopped() => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
             let engine = Arc::clone(&engine);
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();

@@ -61,6 +61,9 @@ pub struct Engine {
     lookup_cache: lookups::LookupCache,
     /// Told of runs as they are queued and finished (a progress bar on a terminal).
     progress: std::sync::OnceLock<Arc<dyn RunProgress>>,
+    /// Cancelled when the process is asked to stop: polls drop what they read, and runs not
+    /// started stay queued for the next start (runs in flight finish).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Something that follows a poll's runs: how many are queued, how many are done.
@@ -87,7 +90,22 @@ impl Engine {
             plan: Default::default(),
             lookup_cache: Default::default(),
             progress: Default::default(),
+            stopping: Default::default(),
         }
+    }
+
+    /// Asks every poll and run to stop (SIGTERM): see `stopping`.
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Resolves once `stop` was called.
+    pub async fn stopped(&self) {
+        self.stopping.cancelled().await;
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
     }
 
     /// Follows the runs with `progress` from now on (once per engine).
@@ -270,7 +288,14 @@ impl Engine {
                 outcome
             })
         };
-        futures_util::stream::iter(ids.iter().cloned()).map(start).buffered(recipe.concurrency.get()).collect().await
+        // Once the engine is stopping no run starts: those left stay queued for the next start.
+        let not_stopping = |_: &String| std::future::ready(!self.is_stopping());
+        futures_util::stream::iter(ids.iter().cloned())
+            .take_while(not_stopping)
+            .map(start)
+            .buffered(recipe.concurrency.get())
+            .collect()
+            .await
     }
 }
 

@@ -194,6 +194,10 @@ impl Engine {
         let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
+            if self.is_stopping() {
+                // Asked to stop: nothing of this read is recorded; the next start reads again.
+                return Ok(PollOutcome { recipe: recipe.id.clone(), fetched, ..Default::default() });
+            }
             let page = page.map_err(|e| fail(self.config.redactor.redact(&e.to_string())))?;
             let mut reached_seen = false;
             for mut record in page.records {

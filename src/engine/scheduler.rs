@@ -61,6 +61,9 @@ pub async fn run(
         let engine = Arc::clone(&engine);
         tasks.spawn(async move {
             for run in open.into_iter().filter(|r| r.status.is_open()) {
+                if engine.is_stopping() {
+                    break; // the rest stay open for the next start
+                }
                 if let Err(e) = engine.execute_run(&run.id).await {
                     tracing::warn!(run = %run.id, error = %e, "could not resume a run");
                 }
@@ -153,8 +156,9 @@ pub async fn run(
         }
     }
 
-    // Stop: no new polls; let in-flight runs finish their steps, within a limit.
-    tracing::info!(in_flight = tasks.len(), "stopping: finishing in-flight work");
+    // Stop: no new polls, no new runs; the runs in flight finish their steps, within a limit.
+    engine.stop();
+    tracing::info!(in_flight = tasks.len(), "stopping: finishing the runs in flight; runs not started stay queued");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
         tracing::warn!("in-flight work did not finish within 30 s; unfinished runs resume at the next start");
