@@ -289,12 +289,23 @@ impl Store {
             }
         })?;
         restrict_files_to_owner(dir);
+        migrate(&db).map_err(|e| match e {
+            StoreError::Open { reason, .. } => fail(reason),
+            other => other,
+        })?;
         Self::from_db(db)
+    }
+
+    /// The format of the store's contents (see `FORMAT`).
+    pub fn format(&self) -> Result<Option<u32>, StoreError> {
+        format_of(&self.db)
     }
 
     /// A store in a fresh temporary directory that disappears with the process (tests, demo).
     pub fn temporary() -> Result<Store, StoreError> {
-        Self::from_db(sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open()?)
+        let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open()?;
+        migrate(&db)?;
+        Self::from_db(db)
     }
 
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
@@ -679,6 +690,55 @@ fn to_bytes<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
 
+/// The format of a state folder's contents, kept under `format` in its `meta` tree. Each
+/// change to how records are laid out raises it, with a step in `migrate`.
+/// - 1: no `format` key (ghlflow before the key existed).
+/// - 2: trigger states count resets (`generation`, read as 0 when missing), and the trees
+///   `present` and `poll_spill` exist (created empty when missing). Nothing is rewritten.
+pub const FORMAT: u32 = 2;
+
+fn format_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get(b"format")? {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt { key: "meta/format".into(), reason: "not a number".into() }),
+    }
+}
+
+/// Brings a store written by an earlier ghlflow to `FORMAT` (on open, before anything else
+/// reads it), and refuses one written by a later ghlflow, whose records this one could
+/// misread.
+fn migrate(db: &sled::Db) -> Result<(), StoreError> {
+    let found = format_of(db)?;
+    match found {
+        Some(f) if f > FORMAT => {
+            return Err(StoreError::Open {
+                path: PathBuf::new(),
+                reason: format!(
+                    "it was written by a newer ghlflow (state format {f}; this one reads up to {FORMAT}): \
+                     upgrade ghlflow, or use another state folder"
+                ),
+            });
+        }
+        Some(f) if f == FORMAT => return Ok(()),
+        // From 1 to 2 nothing is rewritten: the new fields and trees start empty.
+        _ => {}
+    }
+    // A new store has only sled's default tree (and `meta`, opened just above).
+    let fresh = db.tree_names().iter().all(|name| name.as_ref() == b"__sled__default" || name.as_ref() == b"meta");
+    let meta = db.open_tree("meta")?;
+    meta.insert(b"format", FORMAT.to_string().as_bytes())?;
+    db.flush()?;
+    if !fresh {
+        tracing::info!(from = found.unwrap_or(1), to = FORMAT, "state store migrated");
+    }
+    Ok(())
+}
+
 /// Why a poll's commit was abandoned: the trigger was reset under it.
 #[derive(Debug, Clone, Copy)]
 struct Moved;
@@ -816,6 +876,23 @@ mod tests {
 #[cfg(test)]
 mod folder_tests {
     use super::*;
+
+    #[test]
+    fn a_new_store_is_at_the_current_format_and_a_newer_one_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.format().unwrap(), Some(FORMAT));
+        drop(store);
+        // A later ghlflow wrote it.
+        {
+            let db = sled::open(&dir).unwrap();
+            db.open_tree("meta").unwrap().insert(b"format", (FORMAT + 1).to_string().as_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(&dir).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("newer ghlflow") && err.contains(&dir.display().to_string()), "{err}");
+    }
 
     #[test]
     fn a_foreign_non_empty_folder_is_refused_and_files_are_owner_only() {

@@ -385,3 +385,51 @@ async fn hostile_files_dropped_into_a_running_engines_recipes_keep_it_running() 
     assert!(log.contains("not a regular file"), "{log}");
     assert!(log.contains("two files give this recipe id"), "{log}");
 }
+
+/// A state folder written by the previous release (format 1: before reset counts, the
+/// present set and the poll spill) opens, is migrated, and keeps its history and positions.
+#[test]
+fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = crate::util::root().join("tests/fixtures/state-previous.tar.gz");
+    let untar = std::process::Command::new("tar").arg("-xzf").arg(&fixture).current_dir(dir.path()).status().unwrap();
+    assert!(untar.success());
+    let state = dir.path().join("state");
+    let store = ghlflow::store::Store::open(&state).unwrap();
+    assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT), "migrated on open");
+    // Its history: 81 succeeded and 21 filtered runs of capsule-people and capsule-notes.
+    let runs = store.runs(None, usize::MAX).unwrap();
+    assert_eq!(runs.len(), 102);
+    let count = |s: ghlflow::store::RunStatus| runs.iter().filter(|r| r.status == s).count();
+    assert_eq!((count(ghlflow::store::RunStatus::Succeeded), count(ghlflow::store::RunStatus::Filtered)), (81, 21));
+    assert!(runs.iter().all(|r| r.recipe == "capsule-people" || r.recipe == "capsule-notes"));
+    let run = runs.iter().find(|r| r.status == ghlflow::store::RunStatus::Succeeded).unwrap();
+    assert!(run.steps.iter().all(|s| s.status == ghlflow::store::StepStatus::Succeeded || s.output.is_none()));
+    // Its trigger positions, read with the new fields at their defaults.
+    let people = store.trigger_state("capsule-people").unwrap().expect("a position");
+    assert!(people.baselined && people.cursor.is_some() && people.generation == 0, "{people:?}");
+    assert!(
+        store
+            .id_of(&format!(
+                "party:{}",
+                runs.iter()
+                    .find(|r| r.recipe == "capsule-people" && r.status == ghlflow::store::RunStatus::Succeeded)
+                    .unwrap()
+                    .item_id
+                    .clone()
+                    .unwrap()
+            ))
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.present_items("capsule-people").unwrap().is_empty());
+    // A poll of the new release commits over it (generation 0 on both sides).
+    let mut commit = ghlflow::store::PollCommit { state: Some(people.clone()), ..Default::default() };
+    commit.seen.push(("x".into(), "seen".into()));
+    store.commit_poll("capsule-people", &commit).unwrap();
+    drop(store);
+    // Opened again: already at the current format.
+    let store = ghlflow::store::Store::open(&state).unwrap();
+    assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT));
+    assert_eq!(store.seen_mark("capsule-people", "x").unwrap().as_deref(), Some("seen"));
+}
