@@ -1,5 +1,7 @@
 //! One poll of one recipe's trigger: read the feed, keep what is new, and record the
-//! outcome (new runs, seen marks, the trigger's position) in one transaction.
+//! outcome: new runs with their seen marks in chunks, oldest first, then the trigger's
+//! position. New records wait in the store's spill between their page and their run, so a
+//! poll's memory does not grow with the size of the feed.
 //!
 //! A feed with a `since` filter reads every page changed since its cursor (the newest
 //! record timestamp seen, minus an overlap that dedupe absorbs); a feed of new items reads
