@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use include_dir::{Dir, include_dir};
 use serde_json::{Map, Value, json};
 
 use crate::catalog::Catalog;
@@ -21,8 +20,6 @@ use crate::engine::{Engine, EngineOptions, OnceSummary};
 use crate::http::HttpClient;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::store::{RunStatus, Store};
-
-pub(crate) static SHIPPED_RECIPES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/recipes");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -66,7 +63,7 @@ impl Workspace {
         std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).map_err(|e| setup(e.to_string()))?;
         let recipes = dir.path().join("recipes");
         std::fs::create_dir(&recipes).map_err(|e| setup(e.to_string()))?;
-        for file in SHIPPED_RECIPES.files() {
+        for file in crate::recipe::SHIPPED.files() {
             std::fs::write(recipes.join(file.path()), file.contents()).map_err(|e| setup(e.to_string()))?;
         }
         let catalog = Arc::new(crate::catalog::load_embedded().map_err(|d| setup(d.to_string()))?);

@@ -18,12 +18,15 @@
 //! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
 //! - `limits` holds the bounds on files, templates, responses and server-given waits.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
+//! - `sandbox` (a local emulator of both APIs) and `demo` (the shipped recipes against it)
+//!   sit beside the flow, behind the `sandbox` feature, on by default.
 //!
 //! No module reaches back up the flow.
 
 pub mod catalog;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
@@ -31,6 +34,7 @@ pub mod fsread;
 pub mod http;
 pub mod limits;
 pub mod recipe;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod store;
 pub mod template;

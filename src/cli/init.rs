@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{CliError, CliResult, print};
-use crate::demo::SHIPPED_RECIPES as RECIPES;
+use crate::recipe::SHIPPED as RECIPES;
 
 /// Where, relative to the folder, the recipe schema goes: the shipped recipes' first line is
 /// `# yaml-language-server: $schema=../docs/recipe.schema.json`, read from `recipes/`.

@@ -6,11 +6,13 @@ mod call;
 mod completions;
 mod connect;
 mod control;
+#[cfg(feature = "sandbox")]
 mod demo;
 mod init;
 mod ops;
 mod run;
 mod runs;
+#[cfg(feature = "sandbox")]
 mod sandbox;
 mod test;
 mod validate;
@@ -77,6 +79,7 @@ Examples:
     /// Check every recipe against the catalog and ghlflow.yaml.
     Validate(validate::ValidateArgs),
     /// Run the shipped recipes against a local sandbox: no account or network needed.
+    #[cfg(feature = "sandbox")]
     Demo(demo::DemoArgs),
     /// Poll the recipes and run what is new (until stopped, or once).
     Run(run::RunArgs),
@@ -95,6 +98,7 @@ Examples:
     )]
     Schema(validate::SchemaCommand),
     /// Serve a local GHL + Capsule emulator with seeded data (prints a ghlflow.yaml for it).
+    #[cfg(feature = "sandbox")]
     Sandbox(sandbox::SandboxArgs),
     /// Set up a folder: ghlflow.yaml, recipes/ and the recipe schema for editors.
     Init(init::InitArgs),
@@ -175,9 +179,11 @@ async fn run(cli: Cli) -> CliResult {
         Command::Schema(cmd) => validate::schema(cmd),
         Command::Run(args) => run::run(args, operations).await,
         Command::Test(args) => test::run(args, operations).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => demo::run(args).await,
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Init(args) => init::run(args),
         Command::Completions(args) => completions::completions(args),

@@ -16,6 +16,10 @@ use serde_json::{Map, Value};
 
 pub use compile::{compile_recipe, load_recipes, schema_json};
 
+/// The shipped recipes (`recipes/`), built into the binary: `ghlflow init` writes them, the
+/// demo runs them.
+pub static SHIPPED: include_dir::Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/recipes");
+
 use crate::catalog::{Dedupe, Operation};
 use crate::config::Connection;
 use crate::template::CompiledTemplate;
