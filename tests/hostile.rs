@@ -427,9 +427,6 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let mut commit = ghlflow::store::PollCommit { state: Some(people.clone()), ..Default::default() };
     commit.seen.push(("x".into(), "seen".into()));
     store.commit_poll("capsule-people", &commit).unwrap();
-    drop(store);
-    // Opened again: already at the current format.
-    let store = ghlflow::store::Store::open(&state).unwrap();
-    assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT));
     assert_eq!(store.seen_mark("capsule-people", "x").unwrap().as_deref(), Some("seen"));
+    assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT));
 }
