@@ -35,7 +35,8 @@ struct NewItem {
     mark: String,
     /// Its updated time, to run oldest first.
     at: Option<chrono::DateTime<chrono::Utc>>,
-    slot: u64,
+    /// Where its record waits; none for a baseline, which records marks and no runs.
+    slot: Option<u64>,
     filtered: bool,
     gone: bool,
 }
@@ -72,7 +73,8 @@ impl<'a> Spill<'a> {
     }
 
     /// The record in `slot` (the store's copy is removed when its chunk is recorded).
-    fn take(&mut self, slot: u64) -> Result<Value, EngineError> {
+    fn take(&mut self, slot: Option<u64>) -> Result<Value, EngineError> {
+        let Some(slot) = slot else { return Ok(Value::Null) };
         Ok(match &mut self.in_memory {
             Some(map) => map.remove(&slot).unwrap_or(Value::Null),
             None => self.engine.store.spill_get(self.recipe, slot)?.unwrap_or(Value::Null),
@@ -166,22 +168,23 @@ impl Engine {
             && (trigger.dedupe == Dedupe::Id || (changes_newest_first && !full_scan_due));
         let first_poll = !state.baselined;
         let baseline = first_poll && trigger.start == Start::Now;
-        // What every item's filter sees besides the item, built once per poll; the lookups
-        // are read only when the filter names them. Items the filter drops are recorded as
+        // What every item's filter sees besides the item, built once per poll (each item
+        // takes its turn as `trigger`, with no copy); the lookups are read only when the
+        // filter names them. Items the filter drops are recorded as
         // filtered and do not count toward the hold: a batch of contacts the recipe ignores
         // anyway is no flood to stop.
-        let filter = match (&recipe.filter, baseline) {
+        let mut filter = match (&recipe.filter, baseline) {
             (Some(filter), false) => {
                 let uses_lookups =
                     filter.references().iter().any(|r| r.segments.first().is_some_and(|s| s == "lookups"));
                 let lookups = if uses_lookups { self.lookup_values(recipe).await } else { Value::Null };
-                let ctx = serde_json::json!({
+                let ctx = context(serde_json::json!({
                     "trigger": Value::Null,
                     "connection": connection_view(&recipe.trigger.connection),
                     "env": env_view(recipe),
                     "lookups": lookups,
                     "steps": {},
-                });
+                }));
                 Some((filter, ctx))
             }
             _ => None,
@@ -214,16 +217,12 @@ impl Engine {
                     reached_seen |= stop_at_seen && state.baselined;
                     continue;
                 }
-                let mut filtered = match &filter {
+                let mut filtered = match &mut filter {
                     // An error lets the item through: its run then fails with the message.
                     Some((filter, ctx)) => {
-                        let mut ctx = ctx.clone();
-                        ctx["trigger"] = record;
-                        let passes = filter
-                            .render_string(&context(ctx.clone()))
-                            .map(|t| crate::template::truthy(&t))
-                            .unwrap_or(true);
-                        record = std::mem::take(&mut ctx["trigger"]);
+                        ctx.data_mut()["trigger"] = record;
+                        let passes = filter.render_string(ctx).map(|t| crate::template::truthy(&t)).unwrap_or(true);
+                        record = std::mem::take(&mut ctx.data_mut()["trigger"]);
                         !passes
                     }
                     None => false,
@@ -237,7 +236,8 @@ impl Engine {
                         fields.insert("gone".into(), Value::Bool(true));
                     }
                 }
-                let slot = spill.put(&record)?;
+                // A baseline runs nothing: its records are not kept.
+                let slot = if baseline { None } else { Some(spill.put(&record)?) };
                 new_items.push(NewItem { id, mark, at, slot, filtered, gone });
             }
             if reached_seen {
@@ -269,7 +269,7 @@ impl Engine {
             let mut missing: Vec<&String> = present.iter().filter(|id| !read_ids.contains(*id)).collect();
             missing.sort();
             for id in missing {
-                let slot = spill.put(&serde_json::json!({"id": id, "gone": true}))?;
+                let slot = Some(spill.put(&serde_json::json!({"id": id, "gone": true}))?);
                 // No seen mark: the record is gone, there is nothing to compare later.
                 new_items.push(NewItem {
                     id: id.clone(),
@@ -343,9 +343,9 @@ impl Engine {
                 if !item.mark.is_empty() {
                     commit.seen.push((item.id.clone(), item.mark.clone()));
                 }
-                let record = spill.take(item.slot)?;
-                commit.spilled.push(item.slot);
                 let Some(status) = status else { continue };
+                commit.spilled.extend(item.slot);
+                let record = spill.take(item.slot)?;
                 if item.gone {
                     commit.left.push(item.id.clone());
                 } else if present.as_ref().is_some_and(|p| !item.filtered && !p.contains(&item.id)) {
@@ -371,7 +371,7 @@ impl Engine {
                 // `trigger reset` arrived while the feed was read: the reset wins, and the
                 // next poll starts from where it put the trigger.
                 Err(crate::store::StoreError::TriggerMoved { .. }) => {
-                    tracing::warn!("the trigger was reset during this poll; what it read is dropped");
+                    tracing::warn!("the trigger was reset during this poll; what it had not recorded yet is dropped");
                     spill.clear()?;
                     return Ok(PollOutcome {
                         recipe: recipe.id.clone(),
