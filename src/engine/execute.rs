@@ -69,9 +69,8 @@ impl Engine {
 
         // The filter runs once, before any step; never on a run reporting an item gone,
         // which is there because the item left the filter (or the feed).
-        let reports_gone = recipe.trigger.report_gone && run.item.get("gone") == Some(&Value::Bool(true));
         if run.steps.iter().all(|s| s.status == StepStatus::Pending)
-            && !reports_gone
+            && !reports_gone(&recipe, &run.item)
             && let Some(filter) = &recipe.filter
         {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
@@ -109,13 +108,7 @@ impl Engine {
                 if !step.ids.is_empty() {
                     match self.resolve_ids(step, &ctx_value) {
                         Ok((ids, keys)) => {
-                            missing =
-                                step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)).map(
-                                    |name| {
-                                        let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
-                                        (name.clone(), key.unwrap_or_default())
-                                    },
-                                );
+                            missing = awaited_id(step, &ids, &keys);
                             set_root(&mut ctx_value, "ids", ids);
                             id_keys = keys;
                         }
@@ -621,8 +614,9 @@ impl Engine {
             }
         };
         let base = json!({"trigger": item, "connection": Value::Null, "env": env_view(recipe), "lookups": lookups});
-        let reports_gone = recipe.trigger.report_gone && item.get("gone") == Some(&Value::Bool(true));
-        if !reports_gone && let Some(filter) = &recipe.filter {
+        if !reports_gone(recipe, item)
+            && let Some(filter) = &recipe.filter
+        {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
             match filter.render_string(&ctx) {
                 Ok(t) if !truthy(&t) => {
@@ -646,10 +640,7 @@ impl Engine {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
             let mut missing: Option<(String, String)> = None;
             if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved) {
-                missing = step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null)).map(|name| {
-                    let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
-                    (name.clone(), key.unwrap_or_default())
-                });
+                missing = awaited_id(step, &ids, &keys);
                 set_root(&mut ctx_value, "ids", ids);
             }
             let ctx = context(ctx_value.clone());
@@ -874,4 +865,17 @@ fn align_steps(run: &mut RunRecord, recipe: &Recipe) {
 
 fn outcome(run: &RunRecord) -> RunOutcome {
     RunOutcome { id: run.id.clone(), recipe: run.recipe.clone(), status: run.status, error: run.error.clone() }
+}
+
+/// Whether `item` is a run's report that its record left the feed (`trigger.report_gone`).
+fn reports_gone(recipe: &Recipe, item: &Value) -> bool {
+    recipe.trigger.report_gone && item.get("gone") == Some(&Value::Bool(true))
+}
+
+/// The first of a step's `wait_for` ids not in the id map yet, with the key it was looked
+/// up under: what the run waits for.
+fn awaited_id(step: &Step, ids: &Value, keys: &[(String, String)]) -> Option<(String, String)> {
+    let name = step.wait_for.iter().find(|n| ids.get(n.as_str()).is_none_or(Value::is_null))?;
+    let key = keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone()).unwrap_or_default();
+    Some((name.clone(), key))
 }
