@@ -289,10 +289,7 @@ impl Store {
             }
         })?;
         restrict_files_to_owner(dir);
-        migrate(&db).map_err(|e| match e {
-            StoreError::Open { reason, .. } => fail(reason),
-            other => other,
-        })?;
+        migrate(&db, dir)?;
         Self::from_db(db)
     }
 
@@ -304,7 +301,7 @@ impl Store {
     /// A store in a fresh temporary directory that disappears with the process (tests, demo).
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open()?;
-        migrate(&db)?;
+        migrate(&db, Path::new("a temporary store"))?;
         Self::from_db(db)
     }
 
@@ -391,14 +388,8 @@ impl Store {
     /// items count as present: a new position starts with a new baseline, so a feed
     /// replaced by another never reports the old one's items gone.
     pub fn forget_seen(&self, recipe: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for key in self.seen.scan_prefix(seen_key(recipe, "")).keys() {
-            self.seen.remove(key?)?;
-            n += 1;
-        }
-        for key in self.present.scan_prefix(seen_key(recipe, "")).keys() {
-            self.present.remove(key?)?;
-        }
+        let n = remove_prefix(&self.seen, &seen_key(recipe, ""))?;
+        remove_prefix(&self.present, &seen_key(recipe, ""))?;
         Ok(n)
     }
 
@@ -490,9 +481,7 @@ impl Store {
 
     /// Forgets what a poll of `recipe` spilled (a poll that crashed or was dropped).
     pub fn spill_clear(&self, recipe: &str) -> Result<(), StoreError> {
-        for key in self.spill.scan_prefix(seen_key(recipe, "")).keys() {
-            self.spill.remove(key?)?;
-        }
+        remove_prefix(&self.spill, &seen_key(recipe, ""))?;
         Ok(())
     }
 
@@ -712,12 +701,12 @@ fn format_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
 /// Brings a store written by an earlier ghlflow to `FORMAT` (on open, before anything else
 /// reads it), and refuses one written by a later ghlflow, whose records this one could
 /// misread.
-fn migrate(db: &sled::Db) -> Result<(), StoreError> {
+fn migrate(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     let found = format_of(db)?;
     match found {
         Some(f) if f > FORMAT => {
             return Err(StoreError::Open {
-                path: PathBuf::new(),
+                path: path.to_path_buf(),
                 reason: format!(
                     "it was written by a newer ghlflow (state format {f}; this one reads up to {FORMAT}): \
                      upgrade ghlflow, or use another state folder"
@@ -742,6 +731,16 @@ fn migrate(db: &sled::Db) -> Result<(), StoreError> {
 /// Why a poll's commit was abandoned: the trigger was reset under it.
 #[derive(Debug, Clone, Copy)]
 struct Moved;
+
+/// Removes every key of `tree` that starts with `prefix`; returns how many.
+fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for key in tree.scan_prefix(prefix).keys() {
+        tree.remove(key?)?;
+        n += 1;
+    }
+    Ok(n)
+}
 
 fn spill_key(recipe: &str, slot: u64) -> Vec<u8> {
     let mut k = seen_key(recipe, "");
