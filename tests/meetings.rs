@@ -31,6 +31,13 @@ fn appointments_by_task(ws: &Workspace) -> BTreeMap<i64, Vec<Value>> {
     by_task
 }
 
+/// A recipe's runs of one Capsule task, newest first.
+fn runs_of(ws: &Workspace, recipe: &str, task: i64) -> Vec<ghlflow::store::RunRecord> {
+    let item = task.to_string();
+    let runs = ws.engine.store.runs(Some(recipe), usize::MAX).unwrap();
+    runs.into_iter().filter(|r| r.item_id.as_deref() == Some(item.as_str())).collect()
+}
+
 fn instant(text: &Value) -> DateTime<FixedOffset> {
     DateTime::parse_from_rfc3339(text.as_str().unwrap_or_default())
         .unwrap_or_else(|e| panic!("`{text}` is not an RFC 3339 time: {e}"))
@@ -209,15 +216,8 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
                 assert_eq!(a["startTime"], before["startTime"]);
             }
             8 | 9 => {
-                let runs: Vec<_> = ws
-                    .engine
-                    .store
-                    .runs(Some("capsule-meetings"), usize::MAX)
-                    .unwrap()
-                    .into_iter()
-                    .filter(|r| r.item_id.as_deref() == Some(m.task.to_string().as_str()))
-                    .map(|r| (r.status, r.item))
-                    .collect();
+                let runs: Vec<_> =
+                    runs_of(&ws, "capsule-meetings", m.task).into_iter().map(|r| (r.status, r.item)).collect();
                 assert_eq!(a["appointmentStatus"], "cancelled", "removed meeting {} ({i}): {runs:?}", m.task);
                 assert_eq!(a["startTime"], before["startTime"]);
             }
@@ -226,26 +226,14 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
         assert_eq!(a["notified"], false);
     }
     // The meeting taken out of the category went to capsule-tasks, as an ordinary task.
-    let recategorised_run = ws
-        .engine
-        .store
-        .runs(Some("capsule-tasks"), usize::MAX)
-        .unwrap()
+    let recategorised_run = runs_of(&ws, "capsule-tasks", recategorised)
         .into_iter()
-        .find(|r| r.item_id.as_deref() == Some(recategorised.to_string().as_str()))
+        .next()
         .expect("capsule-tasks ran the task that left the meetings");
     assert_eq!(recategorised_run.status, RunStatus::Succeeded, "{recategorised_run:?}");
     // No meeting became a GHL task.
     for m in &meetings[10..] {
-        let ran = ws
-            .engine
-            .store
-            .runs(Some("capsule-tasks"), usize::MAX)
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.item_id.as_deref() == Some(m.task.to_string().as_str()))
-            .filter(|r| r.status != RunStatus::Filtered)
-            .count();
+        let ran = runs_of(&ws, "capsule-tasks", m.task).iter().filter(|r| r.status != RunStatus::Filtered).count();
         assert_eq!(ran, 0, "meeting {} was also mirrored as a task", m.task);
     }
 }
