@@ -565,7 +565,7 @@ async fn connect_exchanges_the_code_and_stores_the_granted_tokens() {
     };
     assert!(rest.iter().any(|l| l.contains("connected `ghl` for location LOC9")), "{rest:?}");
     let store = ghlflow::store::Store::open(&dir.path().join(".ghlflow/state")).unwrap();
-    let tokens = store.tokens("ghl").unwrap().unwrap();
+    let tokens = store.tokens("ghl").await.unwrap().unwrap();
     assert_eq!(tokens.refresh_token.as_deref(), Some("rt-1"));
     assert_eq!(tokens.location_id.as_deref(), Some("LOC9"));
 }

@@ -300,9 +300,9 @@ steps:
       body: "{{trigger.about}}"
 "#;
 
-fn dump(flow: &Flow) -> Vec<ghlflow::store::DumpedRecord> {
+async fn dump(flow: &Flow) -> Vec<ghlflow::store::DumpedRecord> {
     let store = ghlflow::store::Store::open(&flow.dir.path().join(".ghlflow/state")).unwrap();
-    store.dump().unwrap()
+    store.dump().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,7 +316,7 @@ async fn a_dry_run_writes_nothing_even_after_a_trigger_edit() {
 
     let out = flow.ghlflow(&["run", "--once"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let before = dump(&flow);
+    let before = dump(&flow).await;
     assert!(before.iter().any(|(tree, ..)| tree == "seen"), "the baseline marked the party seen");
     // The trigger is edited into another one (new inputs): a real run would start afresh.
     let edited = NOTES.replace("  every: 5m\n", "  every: 5m\n  input:\n    embed: tags\n");
@@ -324,7 +324,7 @@ async fn a_dry_run_writes_nothing_even_after_a_trigger_edit() {
     let out = flow.ghlflow(&["run", "--once", "--dry-run"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("baseline"), "{}", text(&out));
-    assert_eq!(dump(&flow), before, "the dry run changed the store");
+    assert_eq!(dump(&flow).await, before, "the dry run changed the store");
     assert_eq!(api.count_to("/contacts/7/notes"), 0);
 }
 
@@ -388,8 +388,8 @@ async fn hostile_files_dropped_into_a_running_engines_recipes_keep_it_running() 
 
 /// A state folder written by the previous release (format 1: before reset counts, the
 /// present set and the poll spill) opens, is migrated, and keeps its history and positions.
-#[test]
-fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
+#[tokio::test]
+async fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = crate::util::root().join("tests/fixtures/state-previous.tar.gz");
     let untar = std::process::Command::new("tar").arg("-xzf").arg(&fixture).current_dir(dir.path()).status().unwrap();
@@ -398,7 +398,7 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let store = ghlflow::store::Store::open(&state).unwrap();
     assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT), "migrated on open");
     // Its history: 81 succeeded and 21 filtered runs of capsule-people and capsule-notes.
-    let runs = store.runs(None, usize::MAX).unwrap();
+    let runs = store.runs(None, usize::MAX).await.unwrap();
     assert_eq!(runs.len(), 102);
     let count = |s: ghlflow::store::RunStatus| runs.iter().filter(|r| r.status == s).count();
     assert_eq!((count(ghlflow::store::RunStatus::Succeeded), count(ghlflow::store::RunStatus::Filtered)), (81, 21));
@@ -406,7 +406,7 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let run = runs.iter().find(|r| r.status == ghlflow::store::RunStatus::Succeeded).unwrap();
     assert!(run.steps.iter().all(|s| s.status == ghlflow::store::StepStatus::Succeeded || s.output.is_none()));
     // Its trigger positions, read with the new fields at their defaults.
-    let people = store.trigger_state("capsule-people").unwrap().expect("a position");
+    let people = store.trigger_state("capsule-people").await.unwrap().expect("a position");
     assert!(people.baselined && people.cursor.is_some() && people.generation == 0, "{people:?}");
     assert!(
         store
@@ -419,14 +419,15 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
                     .clone()
                     .unwrap()
             ))
+            .await
             .unwrap()
             .is_some()
     );
-    assert!(store.present_items("capsule-people").unwrap().is_empty());
+    assert!(store.present_items("capsule-people").await.unwrap().is_empty());
     // A poll of the new release commits over it (generation 0 on both sides).
     let mut commit = ghlflow::store::PollCommit { state: Some(people.clone()), ..Default::default() };
     commit.seen.push(("x".into(), "seen".into()));
-    store.commit_poll("capsule-people", &commit).unwrap();
-    assert_eq!(store.seen_mark("capsule-people", "x").unwrap().as_deref(), Some("seen"));
+    store.commit_poll("capsule-people", &commit).await.unwrap();
+    assert_eq!(store.seen_mark("capsule-people", "x").await.unwrap().as_deref(), Some("seen"));
     assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT));
 }

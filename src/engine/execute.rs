@@ -14,13 +14,13 @@ use crate::http::{HttpError, prepare};
 use std::sync::Arc;
 
 use crate::recipe::{Find, Recipe, Step, is_blank, render_inputs};
-use crate::store::{RunRecord, RunStatus, StepStatus};
+use crate::store::{RunId, RunRecord, RunStatus, StepStatus};
 use crate::template::{context, truthy};
 
 /// How a run ended (for this attempt).
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
-    pub id: String,
+    pub id: RunId,
     pub recipe: String,
     pub status: RunStatus,
     pub error: Option<String>,
@@ -34,9 +34,9 @@ const WAIT_LIMIT: chrono::Duration = chrono::Duration::hours(24);
 
 impl Engine {
     /// Runs (or resumes) the run `id` until it succeeds, is filtered or fails.
-    pub async fn execute_run(&self, id: &str) -> Result<RunOutcome, EngineError> {
+    pub async fn execute_run(&self, id: &RunId) -> Result<RunOutcome, EngineError> {
         use tracing::Instrument as _;
-        let run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+        let run = self.store.run(id).await?.ok_or_else(|| EngineError::UnknownRun(id.to_string()))?;
         let Some(recipe) = self.recipe(&run.recipe) else {
             return Err(EngineError::UnknownRecipe(run.recipe.clone()));
         };
@@ -50,11 +50,13 @@ impl Engine {
         }
         // Steps may have changed since the run was created (an edited recipe): line the
         // record up with the current steps by id.
-        align_steps(&mut run, &recipe);
-        run.status = RunStatus::Running;
+        if align_steps(&mut run, &recipe) {
+            self.store.replace_steps(&run.id, &run.steps).await?;
+        }
         run.started.get_or_insert_with(now_iso);
         run.error = None;
         run.next_replay_at = None;
+        self.store.transition(&mut run, RunStatus::Running).await?;
 
         let lookups = match self.lookups(&recipe).await {
             Ok(l) => l,
@@ -76,11 +78,11 @@ impl Engine {
             let ctx = context(with_connection(&base, &recipe.trigger.connection, &Map::new()));
             match filter.render_string(&ctx) {
                 Ok(text) if !truthy(&text) => {
-                    run.status = RunStatus::Filtered;
                     // No step of a filtered run will ever run: none is recorded as pending.
                     run.steps.clear();
+                    self.store.replace_steps(&run.id, &run.steps).await?;
                     run.finished = Some(now_iso());
-                    self.store.save_run(&run)?;
+                    self.store.transition(&mut run, RunStatus::Filtered).await?;
                     return Ok(outcome(&run));
                 }
                 Ok(_) => {}
@@ -106,7 +108,7 @@ impl Engine {
                 // the run waits for it, if the step is to run at all.
                 let mut missing: Option<(String, String)> = None;
                 if !step.ids.is_empty() {
-                    match self.resolve_ids(step, &ctx_value) {
+                    match self.resolve_ids(step, &ctx_value).await {
                         Ok((ids, keys)) => {
                             missing = awaited_id(step, &ids, &keys);
                             set_root(&mut ctx_value, "ids", ids);
@@ -126,6 +128,7 @@ impl Engine {
                         Ok(text) if !truthy(&text) => {
                             run.steps[i].status = StepStatus::Skipped;
                             run.steps[i].finished = Some(now_iso());
+                            self.store.put_step(&run.id, i, &run.steps[i]).await?;
                             continue;
                         }
                         Ok(_) => {}
@@ -156,7 +159,7 @@ impl Engine {
                 // that must not simply be sent again after a crash: one that can look for what
                 // it may have created, and one that would be set aside as unsure.
                 if step.find.is_some() || blind {
-                    self.store.save_run(&run)?;
+                    self.store.put_step(&run.id, i, &run.steps[i]).await?;
                     self.store.flush_async().await?;
                 }
                 let started = Instant::now();
@@ -189,7 +192,7 @@ impl Engine {
                         record.output = Some(body.clone());
                         record.error = None;
                         outputs.insert(step.id.clone(), body);
-                        if let Err(message) = self.save_ids(step, &ctx_value, &outputs) {
+                        if let Err(message) = self.save_ids(step, &ctx_value, &outputs).await {
                             return self.fail_step(run, &recipe, i, message, false).await;
                         }
                         // A blind write is durable before the next step: a resumed run would
@@ -197,7 +200,7 @@ impl Engine {
                         // step may wait for the next flush: if a crash loses its success, it is
                         // sent again (repeat-safe) or looked up first (its `find`). (After the
                         // last step, the run's own final save and flush cover it.)
-                        self.store.save_run(&run)?;
+                        self.store.put_step(&run.id, i, &run.steps[i]).await?;
                         if blind && i + 1 < recipe.steps.len() {
                             self.store.flush_async().await?;
                         }
@@ -215,7 +218,7 @@ impl Engine {
                         let mut forgotten = Vec::new();
                         for (name, key) in id_keys.iter().filter(|(n, _)| step.forget_when_gone.contains(n)) {
                             if forgotten_keys.insert(key.clone()) {
-                                self.store.forget_id(key)?;
+                                self.store.forget_id(key).await?;
                                 forgotten.push(format!("{name} (`{key}`)"));
                             }
                         }
@@ -231,7 +234,8 @@ impl Engine {
                             record.output = None;
                             record.error = None;
                         }
-                        self.store.save_run(&run)?;
+                        self.store.replace_steps(&run.id, &run.steps).await?;
+                        self.store.transition(&mut run, RunStatus::Running).await?;
                         self.store.flush_async().await?;
                         continue 'run;
                     }
@@ -250,9 +254,8 @@ impl Engine {
             }
             break 'run;
         }
-        run.status = RunStatus::Succeeded;
         run.finished = Some(now_iso());
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Succeeded).await?;
         self.store.flush_async().await?;
         tracing::debug!("run succeeded");
         Ok(outcome(&run))
@@ -260,12 +263,12 @@ impl Engine {
 
     /// `ids.<name>` for a step: each key rendered and looked up in the id map. Also returns
     /// the rendered keys by name (to forget them, or to say what a run waits for).
-    fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<(Value, Vec<(String, String)>), String> {
-        self.resolve_ids_with(step, ctx, &std::collections::HashMap::new())
+    async fn resolve_ids(&self, step: &Step, ctx: &Value) -> Result<(Value, Vec<(String, String)>), String> {
+        self.resolve_ids_with(step, ctx, &std::collections::HashMap::new()).await
     }
 
     /// `resolve_ids`, where `planned` (a dry run's ids not yet saved) wins over the id map.
-    fn resolve_ids_with(
+    async fn resolve_ids_with(
         &self,
         step: &Step,
         ctx: &Value,
@@ -287,7 +290,7 @@ impl Engine {
                 keys.push((name.clone(), key));
                 continue;
             }
-            let id = if key.is_empty() { None } else { self.store.id_of(&key).map_err(|e| e.to_string())? };
+            let id = if key.is_empty() { None } else { self.store.id_of(&key).await.map_err(|e| e.to_string())? };
             ids.insert(name.clone(), id.map(Value::String).unwrap_or(Value::Null));
             keys.push((name.clone(), key));
         }
@@ -315,9 +318,8 @@ impl Engine {
             return self.fail_step(run, recipe, i, message, false).await;
         }
         tracing::debug!(step = %run.steps[i].id, "{what}");
-        run.status = RunStatus::Waiting;
         run.error = Some(format!("step `{}`: {what}", run.steps[i].id));
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Waiting).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
@@ -332,10 +334,9 @@ impl Engine {
             step.id, step.operation, run.id, run.recipe
         );
         tracing::warn!(step = %step.id, "{message}");
-        run.status = RunStatus::Unsure;
         run.error = Some(message);
         run.finished = Some(now_iso());
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Unsure).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
@@ -357,7 +358,7 @@ impl Engine {
     }
 
     /// After a step succeeded: remembers the ids its `save` names.
-    fn save_ids(&self, step: &Step, ctx: &Value, outputs: &Map<String, Value>) -> Result<(), String> {
+    async fn save_ids(&self, step: &Step, ctx: &Value, outputs: &Map<String, Value>) -> Result<(), String> {
         if step.save.is_empty() {
             return Ok(());
         }
@@ -368,7 +369,7 @@ impl Engine {
             let key = key.render_string(&ctx).map_err(|e| format!("save: {e}"))?;
             let value = value.render_string(&ctx).map_err(|e| format!("save: {e}"))?;
             if !key.trim().is_empty() && !value.trim().is_empty() {
-                self.store.remember_id(key.trim(), value.trim()).map_err(|e| e.to_string())?;
+                self.store.remember_id(key.trim(), value.trim()).await.map_err(|e| e.to_string())?;
             }
         }
         Ok(())
@@ -505,6 +506,7 @@ impl Engine {
         step.error = Some(message.clone());
         step.finished.get_or_insert_with(now_iso);
         let message = format!("step `{}` ({}): {message}", step.id, step.operation);
+        self.store.put_step(&run.id, i, &run.steps[i]).await?;
         self.fail_run(run, recipe, message, retryable).await
     }
 
@@ -516,7 +518,6 @@ impl Engine {
         retryable: bool,
     ) -> Result<RunOutcome, EngineError> {
         tracing::warn!(error = %message, "run failed");
-        run.status = RunStatus::Failed;
         run.error = Some(message);
         run.finished = Some(now_iso());
         if recipe.autoreplay && retryable && run.replays < AUTOREPLAY_LIMIT {
@@ -525,14 +526,14 @@ impl Engine {
             // Never earlier than a time the server asked for.
             run.next_replay_at = Some(run.next_replay_at.map_or(at, |deferred| deferred.max(at)));
         }
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Failed).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
 
     /// `runs replay`: resumes a failed run from its failed step (completed steps are kept).
-    pub async fn replay(&self, id: &str) -> Result<RunOutcome, EngineError> {
-        let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+    pub async fn replay(&self, id: &RunId) -> Result<RunOutcome, EngineError> {
+        let mut run = self.store.run(id).await?.ok_or_else(|| EngineError::UnknownRun(id.to_string()))?;
         if !matches!(run.status, RunStatus::Failed | RunStatus::Unsure) {
             return Err(EngineError::Refused(format!(
                 "run {id} is {}; only failed and unsure runs can be replayed",
@@ -542,9 +543,9 @@ impl Engine {
         for s in run.steps.iter_mut().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::Sent)) {
             s.status = StepStatus::Pending;
         }
-        run.status = RunStatus::Queued;
         run.replays += 1;
-        self.store.save_run(&run)?;
+        self.store.replace_steps(&run.id, &run.steps).await?;
+        self.store.transition(&mut run, RunStatus::Queued).await?;
         self.execute_run(id).await
     }
 
@@ -552,7 +553,7 @@ impl Engine {
     /// 1, 2, 4, 8 and 16 minutes). `ghlflow run` calls it every half minute with the clock;
     /// the demo and the tests call it with the delays compressed.
     pub async fn replay_due(&self, now_unix: u64) -> Vec<Result<RunOutcome, EngineError>> {
-        let due: Vec<String> = match self.store.open_runs() {
+        let due: Vec<RunId> = match self.store.open_runs().await {
             Ok(open) => {
                 open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix)).map(|r| r.id).collect()
             }
@@ -566,30 +567,28 @@ impl Engine {
     }
 
     /// Puts held runs of a recipe in the queue; returns their ids.
-    pub fn release(&self, recipe: &str) -> Result<Vec<String>, EngineError> {
+    pub async fn release(&self, recipe: &str) -> Result<Vec<RunId>, EngineError> {
         let mut ids = Vec::new();
-        for mut run in self.store.runs_with_status(recipe, RunStatus::Held)? {
-            run.status = RunStatus::Queued;
-            self.store.save_run(&run)?;
+        for mut run in self.store.runs_with_status(recipe, RunStatus::Held).await? {
+            self.store.transition(&mut run, RunStatus::Queued).await?;
             ids.push(run.id);
         }
-        self.store.flush()?;
+        self.store.flush_async().await?;
         Ok(ids)
     }
 
     /// Drops held runs of a recipe, and unsure ones a person decided not to send again (they
     /// stay in history as discarded).
-    pub fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
+    pub async fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
         let mut n = 0;
-        let mut runs = self.store.runs_with_status(recipe, RunStatus::Held)?;
-        runs.extend(self.store.runs_with_status(recipe, RunStatus::Unsure)?);
+        let mut runs = self.store.runs_with_status(recipe, RunStatus::Held).await?;
+        runs.extend(self.store.runs_with_status(recipe, RunStatus::Unsure).await?);
         for mut run in runs {
-            run.status = RunStatus::Discarded;
             run.finished = Some(now_iso());
-            self.store.save_run(&run)?;
+            self.store.transition(&mut run, RunStatus::Discarded).await?;
             n += 1;
         }
-        self.store.flush()?;
+        self.store.flush_async().await?;
         Ok(n)
     }
 
@@ -635,11 +634,11 @@ impl Engine {
         let mut saved: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
         let mut failures = 0;
         let fake_run =
-            RunRecord::new(String::new(), &recipe.id, RunStatus::Queued, item_id, item.clone(), String::new());
+            RunRecord::new(RunId::default(), &recipe.id, RunStatus::Queued, item_id, item.clone(), String::new());
         for step in &recipe.steps {
             let mut ctx_value = with_connection(&base, &step.connection, &outputs);
             let mut missing: Option<(String, String)> = None;
-            if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved) {
+            if let Ok((ids, keys)) = self.resolve_ids_with(step, &ctx_value, &saved).await {
                 missing = awaited_id(step, &ids, &keys);
                 set_root(&mut ctx_value, "ids", ids);
             }
@@ -852,15 +851,19 @@ fn with_connection(base: &Value, connection: &crate::config::Connection, outputs
     v
 }
 
-/// Makes `run.steps` match the recipe's steps by id, keeping what was recorded.
-fn align_steps(run: &mut RunRecord, recipe: &Recipe) {
+/// Makes `run.steps` match the recipe's steps by id, keeping what was recorded. Returns
+/// whether a recorded step moved or went (the journal keys steps by position, so its
+/// entries are then rewritten).
+fn align_steps(run: &mut RunRecord, recipe: &Recipe) -> bool {
     let mut old: Vec<crate::store::StepRecord> = std::mem::take(&mut run.steps);
+    let recorded: Vec<String> = old.iter().map(|s| s.id.clone()).collect();
     for step in &recipe.steps {
         match old.iter().position(|s| s.id == step.id) {
             Some(i) => run.steps.push(old.remove(i)),
             None => run.steps.push(crate::store::StepRecord::pending(&step.id, &step.operation.key.to_string())),
         }
     }
+    recorded.iter().enumerate().any(|(at, id)| run.steps.get(at).is_none_or(|s| &s.id != id))
 }
 
 fn outcome(run: &RunRecord) -> RunOutcome {

@@ -138,14 +138,14 @@ impl Engine {
     /// `trigger reset`: the recipe's trigger forgets what it has seen and starts again, with
     /// a new baseline, or (with `cursor`, an ISO 8601 instant) from that time on. A poll of
     /// the recipe in flight meanwhile records nothing: the reset wins.
-    pub fn reset_trigger(&self, recipe: &Recipe, cursor: Option<String>) -> Result<(), EngineError> {
+    pub async fn reset_trigger(&self, recipe: &Recipe, cursor: Option<String>) -> Result<(), EngineError> {
         let state = crate::store::TriggerState {
             fingerprint: recipe.trigger.fingerprint.clone(),
             baselined: cursor.is_some(),
             cursor,
             ..Default::default()
         };
-        Ok(self.store.reset_trigger(&recipe.id, state)?)
+        Ok(self.store.reset_trigger(&recipe.id, state).await?)
     }
 
     /// The dry-run plan so far.
@@ -163,7 +163,7 @@ impl Engine {
         let mut summary = OnceSummary::default();
         // Runs left open by an earlier process first (crash recovery), in order.
         if !self.options.dry_run {
-            match self.store.open_runs() {
+            match self.store.open_runs().await {
                 Ok(runs) => {
                     for run in
                         runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
@@ -215,14 +215,14 @@ impl Engine {
         };
         if !self.options.dry_run {
             // Runs this poll just set waiting wait for another recipe: not again right now.
-            let just_ran: std::collections::HashSet<&str> = match &poll {
-                Ok(o) => o.queued.iter().map(String::as_str).collect(),
+            let just_ran: std::collections::HashSet<&crate::store::RunId> = match &poll {
+                Ok(o) => o.queued.iter().collect(),
                 Err(_) => Default::default(),
             };
-            match self.store.waiting_runs(&recipe.id) {
+            match self.store.waiting_runs(&recipe.id).await {
                 Ok(waiting) if !waiting.is_empty() => {
-                    let ids: Vec<String> =
-                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id.as_str())).collect();
+                    let ids: Vec<crate::store::RunId> =
+                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id)).collect();
                     runs.extend(self.execute_runs(recipe, &ids).await);
                 }
                 Ok(_) => {}
@@ -270,7 +270,11 @@ type RunFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R
 
 impl Engine {
     /// Executes a poll's runs, oldest first, with at most the recipe's `concurrency` in flight.
-    pub async fn execute_runs(&self, recipe: &Recipe, ids: &[String]) -> Vec<Result<RunOutcome, EngineError>> {
+    pub async fn execute_runs(
+        &self,
+        recipe: &Recipe,
+        ids: &[crate::store::RunId],
+    ) -> Vec<Result<RunOutcome, EngineError>> {
         use futures_util::StreamExt as _;
         // Each run's future is made when the stream pulls it, so a backfill of 200,000 items
         // holds `concurrency` futures, not 200,000. Owned ids and a boxed future: a closure
@@ -279,7 +283,7 @@ impl Engine {
         if let Some(p) = self.progress.get() {
             p.queued(ids.len());
         }
-        let start = |id: String| -> RunFuture<'_> {
+        let start = |id: crate::store::RunId| -> RunFuture<'_> {
             Box::pin(async move {
                 let outcome = self.execute_run(&id).await;
                 if let Some(p) = self.progress.get() {
@@ -289,7 +293,7 @@ impl Engine {
             })
         };
         // Once the engine is stopping no run starts: those left stay queued for the next start.
-        let not_stopping = |_: &String| std::future::ready(!self.is_stopping());
+        let not_stopping = |_: &crate::store::RunId| std::future::ready(!self.is_stopping());
         futures_util::stream::iter(ids.iter().cloned())
             .take_while(not_stopping)
             .map(start)
@@ -306,7 +310,7 @@ pub struct OnceSummary {
     pub polls: Vec<PollOutcome>,
     pub runs: Vec<RunOutcome>,
     pub errors: Vec<String>,
-    positions: std::collections::HashMap<String, usize>,
+    positions: std::collections::HashMap<crate::store::RunId, usize>,
 }
 
 impl OnceSummary {

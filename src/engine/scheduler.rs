@@ -57,7 +57,7 @@ pub async fn run(
     let polls = Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS));
 
     // Finish what an earlier process left open.
-    if let Ok(open) = engine.store.open_runs() {
+    if let Ok(open) = engine.store.open_runs().await {
         let engine = Arc::clone(&engine);
         tasks.spawn(async move {
             for run in open.into_iter().filter(|r| r.status.is_open()) {
@@ -193,7 +193,7 @@ fn start_poll(
         let tick = engine.poll_and_run_guarded(&recipe).await;
         if let Err(e) = &tick.poll {
             tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
-            record_poll_error(&engine, &recipe.id, &e.to_string());
+            record_poll_error(&engine, &recipe.id, &e.to_string()).await;
         }
         for result in tick.runs {
             if let Err(e) = result {
@@ -258,10 +258,10 @@ fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
-    if let Ok(Some(mut state)) = engine.store.trigger_state(recipe) {
+async fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
+    if let Ok(Some(mut state)) = engine.store.trigger_state(recipe).await {
         state.last_error = Some(error.to_owned());
-        let _ = engine.store.save_trigger_state(recipe, &state);
+        let _ = engine.store.save_trigger_state(recipe, &state).await;
     }
 }
 
@@ -280,11 +280,16 @@ fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
     let cutoff = SystemTime::now()
         .checked_sub(engine.config.retention)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
-    if let Some(cutoff) = cutoff
-        && let Ok(n) = engine.store.prune_runs(cutoff.as_millis() as u64)
-        && n > 0
-    {
-        tracing::info!(pruned = n, "pruned run history past its retention");
+    if let Some(cutoff) = cutoff {
+        let engine = Arc::clone(engine);
+        tasks.spawn(async move {
+            if let Ok(n) = engine.store.prune_runs(cutoff.as_millis() as u64).await
+                && n > 0
+            {
+                tracing::info!(pruned = n, "pruned run history past its retention");
+            }
+            String::new()
+        });
     }
 }
 
