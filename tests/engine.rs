@@ -346,6 +346,12 @@ async fn a_persistent_500_fails_the_run_and_replay_resumes_without_resending_ste
     assert_eq!(shown["steps"][0]["attempts"], 1);
     assert_eq!(shown["steps"][1]["status"], "succeeded");
     assert!(!String::from_utf8_lossy(&show.stdout).contains("pit-engine-secret"));
+    // A run id mistyped on the command line: refused, saying what an id looks like.
+    for args in [["runs", "show", "17649-abc"], ["runs", "replay", "latest"]] {
+        let out = flow.ghlflow(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("is not a run id (run ids look like"), "{args:?}: {}", text(&out));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
