@@ -15,7 +15,8 @@
 //! - `config` reads ghlflow.yaml: connections, credentials (`${VAR}` from the environment),
 //!   where state lives.
 //! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
-//! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
+//! - `store` says what the engine needs of a state backend (`StateStore`) and holds the sled one,
+//!   the only code that touches sled: tokens, cursors, the run journal, history, leases.
 //! - `limits` holds the bounds on files, templates, responses and server-given waits.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
 //! - `sandbox` (a local emulator of both APIs) and `demo` (the shipped recipes against it)

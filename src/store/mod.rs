@@ -19,6 +19,11 @@
 //! one small write. `RunRecord` is the assembled view the engine and the CLI read. Every status
 //! change goes through `transition`, which checks it against `RunStatus::can_become` and
 //! keeps the (recipe, status) index in step with the header in one atomic write.
+//!
+//! Leases (`acquire_lease`, `renew_lease`, `release_lease`) are for several workers sharing
+//! one store (the PostgreSQL backend). On sled only one process opens the store, so they
+//! only ever exclude holders within it, but they keep the same rules: a lease is its
+//! holder's until it expires (by the wall clock) or is released.
 
 mod sled_backend;
 

@@ -1,10 +1,13 @@
 //! The sled backend: one sled tree per kind of record, JSON values.
 //!
-//! The journal's trees: `run_heads` (run id → `RunHeader`), `run_items` (run id → trigger
-//! item), `run_steps` (run id, 0, step index as 4 big-endian bytes → `StepRecord`),
-//! `run_index` (entries with empty values: `r` recipe 0 id; `s` status 0 id; `b` recipe 0
-//! status 0 id), and `open_runs` (id → recipe) for the runs the engine still owes work on.
-//! A header write and its index entries always go in one transaction.
+//! The journal's trees: `run_items` (run id → trigger item), `run_steps` (run id, 0, step
+//! index as 4 big-endian bytes → `StepRecord`), and `run_journal`, which holds the headers
+//! (`h` id → `RunHeader`), the index (empty values: `r` recipe 0 id; `s` status 0 id; `b`
+//! recipe 0 status 0 id) and the open marks (`o` id → recipe: the runs the engine still owes
+//! work on). Headers, index and marks share one tree so that a status change is one atomic
+//! sled batch: a multi-tree transaction per step of a run cost more CPU than the run's
+//! HTTP. Status changes are serialized by a mutex (one process opens a sled store), so the
+//! read-check-write of `transition` is atomic too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,11 +32,12 @@ pub struct SledStore {
     tokens: sled::Tree,
     triggers: sled::Tree,
     seen: sled::Tree,
-    heads: sled::Tree,
+    /// Headers, index entries and open marks (see the module doc).
+    journal: sled::Tree,
     items: sled::Tree,
     steps: sled::Tree,
-    index: sled::Tree,
-    open: sled::Tree,
+    /// Held while a run's header is read, checked and rewritten (`transition`, pruning).
+    headers: Arc<std::sync::Mutex<()>>,
     ids: sled::Tree,
     /// Per recipe with `report_gone`: the items that ran and have not gone since.
     present: sled::Tree,
@@ -60,33 +64,16 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-/// Why a transaction was abandoned.
+/// Why a transaction was abandoned: the trigger was reset under a poll.
 #[derive(Debug)]
-enum Abort {
-    /// The trigger was reset under a poll.
-    Moved,
-    Transition(RunStatus, RunStatus),
-    Unknown,
-    Corrupt(String),
-}
+struct Moved;
 
-type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
+type TxResult<T> = Result<T, ConflictableTransactionError<Moved>>;
 
-fn abort<T>(a: Abort) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(a))
-}
-
-fn tx_error(e: TransactionError<Abort>, recipe: &str, run: Option<&RunId>) -> StoreError {
+fn tx_error(e: TransactionError<Moved>, recipe: &str) -> StoreError {
     match e {
         TransactionError::Storage(e) => StoreError::Sled(e),
-        TransactionError::Abort(Abort::Moved) => StoreError::TriggerMoved { recipe: recipe.into() },
-        TransactionError::Abort(Abort::Transition(from, to)) => {
-            StoreError::Transition { run: run.cloned().unwrap_or_default(), from, to }
-        }
-        TransactionError::Abort(Abort::Unknown) => StoreError::UnknownRun(run.cloned().unwrap_or_default()),
-        TransactionError::Abort(Abort::Corrupt(key)) => {
-            StoreError::Corrupt { key, reason: "not a run header this ghlflow reads".into() }
-        }
+        TransactionError::Abort(Moved) => StoreError::TriggerMoved { recipe: recipe.into() },
     }
 }
 
@@ -100,6 +87,14 @@ fn step_key(run: &RunId, index: usize) -> Vec<u8> {
     let mut k = step_prefix(run);
     k.extend_from_slice(&(index as u32).to_be_bytes());
     k
+}
+
+fn head_key(id: &RunId) -> Vec<u8> {
+    with_id(vec![b'h'], id)
+}
+
+fn open_key(id: &RunId) -> Vec<u8> {
+    with_id(vec![b'o'], id)
 }
 
 fn index_recipe(recipe: &str) -> Vec<u8> {
@@ -144,24 +139,21 @@ fn ids_under(index: &sled::Tree, prefix: &[u8]) -> impl DoubleEndedIterator<Item
 /// Writes a new run (header, item, steps not pending, index entries, open mark) into a
 /// transaction.
 fn write_new_run(
-    heads: &TransactionalTree,
+    journal: &TransactionalTree,
     items: &TransactionalTree,
     steps: &TransactionalTree,
-    index: &TransactionalTree,
-    open: &TransactionalTree,
     run: &EncodedRun,
 ) -> TxResult<()> {
-    let id = run.id.as_str().as_bytes();
-    heads.insert(id, run.header.as_slice())?;
-    items.insert(id, run.item.as_slice())?;
+    journal.insert(head_key(&run.id), run.header.as_slice())?;
+    items.insert(run.id.as_str().as_bytes(), run.item.as_slice())?;
     for (key, value) in &run.steps {
         steps.insert(key.as_slice(), value.as_slice())?;
     }
-    index.insert(with_id(index_recipe(&run.recipe), &run.id), &[])?;
-    index.insert(with_id(index_status(run.status), &run.id), &[])?;
-    index.insert(with_id(index_both(&run.recipe, run.status), &run.id), &[])?;
+    journal.insert(with_id(index_recipe(&run.recipe), &run.id), &[])?;
+    journal.insert(with_id(index_status(run.status), &run.id), &[])?;
+    journal.insert(with_id(index_both(&run.recipe, run.status), &run.id), &[])?;
     if run.owed {
-        open.insert(id, run.recipe.as_bytes())?;
+        journal.insert(open_key(&run.id), run.recipe.as_bytes())?;
     }
     Ok(())
 }
@@ -250,11 +242,10 @@ impl SledStore {
             tokens: db.open_tree("tokens")?,
             triggers: db.open_tree("triggers")?,
             seen: db.open_tree("seen")?,
-            heads: db.open_tree("run_heads")?,
+            journal: db.open_tree("run_journal")?,
             items: db.open_tree("run_items")?,
             steps: db.open_tree("run_steps")?,
-            index: db.open_tree("run_index")?,
-            open: db.open_tree("open_runs")?,
+            headers: Arc::default(),
             ids: db.open_tree("id_map")?,
             present: db.open_tree("present")?,
             spill: db.open_tree("poll_spill")?,
@@ -272,7 +263,12 @@ impl SledStore {
     }
 
     fn header(&self, id: &RunId) -> Result<Option<RunHeader>, StoreError> {
-        get_json(&self.heads, id.as_str())
+        match self.journal.get(head_key(id))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: format!("header of run {id}"), reason: e.to_string() }),
+        }
     }
 
     fn assemble(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
@@ -302,15 +298,7 @@ impl SledStore {
     /// The ids of an index prefix (or of every run), newest first: at most `limit` of them
     /// and how many there are.
     fn page_ids(&self, prefix: Option<Vec<u8>>, limit: usize) -> Result<(Vec<RunId>, usize), StoreError> {
-        let ids: Box<dyn DoubleEndedIterator<Item = Result<RunId, StoreError>>> = match prefix {
-            Some(p) => Box::new(ids_under(&self.index, &p)),
-            None => Box::new(self.heads.iter().keys().map(|k| {
-                let k = k?;
-                String::from_utf8_lossy(&k)
-                    .parse::<RunId>()
-                    .map_err(|e| StoreError::Corrupt { key: "run_heads".into(), reason: e.to_string() })
-            })),
-        };
+        let ids = ids_under(&self.journal, &prefix.unwrap_or_else(|| vec![b'h']));
         let (mut out, mut total) = (Vec::new(), 0);
         for id in ids.rev() {
             total += 1;
@@ -325,21 +313,20 @@ impl SledStore {
     fn delete_run(&self, header: &RunHeader) -> Result<(), StoreError> {
         let step_keys: Vec<sled::IVec> =
             self.steps.scan_prefix(step_prefix(&header.id)).keys().collect::<Result<_, _>>()?;
-        (&self.heads, &self.items, &self.steps, &self.index, &self.open)
-            .transaction(|(heads, items, steps, index, open)| {
-                let id = header.id.as_str().as_bytes();
-                heads.remove(id)?;
-                items.remove(id)?;
-                open.remove(id)?;
+        (&self.journal, &self.items, &self.steps)
+            .transaction(|(journal, items, steps)| {
+                journal.remove(head_key(&header.id))?;
+                journal.remove(open_key(&header.id))?;
+                journal.remove(with_id(index_recipe(&header.recipe), &header.id))?;
+                journal.remove(with_id(index_status(header.status), &header.id))?;
+                journal.remove(with_id(index_both(&header.recipe, header.status), &header.id))?;
+                items.remove(header.id.as_str().as_bytes())?;
                 for k in &step_keys {
                     steps.remove(k)?;
                 }
-                index.remove(with_id(index_recipe(&header.recipe), &header.id))?;
-                index.remove(with_id(index_status(header.status), &header.id))?;
-                index.remove(with_id(index_both(&header.recipe, header.status), &header.id))?;
                 Ok(())
             })
-            .map_err(|e: TransactionError<Abort>| tx_error(e, &header.recipe, Some(&header.id)))
+            .map_err(|e: TransactionError<Moved>| tx_error(e, &header.recipe))
     }
 
     /// The lease record of `name`, if it is held and not expired at `now_ms`.
@@ -444,29 +431,19 @@ impl StateStore for SledStore {
     async fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Result<(), StoreError> {
         let runs: Vec<EncodedRun> = commit.runs.iter().map(EncodedRun::of).collect::<Result<_, _>>()?;
         let state = commit.state.as_ref().map(|s| to_bytes(recipe, s)).transpose()?;
-        (
-            &self.heads,
-            &self.items,
-            &self.steps,
-            &self.index,
-            &self.open,
-            &self.seen,
-            &self.triggers,
-            &self.present,
-            &self.spill,
-        )
-            .transaction(|(heads, items, steps, index, open, seen_t, triggers_t, present_t, spill_t)| {
+        (&self.journal, &self.items, &self.steps, &self.seen, &self.triggers, &self.present, &self.spill)
+            .transaction(|(journal, items, steps, seen_t, triggers_t, present_t, spill_t)| {
                 let stored = triggers_t.get(recipe.as_bytes())?;
                 let generation =
                     stored.and_then(|b| serde_json::from_slice::<TriggerState>(&b).ok()).map_or(0, |s| s.generation);
                 if generation != commit.generation {
-                    return abort(Abort::Moved);
+                    return Err(ConflictableTransactionError::Abort(Moved));
                 }
                 for slot in &commit.spilled {
                     spill_t.remove(spill_key(recipe, *slot))?;
                 }
                 for run in &runs {
-                    write_new_run(heads, items, steps, index, open, run)?;
+                    write_new_run(journal, items, steps, run)?;
                 }
                 for (item, mark) in &commit.seen {
                     seen_t.insert(seen_key(recipe, item), mark.as_bytes())?;
@@ -482,7 +459,7 @@ impl StateStore for SledStore {
                 }
                 Ok(())
             })
-            .map_err(|e| tx_error(e, recipe, None))
+            .map_err(|e| tx_error(e, recipe))
     }
 
     // --- the poll spill ---------------------------------------------------------------
@@ -526,14 +503,14 @@ impl StateStore for SledStore {
 
     async fn create_runs(&self, runs: &[RunRecord]) -> Result<(), StoreError> {
         let runs: Vec<EncodedRun> = runs.iter().map(EncodedRun::of).collect::<Result<_, _>>()?;
-        (&self.heads, &self.items, &self.steps, &self.index, &self.open)
-            .transaction(|(heads, items, steps, index, open)| {
+        (&self.journal, &self.items, &self.steps)
+            .transaction(|(journal, items, steps)| {
                 for run in &runs {
-                    write_new_run(heads, items, steps, index, open, run)?;
+                    write_new_run(journal, items, steps, run)?;
                 }
                 Ok(())
             })
-            .map_err(|e| tx_error(e, "", None))
+            .map_err(|e| tx_error(e, ""))
     }
 
     async fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
@@ -561,35 +538,39 @@ impl StateStore for SledStore {
         let mut header = run.header();
         header.status = to;
         let bytes = to_bytes(run.id.as_str(), &header)?;
-        let owed = to.is_owed(header.next_replay_at);
-        let id = header.id.as_str().as_bytes();
-        (&self.heads, &self.index, &self.open)
-            .transaction(|(heads, index, open)| {
-                let Some(stored) = heads.get(id)? else { return abort(Abort::Unknown) };
-                let Ok(stored) = serde_json::from_slice::<RunHeader>(&stored) else {
-                    return abort(Abort::Corrupt(format!("run_heads/{}", header.id)));
-                };
-                let from = stored.status;
-                if !from.can_become(to) {
-                    return abort(Abort::Transition(from, to));
-                }
-                heads.insert(id, bytes.as_slice())?;
-                if from != to {
-                    index.remove(with_id(index_status(from), &header.id))?;
-                    index.remove(with_id(index_both(&header.recipe, from), &header.id))?;
-                    index.insert(with_id(index_status(to), &header.id), &[])?;
-                    index.insert(with_id(index_both(&header.recipe, to), &header.id), &[])?;
-                }
-                // A running run was owed already (queued or resumed from the index): no write.
-                let was_owed = from.is_owed(stored.next_replay_at);
-                if owed && !was_owed {
-                    open.insert(id, header.recipe.as_bytes())?;
-                } else if !owed && was_owed {
-                    open.remove(id)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| tx_error(e, &header.recipe, Some(&header.id)))?;
+        let id = &header.id;
+        let refused = |from| StoreError::Transition { run: id.clone(), from, to };
+        {
+            let _serial = self.headers.lock().unwrap_or_else(|p| p.into_inner());
+            let stored = self.header(id)?.ok_or_else(|| StoreError::UnknownRun(id.clone()))?;
+            let from = stored.status;
+            if !from.can_become(to) {
+                return Err(refused(from));
+            }
+            if stored.recipe != header.recipe {
+                // A run never changes recipe: its index entries are under the stored one.
+                return Err(StoreError::Corrupt {
+                    key: format!("header of run {id}"),
+                    reason: format!("recipe `{}` rewritten as `{}`", stored.recipe, header.recipe),
+                });
+            }
+            let mut batch = sled::Batch::default();
+            batch.insert(head_key(id), bytes);
+            if from != to {
+                batch.remove(with_id(index_status(from), id));
+                batch.remove(with_id(index_both(&header.recipe, from), id));
+                batch.insert(with_id(index_status(to), id), &[]);
+                batch.insert(with_id(index_both(&header.recipe, to), id), &[]);
+            }
+            // A running run was owed already (queued, or resumed from the marks): no write.
+            let (was, now) = (from.is_owed(stored.next_replay_at), to.is_owed(header.next_replay_at));
+            if now && !was {
+                batch.insert(open_key(id), header.recipe.as_bytes());
+            } else if was && !now {
+                batch.remove(open_key(id));
+            }
+            self.journal.apply_batch(batch)?;
+        }
         run.status = to;
         Ok(())
     }
@@ -597,12 +578,7 @@ impl StateStore for SledStore {
     // --- history ----------------------------------------------------------------------
 
     async fn open_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.assemble_all(self.open.iter().keys().map(|k| {
-            let k = k?;
-            String::from_utf8_lossy(&k)
-                .parse::<RunId>()
-                .map_err(|e| StoreError::Corrupt { key: "open_runs".into(), reason: e.to_string() })
-        }))
+        self.assemble_all(ids_under(&self.journal, b"o"))
     }
 
     async fn waiting_runs(&self, recipe: &str) -> Result<Vec<RunRecord>, StoreError> {
@@ -610,7 +586,7 @@ impl StateStore for SledStore {
     }
 
     async fn runs_with_status(&self, recipe: &str, status: RunStatus) -> Result<Vec<RunRecord>, StoreError> {
-        self.assemble_all(ids_under(&self.index, &index_both(recipe, status)))
+        self.assemble_all(ids_under(&self.journal, &index_both(recipe, status)))
     }
 
     async fn runs(&self, recipe: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
@@ -639,13 +615,15 @@ impl StateStore for SledStore {
         // Only the statuses that end a run, from the index: no history scan, and the runs
         // still owed, held or unsure are never even read.
         for status in [RunStatus::Succeeded, RunStatus::Filtered, RunStatus::Discarded, RunStatus::Failed] {
-            let ids: Vec<RunId> = ids_under(&self.index, &index_status(status))
+            let ids: Vec<RunId> = ids_under(&self.journal, &index_status(status))
                 .take_while(|id| id.as_ref().map_or(true, |id| id.created_ms() < cutoff_ms))
                 .collect::<Result<_, _>>()?;
             for id in ids {
+                // Read and deleted under the header lock: a replay may have queued it since.
+                let _serial = self.headers.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(header) = self.header(&id)? else { continue };
-                if header.status.is_owed(header.next_replay_at) {
-                    continue; // a failed run with an automatic replay due
+                if header.status != status || header.status.is_owed(header.next_replay_at) {
+                    continue; // a failed run with an automatic replay due, or replayed
                 }
                 self.delete_run(&header)?;
                 n += 1;
@@ -733,7 +711,7 @@ fn to_bytes<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
 ///   `present` and `poll_spill` exist (created empty when missing). Nothing is rewritten.
 /// - 3: the run journal: each run of the `runs` tree (one JSON record holding the item and
 ///   every step) is split into its header, item and step entries, indexed by recipe and
-///   status; the `runs` tree is then dropped.
+///   status; the `runs` and `open_runs` trees are then dropped.
 pub const FORMAT: u32 = 3;
 
 fn format_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
@@ -786,6 +764,7 @@ fn migrate(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
         // Dropped only once the new format is durable: a crash before it reruns the step,
         // which writes the same keys again.
         db.drop_tree("runs")?;
+        db.drop_tree("open_runs")?;
         db.flush()?;
         tracing::info!(from, to = FORMAT, "state store migrated");
     }
@@ -793,18 +772,20 @@ fn migrate(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
 }
 
 /// Formats 1 and 2 to 3: each whole run record becomes a header, an item and step entries
-/// (pending steps too, so history shows what it showed), with its index entries. The open
-/// runs index keeps its layout.
+/// (pending steps too, so history shows what it showed), with its index entries; a run the
+/// old `open_runs` tree listed gets an open mark.
 fn journal_from_records(db: &sled::Db) -> Result<(), StoreError> {
     let store = SledStore::from_db(db.clone())?;
     let old = db.open_tree("runs")?;
+    let open = db.open_tree("open_runs")?;
     let mut chunk = Vec::new();
     for entry in old.iter() {
         let (key, value) = entry?;
+        let owed = open.contains_key(&key)?;
         let key = String::from_utf8_lossy(&key).into_owned();
         let run: RunRecord = serde_json::from_slice(&value)
             .map_err(|e| StoreError::Corrupt { key: key.clone(), reason: e.to_string() })?;
-        chunk.push(run);
+        chunk.push((run, owed));
         if chunk.len() == 1000 {
             migrate_chunk(&store, &std::mem::take(&mut chunk))?;
         }
@@ -812,9 +793,9 @@ fn journal_from_records(db: &sled::Db) -> Result<(), StoreError> {
     migrate_chunk(&store, &chunk)
 }
 
-fn migrate_chunk(store: &SledStore, runs: &[RunRecord]) -> Result<(), StoreError> {
+fn migrate_chunk(store: &SledStore, runs: &[(RunRecord, bool)]) -> Result<(), StoreError> {
     let mut encoded = Vec::new();
-    for run in runs {
+    for (run, owed) in runs {
         let mut e = EncodedRun::of(run)?;
         // Every step, pending ones included.
         e.steps = run
@@ -823,18 +804,18 @@ fn migrate_chunk(store: &SledStore, runs: &[RunRecord]) -> Result<(), StoreError
             .enumerate()
             .map(|(i, s)| Ok((step_key(&run.id, i), to_bytes(run.id.as_str(), s)?)))
             .collect::<Result<_, StoreError>>()?;
-        // The open index is carried over as it is (a run it lists stays listed).
-        e.owed = false;
+        // The old open index is carried over as it is (a run it lists stays listed).
+        e.owed = *owed;
         encoded.push(e);
     }
-    (&store.heads, &store.items, &store.steps, &store.index, &store.open)
-        .transaction(|(heads, items, steps, index, open)| {
+    (&store.journal, &store.items, &store.steps)
+        .transaction(|(journal, items, steps)| {
             for run in &encoded {
-                write_new_run(heads, items, steps, index, open, run)?;
+                write_new_run(journal, items, steps, run)?;
             }
             Ok(())
         })
-        .map_err(|e| tx_error(e, "", None))
+        .map_err(|e| tx_error(e, ""))
 }
 
 /// Removes every key of `tree` that starts with `prefix`; returns how many.
