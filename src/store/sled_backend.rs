@@ -2,8 +2,8 @@
 //!
 //! The journal's trees: `run_items` (run id → trigger item), `run_steps` (run id, 0, step
 //! index as 4 big-endian bytes → `StepRecord`), and `run_journal`, which holds the headers
-//! (`h` id → `RunHeader`), the index (empty values: `r` recipe 0 id; `s` status 0 id; `b`
-//! recipe 0 status 0 id) and the open marks (`o` id → recipe: the runs the engine still owes
+//! (`h` id → `RunHeader`), the index (empty values: `r` recipe 0 id; `b` recipe 0 status 0
+//! id; `k` recipe, for each recipe that has runs) and the open marks (`o` id → recipe: the runs the engine still owes
 //! work on). Headers, index and marks share one tree so that a status change is one atomic
 //! sled batch: a multi-tree transaction per step of a run cost more CPU than the run's
 //! HTTP. Status changes are serialized by a mutex (one process opens a sled store), so the
@@ -105,10 +105,12 @@ fn index_recipe(recipe: &str) -> Vec<u8> {
     k
 }
 
-fn index_status(status: RunStatus) -> Vec<u8> {
-    let mut k = vec![b's'];
-    k.extend_from_slice(status.as_str().as_bytes());
-    k.push(0);
+/// The key that names a recipe as having runs (`k` recipe): the runs of one status across
+/// recipes are read from each recipe's (recipe, status) entries, so a status change moves
+/// two index entries, not four.
+fn recipe_key(recipe: &str) -> Vec<u8> {
+    let mut k = vec![b'k'];
+    k.extend_from_slice(recipe.as_bytes());
     k
 }
 
@@ -150,7 +152,7 @@ fn write_new_run(
         steps.insert(key.as_slice(), value.as_slice())?;
     }
     journal.insert(with_id(index_recipe(&run.recipe), &run.id), &[])?;
-    journal.insert(with_id(index_status(run.status), &run.id), &[])?;
+    journal.insert(recipe_key(&run.recipe), &[])?;
     journal.insert(with_id(index_both(&run.recipe, run.status), &run.id), &[])?;
     if run.owed {
         journal.insert(open_key(&run.id), run.recipe.as_bytes())?;
@@ -309,6 +311,11 @@ impl SledStore {
         Ok((out, total))
     }
 
+    /// The recipes that have (or had) runs.
+    fn recipes(&self) -> Result<Vec<String>, StoreError> {
+        self.journal.scan_prefix(b"k").keys().map(|k| Ok(String::from_utf8_lossy(&k?[1..]).into_owned())).collect()
+    }
+
     /// Deletes one run whole: header, item, steps, index entries, open mark.
     fn delete_run(&self, header: &RunHeader) -> Result<(), StoreError> {
         let step_keys: Vec<sled::IVec> =
@@ -318,7 +325,6 @@ impl SledStore {
                 journal.remove(head_key(&header.id))?;
                 journal.remove(open_key(&header.id))?;
                 journal.remove(with_id(index_recipe(&header.recipe), &header.id))?;
-                journal.remove(with_id(index_status(header.status), &header.id))?;
                 journal.remove(with_id(index_both(&header.recipe, header.status), &header.id))?;
                 items.remove(header.id.as_str().as_bytes())?;
                 for k in &step_keys {
@@ -557,9 +563,7 @@ impl StateStore for SledStore {
             let mut batch = sled::Batch::default();
             batch.insert(head_key(id), bytes);
             if from != to {
-                batch.remove(with_id(index_status(from), id));
                 batch.remove(with_id(index_both(&header.recipe, from), id));
-                batch.insert(with_id(index_status(to), id), &[]);
                 batch.insert(with_id(index_both(&header.recipe, to), id), &[]);
             }
             // A running run was owed already (queued, or resumed from the marks): no write.
@@ -600,13 +604,44 @@ impl StateStore for SledStore {
         status: Option<RunStatus>,
         limit: usize,
     ) -> Result<(Vec<RunRecord>, usize), StoreError> {
-        let prefix = match (recipe, status) {
-            (None, None) => None,
-            (Some(r), None) => Some(index_recipe(r)),
-            (None, Some(s)) => Some(index_status(s)),
-            (Some(r), Some(s)) => Some(index_both(r, s)),
+        let (ids, total) = match (recipe, status) {
+            (None, None) => self.page_ids(None, limit)?,
+            (Some(r), None) => self.page_ids(Some(index_recipe(r)), limit)?,
+            (Some(r), Some(s)) => self.page_ids(Some(index_both(r, s)), limit)?,
+            (None, Some(s)) => {
+                // Each recipe's runs in `s`, newest first, merged.
+                let mut lists: Vec<_> = self
+                    .recipes()?
+                    .iter()
+                    .map(|r| ids_under(&self.journal, &index_both(r, s)).rev().peekable())
+                    .collect();
+                let (mut out, mut total) = (Vec::new(), 0);
+                loop {
+                    let mut newest: Option<(usize, RunId)> = None;
+                    for (i, list) in lists.iter_mut().enumerate() {
+                        match list.peek() {
+                            Some(Ok(id)) if newest.as_ref().is_none_or(|(_, n)| id > n) => {
+                                newest = Some((i, id.clone()))
+                            }
+                            Some(Err(_)) => {
+                                return Err(list.next().and_then(Result::err).unwrap_or_else(|| StoreError::Corrupt {
+                                    key: "run_journal".into(),
+                                    reason: "unreadable index entry".into(),
+                                }));
+                            }
+                            _ => {}
+                        }
+                    }
+                    let Some((i, id)) = newest else { break };
+                    lists[i].next();
+                    total += 1;
+                    if out.len() < limit {
+                        out.push(id);
+                    }
+                }
+                (out, total)
+            }
         };
-        let (ids, total) = self.page_ids(prefix, limit)?;
         Ok((self.assemble_all(ids.into_iter().map(Ok))?, total))
     }
 
@@ -614,8 +649,9 @@ impl StateStore for SledStore {
         let mut n = 0;
         // Only the statuses that end a run, from the index: no history scan, and the runs
         // still owed, held or unsure are never even read.
-        for status in [RunStatus::Succeeded, RunStatus::Filtered, RunStatus::Discarded, RunStatus::Failed] {
-            let ids: Vec<RunId> = ids_under(&self.journal, &index_status(status))
+        let ended = [RunStatus::Succeeded, RunStatus::Filtered, RunStatus::Discarded, RunStatus::Failed];
+        for (recipe, status) in self.recipes()?.iter().flat_map(|r| ended.map(|s| (r.clone(), s))) {
+            let ids: Vec<RunId> = ids_under(&self.journal, &index_both(&recipe, status))
                 .take_while(|id| id.as_ref().map_or(true, |id| id.created_ms() < cutoff_ms))
                 .collect::<Result<_, _>>()?;
             for id in ids {
