@@ -39,3 +39,4 @@ pub mod sandbox;
 pub mod store;
 pub mod template;
 pub mod unknown_keys;
+pub mod yaml;
