@@ -326,6 +326,9 @@ pub struct Listener {
     pub public_url: url::Url,
     /// Required unless `bind` is loopback.
     pub auth: Option<ServerAuth>,
+    /// The file asks for the listener (`listen:`, `public_url:` or `server:`): not being able
+    /// to bind is then an error, not a warning.
+    pub asked_for: bool,
 }
 
 /// `server.auth`, its secrets wrapped.
@@ -840,5 +843,6 @@ fn listener(spec: &ConfigSpec, redactor: &Redactor, problem: &mut dyn FnMut(&str
     }
     // `fallback` cannot fail for a socket address; the `unwrap_or` only keeps this total.
     let public_url = public_url.unwrap_or_else(|| url::Url::parse("http://127.0.0.1:8975").expect("a valid URL"));
-    Listener { bind, public_url, auth }
+    let asked_for = spec.listen.is_some() || spec.public_url.is_some() || spec.server.is_some();
+    Listener { bind, public_url, auth, asked_for }
 }

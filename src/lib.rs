@@ -33,6 +33,7 @@ pub mod engine;
 pub mod fsread;
 pub mod http;
 pub mod limits;
+pub mod listen;
 pub mod recipe;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

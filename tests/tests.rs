@@ -13,6 +13,7 @@ mod fuzz;
 mod hostile;
 mod http_layer;
 mod kill_nine;
+mod listener;
 mod meetings;
 mod mirror;
 mod mirror_real;

@@ -121,6 +121,23 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
         return if failed { Err(CliError::Quiet(1)) } else { Ok(()) };
     }
 
+    // The listener: hooks and health probes. Without instant triggers or a `listen:` of its
+    // own, a port already taken (a second ghlflow on this machine) only turns it off.
+    match crate::listen::bind(config.listener.bind).await {
+        Ok(bound) => {
+            tracing::info!(address = %format!("http://{}", bound.addr), "listening");
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                if let Err(e) = crate::listen::serve(bound, engine).await {
+                    tracing::error!(error = %e, "the listener stopped");
+                }
+            });
+        }
+        Err(e) if config.listener.asked_for => return Err(CliError::Runtime(e.to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "no listener: /healthz and /readyz are off (set `listen:` to choose a port)")
+        }
+    }
     if let Err(e) = super::control::serve(Arc::clone(&engine)) {
         tracing::warn!(error = %e, "no control socket: `ghlflow runs` cannot reach this process while it runs");
     }

@@ -8,6 +8,7 @@
 
 mod execute;
 mod guard;
+pub mod health;
 mod lookups;
 mod plan;
 mod poll;
@@ -66,6 +67,8 @@ pub struct Engine {
     /// Cancelled when the process is asked to stop: polls drop what they read, and runs not
     /// started stay queued for the next start (runs in flight finish).
     stopping: tokio_util::sync::CancellationToken,
+    /// What `/readyz` reports.
+    health: health::Health,
 }
 
 /// Something that follows a poll's runs: how many are queued, how many are done.
@@ -106,7 +109,24 @@ impl Engine {
             lookup_cache: Default::default(),
             progress: Default::default(),
             stopping: Default::default(),
+            health: Default::default(),
         })
+    }
+
+    pub fn health(&self) -> &health::Health {
+        &self.health
+    }
+
+    /// What keeps the engine from doing its work (for `/readyz`); empty when ready.
+    pub fn readiness(&self) -> Vec<String> {
+        let mut problems = self.health.problems(std::time::Instant::now());
+        if let Err(e) = self.store.format() {
+            problems.insert(0, format!("the state store does not answer: {e}"));
+        }
+        if self.is_stopping() {
+            problems.insert(0, "stopping".to_owned());
+        }
+        problems
     }
 
     /// Asks every poll and run to stop (SIGTERM): see `stopping`.
@@ -288,6 +308,7 @@ impl Engine {
         let start = |id: String| -> RunFuture<'_> {
             Box::pin(async move {
                 let outcome = self.execute_run(&id).await;
+                self.health.progress(&recipe.id);
                 if let Some(p) = self.progress.get() {
                     p.finished(1);
                 }

@@ -197,6 +197,7 @@ impl Engine {
         let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
+            self.health.progress(&recipe.id);
             if self.is_stopping() {
                 // Asked to stop: nothing of this read is recorded; the next start reads again.
                 return Ok(PollOutcome { recipe: recipe.id.clone(), fetched, ..Default::default() });
