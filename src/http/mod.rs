@@ -269,11 +269,7 @@ impl HttpClient {
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let retry_after = headers
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = ratelimit::retry_after(&headers);
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let bytes = self.read_body(request, &mut response, max_body).await?;
         if !(200..300).contains(&status) {
