@@ -34,6 +34,7 @@ pub mod fsread;
 pub mod http;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 pub mod recipe;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

@@ -39,7 +39,13 @@ impl Engine {
             return Err(EngineError::UnknownRecipe(run.recipe.clone()));
         };
         let span = tracing::info_span!("run", recipe = %run.recipe, run = %run.id);
-        self.execute_traced(run, recipe).instrument(span).await
+        let outcome = self.execute_traced(run, recipe).instrument(span).await?;
+        // Counted once it ends; a waiting run is counted when it ends later.
+        if matches!(outcome.status, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Filtered | RunStatus::Unsure)
+        {
+            crate::metrics::metrics().run_ended(&outcome.recipe, outcome.status.as_str());
+        }
+        Ok(outcome)
     }
 
     async fn execute_traced(&self, mut run: RunRecord, recipe: Arc<Recipe>) -> Result<RunOutcome, EngineError> {
@@ -144,6 +150,7 @@ impl Engine {
                 // number of requests sent, retries included.
                 record.attempts = record.attempts.saturating_sub(1) + sends;
                 record.duration_ms = Some(started.elapsed().as_millis() as u64);
+                crate::metrics::metrics().step_took(&record.operation, started.elapsed());
                 record.finished = Some(now_iso());
                 match result {
                     Ok(body) => {

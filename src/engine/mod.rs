@@ -117,6 +117,11 @@ impl Engine {
         &self.health
     }
 
+    /// How many runs of `recipe` are held for release.
+    pub fn held_runs(&self, recipe: &str) -> Result<usize, EngineError> {
+        Ok(self.store.runs_with_status(recipe, crate::store::RunStatus::Held)?.len())
+    }
+
     /// What keeps the engine from doing its work (for `/readyz`); empty when ready.
     pub fn readiness(&self) -> Vec<String> {
         let mut problems = self.health.problems(std::time::Instant::now());
@@ -235,6 +240,13 @@ impl Engine {
     pub async fn poll_and_run(&self, recipe: &Arc<Recipe>) -> PollTick {
         let started = std::time::Instant::now();
         let poll = self.poll(recipe).await;
+        if let Ok(o) = &poll
+            && o.filtered > 0
+            && !self.options.dry_run
+        {
+            // Runs the poll recorded as filtered, without executing them.
+            crate::metrics::metrics().runs_ended(&recipe.id, "filtered", o.filtered as u64);
+        }
         let mut runs = match &poll {
             Ok(o) => self.execute_runs(recipe, &o.queued).await,
             Err(_) => Vec::new(),

@@ -34,6 +34,7 @@ pub struct Lateness(Mutex<Vec<u64>>);
 
 impl Lateness {
     fn record(&self, late: Duration) {
+        crate::metrics::metrics().poll_late(late);
         if let Ok(mut v) = self.0.lock() {
             v.push(late.as_micros() as u64);
         }

@@ -196,14 +196,21 @@ impl HttpClient {
             let (token, sent, sent_at) = outcome?;
             return match sent {
                 Ok(response) => {
-                    budget.observe(response.headers(), sent_at);
+                    let metrics = crate::metrics::metrics();
+                    if let Some(left) = budget.observe(response.headers(), sent_at) {
+                        metrics.budget_remaining(&connection.app.id, &connection.name, left);
+                    }
                     span.record("status", response.status().as_u16());
                     let status = response.status().as_u16();
+                    metrics.request(&connection.app.id, Some(status));
                     if status == 401 && tokens.refreshable() && !refreshed {
                         refreshed = true;
                         tokens.invalidate(&token).await;
                         tracing::info!(op = %op.key, "401: refreshing the token and trying once more");
                         continue;
+                    }
+                    if status == 429 {
+                        metrics.rate_limited(&connection.app.id, &connection.name);
                     }
                     if status == 429 && rate_waits < MAX_RATE_LIMIT_WAITS {
                         rate_waits += 1;
@@ -221,7 +228,10 @@ impl HttpClient {
                     }
                     self.read_response(op, request, response, connection.app.max_response_bytes).await
                 }
-                Err(e) => Err(self.transport_error(request, &e)),
+                Err(e) => {
+                    crate::metrics::metrics().request(&connection.app.id, None);
+                    Err(self.transport_error(request, &e))
+                }
             };
         }
     }

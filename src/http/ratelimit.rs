@@ -227,8 +227,9 @@ impl Budget {
     }
 
     /// Corrects the budget from the rate-limit headers of the answer to a request sent at
-    /// `sent_at` (its permit's `sent_at`).
-    pub fn observe(&self, headers: &HeaderMap, sent_at: Instant) {
+    /// `sent_at` (its permit's `sent_at`). Returns what the API says is left in its shortest
+    /// window, when it says.
+    pub fn observe(&self, headers: &HeaderMap, sent_at: Instant) -> Option<u64> {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,6 +275,7 @@ impl Budget {
                 }
             }
         }
+        num("x-ratelimit-remaining")
     }
 
     /// How long a 429 asks us to wait: Retry-After (seconds or a date), else the reset time
