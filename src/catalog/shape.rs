@@ -55,6 +55,21 @@ impl Shape {
         }
     }
 
+    /// What two sources of the same records both hold: the fields of objects present in
+    /// both (recursively), `Any` where the types disagree. Unknown (`Any`) and `null` yield
+    /// to the other side, which says more.
+    pub fn common(self, other: Shape) -> Shape {
+        match (self, other) {
+            (Shape::Object(a), Shape::Object(mut b)) => Shape::Object(
+                a.into_iter().filter_map(|(k, v)| b.remove(&k).map(|w| (k, v.common(w)))).collect(),
+            ),
+            (Shape::Array(a), Shape::Array(b)) => Shape::Array(Box::new(a.common(*b))),
+            (Shape::Any, x) | (x, Shape::Any) | (Shape::Null, x) | (x, Shape::Null) => x,
+            (a, b) if a == b => a,
+            _ => Shape::Any,
+        }
+    }
+
     /// Follows a reference such as `contact.emails.0.address` (numbers index arrays,
     /// `[0]`-style segments are already split off by the caller). Returns the shape reached,
     /// or the longest prefix that exists when the path leaves the known shape.
