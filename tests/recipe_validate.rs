@@ -51,11 +51,8 @@ fn an_instant_trigger_listens_for_its_event_and_polls_its_reconcile_op_every_15m
     assert_eq!(t.operation.key.to_string(), "capsule.parties.party_updated", "the safety-net poll");
     assert!(matches!(t.schedule, recipe::Schedule::Every(d) if d == std::time::Duration::from_secs(15 * 60)));
     assert_eq!(t.dedupe, catalog::Dedupe::IdUpdated, "the poll's own rule");
-    let listens: Vec<(String, String, String)> = t
-        .listens
-        .iter()
-        .map(|l| (l.connection.name.clone(), l.event.clone(), l.operation.key.to_string()))
-        .collect();
+    let listens: Vec<(String, String, String)> =
+        t.listens.iter().map(|l| (l.connection.name.clone(), l.event.clone(), l.operation.key.to_string())).collect();
     assert_eq!(listens, [("capsule".into(), "party/updated".into(), "capsule.parties.on_party_updated".into())]);
     // The trigger's inputs went to the poll.
     assert_eq!(t.input.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["embed"]);

@@ -60,9 +60,9 @@ impl Shape {
     /// to the other side, which says more.
     pub fn common(self, other: Shape) -> Shape {
         match (self, other) {
-            (Shape::Object(a), Shape::Object(mut b)) => Shape::Object(
-                a.into_iter().filter_map(|(k, v)| b.remove(&k).map(|w| (k, v.common(w)))).collect(),
-            ),
+            (Shape::Object(a), Shape::Object(mut b)) => {
+                Shape::Object(a.into_iter().filter_map(|(k, v)| b.remove(&k).map(|w| (k, v.common(w)))).collect())
+            }
             (Shape::Array(a), Shape::Array(b)) => Shape::Array(Box::new(a.common(*b))),
             (Shape::Any, x) | (x, Shape::Any) | (Shape::Null, x) | (x, Shape::Null) => x,
             (a, b) if a == b => a,

@@ -65,8 +65,16 @@ pub fn prepare(
     connection: &Connection,
     inputs: &Map<String, Value>,
 ) -> Result<PreparedRequest, HttpError> {
-    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
     let invalid = |message: String| HttpError::InvalidInput { op: op.key.to_string(), message };
+    // An instant trigger's method and path name the listener the API delivers to; sending
+    // one would post to the API's own host under that path.
+    if let Some(hook) = &op.webhook {
+        return Err(invalid(format!(
+            "an instant trigger (the API pushes the `{}` event) is never sent; poll its reconciling operation instead",
+            hook.event
+        )));
+    }
+    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
     let values = check_inputs(op, connection, inputs).map_err(invalid)?;
 
     // Path: every parameter percent-encoded as one segment.

@@ -487,12 +487,18 @@ fn compile_trigger(
                     None => site.push(
                         diags,
                         &at,
-                        format!("`{}` is polled, not pushed; `instant` names instant triggers (`source: webhook`)", hook_op.key),
+                        format!(
+                            "`{}` is polled, not pushed; `instant` names instant triggers (`source: webhook`)",
+                            hook_op.key
+                        ),
                     ),
                     Some(_) if hook_op.key.app != poll.key.app => site.push(
                         diags,
                         &at,
-                        format!("`{}` belongs to `{}`, but the trigger polls `{}`", hook_op.key, hook_op.key.app, poll.key.app),
+                        format!(
+                            "`{}` belongs to `{}`, but the trigger polls `{}`",
+                            hook_op.key, hook_op.key.app, poll.key.app
+                        ),
                     ),
                     Some(hook) if hook.reconcile.as_ref() != Some(&poll.key) => site.push(
                         diags,
