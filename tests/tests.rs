@@ -20,3 +20,4 @@ mod prism_conformance;
 mod recipe_validate;
 mod sandbox;
 mod spec_conformance;
+mod webhook_verify;
