@@ -42,3 +42,4 @@ pub mod store;
 pub mod template;
 pub mod unknown_keys;
 pub mod webhook;
+pub mod yaml;

@@ -239,47 +239,20 @@ impl Site<'_> {
     }
 }
 
-/// Indexes and parses one file; returns the index and the raw value, or reports why not.
+/// Parses one file (see `yaml::parse`); its problems join `diags`.
 fn parse_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<(PositionIndex, serde_yaml::Value)> {
-    let index = match PositionIndex::build(&file.text) {
-        Ok(index) => index,
-        Err((pos, msg)) => {
-            diags.push(&file.display, pos, format!("invalid YAML: {msg}"));
-            return None;
-        }
-    };
-    if !index.duplicate_keys.is_empty() {
-        for (path, pos) in &index.duplicate_keys {
-            diags.push(&file.display, *pos, format!("{path}: duplicate key"));
-        }
-        return None;
-    }
-    match serde_yaml::from_str(&file.text) {
-        Ok(value) => Some((index, value)),
-        Err(e) => {
-            let pos = crate::diagnostic::serde_yaml_position(&e);
-            diags.push(&file.display, pos, format!("invalid YAML: {e}"));
+    match crate::yaml::parse(&file.display, &file.text) {
+        Ok(doc) => Some((doc.index, doc.value)),
+        Err(found) => {
+            diags.extend(found);
             None
         }
     }
 }
 
-/// Deserializes `value` into `T`, reporting a failure at the exact field.
+/// Deserializes `value`, found at the site's place, reporting a failure at the exact field.
 fn deserialize<T: DeserializeOwned>(value: serde_yaml::Value, site: &Site, diags: &mut Diagnostics) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let rel = if path == "." { String::new() } else { path };
-            let mut full = site.prefix.clone();
-            full.extend(parse_path(&rel));
-            let shown = crate::diagnostic::path_to_string(&full);
-            let message = e.into_inner().to_string();
-            let message = if shown.is_empty() { message } else { format!("{shown}: {message}") };
-            site.push(diags, &rel, message);
-            None
-        }
-    }
+    crate::yaml::deserialize(value, site.file, site.index, &site.prefix, diags)
 }
 
 fn compile_app_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<App> {

@@ -9,7 +9,9 @@
 mod execute;
 mod guard;
 mod lookups;
+mod plan;
 mod poll;
+mod render;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,9 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Value, json};
 
 pub use execute::RunOutcome;
+pub use plan::Plan;
 pub use poll::PollOutcome;
+pub use render::StepError;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Connection};
@@ -56,8 +60,6 @@ pub struct Engine {
     pub store: Store,
     pub options: EngineOptions,
     recipes: RwLock<BTreeMap<String, Arc<Recipe>>>,
-    /// Lines of the dry-run plan, in order.
-    plan: std::sync::Mutex<Vec<String>>,
     lookup_cache: lookups::LookupCache,
     /// Told of runs as they are queued and finished (a progress bar on a terminal).
     progress: std::sync::OnceLock<Arc<dyn RunProgress>>,
@@ -73,25 +75,38 @@ pub trait RunProgress: Send + Sync + std::fmt::Debug {
 }
 
 impl Engine {
-    pub fn new(
+    /// The engine of a configuration: its state store opened (created if missing), its
+    /// HTTP client. A dry run writes nothing, so without a state folder yet it plans against
+    /// an empty scratch store rather than creating one.
+    pub fn open(catalog: Arc<Catalog>, config: Arc<Config>, options: EngineOptions) -> Result<Engine, EngineError> {
+        let store = if options.dry_run && !config.state_dir.exists() {
+            Store::temporary()?
+        } else {
+            Store::open(&config.state_dir)?
+        };
+        Engine::with_store(catalog, config, store, options)
+    }
+
+    /// The engine over a store already open (a scratch one, or one shared with a test).
+    pub fn with_store(
         catalog: Arc<Catalog>,
         config: Arc<Config>,
-        client: Arc<HttpClient>,
         store: Store,
         options: EngineOptions,
-    ) -> Self {
-        Engine {
+    ) -> Result<Engine, EngineError> {
+        let client = HttpClient::new(Some(store.clone()), config.redactor.clone())
+            .map_err(|e| EngineError::Refused(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Engine {
             catalog,
             config,
-            client,
+            client: Arc::new(client),
             store,
             options,
             recipes: RwLock::default(),
-            plan: Default::default(),
             lookup_cache: Default::default(),
             progress: Default::default(),
             stopping: Default::default(),
-        }
+        })
     }
 
     /// Asks every poll and run to stop (SIGTERM): see `stopping`.
@@ -146,15 +161,6 @@ impl Engine {
             ..Default::default()
         };
         Ok(self.store.reset_trigger(&recipe.id, state)?)
-    }
-
-    /// The dry-run plan so far.
-    pub fn take_plan(&self) -> Vec<String> {
-        std::mem::take(&mut *self.plan.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn plan_line(&self, line: String) {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     }
 
     /// Polls every recipe once and drains every open run: `run --once`. Recipes poll in the

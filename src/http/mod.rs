@@ -160,15 +160,27 @@ impl HttpClient {
         request: &PreparedRequest,
         policy: &crate::catalog::RetryPolicy,
     ) -> Result<Response, HttpError> {
+        let what = op.key.to_string();
+        retry::retrying(policy, &what, |attempt| self.attempt(connection, op, request, policy, attempt)).await
+    }
+
+    /// One attempt at a request: waits for the budget and a token, sends, and reads the
+    /// answer. What is not the attempt's failure is dealt with inside it: a 401 answered by
+    /// refreshing the token once, and a 429 waited out (up to `MAX_RATE_LIMIT_WAITS` times).
+    async fn attempt(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        request: &PreparedRequest,
+        policy: &crate::catalog::RetryPolicy,
+        attempt: u32,
+    ) -> Result<Response, HttpError> {
         let state = self.connection_state(connection);
         let (budget, tokens, slots) = (&state.budget, &state.tokens, &state.slots);
-        let mut delays = retry::delays(policy);
-        let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
         let longest = retry::longest_wait(policy);
         loop {
-            attempt += 1;
             let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
             let outcome = async {
                 let _slot = slots.acquire().await.ok();
@@ -182,7 +194,7 @@ impl HttpClient {
             .instrument(span.clone())
             .await;
             let (token, sent, sent_at) = outcome?;
-            let result = match sent {
+            return match sent {
                 Ok(response) => {
                     budget.observe(response.headers(), sent_at);
                     span.record("status", response.status().as_u16());
@@ -211,17 +223,6 @@ impl HttpClient {
                 }
                 Err(e) => Err(self.transport_error(request, &e)),
             };
-            match result {
-                Ok(response) => return Ok(response),
-                Err(e) if e.is_retryable() && e.status() != Some(429) => match delays.next() {
-                    Some(delay) => {
-                        tracing::warn!(op = %op.key, attempt, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
         }
     }
 

@@ -14,7 +14,7 @@ use super::spec::{RecipeSpec, StepSpec, TriggerSpec};
 use super::*;
 use crate::catalog::{Catalog, Dedupe, Kind, Shape};
 use crate::config::{Access, Config};
-use crate::diagnostic::{Diagnostics, Position, PositionIndex, hint, parse_path};
+use crate::diagnostic::{Diagnostics, Position, PositionIndex, hint};
 use crate::template::{CompiledTemplate, ROOTS, Reference};
 
 /// The shortest and longest `every`.
@@ -211,18 +211,8 @@ pub fn compile_recipe(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Recipe, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let index = match PositionIndex::build(text) {
-        Ok(i) => i,
-        Err((pos, msg)) => {
-            diags.push(file, pos, format!("invalid YAML: {msg}"));
-            return Err(diags);
-        }
-    };
-    for (p, pos) in &index.duplicate_keys {
-        diags.push(file, *pos, format!("{p}: duplicate key"));
-    }
-    diags.clone().into_result()?;
-    let site = Site { file, index: &index };
+    let mut doc = crate::yaml::parse(file, text)?;
+    let site = Site { file, index: &doc.index };
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         site.push(
             &mut diags,
@@ -230,31 +220,11 @@ pub fn compile_recipe(
             format!("the recipe id (the file name) `{id}` may only hold letters, digits, `-` and `_`"),
         );
     }
-    let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            let pos = crate::diagnostic::serde_yaml_position(&e);
-            diags.push(file, pos, format!("invalid YAML: {e}"));
-            return Err(diags);
-        }
-    };
     // Every unknown key is reported and set aside, so the rest of the file is still checked.
-    for u in crate::unknown_keys::strip_unknown(&mut value, &RECIPE_SCHEMA) {
-        site.push(&mut diags, &u.path, u.message);
-    }
-    let spec: RecipeSpec = match serde_path_to_error::deserialize(value) {
-        Ok(s) => s,
-        Err(e) => {
-            let at = e.path().to_string();
-            let at = if at == "." { String::new() } else { at };
-            let message = e.into_inner().to_string();
-            diags.push(
-                file,
-                index.locate(&parse_path(&at)),
-                if at.is_empty() { message } else { format!("{at}: {message}") },
-            );
-            return Err(diags);
-        }
+    let mut value = std::mem::take(&mut doc.value);
+    crate::yaml::strip_unknown(&mut value, &RECIPE_SCHEMA, file, &doc.index, &mut diags);
+    let Some(spec) = crate::yaml::deserialize::<RecipeSpec>(value, file, &doc.index, &[], &mut diags) else {
+        return Err(diags);
     };
 
     // `env.<NAME>` resolves through the recipe's settings: the variable when set, else the
@@ -372,7 +342,7 @@ pub fn compile_recipe(
         trigger,
         filter,
         steps,
-        autoreplay: spec.autoreplay,
+        autoreplay: spec.autoreplay.then_some(super::AUTOREPLAY),
         concurrency: concurrency.unwrap_or(std::num::NonZeroUsize::MIN),
         after: spec.after,
         lookups,

@@ -35,7 +35,8 @@ pub struct Recipe {
     pub trigger: Trigger,
     pub filter: Option<CompiledTemplate>,
     pub steps: Vec<Step>,
-    pub autoreplay: bool,
+    /// When a failed run that trying again may cure is tried again (`autoreplay: true`).
+    pub autoreplay: Option<crate::catalog::RetryPolicy>,
     /// Runs in flight at once (1: one after another, oldest first).
     pub concurrency: std::num::NonZeroUsize,
     /// Recipes polled before this one in each tick (ids, checked to exist and not to loop).
@@ -218,6 +219,15 @@ impl ValueTemplate {
         }
     }
 }
+
+/// `autoreplay: true`: a failed run that trying again may cure is tried again after about
+/// 1, 2, 4, 8 and 16 minutes (each up to twice that, with jitter), then it stays failed.
+pub const AUTOREPLAY: crate::catalog::RetryPolicy = crate::catalog::RetryPolicy {
+    max_attempts: std::num::NonZeroU32::new(6).unwrap(),
+    initial_backoff: std::time::Duration::from_secs(60),
+    max_backoff: std::time::Duration::from_secs(16 * 60),
+    multiplier: 2.0,
+};
 
 /// Renders a list of named inputs: blank optional values are left out (the caller knows which
 /// are required and reports those).
