@@ -153,6 +153,25 @@ mod tests {
     }
 
     #[test]
+    fn common_keeps_what_both_sources_carry() {
+        let hook = Shape::of(
+            &json!({"id": "c1", "name": "Ann", "webhookId": "w", "tags": ["a"], "owner": {"id": 1, "team": "x"}, "age": 3, "note": null}),
+        );
+        let poll = Shape::of(
+            &json!({"id": "c1", "firstName": "Ann", "tags": [], "owner": {"id": 1}, "age": "3", "note": "n"}),
+        );
+        let both = hook.common(poll);
+        assert_eq!(both.resolve(&path("id")), Ok(&Shape::String));
+        assert_eq!(both.resolve(&path("owner.id")), Ok(&Shape::Number));
+        assert!(both.resolve(&path("owner.team")).is_err(), "only one source has it");
+        assert!(both.resolve(&path("name")).is_err() && both.resolve(&path("webhookId")).is_err());
+        assert!(both.resolve(&path("firstName")).is_err());
+        assert_eq!(both.resolve(&path("tags.0")), Ok(&Shape::String), "an empty sample list says nothing");
+        assert_eq!(both.resolve(&path("age")), Ok(&Shape::Any), "the types disagree");
+        assert_eq!(both.resolve(&path("note")), Ok(&Shape::String), "null yields");
+    }
+
+    #[test]
     fn merges_sparse_list_items() {
         let s = Shape::of(&json!([{"id": "a"}, {"id": "b", "email": "x@y.z"}, {"id": "c", "email": null}]));
         let Shape::Array(item) = s else { panic!("not an array") };

@@ -302,6 +302,14 @@ mod tests {
     }
 
     #[test]
+    fn an_instant_trigger_is_never_prepared() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.on_contact_create").unwrap();
+        let err = prepare(op, config.connection("ghl").unwrap(), &Map::new()).unwrap_err().to_string();
+        assert!(err.contains("the API pushes the `ContactCreate` event") && err.contains("never sent"), "{err}");
+    }
+
+    #[test]
     fn places_inputs_and_defaults_the_location() {
         let (catalog, config) = setup();
         let op = catalog.get("ghl.contacts.upsert_contact").unwrap();
