@@ -210,6 +210,11 @@ pub struct ConnectionSpec {
     /// How many requests may be in flight on this connection at once. Default 4.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// GHL: the public keys that may sign this connection's webhook deliveries, each a PEM
+    /// block or the base64 of a SubjectPublicKeyInfo, Ed25519 or RSA. Given, they replace the
+    /// keys GHL publishes (a sandbox or a test signs with its own). Default: GHL's.
+    #[serde(default)]
+    pub webhook_public_keys: Option<Vec<String>>,
 }
 
 /// Credentials, by kind.
@@ -289,6 +294,9 @@ pub struct Connection {
     pub access: Access,
     pub base_url: String,
     pub concurrency: NonZeroU32,
+    /// The keys a pushed delivery for this connection must be signed with: the configured
+    /// `webhook_public_keys`, or GHL's published ones. Capsule signs nothing: empty for it.
+    pub webhook_keys: Arc<crate::webhook::GhlKeys>,
 }
 
 impl Connection {
@@ -495,6 +503,37 @@ impl Config {
                 problem("concurrency", "must be at least 1".into());
                 continue;
             };
+            let webhook_keys = match (&c.webhook_public_keys, app.id.as_str()) {
+                (None, "ghl") => crate::webhook::GhlKeys::published(),
+                (None, _) => crate::webhook::GhlKeys::from_keys([]),
+                (Some(_), id) if id != "ghl" => {
+                    problem(
+                        "webhook_public_keys",
+                        format!("app `{id}` signs no webhooks; only a GHL connection takes keys"),
+                    );
+                    continue;
+                }
+                (Some(list), _) if list.is_empty() => {
+                    problem(
+                        "webhook_public_keys",
+                        "an empty list would refuse every delivery; leave it out for GHL's keys".into(),
+                    );
+                    continue;
+                }
+                (Some(list), _) => {
+                    let mut keys = Vec::new();
+                    for (i, text) in list.iter().enumerate() {
+                        match crate::webhook::PublicKey::parse(text) {
+                            Ok(key) => keys.push(key),
+                            Err(e) => problem(&format!("webhook_public_keys[{i}]"), e),
+                        }
+                    }
+                    if keys.len() != list.len() {
+                        continue;
+                    }
+                    crate::webhook::GhlKeys::from_keys(keys)
+                }
+            };
             connections.insert(
                 name.clone(),
                 Arc::new(Connection {
@@ -506,6 +545,7 @@ impl Config {
                     access,
                     base_url: base_url.trim_end_matches('/').to_owned(),
                     concurrency,
+                    webhook_keys: Arc::new(webhook_keys),
                 }),
             );
         }
@@ -684,6 +724,31 @@ connections:
         let text = "connections:\n  x:\n    app: ghl\n    tokn: 1\n    auth: { type: private_token, token: t }\n";
         let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &|_| None).unwrap_err().to_string();
         assert!(err.contains("g.yaml:4:5: connections.x.tokn: unknown field `tokn`"), "{err}");
+    }
+
+    #[test]
+    fn webhook_public_keys_replace_the_published_ones_and_a_bad_one_is_placed() {
+        let none = |_: &str| None;
+        let config = Config::parse(FILE, Path::new("g.yaml"), &catalog(), &|n: &str| Some(n.to_owned())).unwrap();
+        assert_eq!(config.connection("ghl").unwrap().webhook_keys.counts(), (1, 1), "GHL's own keys by default");
+        assert_eq!(config.connection("capsule").unwrap().webhook_keys.counts(), (0, 0), "Capsule signs nothing");
+
+        let pem = crate::webhook::verify::GHL_RSA_PUBLIC_KEY_PEM.trim().replace('\n', "\n        ");
+        let text = format!(
+            "connections:\n  ghl:\n    app: ghl\n    auth: {{ type: private_token, token: t }}\n    webhook_public_keys:\n      - MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n      - |\n        {pem}\n"
+        );
+        let config = Config::parse(&text, Path::new("g.yaml"), &catalog(), &none).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(config.connection("ghl").unwrap().webhook_keys.counts(), (1, 1));
+
+        let text = "connections:\n  ghl:\n    app: ghl\n    auth: { type: private_token, token: t }\n    webhook_public_keys:\n      - MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n      - not-a-key\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &none).unwrap_err().to_string();
+        assert!(err.contains("g.yaml:7:9: connections.ghl.webhook_public_keys[1]: neither PEM nor base64"), "{err}");
+        let text = "connections:\n  c:\n    app: capsule\n    auth: { type: bearer, token: t }\n    webhook_public_keys: [MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=]\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &none).unwrap_err().to_string();
+        assert!(
+            err.contains("g.yaml:5:5: connections.c.webhook_public_keys: app `capsule` signs no webhooks"),
+            "{err}"
+        );
     }
 }
 

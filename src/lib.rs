@@ -16,6 +16,8 @@
 //!   where state lives.
 //! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
 //! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
+//! - `webhook` decides whether a pushed delivery (an instant trigger's event) is genuine and
+//!   fresh: GHL's signatures and replay rules, Capsule's path tokens. No server, no I/O.
 //! - `limits` holds the bounds on files, templates, responses and server-given waits.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
 //! - `sandbox` (a local emulator of both APIs) and `demo` (the shipped recipes against it)
@@ -41,4 +43,5 @@ pub mod sandbox;
 pub mod store;
 pub mod template;
 pub mod unknown_keys;
+pub mod webhook;
 pub mod yaml;

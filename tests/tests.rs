@@ -21,3 +21,4 @@ mod prism_conformance;
 mod recipe_validate;
 mod sandbox;
 mod spec_conformance;
+mod webhook_verify;

@@ -125,6 +125,15 @@ async fn items(args: &TestArgs, engine: &Engine, recipe: &Recipe) -> Result<(Vec
             ))),
         };
     }
+    if !recipe.trigger.polls {
+        // An instant trigger with no reconciling poll: there is nothing to read items from.
+        let key = &recipe.trigger.operation.key;
+        return Err(CliError::Invalid(format!(
+            "`{}` runs on events `{key}` receives and polls nothing, so there are no items to read; give one \
+             with --item (the event's sample: `ghlflow ops show {key} --json`)",
+            recipe.id
+        )));
+    }
     let items = engine.latest_items(recipe, args.limit).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     Ok((items, format!("the newest of {} on `{}`", recipe.trigger.operation.key, recipe.trigger.connection.name)))
 }

@@ -59,7 +59,17 @@ pub struct Lookup {
 
 #[derive(Debug, Clone)]
 pub struct Trigger {
+    /// The operation polled on `schedule`: the recipe's polling trigger, or for an instant
+    /// trigger its reconciling poll. When `polls` is false (an instant trigger with no
+    /// reconciling poll) this is the webhook operation itself, which is never sent: the
+    /// scheduler must skip the recipe's polls.
     pub operation: Arc<Operation>,
+    /// Whether `operation` is polled at all.
+    pub polls: bool,
+    /// The events the listener hands this recipe, each run like a polled item: the recipe's
+    /// own instant trigger, or the `instant:` list of a polling trigger. Empty for a recipe
+    /// that only polls.
+    pub listens: Vec<Listen>,
     pub connection: Arc<Connection>,
     pub input: Vec<(String, ValueTemplate)>,
     pub schedule: Schedule,
@@ -74,6 +84,23 @@ pub struct Trigger {
     pub report_gone: bool,
     /// What identifies the trigger's position: editing anything else keeps it.
     pub fingerprint: String,
+}
+
+/// One event a recipe receives: on which connection (its app and account), the event's name
+/// as the API spells it, and the webhook operation that describes its body (where the records
+/// are: `output.records`, and their id).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub connection: Arc<Connection>,
+    pub event: String,
+    pub operation: Arc<Operation>,
+}
+
+impl Trigger {
+    /// Whether the recipe receives pushed events.
+    pub fn is_instant(&self) -> bool {
+        !self.listens.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
