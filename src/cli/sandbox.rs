@@ -46,6 +46,11 @@ pub struct SandboxArgs {
     /// No rate limits at all.
     #[arg(long, conflicts_with = "limits_scale")]
     no_limits: bool,
+    /// Send GHL webhooks (contacts, notes, tasks, appointments, opportunities, messages)
+    /// to this URL, signed in X-GHL-Signature with the key printed at start. Capsule REST
+    /// hooks need no flag: they are subscribed through POST /api/v2/resthooks.
+    #[arg(long, value_name = "URL")]
+    ghl_webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +75,8 @@ pub async fn run(args: SandboxArgs) -> CliResult {
         fault_reads: args.fault_reads,
         limits_scale: args.limits_scale,
         no_limits: args.no_limits,
+        ghl_webhook_url: args.ghl_webhook_url.clone(),
+        ghl_signing_key: None,
     };
     let sandbox = sandbox::start(options).await.map_err(|e| match e {
         SandboxError::Option(_) => CliError::Invalid(e.to_string()),
@@ -87,11 +94,18 @@ pub async fn run(args: SandboxArgs) -> CliResult {
         "sandbox: GHL at {base}, Capsule at {}, location {}\n\
          sandbox: control API at {base}/_sandbox (e.g. curl -X POST {base}/_sandbox/capsule/people/edit -d '{{\"count\":5}}')\n\
          sandbox: for capsule-meetings: export GHL_CALENDAR_ID={} GHL_DEFAULT_USER_ID={}\n\
+         sandbox: GHL webhooks {}, signed with the Ed25519 key (X-GHL-Signature) whose public half is\n\
+         sandbox: export GHL_WEBHOOK_PUBLIC_KEY={}\n\
          sandbox: serving until Ctrl-C",
         sandbox.capsule_base_url(),
         sandbox.location_id(),
         sandbox.ghl_calendar_id(),
         sandbox.ghl_users().first().and_then(|u| u["id"].as_str()).unwrap_or_default(),
+        match &args.ghl_webhook_url {
+            Some(url) => format!("go to {url}"),
+            None => format!("are off (--ghl-webhook-url URL, or PUT {base}/_sandbox/push/ghl {{\"url\": ...}})"),
+        },
+        sandbox.ghl_webhook_public_key(),
     );
     let _ = tokio::signal::ctrl_c().await;
     let served = sandbox.request_count();

@@ -22,6 +22,12 @@
 //!   expire, new records are dated later) → `{"now": ...}`
 //! - `GET|PUT /_sandbox/faults` (PUT takes any subset of the fields)
 //! - `GET  /_sandbox/requests`
+//! - `GET  /_sandbox/push`: the GHL webhook URL, the public key GHL webhooks are signed
+//!   with (base64 SPKI and PEM), the Capsule REST hooks and the delivery faults
+//! - `PUT  /_sandbox/push/ghl` `{"url": "http://..."}` (`null` turns GHL webhooks off)
+//! - `GET|PUT /_sandbox/push/faults`: drop, duplicate, delay, reorder rates, `delay_ms`,
+//!   `seed`, `max_attempts`, `retry_base_ms`, `retry_on` (`errors` or `429`), `timeout_ms`
+//! - `GET  /_sandbox/deliveries`: every delivery attempt (event, target, id, attempt, status)
 
 use std::sync::Arc;
 
@@ -34,7 +40,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::capsule;
-use super::faults::Faults;
+use super::faults::{DeliveryFaults, Faults};
 use super::server::Shared;
 
 type Ctx = AxumState<Arc<Shared>>;
@@ -65,6 +71,19 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/ghl/messages", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_messages())) }))
         .route("/_sandbox/faults", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().faults)) }).put(set_faults))
         .route("/_sandbox/requests", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().counts)) }))
+        .route("/_sandbox/push", get(push_info))
+        .route("/_sandbox/push/ghl", axum::routing::put(set_ghl_url))
+        .route(
+            "/_sandbox/push/faults",
+            get(|AxumState(s): Ctx| async move { ok(json!(s.lock().push.faults)) }).put(set_delivery_faults),
+        )
+        .route(
+            "/_sandbox/deliveries",
+            get(|AxumState(s): Ctx| async move {
+                let log = s.lock().push.log();
+                ok(json!(log.all()))
+            }),
+        )
         .route(
             "/_sandbox/{*rest}",
             axum::routing::any(|| async {
@@ -103,6 +122,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET  /_sandbox/faults", "the faults in force"),
     ("PUT  /_sandbox/faults", "set faults: fail_rate, lose_responses, lost_as, latency_ms, fault_reads"),
     ("GET  /_sandbox/requests", "request counters: total, per API, writes, 429s, faults"),
+    ("GET  /_sandbox/push", "GHL webhook URL and signing public key, Capsule REST hooks, delivery faults"),
+    ("PUT  /_sandbox/push/ghl", "where GHL webhooks go; body {\"url\": \"http://...\"} (null: off)"),
+    ("GET  /_sandbox/push/faults", "the delivery faults in force"),
+    (
+        "PUT  /_sandbox/push/faults",
+        "set delivery faults: drop_rate, duplicate_rate, delay_rate, delay_ms, reorder_rate, seed, \
+         max_attempts, retry_base_ms, retry_on (errors|429), timeout_ms",
+    ),
+    ("GET  /_sandbox/deliveries", "every delivery attempt: event, target, id, attempt, status"),
 ];
 
 async fn info(AxumState(shared): Ctx) -> Response {
@@ -265,5 +293,60 @@ async fn set_faults(AxumState(shared): Ctx, body: Bytes) -> Response {
         return error(StatusCode::UNPROCESSABLE_ENTITY, e);
     }
     state.faults = faults;
+    ok(json!(faults))
+}
+
+async fn push_info(AxumState(shared): Ctx) -> Response {
+    let state = shared.lock();
+    let hooks: Vec<Value> = state.push.hooks.iter().map(super::push::RestHook::json).collect();
+    ok(json!({
+        "ghl_webhook_url": state.push.ghl_url,
+        "ghl_webhook_public_key": state.push.public_key_base64(),
+        "ghl_webhook_public_key_pem": state.push.public_key_pem(),
+        "capsule_rest_hooks": hooks,
+        "faults": state.push.faults,
+    }))
+}
+
+async fn set_ghl_url(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let url = match serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("url").cloned()) {
+        Some(Value::Null) => None,
+        Some(Value::String(url)) => match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(url),
+            _ => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("`url` must be an http(s) URL, not `{url}`")),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be JSON like {\"url\": \"http://...\"} or {\"url\": null}".into(),
+            );
+        }
+    };
+    shared.lock().push.ghl_url = url.clone();
+    ok(json!({"ghl_webhook_url": url}))
+}
+
+/// Replaces the delivery fault fields given; the others keep their values.
+async fn set_delivery_faults(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let mut state = shared.lock();
+    let mut current = match serde_json::to_value(state.push.faults) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let patch = match serde_json::from_slice(&body) {
+        Ok(Value::Object(p)) => p,
+        _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object of delivery fault settings".into()),
+    };
+    if let Value::Object(cur) = &mut current {
+        cur.extend(patch);
+    }
+    let faults: DeliveryFaults = match serde_json::from_value(current) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    if let Err(e) = faults.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+    }
+    state.push.set_faults(faults);
     ok(json!(faults))
 }

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::super::clock::{Ms, iso_ms};
+use super::super::push::{self, GhlKind};
 use super::super::state::State;
 use super::super::wire::{ApiRequest, Reply};
 use super::{Conversation, Message, existing_contact, page_size, sample};
@@ -137,6 +138,12 @@ fn send(state: &mut State, req: &ApiRequest) -> Reply {
     if let Some(c) = state.ghl.conversations.iter_mut().find(|c| c.id == conversation) {
         c.last_message_date = now;
         c.updated = now;
+    }
+    if push::ghl_on(state)
+        && let Some(m) = state.ghl.messages.last()
+    {
+        let record = message_json(m, &state.ghl.location_id);
+        push::ghl(state, "OutboundMessage", GhlKind::Message, &record);
     }
     let mut body = json!({
         "conversationId": conversation, "messageId": id, "messageIds": [id], "msg": "Message queued successfully.",
