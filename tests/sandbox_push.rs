@@ -31,6 +31,7 @@ struct Hit {
     path: String,
     headers: HeaderMap,
     body: Bytes,
+    at: std::time::Instant,
 }
 
 impl Hit {
@@ -56,7 +57,7 @@ async fn receiver(hang: bool) -> Receiver {
     let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
         let (tx, queued) = (tx.clone(), Arc::clone(&queued));
         async move {
-            let _ = tx.send(Hit { path: uri.path().to_owned(), headers, body });
+            let _ = tx.send(Hit { path: uri.path().to_owned(), headers, body, at: std::time::Instant::now() });
             if hang {
                 std::future::pending::<()>().await;
             }
@@ -335,6 +336,9 @@ async fn a_500_from_the_receiver_is_retried_with_the_same_event() {
     sandbox.ghl_add_contacts(1);
     let hits = [rx.next().await, rx.next().await, rx.next().await];
     assert!(hits.iter().all(|h| h.body == hits[0].body), "every retry carries the same bytes");
+    // The backoff doubles: 20 ms before the second attempt, 40 ms before the third.
+    assert!(hits[1].at - hits[0].at >= Duration::from_millis(20), "{:?}", hits[1].at - hits[0].at);
+    assert!(hits[2].at - hits[1].at >= Duration::from_millis(40), "{:?}", hits[2].at - hits[1].at);
     let log = log_until(&sandbox, |log| log.len() == 3).await;
     let seen: Vec<(u32, Option<u16>)> = log.iter().map(|r| (r.attempt, r.status)).collect();
     assert_eq!(seen, [(1, Some(500)), (2, Some(503)), (3, Some(200))]);
@@ -421,5 +425,132 @@ async fn a_receiver_that_never_answers_does_not_stall_the_sandbox() {
     rx.next().await;
     let log = log_until(&sandbox, |log| log.len() == 3).await;
     assert!(log.iter().all(|r| r.status.is_none() && r.error.as_deref().is_some_and(|e| e.contains("timed out"))));
+    sandbox.shutdown().await;
+}
+
+/// A GHL request with the sandbox's token and the catalog's Version.
+fn ghl_request(sandbox: &Sandbox, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .request(method, format!("{}{path}", sandbox.ghl_base_url()))
+        .bearer_auth("sandbox-ghl-token")
+        .header("Version", "2021-07-28")
+}
+
+#[tokio::test]
+async fn ghl_sends_note_task_opportunity_and_message_events() {
+    let mut rx = receiver(false).await;
+    let sandbox = start(Some(rx.url.clone())).await;
+    let contact = sandbox.ghl_add_contacts(1).remove(0);
+    assert_eq!(rx.next().await.json()["type"], "ContactCreate");
+
+    let r = ghl_request(&sandbox, reqwest::Method::POST, &format!("/contacts/{contact}/notes"))
+        .json(&json!({"body": "Called, wants a demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let note = rx.next().await.json();
+    assert_eq!((note["type"].as_str(), note["contactId"].as_str()), (Some("NoteCreate"), Some(contact.as_str())));
+    assert_eq!(note["body"], "Called, wants a demo");
+
+    let r = ghl_request(&sandbox, reqwest::Method::POST, &format!("/contacts/{contact}/tasks"))
+        .json(&json!({"title": "Send the demo link", "dueDate": "2026-12-01T10:00:00Z", "completed": false}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let task_id = r.json::<Value>().await.unwrap()["task"]["id"].as_str().unwrap().to_owned();
+    let task = rx.next().await.json();
+    assert_eq!((task["type"].as_str(), task["id"].as_str()), (Some("TaskCreate"), Some(task_id.as_str())));
+    let r = ghl_request(&sandbox, reqwest::Method::PUT, &format!("/contacts/{contact}/tasks/{task_id}/completed"))
+        .json(&json!({"completed": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(rx.next().await.json()["type"], "TaskComplete");
+
+    // A deal won in GHL: the update, then the status change.
+    let won = sandbox.ghl_win_deals(1);
+    assert_eq!(won.len(), 1);
+    let (update, status) = (rx.next().await.json(), rx.next().await.json());
+    assert_eq!(
+        (update["type"].as_str(), status["type"].as_str()),
+        (Some("OpportunityUpdate"), Some("OpportunityStatusUpdate"))
+    );
+    assert_eq!((status["id"].as_str(), status["status"].as_str()), (Some(won[0].as_str()), Some("won")));
+
+    // The contact replies by SMS.
+    let message = sandbox.ghl_receive_message(&contact, "SMS", "Tuesday works").unwrap();
+    let inbound = rx.next().await.json();
+    assert_eq!(inbound["type"], "InboundMessage");
+    assert_eq!(inbound["messageId"], message.as_str());
+    assert_eq!((inbound["direction"].as_str(), inbound["messageType"].as_str()), (Some("inbound"), Some("SMS")));
+    assert_eq!(inbound["body"], "Tuesday works");
+    assert!(sandbox.ghl_messages().iter().any(|m| m["id"] == message.as_str()));
+    assert!(sandbox.ghl_receive_message("no-such-contact", "SMS", "hi").is_none());
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_control_api_sets_the_webhook_url_and_delivery_faults() {
+    let mut rx = receiver(false).await;
+    let sandbox = start(None).await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/_sandbox", sandbox.ghl_base_url());
+    let info: Value = http.get(format!("{base}/push")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["ghl_webhook_public_key"], sandbox.ghl_webhook_public_key().as_str());
+    assert!(info["ghl_webhook_url"].is_null());
+
+    let r = http.put(format!("{base}/push/ghl")).json(&json!({"url": "not a url"})).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = http.put(format!("{base}/push/ghl")).json(&json!({"url": rx.url})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sandbox.ghl_webhook_url().as_deref(), Some(rx.url.as_str()));
+
+    let r = http.put(format!("{base}/push/faults")).json(&json!({"drop_rate": 1.5})).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = http.put(format!("{base}/push/faults")).json(&json!({"dropped": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 422, "unknown fields are refused");
+    let r = http
+        .put(format!("{base}/push/faults"))
+        .json(&json!({"duplicate_rate": 1, "retry_on": "429", "seed": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let faults = sandbox.delivery_faults();
+    assert_eq!(
+        (faults.duplicate_rate, faults.retry_on, faults.seed),
+        (1.0, sandbox::RetryOn::TooManyRequests, Some(3))
+    );
+
+    let r = http.post(format!("{base}/ghl/contacts/add")).body(r#"{"count": 1}"#).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(rx.next().await.body, rx.next().await.body);
+    let log: Value = http.get(format!("{base}/deliveries")).send().await.unwrap().json().await.unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["event"], "ContactCreate");
+    assert_eq!(log[0]["sender"], "ghl");
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[1]["duplicate"], true);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_concurrency_a_slow_receiver_gets_deliveries_side_by_side() {
+    let mut rx = receiver(true).await;
+    let sandbox = start(Some(rx.url.clone())).await;
+    let faults =
+        DeliveryFaults { concurrency: 3, timeout: Duration::from_secs(5), max_attempts: 1, ..Default::default() };
+    sandbox.set_delivery_faults(faults).unwrap();
+    let started = std::time::Instant::now();
+    sandbox.ghl_add_contacts(3);
+    for _ in 0..3 {
+        rx.next().await;
+    }
+    // One at a time, the second would wait for the first's 5 s timeout.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     sandbox.shutdown().await;
 }

@@ -13,6 +13,8 @@
 //! - `POST /_sandbox/ghl/opportunities/win` `{"count": n}`: a salesperson wins open deals
 //! - `POST /_sandbox/ghl/contacts/{id}/delete`: a person deletes the contact in GHL (its id
 //!   answers 404 from then on)
+//! - `POST /_sandbox/ghl/contacts/{id}/reply` `{"body": "...", "type": "SMS"}` (both
+//!   optional): the contact sends a message (an `InboundMessage` webhook)
 //! - `POST /_sandbox/ghl/contacts/{id}/merge` `{"into": "<id>"}`: a person merges the contact
 //!   into another (tags, notes, tasks move; its id answers 404 from then on)
 //! - `POST /_sandbox/oauth/grant` `{"expires_in": s}` (optional): a new access and refresh token
@@ -57,6 +59,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/ghl/opportunities/win", post(ghl_win))
         .route("/_sandbox/ghl/contacts/{id}/delete", post(ghl_delete))
         .route("/_sandbox/ghl/contacts/{id}/merge", post(ghl_merge))
+        .route("/_sandbox/ghl/contacts/{id}/reply", post(ghl_reply))
         .route("/_sandbox/oauth/grant", post(oauth_grant))
         .route("/_sandbox/clock/advance", post(clock_advance))
         .route("/_sandbox/ghl/contacts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_contacts())) }))
@@ -116,6 +119,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST /_sandbox/ghl/contacts/add", "N new GHL leads, as from a web form"),
     ("POST /_sandbox/ghl/opportunities/win", "a salesperson wins N open deals"),
     ("POST /_sandbox/ghl/contacts/{id}/delete", "a person deletes a GHL contact (its id answers 404)"),
+    (
+        "POST /_sandbox/ghl/contacts/{id}/reply",
+        "the contact sends a message; body {\"body\": \"...\", \"type\": \"SMS\"}",
+    ),
     ("POST /_sandbox/ghl/contacts/{id}/merge", "merge a GHL contact into another; body {\"into\": \"<id>\"}"),
     ("POST /_sandbox/oauth/grant", "a new OAuth token pair; body {\"expires_in\": seconds} (optional)"),
     ("POST /_sandbox/clock/advance", "move the sandbox clock forward; body {\"seconds\": s}"),
@@ -228,6 +235,37 @@ async fn ghl_merge(AxumState(shared): Ctx, Path(id): Path<String>, body: Bytes) 
     }
 }
 
+async fn ghl_reply(AxumState(shared): Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let fields = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(fields)) => fields,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be JSON like {\"body\": \"Yes, Tuesday works\", \"type\": \"SMS\"}".into(),
+                );
+            }
+        }
+    };
+    let text = |name: &str, default: &'static str| -> Result<String, String> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(default.to_owned()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("`{name}` must be a string")),
+        }
+    };
+    let (message, channel) = match (text("body", "Thanks, see you then."), text("type", "SMS")) {
+        (Ok(m), Ok(c)) => (m, c),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match super::ghl::receive_message(&mut shared.lock(), &id, &channel, &message) {
+        Some(message_id) => ok(json!({"messageId": message_id})),
+        None => error(StatusCode::NOT_FOUND, format!("no contact {id}")),
+    }
+}
+
 /// An optional whole number field of an optional JSON body.
 fn optional_number(body: &Bytes, field: &str) -> Result<Option<u64>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -308,8 +346,15 @@ async fn push_info(AxumState(shared): Ctx) -> Response {
     }))
 }
 
+/// `{"url": ...}` sets the URL, `{"url": null}` turns GHL webhooks off, `{}` keeps it (as the
+/// other PUTs keep the fields not given).
 async fn set_ghl_url(AxumState(shared): Ctx, body: Bytes) -> Response {
-    let url = match serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("url").cloned()) {
+    let given = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => fields.get("url").cloned(),
+        _ => Some(Value::Bool(false)),
+    };
+    let url = match given {
+        None => return ok(json!({"ghl_webhook_url": shared.lock().push.ghl_url})),
         Some(Value::Null) => None,
         Some(Value::String(url)) => match url::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(url),

@@ -103,6 +103,10 @@ pub struct DeliveryFaults {
     /// How long one attempt waits for the receiver's answer.
     #[serde(with = "millis", rename = "timeout_ms")]
     pub timeout: Duration,
+    /// First attempts in flight to one target at once. 1 (the default) sends them one after
+    /// the other, in the order of the events; more is faster against a slow receiver (as a
+    /// real sender's fleet is) and lets answers overtake each other.
+    pub concurrency: u32,
 }
 
 impl Default for DeliveryFaults {
@@ -121,6 +125,7 @@ impl Default for DeliveryFaults {
             retry_base: Duration::from_secs(1),
             retry_on: RetryOn::Errors,
             timeout: Duration::from_secs(10),
+            concurrency: 1,
         }
     }
 }
@@ -140,6 +145,9 @@ impl DeliveryFaults {
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
         }
         Ok(())
     }

@@ -372,6 +372,13 @@ impl Sandbox {
         ghl::opportunities::win(&mut self.state(), n)
     }
 
+    /// A message from the contact on `channel` (`SMS`, `Email`...), as when they reply:
+    /// stored in their conversation and sent as an `InboundMessage` webhook. The message id;
+    /// None when there is no such contact.
+    pub fn ghl_receive_message(&self, contact_id: &str, channel: &str, body: &str) -> Option<String> {
+        ghl::receive_message(&mut self.state(), contact_id, channel, body)
+    }
+
     pub fn ghl_delete_contact(&self, id: &str) -> bool {
         ghl::delete_contact(&mut self.state(), id)
     }

@@ -69,6 +69,9 @@ const CAPSULE_EVENTS: &[&str] = &[
 /// it goes out anyway.
 const REORDER_WAIT: Duration = Duration::from_millis(500);
 
+/// Delivery log records kept (the oldest tenth goes when it is full).
+const LOG_CAP: usize = 200_000;
+
 /// A Capsule REST hook subscription.
 #[derive(Debug, Clone)]
 pub struct RestHook {
@@ -151,6 +154,7 @@ struct Policy {
     base: Duration,
     retry_on: RetryOn,
     timeout: Duration,
+    concurrency: usize,
 }
 
 /// The push side of the sandbox's state.
@@ -177,8 +181,14 @@ impl Log {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps the newest `LOG_CAP` records: a volume run with webhooks on must not grow the
+    /// sandbox without bound.
     fn add(&self, record: DeliveryRecord) {
-        self.lock().push(record);
+        let mut log = self.lock();
+        if log.len() >= LOG_CAP {
+            log.drain(..LOG_CAP / 10);
+        }
+        log.push(record);
     }
 
     pub fn all(&self) -> Vec<DeliveryRecord> {
@@ -251,7 +261,13 @@ impl Push {
 
     fn policy(&self) -> Policy {
         let f = &self.faults;
-        Policy { max_attempts: f.max_attempts.max(1), base: f.retry_base, retry_on: f.retry_on, timeout: f.timeout }
+        Policy {
+            max_attempts: f.max_attempts.max(1),
+            base: f.retry_base,
+            retry_on: f.retry_on,
+            timeout: f.timeout,
+            concurrency: usize::try_from(f.concurrency.max(1)).unwrap_or(1),
+        }
     }
 
     fn send(&mut self, sender: Sender, event: &str, target: String, id: String, body: Vec<u8>, seq: u64) {
@@ -674,14 +690,23 @@ fn dispatch(
     }
 }
 
-/// One target's deliveries, in order: each first attempt is awaited; retries go on their
-/// own task so that a failing delivery does not hold up the ones behind it.
+/// One target's deliveries, in order: at most `concurrency` first attempts at once (one by
+/// default, each awaited before the next starts); retries go on their own task so that a
+/// failing delivery does not hold up the ones behind it.
 async fn lane(mut rx: mpsc::UnboundedReceiver<Outgoing>, client: reqwest::Client, log: Log) {
+    let mut in_flight = tokio::task::JoinSet::new();
     while let Some(outgoing) = rx.recv().await {
-        if !attempt(&client, &log, &outgoing, 1).await {
-            let (client, log) = (client.clone(), log.clone());
-            tokio::spawn(async move { retries(client, log, outgoing, 2).await });
+        while in_flight.len() >= outgoing.policy.concurrency {
+            in_flight.join_next().await;
         }
+        let (client, log) = (client.clone(), log.clone());
+        in_flight.spawn(async move {
+            if !attempt(&client, &log, &outgoing, 1).await {
+                tokio::spawn(async move { retries(client, log, outgoing, 2).await });
+            }
+        });
+        // Reap the finished ones as we go, so the set does not grow with a fast receiver.
+        while in_flight.try_join_next().is_some() {}
     }
 }
 

@@ -19,7 +19,7 @@ use super::wire::{ApiRequest, Reply};
 use crate::catalog::Operation;
 
 pub use calendars::{inspect_json as appointment_json, location_zone};
-pub use conversations::message_json;
+pub use conversations::{message_json, receive as receive_message};
 
 /// A contact: its id, times, and the fields it was given (kept as sent, so everything the
 /// API accepts round-trips).
