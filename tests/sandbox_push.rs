@@ -554,3 +554,58 @@ async fn with_concurrency_a_slow_receiver_gets_deliveries_side_by_side() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn ghlflow_sandbox_prints_the_public_key_and_refuses_bad_push_flags() {
+    use tokio::io::AsyncBufReadExt;
+    let ghlflow = env!("CARGO_BIN_EXE_ghlflow");
+    for (flag, value, says) in [
+        ("--ghl-webhook-url", "ftp://example.org/x", "must be an http(s) URL"),
+        ("--delivery-faults", r#"{"drop_rate": 2}"#, "between 0 and 1"),
+        ("--delivery-faults", r#"{"dropped": 1}"#, "--delivery-faults: unknown field `dropped`"),
+    ] {
+        let out = tokio::process::Command::new(ghlflow)
+            .args(["sandbox", "--port", "0", "--people", "5", flag, value])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+
+    let mut child = tokio::process::Command::new(ghlflow)
+        .args(["sandbox", "--port", "0", "--people", "5", "--ghl-webhook-url", "http://127.0.0.1:9/hooks"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let key = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(key) = line.strip_prefix("sandbox: export GHL_WEBHOOK_PUBLIC_KEY=") {
+                return key.to_owned();
+            }
+        }
+        panic!("no public key line");
+    })
+    .await
+    .unwrap();
+    let der = BASE64.decode(&key).unwrap();
+    VerifyingKey::from_public_key_der(&der).expect("an Ed25519 SubjectPublicKeyInfo");
+    // The printed ghlflow.yaml names the same key.
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if line.contains("webhook_public_keys") {
+                return line;
+            }
+        }
+        panic!("no webhook_public_keys line in the printed configuration");
+    })
+    .await
+    .unwrap();
+    child.kill().await.unwrap();
+    assert_eq!(line.trim(), format!("# webhook_public_keys: [\"{key}\"]"));
+}

@@ -7,14 +7,16 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::{CliError, CliResult, print};
-use crate::sandbox::{self, LostAs, SandboxError, SandboxOptions};
+use crate::sandbox::{self, DeliveryFaults, LostAs, SandboxError, SandboxOptions};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   ghlflow sandbox > ghlflow.yaml             keep the printed configuration, then `ghlflow validate`
   ghlflow sandbox --fail-rate 0.2            one GHL write in five fails with a 500
-  ghlflow sandbox --port 0 --people 50       any free port, a smaller account")]
+  ghlflow sandbox --port 0 --people 50       any free port, a smaller account
+  ghlflow sandbox --ghl-webhook-url http://127.0.0.1:8080/hooks/ghl
+                                             push signed GHL webhooks there")]
 pub struct SandboxArgs {
     /// The port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8977)]
@@ -51,6 +53,12 @@ pub struct SandboxArgs {
     /// hooks need no flag: they are subscribed through POST /api/v2/resthooks.
     #[arg(long, value_name = "URL")]
     ghl_webhook_url: Option<String>,
+    /// Faults of pushed events (GHL webhooks and Capsule REST hooks), as JSON: e.g.
+    /// '{"drop_rate": 0.1, "duplicate_rate": 0.1, "reorder_rate": 0.2, "seed": 7}'; also
+    /// delay_rate, delay_ms, max_attempts, retry_base_ms, retry_on (errors|429), timeout_ms,
+    /// concurrency. Changeable later with PUT /_sandbox/push/faults.
+    #[arg(long, value_name = "JSON")]
+    delivery_faults: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,6 +69,11 @@ enum LostAsArg {
 }
 
 pub async fn run(args: SandboxArgs) -> CliResult {
+    let delivery_faults = match &args.delivery_faults {
+        None => DeliveryFaults::default(),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| CliError::Invalid(format!("--delivery-faults: {e} (in `{text}`)")))?,
+    };
     let options = SandboxOptions {
         port: args.port,
         seed: args.seed,
@@ -77,6 +90,7 @@ pub async fn run(args: SandboxArgs) -> CliResult {
         no_limits: args.no_limits,
         ghl_webhook_url: args.ghl_webhook_url.clone(),
         ghl_signing_key: None,
+        delivery_faults,
     };
     let sandbox = sandbox::start(options).await.map_err(|e| match e {
         SandboxError::Option(_) => CliError::Invalid(e.to_string()),

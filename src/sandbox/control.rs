@@ -28,7 +28,8 @@
 //!   with (base64 SPKI and PEM), the Capsule REST hooks and the delivery faults
 //! - `PUT  /_sandbox/push/ghl` `{"url": "http://..."}` (`null` turns GHL webhooks off)
 //! - `GET|PUT /_sandbox/push/faults`: drop, duplicate, delay, reorder rates, `delay_ms`,
-//!   `seed`, `max_attempts`, `retry_base_ms`, `retry_on` (`errors` or `429`), `timeout_ms`
+//!   `seed`, `max_attempts`, `retry_base_ms`, `retry_on` (`errors` or `429`), `timeout_ms`,
+//!   `concurrency`
 //! - `GET  /_sandbox/deliveries`: every delivery attempt (event, target, id, attempt, status)
 
 use std::sync::Arc;
@@ -135,7 +136,7 @@ const ROUTES: &[(&str, &str)] = &[
     (
         "PUT  /_sandbox/push/faults",
         "set delivery faults: drop_rate, duplicate_rate, delay_rate, delay_ms, reorder_rate, seed, \
-         max_attempts, retry_base_ms, retry_on (errors|429), timeout_ms",
+         max_attempts, retry_base_ms, retry_on (errors|429), timeout_ms, concurrency",
     ),
     ("GET  /_sandbox/deliveries", "every delivery attempt: event, target, id, attempt, status"),
 ];

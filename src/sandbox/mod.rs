@@ -74,6 +74,8 @@ pub struct SandboxOptions {
     /// The 32 bytes of the Ed25519 key GHL webhooks are signed with; None draws a fresh key
     /// at every start.
     pub ghl_signing_key: Option<[u8; 32]>,
+    /// Faults of pushed events and the sender's retries.
+    pub delivery_faults: DeliveryFaults,
 }
 
 impl Default for SandboxOptions {
@@ -91,6 +93,7 @@ impl Default for SandboxOptions {
             no_limits: false,
             ghl_webhook_url: None,
             ghl_signing_key: None,
+            delivery_faults: DeliveryFaults::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     if let Some(url) = &opts.ghl_webhook_url {
         check_webhook_url(url).map_err(SandboxError::Option)?;
     }
+    opts.delivery_faults.check().map_err(SandboxError::Option)?;
     let catalog = crate::catalog::load_embedded().map_err(|d| SandboxError::Catalog(d.to_string()))?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
         .await
@@ -146,6 +150,7 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let limits = limits::Limits::new(opts.limits_scale, opts.no_limits);
     let mut state = state::State::new(opts.seed, opts.people, faults, limits, format!("http://{addr}"));
     state.push = push::Push::new(opts.seed, opts.ghl_signing_key, opts.ghl_webhook_url.clone());
+    state.push.set_faults(opts.delivery_faults);
     let deliverer = push::start_worker(&mut state.push);
     let shared = Arc::new(Shared { state: Mutex::new(state), routes: routes::RouteTable::new(&catalog) });
     let app = server::router(Arc::clone(&shared)).into_make_service_with_connect_info::<faults::Cut>();

@@ -9,9 +9,9 @@
 //! generator, so a seed replays the same faults; the event then goes down a channel to one
 //! background task, so no handler ever waits on a receiver. That task keeps one lane per
 //! target: a lane sends its deliveries in order and waits for each first attempt (so
-//! deliveries to one URL keep their order unless a fault says otherwise), while retries
-//! and delayed deliveries run on their own tasks, and a slow or dead target holds up only
-//! its own lane. Every attempt lands in the delivery log (`Sandbox::deliveries`,
+//! deliveries to one URL keep their order unless a fault says otherwise; `concurrency`
+//! lets several go at once), while retries and delayed deliveries run on their own tasks,
+//! and a slow or dead target holds up only its own lane. Every attempt lands in the delivery log (`Sandbox::deliveries`,
 //! `GET /_sandbox/deliveries`).
 //!
 //! Capsule sends nothing for notes (entries) or task deletions, and neither does the
@@ -165,7 +165,11 @@ pub struct Push {
     /// Where GHL webhooks go (GHL sends every event of an installed app to one URL).
     pub ghl_url: Option<String>,
     pub faults: DeliveryFaults,
+    /// Draws fates; `DeliveryFaults::seed` restarts it.
     rng: Rng,
+    /// Draws `webhookId`s (its own, so that turning webhooks on does not change the ids the
+    /// seeded data and later records get).
+    ids: Rng,
     seq: u64,
     key: SigningKey,
     tx: Option<mpsc::UnboundedSender<Outgoing>>,
@@ -207,6 +211,7 @@ impl Push {
             ghl_url,
             faults: DeliveryFaults::default(),
             rng: Rng::new(seed.wrapping_add(0xDE11)),
+            ids: Rng::new(seed.wrapping_add(0x1D5)),
             seq: 0,
             key: SigningKey::from_bytes(&secret),
             tx: None,
@@ -469,7 +474,7 @@ pub fn ghl(state: &mut State, event_type: &str, kind: GhlKind, record: &Value) {
     // against its own clock (GHL's replay window), and the sandbox clock may have been
     // moved forward.
     body.insert("timestamp".into(), json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-    let webhook_id = webhook_id(&mut state.ids);
+    let webhook_id = webhook_id(&mut state.push.ids);
     body.insert("webhookId".into(), json!(webhook_id));
     let Ok(bytes) = serde_json::to_vec(&Value::Object(body)) else { return };
     let seq = state.push.next_seq();
@@ -794,6 +799,28 @@ mod tests {
         assert_eq!(a.public_key_base64(), b.public_key_base64());
         assert!(a.public_key_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
         assert_ne!(Push::new(1, None, None).public_key_base64(), a.public_key_base64());
+    }
+
+    #[test]
+    fn delivery_faults_read_as_json_and_are_checked() {
+        let f: DeliveryFaults =
+            serde_json::from_str(r#"{"drop_rate": 0.5, "retry_on": "429", "retry_base_ms": 250, "seed": 4}"#).unwrap();
+        assert_eq!(f.retry_on, RetryOn::TooManyRequests);
+        assert_eq!(f.retry_base, Duration::from_millis(250));
+        assert_eq!((f.max_attempts, f.concurrency, f.seed), (6, 1, Some(4)));
+        assert!(serde_json::from_str::<DeliveryFaults>(r#"{"drop": 1}"#).is_err());
+        assert!(DeliveryFaults { reorder_rate: -0.1, ..f }.check().is_err());
+        assert!(DeliveryFaults { max_attempts: 0, ..f }.check().is_err());
+        assert!(f.check().is_ok());
+    }
+
+    #[test]
+    fn webhook_ids_are_uuid_shaped_and_distinct() {
+        let mut rng = Rng::new(3);
+        let (a, b) = (webhook_id(&mut rng), webhook_id(&mut rng));
+        assert_ne!(a, b);
+        let parts: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{a}");
     }
 
     #[test]
