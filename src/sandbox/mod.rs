@@ -5,8 +5,10 @@
 //! its catalog sample otherwise). It owns the emulation: seeded data (`seed`), the
 //! handlers (`ghl`, `capsule`), the gates every request passes (`server`: token, rate limits
 //! with the real headers, `Version`, unknown body properties, location), OAuth tokens that
-//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), and the
-//! control API (`control` over HTTP, the methods of `Sandbox` in Rust). Where the real APIs
+//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), the events
+//! it pushes as the real services do (`push`: Capsule REST hooks, GHL webhooks signed with
+//! a sandbox Ed25519 key, with their own faults), and the control API (`control` over HTTP,
+//! the methods of `Sandbox` in Rust). Where the real APIs
 //! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
 //! silently dropped by upsert, page numbers that stop at 10,000 results, a booking refused
 //! outside the calendar's free slots), the sandbox does too; where their answer is unknown,

@@ -119,6 +119,8 @@ pub struct DeliveryRecord {
     pub status: Option<u16>,
     /// Why no status: the connection error, or "dropped on purpose".
     pub error: Option<String>,
+    /// How long the attempt took, from sending to the answer (or the error); 0 for a drop.
+    pub elapsed_ms: u64,
     /// The second copy of a duplicated delivery.
     pub duplicate: bool,
 }
@@ -739,11 +741,13 @@ async fn attempt(client: &reqwest::Client, log: &Log, outgoing: &Outgoing, n: u3
     for (name, value) in &outgoing.headers {
         request = request.header(*name, value);
     }
+    let started = Instant::now();
     let (status, error) = match request.send().await {
         Ok(response) => (Some(response.status().as_u16()), None),
         Err(e) => (None, Some(without_url(&e))),
     };
-    log.add(record(outgoing, n, status, error));
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    log.add(DeliveryRecord { elapsed_ms, ..record(outgoing, n, status, error) });
     match (status, outgoing.policy.retry_on) {
         (Some(s), _) if (200..300).contains(&s) => true,
         (Some(429), _) => false,
@@ -780,6 +784,7 @@ fn record(o: &Outgoing, attempt: u32, status: Option<u16>, error: Option<String>
         attempt,
         status,
         error,
+        elapsed_ms: 0,
         duplicate: o.duplicate,
     }
 }
