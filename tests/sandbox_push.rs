@@ -609,3 +609,39 @@ async fn ghlflow_sandbox_prints_the_public_key_and_refuses_bad_push_flags() {
     child.kill().await.unwrap();
     assert_eq!(line.trim(), format!("# webhook_public_keys: [\"{key}\"]"));
 }
+
+#[tokio::test]
+async fn the_legacy_rsa_signature_verifies_when_asked_for() {
+    use rsa::pkcs1v15;
+    use rsa::pkcs8::DecodePublicKey as _;
+    let mut rx = receiver(false).await;
+    let sandbox = sandbox::start(SandboxOptions {
+        people: 5,
+        ghl_webhook_url: Some(rx.url.clone()),
+        ghl_legacy_signature: true,
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let der = BASE64.decode(sandbox.ghl_webhook_legacy_public_key().unwrap()).unwrap();
+    let key = pkcs1v15::VerifyingKey::<sha2::Sha256>::from_public_key_der(&der).unwrap();
+    sandbox.ghl_add_contacts(1);
+    let hit = rx.next().await;
+    let signature = BASE64.decode(hit.headers["x-wh-signature"].as_bytes()).unwrap();
+    assert_eq!(signature.len(), 256, "a 2048-bit key signs in 256 bytes");
+    let signature = pkcs1v15::Signature::try_from(signature.as_slice()).unwrap();
+    rsa::signature::Verifier::verify(&key, &hit.body, &signature).expect("RSA SHA-256 over the bytes received");
+    let mut tampered = hit.body.to_vec();
+    tampered[3] ^= 1;
+    assert!(rsa::signature::Verifier::verify(&key, &tampered, &signature).is_err());
+    assert!(hit.headers.contains_key("x-ghl-signature"), "the Ed25519 signature is there too");
+    sandbox.shutdown().await;
+
+    // Not asked for: no legacy header and no key.
+    let mut rx = receiver(false).await;
+    let sandbox = start(Some(rx.url.clone())).await;
+    assert!(sandbox.ghl_webhook_legacy_public_key().is_none());
+    sandbox.ghl_add_contacts(1);
+    assert!(!rx.next().await.headers.contains_key("x-wh-signature"));
+    sandbox.shutdown().await;
+}

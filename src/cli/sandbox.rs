@@ -59,6 +59,10 @@ pub struct SandboxArgs {
     /// concurrency. Changeable later with PUT /_sandbox/push/faults.
     #[arg(long, value_name = "JSON")]
     delivery_faults: Option<String>,
+    /// Also sign GHL webhooks the legacy way (RSA SHA-256 in X-WH-Signature) with a fresh
+    /// key, printed at start.
+    #[arg(long)]
+    ghl_legacy_signature: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -91,6 +95,7 @@ pub async fn run(args: SandboxArgs) -> CliResult {
         ghl_webhook_url: args.ghl_webhook_url.clone(),
         ghl_signing_key: None,
         delivery_faults,
+        ghl_legacy_signature: args.ghl_legacy_signature,
     };
     let sandbox = sandbox::start(options).await.map_err(|e| match e {
         SandboxError::Option(_) => CliError::Invalid(e.to_string()),
@@ -103,6 +108,9 @@ pub async fn run(args: SandboxArgs) -> CliResult {
         args.people,
         sandbox.config_yaml()
     ))?;
+    if let Some(key) = sandbox.ghl_webhook_legacy_public_key() {
+        eprintln!("sandbox: legacy X-WH-Signature (RSA SHA-256) public key: export GHL_WEBHOOK_RSA_PUBLIC_KEY={key}");
+    }
     let base = sandbox.ghl_base_url();
     eprintln!(
         "sandbox: GHL at {base}, Capsule at {}, location {}\n\

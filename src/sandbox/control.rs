@@ -342,6 +342,7 @@ async fn push_info(AxumState(shared): Ctx) -> Response {
         "ghl_webhook_url": state.push.ghl_url,
         "ghl_webhook_public_key": state.push.public_key_base64(),
         "ghl_webhook_public_key_pem": state.push.public_key_pem(),
+        "ghl_webhook_legacy_public_key": state.push.legacy_public_key_base64(),
         "capsule_rest_hooks": hooks,
         "faults": state.push.faults,
     }))

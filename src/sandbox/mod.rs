@@ -78,6 +78,9 @@ pub struct SandboxOptions {
     pub ghl_signing_key: Option<[u8; 32]>,
     /// Faults of pushed events and the sender's retries.
     pub delivery_faults: DeliveryFaults,
+    /// Also sign GHL webhooks with a fresh 2048-bit RSA key in the legacy `X-WH-Signature`
+    /// (RSASSA-PKCS1-v1_5, SHA-256), as GHL does until it retires that header.
+    pub ghl_legacy_signature: bool,
 }
 
 impl Default for SandboxOptions {
@@ -96,6 +99,7 @@ impl Default for SandboxOptions {
             ghl_webhook_url: None,
             ghl_signing_key: None,
             delivery_faults: DeliveryFaults::default(),
+            ghl_legacy_signature: false,
         }
     }
 }
@@ -153,6 +157,14 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     let mut state = state::State::new(opts.seed, opts.people, faults, limits, format!("http://{addr}"));
     state.push = push::Push::new(opts.seed, opts.ghl_signing_key, opts.ghl_webhook_url.clone());
     state.push.set_faults(opts.delivery_faults);
+    if opts.ghl_legacy_signature {
+        // Generating an RSA key takes a moment: off the async threads.
+        let key = tokio::task::spawn_blocking(|| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048))
+            .await
+            .map_err(|e| SandboxError::Option(format!("the RSA key could not be made: {e}")))?
+            .map_err(|e| SandboxError::Option(format!("the RSA key could not be made: {e}")))?;
+        state.push.set_legacy_key(key);
+    }
     let deliverer = push::start_worker(&mut state.push);
     let shared = Arc::new(Shared { state: Mutex::new(state), routes: routes::RouteTable::new(&catalog) });
     let app = server::router(Arc::clone(&shared)).into_make_service_with_connect_info::<faults::Cut>();
@@ -479,6 +491,12 @@ impl Sandbox {
     /// The same key as a PEM `PUBLIC KEY` block.
     pub fn ghl_webhook_public_key_pem(&self) -> String {
         self.state().push.public_key_pem()
+    }
+
+    /// The legacy RSA public key (base64 DER SubjectPublicKeyInfo) for `X-WH-Signature`,
+    /// when the sandbox was started with `ghl_legacy_signature`.
+    pub fn ghl_webhook_legacy_public_key(&self) -> Option<String> {
+        self.state().push.legacy_public_key_base64()
     }
 
     /// Where GHL webhooks go from now on (None stops them); a URL that is not http(s) is

@@ -174,6 +174,8 @@ pub struct Push {
     ids: Rng,
     seq: u64,
     key: SigningKey,
+    /// The legacy RSA key for `X-WH-Signature`, when asked for.
+    rsa: Option<Box<rsa::pkcs1v15::SigningKey<sha2::Sha256>>>,
     tx: Option<mpsc::UnboundedSender<Outgoing>>,
     log: Log,
 }
@@ -216,6 +218,7 @@ impl Push {
             ids: Rng::new(seed.wrapping_add(0x1D5)),
             seq: 0,
             key: SigningKey::from_bytes(&secret),
+            rsa: None,
             tx: None,
             log: Log::default(),
         }
@@ -233,6 +236,20 @@ impl Push {
     /// The public key as a PEM `PUBLIC KEY` block.
     pub fn public_key_pem(&self) -> String {
         self.key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap_or_default()
+    }
+
+    /// Also signs GHL webhooks the legacy way: RSASSA-PKCS1-v1_5 with SHA-256 in
+    /// `X-WH-Signature`, with this key.
+    pub fn set_legacy_key(&mut self, key: rsa::RsaPrivateKey) {
+        self.rsa = Some(Box::new(rsa::pkcs1v15::SigningKey::new(key)));
+    }
+
+    /// The legacy RSA public key as base64 DER SubjectPublicKeyInfo, when there is one.
+    pub fn legacy_public_key_base64(&self) -> Option<String> {
+        use rsa::pkcs8::EncodePublicKey as _;
+        use rsa::signature::Keypair as _;
+        let der = self.rsa.as_ref()?.verifying_key().to_public_key_der().ok()?;
+        Some(BASE64.encode(der.as_bytes()))
     }
 
     pub fn log(&self) -> Log {
@@ -282,6 +299,10 @@ impl Push {
         if sender == Sender::Ghl {
             let signature = self.key.sign(&body);
             headers.push(("x-ghl-signature", BASE64.encode(signature.to_bytes())));
+            if let Some(rsa) = &self.rsa {
+                use rsa::signature::{SignatureEncoding as _, Signer as _};
+                headers.push(("x-wh-signature", BASE64.encode(rsa.sign(&body).to_vec())));
+            }
         }
         let outgoing = Outgoing {
             seq,
