@@ -20,5 +20,6 @@ mod mirror_real;
 mod prism_conformance;
 mod recipe_validate;
 mod sandbox;
+mod sandbox_push;
 mod spec_conformance;
 mod webhook_verify;
