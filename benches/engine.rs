@@ -55,7 +55,6 @@ use ghlflow::catalog::Catalog;
 use ghlflow::config::Config;
 use ghlflow::engine::scheduler::{self, Lateness};
 use ghlflow::engine::{Engine, EngineOptions};
-use ghlflow::http::HttpClient;
 use ghlflow::recipe::{Recipe, compile_recipe};
 use ghlflow::store::{RunRecord, RunStatus, Store};
 use serde_json::{Value, json};
@@ -409,8 +408,7 @@ fn setup(capsule_base: &str, ghl_base: &str, concurrency: u32, page_bound: u32) 
     let config = Config::parse(&text, &dir.path().join("ghlflow.yaml"), &catalog, &bench_env)
         .unwrap_or_else(|e| panic!("bench configuration: {e}"));
     let store = Store::open(&dir.path().join("state")).expect("open the store");
-    let client = HttpClient::new(Some(store.clone()), config.redactor.clone()).unwrap();
-    let engine = Engine::new(Arc::new(catalog), Arc::new(config), Arc::new(client), store, EngineOptions::default());
+    let engine = Engine::with_store(Arc::new(catalog), Arc::new(config), store, EngineOptions::default()).unwrap();
     Setup { dir, engine: Arc::new(engine) }
 }
 

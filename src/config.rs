@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{App, AuthKind, Catalog};
-use crate::diagnostic::{Diagnostics, Position, PositionIndex, Segment, hint, parse_path, path_to_string};
+use crate::diagnostic::{Diagnostics, Position, Segment, hint, path_to_string};
 
 /// A value that must never be shown: tokens, client secrets.
 #[derive(Clone, PartialEq, Eq)]
@@ -155,6 +155,35 @@ pub struct ConfigSpec {
     /// How long run history is kept, e.g. `30d`. Default 30 days.
     #[serde(default)]
     pub retention: Option<String>,
+    /// Where `ghlflow run` listens for instant-trigger hooks and serves its endpoints:
+    /// `HOST:PORT`. Default `127.0.0.1:8975` (this machine only).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The address the APIs reach the listener at (`https://hooks.example.com`), when it is
+    /// not the listen address itself (a proxy or a tunnel in front).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Who may use the listener's page and endpoints; required for a bind that is not
+    /// loopback. (Hooks are checked by their own signature or path token.)
+    #[serde(default)]
+    pub server: Option<ServerSpec>,
+}
+
+/// `server:` in ghlflow.yaml.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    pub auth: ServerAuthSpec,
+}
+
+/// How a request to the listener proves who it is.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerAuthSpec {
+    /// `Authorization: Bearer <token>` (from `${VAR}`).
+    Token { token: String },
+    /// HTTP basic authentication (the password from `${VAR}`).
+    Basic { username: String, password: String },
 }
 
 /// One connection: an app, its account and its credentials.
@@ -181,6 +210,11 @@ pub struct ConnectionSpec {
     /// How many requests may be in flight on this connection at once. Default 4.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// GHL: the public keys that may sign this connection's webhook deliveries, each a PEM
+    /// block or the base64 of a SubjectPublicKeyInfo, Ed25519 or RSA. Given, they replace the
+    /// keys GHL publishes (a sandbox or a test signs with its own). Default: GHL's.
+    #[serde(default)]
+    pub webhook_public_keys: Option<Vec<String>>,
 }
 
 /// Credentials, by kind.
@@ -260,6 +294,9 @@ pub struct Connection {
     pub access: Access,
     pub base_url: String,
     pub concurrency: NonZeroU32,
+    /// The keys a pushed delivery for this connection must be signed with: the configured
+    /// `webhook_public_keys`, or GHL's published ones. Capsule signs nothing: empty for it.
+    pub webhook_keys: Arc<crate::webhook::GhlKeys>,
 }
 
 impl Connection {
@@ -285,7 +322,32 @@ pub struct Config {
     pub recipes_dir: PathBuf,
     pub retention: Duration,
     pub redactor: Redactor,
+    /// The listener's bind address and what it requires.
+    pub listener: Listener,
 }
+
+/// Where the listener binds, the address the APIs reach it at, and its credentials.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub bind: std::net::SocketAddr,
+    /// With no trailing slash: hook paths are appended (`/hooks/ghl`).
+    pub public_url: url::Url,
+    /// Required unless `bind` is loopback.
+    pub auth: Option<ServerAuth>,
+    /// The file asks for the listener (`listen:`, `public_url:` or `server:`): not being able
+    /// to bind is then an error, not a warning.
+    pub asked_for: bool,
+}
+
+/// `server.auth`, its secrets wrapped.
+#[derive(Debug, Clone)]
+pub enum ServerAuth {
+    Token(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// The listener's address unless `listen:` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8975";
 
 impl Config {
     /// Reads and checks `path`, taking `${VAR}` values from `env`.
@@ -327,29 +389,7 @@ impl Config {
     ) -> Result<Config, Diagnostics> {
         let display = path.display().to_string();
         let mut diags = Diagnostics::default();
-        let index = match PositionIndex::build(text) {
-            Ok(i) => i,
-            Err((pos, msg)) => {
-                let line = text.lines().nth(pos.line.saturating_sub(1)).unwrap_or_default();
-                let hint = if line.contains("${") && line.contains('{') {
-                    "; inside `{ ... }` a `${VAR}` value must be quoted: `token: '${GHL_TOKEN}'`"
-                } else {
-                    ""
-                };
-                diags.push(&display, pos, format!("invalid YAML: {msg}{hint}"));
-                return Err(diags);
-            }
-        };
-        for (p, pos) in &index.duplicate_keys {
-            diags.push(&display, *pos, format!("{p}: duplicate key"));
-        }
-        diags.clone().into_result()?;
-        let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            let pos = crate::diagnostic::serde_yaml_position(&e);
-            let mut d = Diagnostics::default();
-            d.push(&display, pos, format!("invalid YAML: {e}"));
-            d
-        })?;
+        let crate::yaml::Document { index, mut value, .. } = crate::yaml::parse(&display, text)?;
 
         if value.is_null() {
             diags.push(
@@ -372,19 +412,9 @@ impl Config {
         diags.clone().into_result()?;
 
         // Every unknown key is reported and set aside, so the rest of the file is still checked.
-        for u in crate::unknown_keys::strip_unknown(&mut value, &CONFIG_SCHEMA) {
-            diags.push(&display, index.locate_str(&u.path), format!("{}: {}", u.path, u.message));
-        }
-        let spec: ConfigSpec = match serde_path_to_error::deserialize(value) {
-            Ok(s) => s,
-            Err(e) => {
-                let at = e.path().to_string();
-                let at = if at == "." { String::new() } else { at };
-                let message = e.into_inner().to_string();
-                let message = if at.is_empty() { message } else { format!("{at}: {message}") };
-                diags.push(&display, index.locate(&parse_path(&at)), message);
-                return Err(diags);
-            }
+        crate::yaml::strip_unknown(&mut value, &CONFIG_SCHEMA, &display, &index, &mut diags);
+        let Some(spec) = crate::yaml::deserialize::<ConfigSpec>(value, &display, &index, &[], &mut diags) else {
+            return Err(diags);
         };
 
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -473,6 +503,37 @@ impl Config {
                 problem("concurrency", "must be at least 1".into());
                 continue;
             };
+            let webhook_keys = match (&c.webhook_public_keys, app.id.as_str()) {
+                (None, "ghl") => crate::webhook::GhlKeys::published(),
+                (None, _) => crate::webhook::GhlKeys::from_keys([]),
+                (Some(_), id) if id != "ghl" => {
+                    problem(
+                        "webhook_public_keys",
+                        format!("app `{id}` signs no webhooks; only a GHL connection takes keys"),
+                    );
+                    continue;
+                }
+                (Some(list), _) if list.is_empty() => {
+                    problem(
+                        "webhook_public_keys",
+                        "an empty list would refuse every delivery; leave it out for GHL's keys".into(),
+                    );
+                    continue;
+                }
+                (Some(list), _) => {
+                    let mut keys = Vec::new();
+                    for (i, text) in list.iter().enumerate() {
+                        match crate::webhook::PublicKey::parse(text) {
+                            Ok(key) => keys.push(key),
+                            Err(e) => problem(&format!("webhook_public_keys[{i}]"), e),
+                        }
+                    }
+                    if keys.len() != list.len() {
+                        continue;
+                    }
+                    crate::webhook::GhlKeys::from_keys(keys)
+                }
+            };
             connections.insert(
                 name.clone(),
                 Arc::new(Connection {
@@ -484,6 +545,7 @@ impl Config {
                     access,
                     base_url: base_url.trim_end_matches('/').to_owned(),
                     concurrency,
+                    webhook_keys: Arc::new(webhook_keys),
                 }),
             );
         }
@@ -495,8 +557,12 @@ impl Config {
                 Duration::ZERO
             }
         };
+        let listener = listener(&spec, &redactor, &mut |field: &str, message: String| {
+            diags.push(&display, index.locate_str(field), format!("{field}: {message}"))
+        });
         diags.into_result()?;
         Ok(Config {
+            listener,
             path: path.to_path_buf(),
             connections,
             state_dir: base_dir.join(spec.state.as_deref().unwrap_or(".ghlflow/state")),
@@ -659,6 +725,74 @@ connections:
         let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &|_| None).unwrap_err().to_string();
         assert!(err.contains("g.yaml:4:5: connections.x.tokn: unknown field `tokn`"), "{err}");
     }
+
+    #[test]
+    fn webhook_public_keys_replace_the_published_ones_and_a_bad_one_is_placed() {
+        let none = |_: &str| None;
+        let config = Config::parse(FILE, Path::new("g.yaml"), &catalog(), &|n: &str| Some(n.to_owned())).unwrap();
+        assert_eq!(config.connection("ghl").unwrap().webhook_keys.counts(), (1, 1), "GHL's own keys by default");
+        assert_eq!(config.connection("capsule").unwrap().webhook_keys.counts(), (0, 0), "Capsule signs nothing");
+
+        let pem = crate::webhook::verify::GHL_RSA_PUBLIC_KEY_PEM.trim().replace('\n', "\n        ");
+        let text = format!(
+            "connections:\n  ghl:\n    app: ghl\n    auth: {{ type: private_token, token: t }}\n    webhook_public_keys:\n      - MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n      - |\n        {pem}\n"
+        );
+        let config = Config::parse(&text, Path::new("g.yaml"), &catalog(), &none).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(config.connection("ghl").unwrap().webhook_keys.counts(), (1, 1));
+
+        let text = "connections:\n  ghl:\n    app: ghl\n    auth: { type: private_token, token: t }\n    webhook_public_keys:\n      - MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n      - not-a-key\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &none).unwrap_err().to_string();
+        assert!(err.contains("g.yaml:7:9: connections.ghl.webhook_public_keys[1]: neither PEM nor base64"), "{err}");
+        let text = "connections:\n  c:\n    app: capsule\n    auth: { type: bearer, token: t }\n    webhook_public_keys: [MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=]\n";
+        let err = Config::parse(text, Path::new("g.yaml"), &catalog(), &none).unwrap_err().to_string();
+        assert!(
+            err.contains("g.yaml:5:5: connections.c.webhook_public_keys: app `capsule` signs no webhooks"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!("connections:\n  c: {{ app: capsule, auth: {{ type: bearer, token: t-123456 }} }}\n{extra}");
+        let env = |_: &str| Some("listener-secret-42".to_owned());
+        let catalog = crate::catalog::load_embedded().unwrap();
+        Config::parse(&text, Path::new("g.yaml"), &catalog, &env).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn the_listener_defaults_to_this_machine_only() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listener.bind.to_string(), DEFAULT_LISTEN);
+        assert!(config.listener.bind.ip().is_loopback());
+        assert_eq!(config.listener.public_url.as_str(), "http://127.0.0.1:8975/");
+        assert!(config.listener.auth.is_none());
+    }
+
+    #[test]
+    fn a_bind_other_machines_reach_needs_credentials() {
+        let err = parse("listen: 0.0.0.0:9000\n").unwrap_err();
+        assert!(err.starts_with("g.yaml:3:1: listen:"), "{err}");
+        assert!(err.contains("`server: { auth: ... }` is required"), "{err}");
+        let config =
+            parse("listen: 0.0.0.0:9000\nserver: { auth: { type: token, token: '${PAGE_TOKEN}' } }\n").unwrap();
+        assert!(matches!(config.listener.auth, Some(ServerAuth::Token(_))));
+        assert_eq!(config.redactor.redact("Bearer listener-secret-42"), "Bearer <redacted>");
+        assert!(!format!("{:?}", config.listener).contains("listener-secret-42"));
+    }
+
+    #[test]
+    fn bad_addresses_are_named_at_their_line() {
+        let err = parse("listen: localhost\n").unwrap_err();
+        assert!(err.contains("g.yaml:3:1: listen: `localhost` is not an address and port"), "{err}");
+        let err = parse("public_url: ftp://example.com/x\n").unwrap_err();
+        assert!(err.contains("g.yaml:3:1: public_url: `ftp://example.com/x` must be an http(s) address"), "{err}");
+        let config = parse("public_url: https://hooks.example.com/ghlflow\n").unwrap();
+        assert_eq!(config.listener.public_url.as_str(), "https://hooks.example.com/ghlflow");
+    }
 }
 
 #[cfg(test)]
@@ -722,4 +856,58 @@ mod redactor_tests {
         let v = r.redact_json_deep(serde_json::json!({"tok/en\"1234": ["Bearer tok/en\"1234"]}));
         assert_eq!(v, serde_json::json!({"<redacted>": ["Bearer <redacted>"]}));
     }
+}
+
+/// Checks `listen:`, `public_url:` and `server:`. Problems go to `problem` (field, message);
+/// the value returned then stands in only so the rest of the file is still checked.
+fn listener(spec: &ConfigSpec, redactor: &Redactor, problem: &mut dyn FnMut(&str, String)) -> Listener {
+    let text = spec.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let bind = match text.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            problem("listen", format!("`{text}` is not an address and port such as `127.0.0.1:8975` or `[::]:8975`"));
+            DEFAULT_LISTEN.parse().unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8975)))
+        }
+    };
+    let fallback = || url::Url::parse(&format!("http://{bind}")).ok();
+    let public_url = match spec.public_url.as_deref().map(url::Url::parse) {
+        None => fallback(),
+        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => Some(u),
+        Some(Ok(u)) => {
+            problem("public_url", format!("`{u}` must be an http(s) address with a host and no query"));
+            fallback()
+        }
+        Some(Err(e)) => {
+            problem("public_url", format!("not a URL: {e}"));
+            fallback()
+        }
+    };
+    let auth = spec.server.as_ref().map(|s| match &s.auth {
+        ServerAuthSpec::Token { token } => {
+            redactor.add(token);
+            ServerAuth::Token(Secret::new(token.clone()))
+        }
+        ServerAuthSpec::Basic { username, password } => {
+            redactor.add(password);
+            ServerAuth::Basic { username: username.clone(), password: Secret::new(password.clone()) }
+        }
+    });
+    match &auth {
+        Some(ServerAuth::Token(t)) if t.expose().trim().is_empty() => problem("server.auth.token", "is empty".into()),
+        Some(ServerAuth::Basic { password, .. }) if password.expose().is_empty() => {
+            problem("server.auth.password", "is empty".into())
+        }
+        None if !bind.ip().is_loopback() => problem(
+            "listen",
+            format!(
+                "`{bind}` is reachable from other machines, so `server: {{ auth: ... }}` is required \
+                 (a token or basic auth, from `${{VAR}}`); or listen on 127.0.0.1"
+            ),
+        ),
+        _ => {}
+    }
+    // `fallback` cannot fail for a socket address; the `unwrap_or` only keeps this total.
+    let public_url = public_url.unwrap_or_else(|| url::Url::parse("http://127.0.0.1:8975").expect("a valid URL"));
+    let asked_for = spec.listen.is_some() || spec.public_url.is_some() || spec.server.is_some();
+    Listener { bind, public_url, auth, asked_for }
 }

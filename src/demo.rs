@@ -17,9 +17,8 @@ use serde_json::{Map, Value, json};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, OnceSummary};
-use crate::http::HttpClient;
 use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::store::{RunStatus, Store};
+use crate::store::RunStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -175,9 +174,7 @@ fn engine_for(config_path: PathBuf, catalog: Arc<Catalog>) -> Result<Engine, Dem
     let setup = |e: String| DemoError::Setup(e);
     let config =
         Arc::new(Config::load(&config_path, &catalog, &crate::config::process_env).map_err(|d| setup(d.to_string()))?);
-    let store = Store::open(&config.state_dir).map_err(|e| setup(e.to_string()))?;
-    let client = HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| setup(e.to_string()))?;
-    Ok(Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default()))
+    Engine::open(catalog, config, EngineOptions::default()).map_err(|e| setup(e.to_string()))
 }
 
 fn add(report: &mut CycleReport, s: &OnceSummary) {

@@ -17,6 +17,8 @@
 //! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
 //! - `store` says what the engine needs of a state backend (`StateStore`) and holds the sled one,
 //!   the only code that touches sled: tokens, cursors, the run journal, history, leases.
+//! - `webhook` decides whether a pushed delivery (an instant trigger's event) is genuine and
+//!   fresh: GHL's signatures and replay rules, Capsule's path tokens. No server, no I/O.
 //! - `limits` holds the bounds on files, templates, responses and server-given waits.
 //! - `cli` turns parsed command lines into calls on the modules above and renders results.
 //! - `sandbox` (a local emulator of both APIs) and `demo` (the shipped recipes against it)
@@ -34,9 +36,13 @@ pub mod engine;
 pub mod fsread;
 pub mod http;
 pub mod limits;
+pub mod listen;
+pub mod metrics;
 pub mod recipe;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod store;
 pub mod template;
 pub mod unknown_keys;
+pub mod webhook;
+pub mod yaml;

@@ -470,13 +470,15 @@ async fn a_stop_mid_backfill_leaves_the_runs_not_started_queued_for_the_next_sta
     assert_eq!(runs_in(&ws, RunStatus::Running).await.len(), 0, "a run in flight was cut off");
 
     // The next start (a new engine on the same state) runs what was left, each once.
-    let engine = std::sync::Arc::new(ghlflow::engine::Engine::new(
-        std::sync::Arc::clone(&ws.engine.catalog),
-        std::sync::Arc::clone(&ws.engine.config),
-        std::sync::Arc::clone(&ws.engine.client),
-        ws.engine.store.clone(),
-        ghlflow::engine::EngineOptions::default(),
-    ));
+    let engine = std::sync::Arc::new(
+        ghlflow::engine::Engine::with_store(
+            std::sync::Arc::clone(&ws.engine.catalog),
+            std::sync::Arc::clone(&ws.engine.config),
+            ws.engine.store.clone(),
+            ghlflow::engine::EngineOptions::default(),
+        )
+        .unwrap(),
+    );
     engine.set_recipes(ws.engine.recipes().iter().map(|r| (**r).clone()).collect());
     let summary = engine.run_once(&["capsule-people".to_owned()]).await;
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);

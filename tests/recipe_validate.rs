@@ -44,6 +44,47 @@ fn settings_fill_env_from_the_environment_or_their_defaults() {
 }
 
 #[test]
+fn an_instant_trigger_listens_for_its_event_and_polls_its_reconcile_op_every_15m() {
+    let r = compile(&Path::new(DIR).join("valid/instant_people.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let t = &r.trigger;
+    assert!(t.polls && t.is_instant());
+    assert_eq!(t.operation.key.to_string(), "capsule.parties.party_updated", "the safety-net poll");
+    assert!(matches!(t.schedule, recipe::Schedule::Every(d) if d == std::time::Duration::from_secs(15 * 60)));
+    assert_eq!(t.dedupe, catalog::Dedupe::IdUpdated, "the poll's own rule");
+    let listens: Vec<(String, String, String)> =
+        t.listens.iter().map(|l| (l.connection.name.clone(), l.event.clone(), l.operation.key.to_string())).collect();
+    assert_eq!(listens, [("capsule".into(), "party/updated".into(), "capsule.parties.on_party_updated".into())]);
+    // The trigger's inputs went to the poll.
+    assert_eq!(t.input.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["embed"]);
+}
+
+#[test]
+fn a_polling_trigger_names_the_instant_events_that_deliver_its_records_early() {
+    let r = compile(&Path::new(DIR).join("valid/poll_with_instant.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let t = &r.trigger;
+    assert!(t.polls);
+    assert_eq!(t.operation.key.to_string(), "capsule.parties.party_updated");
+    assert!(matches!(t.schedule, recipe::Schedule::Every(d) if d == std::time::Duration::from_secs(600)));
+    let events: Vec<&str> = t.listens.iter().map(|l| l.event.as_str()).collect();
+    assert_eq!(events, ["party/created", "party/updated"]);
+    // The same position as without `instant`: adding events to a recipe keeps its cursor.
+    let plain = compile(&Path::new(DIR).join("valid/mirror_people.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    assert!(!plain.trigger.is_instant());
+    assert!(t.fingerprint.contains("capsule.parties.party_updated"), "{}", t.fingerprint);
+}
+
+#[test]
+fn an_instant_trigger_without_a_reconciling_poll_never_polls() {
+    let r = compile(&Path::new(DIR).join("valid/instant_without_poll.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let t = &r.trigger;
+    assert!(!t.polls, "nothing lists a location's notes");
+    assert!(t.operation.is_webhook(), "the webhook stands in for the operation, and is never polled");
+    assert_eq!(t.listens.len(), 1);
+    assert_eq!(t.listens[0].event, "NoteCreate");
+    assert!(t.input.is_empty());
+}
+
+#[test]
 fn each_mistake_is_reported_at_its_place() {
     let dir = Path::new(DIR).join("mistakes");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();

@@ -117,6 +117,7 @@ impl CatalogSource {
             }
         }
         let mut operations: BTreeMap<String, Arc<Operation>> = BTreeMap::new();
+        let mut webhooks: BTreeMap<String, Arc<Operation>> = BTreeMap::new();
         for file in self.files.iter().filter(|f| f.stem != "app") {
             let Some(app) = apps.get(&file.app) else {
                 diags.push(
@@ -127,11 +128,71 @@ impl CatalogSource {
                 continue;
             };
             for op in compile_category_file(file, app, &mut diags) {
-                operations.insert(op.key.to_string(), Arc::new(op));
+                // An override may turn a polled operation into a webhook or back: the key
+                // lives in one map only.
+                let key = op.key.to_string();
+                if op.is_webhook() {
+                    operations.remove(&key);
+                    webhooks.insert(key, Arc::new(op));
+                } else {
+                    webhooks.remove(&key);
+                    operations.insert(key, Arc::new(op));
+                }
             }
         }
+        check_webhooks(&self.files, &operations, &webhooks, &mut diags);
         diags.into_result()?;
-        Ok(Catalog { apps, operations })
+        Ok(Catalog { apps, operations, webhooks })
+    }
+}
+
+/// Checks that need the whole catalog: each webhook's `reconcile` is a polling trigger of its
+/// app, and no app has two operations for one event (the listener must find exactly one).
+fn check_webhooks(
+    files: &[SourceFile],
+    operations: &BTreeMap<String, Arc<Operation>>,
+    webhooks: &BTreeMap<String, Arc<Operation>>,
+    diags: &mut Diagnostics,
+) {
+    let mut events: BTreeMap<(&str, &str), &OperationKey> = BTreeMap::new();
+    for op in webhooks.values() {
+        let Some(hook) = &op.webhook else { continue };
+        // Locate the operation in its file again, for a line and column.
+        let position = |field: &str| {
+            files
+                .iter()
+                .rev()
+                .find(|f| f.display == op.source)
+                .and_then(|f| {
+                    let index = PositionIndex::build(&f.text).ok()?;
+                    let value: serde_yaml::Value = serde_yaml::from_str(&f.text).ok()?;
+                    let list = value.get("operations")?.as_sequence()?;
+                    let i = list.iter().position(|o| o.get("key").and_then(|k| k.as_str()) == Some(&op.key.name))?;
+                    Some(index.locate_str(&format!("operations[{i}].{field}")))
+                })
+                .unwrap_or_default()
+        };
+        if let Some(key) = &hook.reconcile {
+            let text = key.to_string();
+            let problem = match (operations.get(&text), webhooks.get(&text)) {
+                (Some(target), _) if target.kind == Kind::Trigger => None,
+                (Some(_), _) => Some(format!("`{text}` is an action; reconcile names a polling trigger")),
+                (None, Some(_)) => Some(format!("`{text}` is itself a webhook; reconcile names a polling trigger")),
+                (None, None) => {
+                    Some(format!("no operation `{text}`{}", hint(&text, operations.keys().map(String::as_str))))
+                }
+            };
+            if let Some(problem) = problem {
+                diags.push(&op.source, position("reconcile"), format!("{}.reconcile: {problem}", op.key));
+            }
+        }
+        if let Some(first) = events.insert((op.key.app.as_str(), hook.event.as_str()), &op.key) {
+            diags.push(
+                &op.source,
+                position("event"),
+                format!("{}.event: `{}` is already the event of `{first}`", op.key, hook.event),
+            );
+        }
     }
 }
 
@@ -178,47 +239,20 @@ impl Site<'_> {
     }
 }
 
-/// Indexes and parses one file; returns the index and the raw value, or reports why not.
+/// Parses one file (see `yaml::parse`); its problems join `diags`.
 fn parse_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<(PositionIndex, serde_yaml::Value)> {
-    let index = match PositionIndex::build(&file.text) {
-        Ok(index) => index,
-        Err((pos, msg)) => {
-            diags.push(&file.display, pos, format!("invalid YAML: {msg}"));
-            return None;
-        }
-    };
-    if !index.duplicate_keys.is_empty() {
-        for (path, pos) in &index.duplicate_keys {
-            diags.push(&file.display, *pos, format!("{path}: duplicate key"));
-        }
-        return None;
-    }
-    match serde_yaml::from_str(&file.text) {
-        Ok(value) => Some((index, value)),
-        Err(e) => {
-            let pos = crate::diagnostic::serde_yaml_position(&e);
-            diags.push(&file.display, pos, format!("invalid YAML: {e}"));
+    match crate::yaml::parse(&file.display, &file.text) {
+        Ok(doc) => Some((doc.index, doc.value)),
+        Err(found) => {
+            diags.extend(found);
             None
         }
     }
 }
 
-/// Deserializes `value` into `T`, reporting a failure at the exact field.
+/// Deserializes `value`, found at the site's place, reporting a failure at the exact field.
 fn deserialize<T: DeserializeOwned>(value: serde_yaml::Value, site: &Site, diags: &mut Diagnostics) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let rel = if path == "." { String::new() } else { path };
-            let mut full = site.prefix.clone();
-            full.extend(parse_path(&rel));
-            let shown = crate::diagnostic::path_to_string(&full);
-            let message = e.into_inner().to_string();
-            let message = if shown.is_empty() { message } else { format!("{shown}: {message}") };
-            site.push(diags, &rel, message);
-            None
-        }
-    }
+    crate::yaml::deserialize(value, site.file, site.index, &site.prefix, diags)
 }
 
 fn compile_app_file(file: &SourceFile, diags: &mut Diagnostics) -> Option<App> {
@@ -381,20 +415,47 @@ fn compile_operation(
             None
         }
     };
-    let method = match spec.method.as_str() {
-        "GET" => Some(Method::Get),
-        "POST" => Some(Method::Post),
-        "PUT" => Some(Method::Put),
-        "PATCH" => Some(Method::Patch),
-        "DELETE" => Some(Method::Delete),
-        other => {
+    match spec.source.as_deref() {
+        None | Some("poll") => {}
+        Some("webhook") => return compile_webhook(spec, kind, category, app, source, &err, diags, before),
+        Some(other) => {
+            err(diags, "source", format!("unknown source `{other}`; expected poll or webhook"));
+            return None;
+        }
+    }
+    if spec.source.is_some() && kind == Some(Kind::Action) {
+        err(diags, "source", "`source` is for triggers; an action is always sent".into());
+    }
+    for (field, given) in [("event", spec.event.is_some()), ("reconcile", spec.reconcile.is_some())] {
+        if given {
+            err(diags, field, format!("`{field}` is for webhook triggers (`source: webhook`)"));
+        }
+    }
+    let method = match spec.method.as_deref() {
+        Some("GET") => Some(Method::Get),
+        Some("POST") => Some(Method::Post),
+        Some("PUT") => Some(Method::Put),
+        Some("PATCH") => Some(Method::Patch),
+        Some("DELETE") => Some(Method::Delete),
+        Some(other) => {
             err(diags, "method", format!("unknown method `{other}`; expected GET, POST, PUT, PATCH or DELETE"));
             None
         }
+        None => {
+            err(diags, "", "an operation sent over HTTP needs a `method` (or `source: webhook`)".into());
+            None
+        }
     };
-    let path = PathTemplate::parse(&spec.path).map_err(|e| err(diags, "path", e)).ok();
-    if !spec.path.starts_with('/') {
-        err(diags, "path", format!("`{}` must start with `/`", spec.path));
+    let raw_path = spec.path.clone().unwrap_or_default();
+    let path = match &spec.path {
+        Some(p) => PathTemplate::parse(p).map_err(|e| err(diags, "path", e)).ok(),
+        None => {
+            err(diags, "", "an operation sent over HTTP needs a `path` (or `source: webhook`)".into());
+            None
+        }
+    };
+    if spec.path.is_some() && !raw_path.starts_with('/') {
+        err(diags, "path", format!("`{raw_path}` must start with `/`"));
     }
     let body = match spec.body.as_deref() {
         None | Some("json") => BodyEncoding::Json,
@@ -558,6 +619,7 @@ fn compile_operation(
         kind: kind?,
         description: spec.description.trim().to_owned(),
         deprecated: spec.deprecated,
+        webhook: None,
         method,
         path: path?,
         version: spec.version,
@@ -574,6 +636,130 @@ fn compile_operation(
         repeat_safe,
         retry: retry?,
         sample_input,
+        sample_output,
+        source: source.to_owned(),
+    })
+}
+
+/// An instant trigger: an event the API pushes, with its payload as the record. It takes
+/// nothing that shapes a request (there is none), and no dedupe rule: each delivery is one
+/// event, and repeated deliveries are told apart by the listener (GHL's `webhookId`).
+#[allow(clippy::too_many_arguments)]
+fn compile_webhook(
+    spec: OperationSpec,
+    kind: Option<Kind>,
+    category: &str,
+    app: &App,
+    source: &str,
+    err: &dyn Fn(&mut Diagnostics, &str, String),
+    diags: &mut Diagnostics,
+    before: usize,
+) -> Option<Operation> {
+    if kind == Some(Kind::Action) {
+        err(diags, "kind", "a webhook operation is a trigger (`kind: trigger`): the API pushes it".into());
+    }
+    let request_fields = [
+        ("method", spec.method.is_some()),
+        ("path", spec.path.is_some()),
+        ("version", spec.version.is_some()),
+        ("body", spec.body.is_some()),
+        ("response", spec.response.is_some()),
+        ("inputs", !spec.inputs.is_empty()),
+        ("pagination", spec.pagination.is_some()),
+        ("since", spec.since.is_some()),
+        ("repeat_safe", spec.repeat_safe.is_some()),
+        ("retry", spec.retry.is_some()),
+        ("sample_input", !spec.sample_input.is_empty()),
+        ("dedupe", spec.dedupe.is_some()),
+    ];
+    for (field, given) in request_fields {
+        if given {
+            err(diags, field, format!("a webhook trigger is pushed by the API, not sent or polled: remove `{field}`"));
+        }
+    }
+    let event = match spec.event.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => Some(e.to_owned()),
+        _ => {
+            err(diags, "", "a webhook trigger needs `event`: the event's name as the API spells it".into());
+            None
+        }
+    };
+    let reconcile = match spec.reconcile.as_deref() {
+        None => None,
+        Some(text) => match OperationKey::parse(text) {
+            Some(key) if key.app == app.id => Some(key),
+            Some(key) => {
+                err(
+                    diags,
+                    "reconcile",
+                    format!("`{key}` is not an operation of `{}`; reconcile polls the same app", app.id),
+                );
+                None
+            }
+            None => {
+                err(diags, "reconcile", format!("`{text}` is not a full operation key (`<app>.<category>.<name>`)"));
+                None
+            }
+        },
+    };
+    let output = match &spec.output {
+        Some(o) => compile_output(o, &[], err, diags),
+        None => {
+            err(diags, "", "a trigger needs an `output` (where its records are in the event's body)".into());
+            None
+        }
+    };
+    if let Some(o) = &output
+        && o.newest_first.is_some()
+    {
+        err(diags, "output.newest_first", "an event has no order to ask for".into());
+    }
+    let sample_output = spec.sample_output.clone().unwrap_or(serde_json::Value::Null);
+    if sample_output.is_null() {
+        err(diags, "", "a webhook trigger needs a `sample_output`: an example of the event's body".into());
+    }
+    if let Some(o) = &output
+        && !sample_output.is_null()
+    {
+        // The sample is what `validate` checks `trigger.*` against: its records must be where
+        // the output says, with their id.
+        let records = o.records(&sample_output);
+        if records.is_empty() {
+            err(diags, "sample_output", "has no record where `output` says the records are".into());
+        }
+        if let Some(id) = &o.id
+            && records.iter().any(|r| id.get(r).is_none())
+        {
+            err(diags, "sample_output", format!("a sample record lacks its id `{id}`"));
+        }
+    }
+    if diags.len() > before {
+        return None;
+    }
+    let path = PathTemplate::parse(&Webhook::listener_path(&app.id)).ok()?;
+    Some(Operation {
+        key: OperationKey { app: app.id.clone(), category: category.to_owned(), name: spec.key },
+        name: spec.name,
+        kind: Kind::Trigger,
+        description: spec.description.trim().to_owned(),
+        deprecated: spec.deprecated,
+        webhook: Some(Webhook { event: event?, reconcile }),
+        method: Method::Post,
+        path,
+        version: None,
+        scope: spec.scope.map(Scope),
+        body: BodyEncoding::Json,
+        body_declared: false,
+        response: ResponseKind::Json,
+        notes: spec.notes.map(|n| n.trim().to_owned()),
+        inputs: Vec::new(),
+        output,
+        pagination: Pagination::None,
+        dedupe: None,
+        since: None,
+        repeat_safe: true,
+        retry: app.retry.clone(),
+        sample_input: serde_json::Map::new(),
         sample_output,
         source: source.to_owned(),
     })

@@ -528,6 +528,47 @@ impl Dedupe {
     }
 }
 
+/// How a trigger's items arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerSource {
+    /// ghlflow asks the API on a schedule.
+    Poll,
+    /// The API pushes each event to ghlflow's listener (an instant trigger).
+    Webhook,
+}
+
+impl TriggerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerSource::Poll => "poll",
+            TriggerSource::Webhook => "webhook",
+        }
+    }
+}
+
+/// What makes an operation an instant trigger: the event the API pushes, and the poll that
+/// reconciles what a missed delivery lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// The event's name as the API spells it (`ContactCreate`, `party/created`).
+    pub event: String,
+    /// A polling trigger of the same app listing the same records, checked to exist when the
+    /// catalog compiles. None: nothing can be polled for these records.
+    pub reconcile: Option<OperationKey>,
+}
+
+impl Webhook {
+    /// The listener path the API delivers this app's events to (DESIGN, "Next surfaces"):
+    /// one for every GHL event, one per subscription for Capsule.
+    pub fn listener_path(app: &str) -> String {
+        match app {
+            "capsule" => "/hooks/capsule/{token}".to_owned(),
+            other => format!("/hooks/{other}"),
+        }
+    }
+}
+
 /// Which failures are retried and how long to wait between attempts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -545,6 +586,10 @@ pub struct Operation {
     pub kind: Kind,
     pub description: String,
     pub deprecated: bool,
+    /// Webhook triggers: the event and its reconciling poll. Such an operation is never
+    /// sent: its `method` and `path` say where the API delivers it (a POST to the
+    /// listener), it has no inputs, and `Catalog::operations` leaves it out.
+    pub webhook: Option<Webhook>,
     pub method: Method,
     pub path: PathTemplate,
     pub version: Option<String>,
@@ -575,9 +620,26 @@ impl Operation {
         self.inputs.iter().find(|i| i.name == name)
     }
 
+    /// How a trigger's items arrive; None for an action.
+    pub fn trigger_source(&self) -> Option<TriggerSource> {
+        match (self.kind, &self.webhook) {
+            (Kind::Action, _) => None,
+            (Kind::Trigger, None) => Some(TriggerSource::Poll),
+            (Kind::Trigger, Some(_)) => Some(TriggerSource::Webhook),
+        }
+    }
+
+    /// Whether it is an instant trigger (pushed by the API, never sent).
+    pub fn is_webhook(&self) -> bool {
+        self.webhook.is_some()
+    }
+
     /// Whether running it changes data (its scope is a write scope, or it has no scope and
-    /// is not a GET).
+    /// is not a GET). A webhook trigger is never run, so it never writes.
     pub fn writes(&self) -> bool {
+        if self.is_webhook() {
+            return false;
+        }
         match &self.scope {
             Some(scope) => scope.is_write(),
             None => self.method != Method::Get,
@@ -673,15 +735,39 @@ pub struct App {
 }
 
 /// Every app and operation, indexed by key.
+///
+/// The operations sent over HTTP and the instant triggers (pushed by the API) are kept
+/// apart: everything that iterates `operations()` (the sandbox's routes, the conformance
+/// tests, the counts the README gives) may rely on a real method and path, and only what
+/// asks for `instant_triggers()` or `all()` sees the rest. `get` finds either kind.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     apps: BTreeMap<String, Arc<App>>,
     operations: BTreeMap<String, Arc<Operation>>,
+    webhooks: BTreeMap<String, Arc<Operation>>,
 }
 
 impl Catalog {
+    /// Any operation by full key: one sent over HTTP, or an instant trigger.
     pub fn get(&self, key: &str) -> Option<&Arc<Operation>> {
-        self.operations.get(key)
+        self.operations.get(key).or_else(|| self.webhooks.get(key))
+    }
+
+    /// The instant triggers (webhook operations), ordered by app, then category, then name.
+    pub fn instant_triggers(&self) -> impl Iterator<Item = &Arc<Operation>> {
+        self.webhooks.values()
+    }
+
+    /// The instant trigger of `app` for an event name as the API spells it.
+    pub fn webhook_for(&self, app: &str, event: &str) -> Option<&Arc<Operation>> {
+        self.webhooks.values().find(|op| op.key.app == app && op.webhook.as_ref().is_some_and(|w| w.event == event))
+    }
+
+    /// Every operation of both kinds, ordered by key.
+    pub fn all(&self) -> Vec<&Arc<Operation>> {
+        let mut all: Vec<&Arc<Operation>> = self.operations.values().chain(self.webhooks.values()).collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
     }
 
     pub fn app(&self, id: &str) -> Option<&Arc<App>> {
@@ -692,22 +778,24 @@ impl Catalog {
         self.apps.values()
     }
 
-    /// Every operation, ordered by app, then category, then name.
+    /// Every operation sent over HTTP (instant triggers left out), ordered by app, then
+    /// category, then name.
     pub fn operations(&self) -> impl Iterator<Item = &Arc<Operation>> {
         self.operations.values()
     }
 
+    /// The number of operations sent over HTTP.
     pub fn len(&self) -> usize {
         self.operations.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.operations.is_empty()
+        self.operations.is_empty() && self.webhooks.is_empty()
     }
 
-    /// The key closest to a mistyped one, for "did you mean".
+    /// The key closest to a mistyped one, for "did you mean" (either kind).
     pub fn suggest(&self, key: &str) -> Option<&str> {
-        crate::diagnostic::did_you_mean(key, self.operations.keys().map(String::as_str))
+        crate::diagnostic::did_you_mean(key, self.operations.keys().chain(self.webhooks.keys()).map(String::as_str))
     }
 }
 

@@ -55,6 +55,21 @@ impl Shape {
         }
     }
 
+    /// What two sources of the same records both hold: the fields of objects present in
+    /// both (recursively), `Any` where the types disagree. Unknown (`Any`) and `null` yield
+    /// to the other side, which says more.
+    pub fn common(self, other: Shape) -> Shape {
+        match (self, other) {
+            (Shape::Object(a), Shape::Object(mut b)) => {
+                Shape::Object(a.into_iter().filter_map(|(k, v)| b.remove(&k).map(|w| (k, v.common(w)))).collect())
+            }
+            (Shape::Array(a), Shape::Array(b)) => Shape::Array(Box::new(a.common(*b))),
+            (Shape::Any, x) | (x, Shape::Any) | (Shape::Null, x) | (x, Shape::Null) => x,
+            (a, b) if a == b => a,
+            _ => Shape::Any,
+        }
+    }
+
     /// Follows a reference such as `contact.emails.0.address` (numbers index arrays,
     /// `[0]`-style segments are already split off by the caller). Returns the shape reached,
     /// or the longest prefix that exists when the path leaves the known shape.
@@ -135,6 +150,25 @@ mod tests {
 
     fn path(p: &str) -> Vec<String> {
         p.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn common_keeps_what_both_sources_carry() {
+        let hook = Shape::of(
+            &json!({"id": "c1", "name": "Ann", "webhookId": "w", "tags": ["a"], "owner": {"id": 1, "team": "x"}, "age": 3, "note": null}),
+        );
+        let poll = Shape::of(
+            &json!({"id": "c1", "firstName": "Ann", "tags": [], "owner": {"id": 1}, "age": "3", "note": "n"}),
+        );
+        let both = hook.common(poll);
+        assert_eq!(both.resolve(&path("id")), Ok(&Shape::String));
+        assert_eq!(both.resolve(&path("owner.id")), Ok(&Shape::Number));
+        assert!(both.resolve(&path("owner.team")).is_err(), "only one source has it");
+        assert!(both.resolve(&path("name")).is_err() && both.resolve(&path("webhookId")).is_err());
+        assert!(both.resolve(&path("firstName")).is_err());
+        assert_eq!(both.resolve(&path("tags.0")), Ok(&Shape::String), "an empty sample list says nothing");
+        assert_eq!(both.resolve(&path("age")), Ok(&Shape::Any), "the types disagree");
+        assert_eq!(both.resolve(&path("note")), Ok(&Shape::String), "null yields");
     }
 
     #[test]

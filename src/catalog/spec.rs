@@ -32,15 +32,32 @@ pub struct OperationSpec {
     pub name: String,
     /// `trigger` (can be polled, and run as a step) or `action` (run as a step).
     pub kind: String,
+    /// Triggers: how items arrive. `poll` (the default) asks the API on a schedule;
+    /// `webhook` is an instant trigger: the API pushes each event to ghlflow's listener, so
+    /// the operation has no method, path, inputs or pagination of its own.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Webhook triggers: the event's name as the API spells it (`ContactCreate`,
+    /// `party/created`).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Webhook triggers: the full key of a polling trigger of the same app that lists the
+    /// same records (`ghl.contacts.search_contacts`). A recipe on this event polls it slowly
+    /// as a safety net, to catch what a missed delivery lost; without one it never polls.
+    #[serde(default)]
+    pub reconcile: Option<String>,
     /// What it does and when to use it.
     pub description: String,
     /// True when the API marks the endpoint deprecated.
     #[serde(default)]
     pub deprecated: bool,
-    /// HTTP method: GET, POST, PUT, PATCH or DELETE.
-    pub method: String,
-    /// The path below the app's base URL, byte-identical to the API's spec.
-    pub path: String,
+    /// HTTP method: GET, POST, PUT, PATCH or DELETE (not for webhook triggers).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The path below the app's base URL, byte-identical to the API's spec (not for webhook
+    /// triggers).
+    #[serde(default)]
+    pub path: Option<String>,
     /// The `Version` header the endpoint requires (GHL).
     #[serde(default)]
     pub version: Option<String>,
@@ -117,7 +134,8 @@ pub struct InputSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// List responses: dot path to the array of records (`$` for the body itself).
+    /// List responses: dot path to the array of records (`$` for the body itself). A
+    /// webhook whose body carries several records (Capsule's `payload`) names that array.
     #[serde(default)]
     pub items: Option<String>,
     /// Single-record responses: the wrapper key of the record (`$` for the body itself).

@@ -46,6 +46,18 @@ pub async fn run(args: CallArgs, operations: Option<&Path>) -> CliResult {
         let hint = catalog.suggest(&args.key).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
         CliError::Invalid(format!("unknown operation `{}`{hint}; `ghlflow ops list` shows them all", args.key))
     })?;
+    if let Some(hook) = &op.webhook {
+        // Nothing to send: the API pushes this event to the listener.
+        let poll = match &hook.reconcile {
+            Some(key) => format!("; to read the same records now, call `{key}`"),
+            None => String::new(),
+        };
+        return Err(CliError::Invalid(format!(
+            "`{}` is an instant trigger: {} pushes the `{}` event to ghlflow's listener, so there is \
+             nothing to call{poll}",
+            op.key, op.key.app, hook.event
+        )));
+    }
     let connection = config.connection(&args.connection).map_err(CliError::Invalid)?.clone();
     if connection.app.id != op.key.app {
         // As `validate` says it, with the connections that would do.

@@ -75,7 +75,8 @@ fn list(catalog: &Catalog, app: Option<&str>, category: Option<&str>, kind: Opti
     }
     if let Some(category) = category {
         let mut categories: Vec<&str> = catalog
-            .operations()
+            .all()
+            .into_iter()
             .filter(|o| app.is_none_or(|a| o.key.app == a))
             .map(|o| o.key.category.as_str())
             .collect();
@@ -95,7 +96,7 @@ fn list(catalog: &Catalog, app: Option<&str>, category: Option<&str>, kind: Opti
                 matches!((k, op.kind), (KindArg::Trigger, Kind::Trigger) | (KindArg::Action, Kind::Action))
             })
     };
-    let ops: Vec<&Operation> = catalog.operations().map(|o| o.as_ref()).filter(|o| wanted(o)).collect();
+    let ops: Vec<&Operation> = catalog.all().into_iter().map(|o| o.as_ref()).filter(|o| wanted(o)).collect();
 
     if json {
         let rows: Vec<Value> = ops.iter().map(|op| list_row_json(op)).collect();
@@ -109,7 +110,7 @@ fn list(catalog: &Catalog, app: Option<&str>, category: Option<&str>, kind: Opti
 }
 
 fn list_row_json(op: &Operation) -> Value {
-    json!({
+    let mut row = json!({
         "key": op.key.to_string(),
         "app": op.key.app,
         "category": op.key.category,
@@ -122,17 +123,39 @@ fn list_row_json(op: &Operation) -> Value {
         "deprecated": op.deprecated,
         "repeat_safe": op.repeat_safe,
         "description": op.description,
-    })
+    });
+    if let Value::Object(map) = &mut row {
+        if let Some(source) = op.trigger_source() {
+            map.insert("source".into(), json!(source.as_str()));
+        }
+        if let Some(hook) = &op.webhook {
+            // Nothing is sent: no method or path of an API request to show.
+            map.insert("method".into(), Value::Null);
+            map.insert("path".into(), Value::Null);
+            map.insert("event".into(), json!(hook.event));
+            map.insert("reconcile".into(), json!(hook.reconcile.as_ref().map(|k| k.to_string())));
+        }
+    }
+    row
+}
+
+/// What the table shows in the method and path columns: the request, or for an instant
+/// trigger the event that delivers it.
+fn request_columns(op: &Operation) -> (&str, String) {
+    match &op.webhook {
+        Some(hook) => ("event", hook.event.clone()),
+        None => (op.method.as_str(), op.path.as_str().to_owned()),
+    }
 }
 
 /// The table: a heading per app and category, a line per operation, a summary per app.
 fn render_table(ops: &[&Operation]) -> String {
     let key_width = ops.iter().map(|o| o.key.name.len()).max().unwrap_or(0);
-    let path_width = ops.iter().map(|o| o.path.as_str().len()).max().unwrap_or(0).min(60);
+    let path_width = ops.iter().map(|o| request_columns(o).1.len()).max().unwrap_or(0).min(60);
     let mut out = String::new();
     let mut current: Option<(&str, &str)> = None;
-    // app -> (operations, triggers, actions, categories)
-    let mut summary: BTreeMap<&str, (usize, usize, usize, Vec<&str>)> = BTreeMap::new();
+    // app -> (API operations, polled triggers, actions, categories, instant triggers)
+    let mut summary: BTreeMap<&str, (usize, usize, usize, Vec<&str>, usize)> = BTreeMap::new();
     for op in ops {
         let group = (op.key.app.as_str(), op.key.category.as_str());
         if current != Some(group) {
@@ -144,30 +167,48 @@ fn render_table(ops: &[&Operation]) -> String {
             current = Some(group);
         }
         let deprecated = if op.deprecated { "  [deprecated]" } else { "" };
+        let reconcile = match &op.webhook {
+            Some(hook) => match &hook.reconcile {
+                Some(key) => format!("  [instant; reconciled by {key}]"),
+                None => "  [instant; nothing polls for it]".to_owned(),
+            },
+            None => String::new(),
+        };
+        let (method, path) = request_columns(op);
         let _ = writeln!(
             out,
-            "  {:<7}  {:<key_width$}  {:<6}  {:<path_width$}  {}{deprecated}",
+            "  {:<7}  {:<key_width$}  {:<6}  {:<path_width$}  {}{deprecated}{reconcile}",
             op.kind.as_str(),
             op.key.name,
-            op.method.as_str(),
-            op.path.as_str(),
+            method,
+            path,
             op.name,
         );
         let entry = summary.entry(group.0).or_default();
-        entry.0 += 1;
-        match op.kind {
-            Kind::Trigger => entry.1 += 1,
-            Kind::Action => entry.2 += 1,
+        match (op.kind, op.is_webhook()) {
+            (_, true) => entry.4 += 1,
+            (Kind::Trigger, false) => {
+                entry.0 += 1;
+                entry.1 += 1
+            }
+            (Kind::Action, false) => {
+                entry.0 += 1;
+                entry.2 += 1
+            }
         }
         if !entry.3.contains(&group.1) {
             entry.3.push(group.1);
         }
     }
     out.push('\n');
-    for (app, (n, triggers, actions, categories)) in summary {
+    for (app, (n, triggers, actions, categories, instant)) in summary {
+        let instant = match instant {
+            0 => String::new(),
+            k => format!(" and {k} instant trigger{}", plural(k)),
+        };
         let _ = writeln!(
             out,
-            "{app}: {n} operation{} ({triggers} trigger{}, {actions} action{}) in {} categor{}",
+            "{app}: {n} API operation{} ({triggers} trigger{}, {actions} action{}){instant} in {} categor{}",
             plural(n),
             plural(triggers),
             plural(actions),
@@ -199,7 +240,7 @@ fn show(catalog: &Catalog, key: &str, json: bool) -> CliResult {
 fn show_json(op: &Operation, base_url: &str) -> Value {
     let mut row = list_row_json(op);
     let extra = json!({
-        "url": format!("{base_url}{}", op.path.as_str()),
+        "url": if op.is_webhook() { Value::Null } else { json!(format!("{base_url}{}", op.path.as_str())) },
         "notes": op.notes,
         "writes": op.writes(),
         "inputs": op.inputs,
@@ -210,7 +251,7 @@ fn show_json(op: &Operation, base_url: &str) -> Value {
             "updated": o.updated.as_ref().map(|p| p.to_string()),
         })),
         "output_fields": match op.kind { Kind::Trigger => op.record_shape(), Kind::Action => op.body_shape() }.flatten(3).into_iter().map(|(path, ty)| json!({"path": path, "type": ty})).collect::<Vec<_>>(),
-        "pagination": describe_pagination(&op.pagination),
+        "pagination": if op.is_webhook() { Value::Null } else { json!(describe_pagination(&op.pagination)) },
         "dedupe": op.dedupe.map(|d| d.as_str()),
         "since": op.since,
         "sample_input": op.sample_input,
@@ -260,7 +301,34 @@ fn render_show(op: &Operation, base_url: &str) -> String {
         let _ = writeln!(out, "{line}");
     }
     out.push('\n');
-    let _ = writeln!(out, "Request   {} {base_url}{}", op.method.as_str(), op.path.as_str());
+    match &op.webhook {
+        Some(hook) => {
+            let delivery = format!(
+                "instant: {} pushes the `{}` event to ghlflow's listener (POST {}); nothing is sent to the API",
+                op.key.app,
+                hook.event,
+                op.path.as_str()
+            );
+            let reconcile = match &hook.reconcile {
+                Some(key) => format!(
+                    "a recipe on it also polls `{key}` (every 15m unless its `every` says otherwise), to catch \
+                     what a missed delivery lost"
+                ),
+                None => "none: no poll lists these records, so a recipe on it never polls and a missed delivery \
+                         is not caught up"
+                    .to_owned(),
+            };
+            for (label, text) in [("Delivery  ", delivery), ("Reconcile ", reconcile)] {
+                let options = textwrap::Options::new(width).initial_indent(label).subsequent_indent("          ");
+                for line in textwrap::wrap(&text, options) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(out, "Request   {} {base_url}{}", op.method.as_str(), op.path.as_str());
+        }
+    }
     if let Some(v) = &op.version {
         let _ = writeln!(out, "Version   {v}");
     }
@@ -284,7 +352,9 @@ fn render_show(op: &Operation, base_url: &str) -> String {
             }
         );
     }
-    let _ = writeln!(out, "Pages     {}", describe_pagination(&op.pagination));
+    if !op.is_webhook() {
+        let _ = writeln!(out, "Pages     {}", describe_pagination(&op.pagination));
+    }
     if let Some(d) = op.dedupe {
         let rule = match d {
             crate::catalog::Dedupe::Id => "fires once per new id",
@@ -306,7 +376,9 @@ fn render_show(op: &Operation, base_url: &str) -> String {
 
     out.push('\n');
     let _ = writeln!(out, "Inputs");
-    if op.inputs.is_empty() {
+    if op.is_webhook() {
+        let _ = writeln!(out, "  (none: the event's body is the input)");
+    } else if op.inputs.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
     let name_width = op.inputs.iter().map(|i| i.name.len()).max().unwrap_or(0);
@@ -358,9 +430,11 @@ fn render_show(op: &Operation, base_url: &str) -> String {
         }
     }
 
-    out.push('\n');
-    let _ = writeln!(out, "Sample input");
-    let _ = writeln!(out, "{}", indent(&serde_json::to_string_pretty(&op.sample_input).unwrap_or_default(), "  "));
+    if !op.is_webhook() {
+        out.push('\n');
+        let _ = writeln!(out, "Sample input");
+        let _ = writeln!(out, "{}", indent(&serde_json::to_string_pretty(&op.sample_input).unwrap_or_default(), "  "));
+    }
     out.push('\n');
     let _ = writeln!(out, "Sample output");
     let _ = writeln!(out, "{}", indent(&serde_json::to_string_pretty(&op.sample_output).unwrap_or_default(), "  "));

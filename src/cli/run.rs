@@ -11,8 +11,7 @@ use clap::Args;
 
 use super::{CliError, CliResult, load_catalog, load_config, print};
 use crate::engine::{Engine, EngineOptions, scheduler};
-use crate::http::HttpClient;
-use crate::store::{RunStatus, Store};
+use crate::store::RunStatus;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -58,13 +57,9 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
         recipes.into_iter().filter(|r| args.recipes.is_empty() || args.recipes.contains(&r.id)).collect();
     // A dry run writes nothing: without a state folder yet, it plans against an empty
     // throwaway store rather than creating one.
-    let store =
-        if args.dry_run && !config.state_dir.exists() { Store::temporary() } else { Store::open(&config.state_dir) }
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let client =
-        HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| CliError::Runtime(e.to_string()))?;
     let options = EngineOptions { dry_run: args.dry_run };
-    let engine = Arc::new(Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, options));
+    let engine =
+        Arc::new(Engine::open(catalog, Arc::clone(&config), options).map_err(|e| CliError::Runtime(e.to_string()))?);
     engine.set_recipes(recipes);
 
     // Runs done of runs queued, on a terminal: for `--once` and for a long backfill alike.
@@ -75,7 +70,7 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
         bar.0.finish_and_clear();
         let mut out = String::new();
         if args.dry_run {
-            for line in engine.take_plan() {
+            for line in summary.polls.iter().flat_map(|p| &p.plan.lines) {
                 let _ = writeln!(out, "{line}");
             }
             let _ = writeln!(out, "dry run: nothing was written or recorded");
@@ -126,6 +121,23 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
         return if failed { Err(CliError::Quiet(1)) } else { Ok(()) };
     }
 
+    // The listener: hooks and health probes. Without instant triggers or a `listen:` of its
+    // own, a port already taken (a second ghlflow on this machine) only turns it off.
+    match crate::listen::bind(config.listener.bind).await {
+        Ok(bound) => {
+            tracing::info!(address = %format!("http://{}", bound.addr), "listening");
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                if let Err(e) = crate::listen::serve(bound, engine).await {
+                    tracing::error!(error = %e, "the listener stopped");
+                }
+            });
+        }
+        Err(e) if config.listener.asked_for => return Err(CliError::Runtime(e.to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "no listener: /healthz and /readyz are off (set `listen:` to choose a port)")
+        }
+    }
     if let Err(e) = super::control::serve(Arc::clone(&engine)) {
         tracing::warn!(error = %e, "no control socket: `ghlflow runs` cannot reach this process while it runs");
     }

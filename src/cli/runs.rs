@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use super::{CliError, CliResult, load_catalog, load_config};
 use crate::engine::{Engine, EngineOptions};
-use crate::http::HttpClient;
 use crate::store::{RunId, RunRecord, RunStatus, Store, StoreError};
 
 #[derive(Debug, Args)]
@@ -194,9 +193,8 @@ async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path
                 Err(_) if reads_only => Vec::new(),
                 Err(d) => return Err(CliError::Invalid(format!("invalid recipes:\n{d}"))),
             };
-            let client = HttpClient::new(Some(store.clone()), config.redactor.clone())
+            let engine = Engine::with_store(catalog, Arc::clone(&config), store, EngineOptions::default())
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
-            let engine = Engine::new(catalog, Arc::clone(&config), Arc::new(client), store, EngineOptions::default());
             engine.set_recipes(recipes);
             handle(req, &engine).await
         }

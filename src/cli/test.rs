@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::{CliError, CliResult, load_catalog, load_config, print};
 use crate::engine::{Engine, EngineOptions};
-use crate::http::HttpClient;
 use crate::recipe::Recipe;
 use crate::store::{RunStatus, StepStatus, Store, StoreError};
 
@@ -71,15 +70,9 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
         }
         Err(e) => return Err(CliError::Runtime(e.to_string())),
     };
-    let client =
-        HttpClient::new(Some(store.clone()), config.redactor.clone()).map_err(|e| CliError::Runtime(e.to_string()))?;
-    let engine = Engine::new(
-        Arc::clone(&catalog),
-        Arc::clone(&config),
-        Arc::new(client),
-        store,
-        EngineOptions { dry_run: !args.send },
-    );
+    let engine =
+        Engine::with_store(Arc::clone(&catalog), Arc::clone(&config), store, EngineOptions { dry_run: !args.send })
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
     engine.set_recipes(vec![recipe.clone()]);
 
     let (items, source) = items(&args, &engine, &recipe).await?;
@@ -95,10 +88,10 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
     }
     let mut failures = 0;
     for (id, item) in &items {
-        let (lines, failed) = engine.plan_one(&recipe, id, item).await;
-        failures += failed;
+        let plan = engine.plan_one(&recipe, id, item).await;
+        failures += plan.failures;
         let _ = writeln!(out);
-        for line in lines {
+        for line in plan.lines {
             let _ = writeln!(out, "{line}");
         }
     }
@@ -132,6 +125,15 @@ async fn items(args: &TestArgs, engine: &Engine, recipe: &Recipe) -> Result<(Vec
                 recipe.id, recipe.id
             ))),
         };
+    }
+    if !recipe.trigger.polls {
+        // An instant trigger with no reconciling poll: there is nothing to read items from.
+        let key = &recipe.trigger.operation.key;
+        return Err(CliError::Invalid(format!(
+            "`{}` runs on events `{key}` receives and polls nothing, so there are no items to read; give one \
+             with --item (the event's sample: `ghlflow ops show {key} --json`)",
+            recipe.id
+        )));
     }
     let items = engine.latest_items(recipe, args.limit).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     Ok((items, format!("the newest of {} on `{}`", recipe.trigger.operation.key, recipe.trigger.connection.name)))

@@ -80,8 +80,7 @@ mod tests {
             "connections:\n  ghl: { app: ghl, location_id: L, auth: { type: private_token, token: tok-guard } }\n";
         let config = crate::config::Config::parse(text, Path::new("g.yaml"), &catalog, &|_| None).unwrap();
         let store = Store::temporary().unwrap();
-        let client = crate::http::HttpClient::new(Some(store.clone()), config.redactor.clone()).unwrap();
-        Engine::new(Arc::new(catalog), Arc::new(config), Arc::new(client), store, Default::default())
+        Engine::with_store(Arc::new(catalog), Arc::new(config), store, Default::default()).unwrap()
     }
 
     fn run(n: u32, recipe: &str, status: RunStatus) -> RunRecord {

@@ -8,8 +8,11 @@
 
 mod execute;
 mod guard;
+pub mod health;
 mod lookups;
+mod plan;
 mod poll;
+mod render;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
@@ -18,7 +21,9 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Value, json};
 
 pub use execute::RunOutcome;
+pub use plan::Plan;
 pub use poll::PollOutcome;
+pub use render::StepError;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Connection};
@@ -56,14 +61,14 @@ pub struct Engine {
     pub store: Store,
     pub options: EngineOptions,
     recipes: RwLock<BTreeMap<String, Arc<Recipe>>>,
-    /// Lines of the dry-run plan, in order.
-    plan: std::sync::Mutex<Vec<String>>,
     lookup_cache: lookups::LookupCache,
     /// Told of runs as they are queued and finished (a progress bar on a terminal).
     progress: std::sync::OnceLock<Arc<dyn RunProgress>>,
     /// Cancelled when the process is asked to stop: polls drop what they read, and runs not
     /// started stay queued for the next start (runs in flight finish).
     stopping: tokio_util::sync::CancellationToken,
+    /// What `/readyz` reports.
+    health: health::Health,
 }
 
 /// Something that follows a poll's runs: how many are queued, how many are done.
@@ -73,25 +78,61 @@ pub trait RunProgress: Send + Sync + std::fmt::Debug {
 }
 
 impl Engine {
-    pub fn new(
+    /// The engine of a configuration: its state store opened (created if missing), its
+    /// HTTP client. A dry run writes nothing, so without a state folder yet it plans against
+    /// an empty scratch store rather than creating one.
+    pub fn open(catalog: Arc<Catalog>, config: Arc<Config>, options: EngineOptions) -> Result<Engine, EngineError> {
+        let store = if options.dry_run && !config.state_dir.exists() {
+            Store::temporary()?
+        } else {
+            Store::open(&config.state_dir)?
+        };
+        Engine::with_store(catalog, config, store, options)
+    }
+
+    /// The engine over a store already open (a scratch one, or one shared with a test).
+    pub fn with_store(
         catalog: Arc<Catalog>,
         config: Arc<Config>,
-        client: Arc<HttpClient>,
         store: Store,
         options: EngineOptions,
-    ) -> Self {
-        Engine {
+    ) -> Result<Engine, EngineError> {
+        let client = HttpClient::new(Some(store.clone()), config.redactor.clone())
+            .map_err(|e| EngineError::Refused(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Engine {
             catalog,
             config,
-            client,
+            client: Arc::new(client),
             store,
             options,
             recipes: RwLock::default(),
-            plan: Default::default(),
             lookup_cache: Default::default(),
             progress: Default::default(),
             stopping: Default::default(),
+            health: Default::default(),
+        })
+    }
+
+    pub fn health(&self) -> &health::Health {
+        &self.health
+    }
+
+    /// How many runs of `recipe` are held for release.
+    pub async fn held_runs(&self, recipe: &str) -> Result<usize, EngineError> {
+        // Counted from the (recipe, status) index: no run is read.
+        Ok(self.store.runs_page(Some(recipe), Some(crate::store::RunStatus::Held), 0).await?.1)
+    }
+
+    /// What keeps the engine from doing its work (for `/readyz`); empty when ready.
+    pub fn readiness(&self) -> Vec<String> {
+        let mut problems = self.health.problems(std::time::Instant::now());
+        if let Err(e) = self.store.format() {
+            problems.insert(0, format!("the state store does not answer: {e}"));
         }
+        if self.is_stopping() {
+            problems.insert(0, "stopping".to_owned());
+        }
+        problems
     }
 
     /// Asks every poll and run to stop (SIGTERM): see `stopping`.
@@ -148,15 +189,6 @@ impl Engine {
         Ok(self.store.reset_trigger(&recipe.id, state).await?)
     }
 
-    /// The dry-run plan so far.
-    pub fn take_plan(&self) -> Vec<String> {
-        std::mem::take(&mut *self.plan.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn plan_line(&self, line: String) {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-    }
-
     /// Polls every recipe once and drains every open run: `run --once`. Recipes poll in the
     /// order their `after:` keys give (the same waves `ghlflow run` uses within a tick).
     pub async fn run_once(self: &Arc<Self>, only: &[String]) -> OnceSummary {
@@ -209,6 +241,13 @@ impl Engine {
     pub async fn poll_and_run(&self, recipe: &Arc<Recipe>) -> PollTick {
         let started = std::time::Instant::now();
         let poll = self.poll(recipe).await;
+        if let Ok(o) = &poll
+            && o.filtered > 0
+            && !self.options.dry_run
+        {
+            // Runs the poll recorded as filtered, without executing them.
+            crate::metrics::metrics().runs_ended(&recipe.id, "filtered", o.filtered as u64);
+        }
         let mut runs = match &poll {
             Ok(o) => self.execute_runs(recipe, &o.queued).await,
             Err(_) => Vec::new(),
@@ -286,6 +325,7 @@ impl Engine {
         let start = |id: crate::store::RunId| -> RunFuture<'_> {
             Box::pin(async move {
                 let outcome = self.execute_run(&id).await;
+                self.health.progress(&recipe.id);
                 if let Some(p) = self.progress.get() {
                     p.finished(1);
                 }

@@ -110,6 +110,8 @@ pub struct PollOutcome {
     pub baseline: bool,
     /// The poll stopped at the page bound; the next goes on from there.
     pub stopped_at_bound: bool,
+    /// A dry run's account of what the poll's items would do (empty otherwise).
+    pub plan: super::Plan,
 }
 
 impl Engine {
@@ -178,13 +180,9 @@ impl Engine {
                 let uses_lookups =
                     filter.references().iter().any(|r| r.segments.first().is_some_and(|s| s == "lookups"));
                 let lookups = if uses_lookups { self.lookup_values(recipe).await } else { Value::Null };
-                let ctx = context(serde_json::json!({
-                    "trigger": Value::Null,
-                    "connection": connection_view(&recipe.trigger.connection),
-                    "env": env_view(recipe),
-                    "lookups": lookups,
-                    "steps": {},
-                }));
+                // The context a run's filter sees (see `render::passes_filter`), item left out.
+                let base = super::render::run_context(recipe, &Value::Null, lookups);
+                let ctx = context(super::render::step_context(&base, &recipe.trigger.connection, &Map::new()));
                 Some((filter, ctx))
             }
             _ => None,
@@ -200,6 +198,7 @@ impl Engine {
         let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut stopped_early = false;
         while let Some(page) = pager.next_page().await {
+            self.health.progress(&recipe.id);
             if self.is_stopping() {
                 // Asked to stop: nothing of this read is recorded; the next start reads again.
                 return Ok(PollOutcome { recipe: recipe.id.clone(), fetched, ..Default::default() });
@@ -309,23 +308,24 @@ impl Engine {
         state.last_error = None;
 
         if self.options.dry_run {
+            let plan = &mut outcome.plan;
             match status {
-                None => self.plan_line(format!(
+                None => plan.lines.push(format!(
                     "{}: first poll would record a baseline of {} item(s) and run nothing",
                     recipe.id,
                     new_items.len()
                 )),
-                Some(RunStatus::Held) => self.plan_line(format!(
+                Some(RunStatus::Held) => plan.lines.push(format!(
                     "{}: {} new item(s) would be held (more than hold_above)",
                     recipe.id,
                     new_items.len()
                 )),
                 Some(_) => {
                     for item in &new_items {
-                        self.plan_item(recipe, &item.id, &spill.take(item.slot).await?).await;
+                        self.plan_item(recipe, &item.id, &spill.take(item.slot).await?, plan).await;
                     }
                     if new_items.is_empty() {
-                        self.plan_line(format!("{}: no new items", recipe.id));
+                        plan.lines.push(format!("{}: no new items", recipe.id));
                     }
                 }
             }

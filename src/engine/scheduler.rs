@@ -23,6 +23,8 @@ use crate::recipe::{Recipe, Schedule, compile_recipe};
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// How often automatic replays and history pruning are looked at.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+/// The scheduler's loop turns at least this often, so `/readyz` can tell it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Polls in flight at once.
 const MAX_CONCURRENT_POLLS: usize = 256;
 
@@ -32,6 +34,7 @@ pub struct Lateness(Mutex<Vec<u64>>);
 
 impl Lateness {
     fn record(&self, late: Duration) {
+        crate::metrics::metrics().poll_late(late);
         if let Ok(mut v) = self.0.lock() {
             v.push(late.as_micros() as u64);
         }
@@ -94,11 +97,15 @@ pub async fn run(
     let mut watched = recipes_dir.as_deref().map(snapshot).unwrap_or_default();
     let mut reload = tokio::time::interval(RELOAD_EVERY);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
 
     loop {
+        engine.health().beat();
         let next_due = due.first().map(|(t, _)| *t);
         tokio::select! {
             _ = &mut shutdown => break,
+            // Stopped from elsewhere (a test, the engine's owner): the same clean stop.
+            _ = engine.stopped() => break,
             _ = async { match next_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 let now = Instant::now();
                 let mut starting: Vec<(Instant, String)> = Vec::new();
@@ -153,6 +160,7 @@ pub async fn run(
                 }
             }
             _ = maintain.tick() => maintain_once(&engine, &mut tasks),
+            _ = heartbeat.tick() => {}
         }
     }
 
@@ -188,6 +196,7 @@ fn start_poll(
     let polls = Arc::clone(polls);
     tasks.spawn(async move {
         let _slot = polls.acquire().await.ok();
+        engine.health().poll_started(&recipe.id);
         // A panic below is caught (and the runs it left open failed), so this task still
         // returns the recipe id and `busy` is cleared.
         let tick = engine.poll_and_run_guarded(&recipe).await;
@@ -200,6 +209,7 @@ fn start_poll(
                 tracing::warn!(recipe = %recipe.id, error = %e, "run could not execute");
             }
         }
+        engine.health().poll_done(&recipe.id);
         recipe.id.clone()
     });
 }

@@ -160,15 +160,27 @@ impl HttpClient {
         request: &PreparedRequest,
         policy: &crate::catalog::RetryPolicy,
     ) -> Result<Response, HttpError> {
+        let what = op.key.to_string();
+        retry::retrying(policy, &what, |attempt| self.attempt(connection, op, request, policy, attempt)).await
+    }
+
+    /// One attempt at a request: waits for the budget and a token, sends, and reads the
+    /// answer. What is not the attempt's failure is dealt with inside it: a 401 answered by
+    /// refreshing the token once, and a 429 waited out (up to `MAX_RATE_LIMIT_WAITS` times).
+    async fn attempt(
+        &self,
+        connection: &Connection,
+        op: &Operation,
+        request: &PreparedRequest,
+        policy: &crate::catalog::RetryPolicy,
+        attempt: u32,
+    ) -> Result<Response, HttpError> {
         let state = self.connection_state(connection);
         let (budget, tokens, slots) = (&state.budget, &state.tokens, &state.slots);
-        let mut delays = retry::delays(policy);
-        let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_waits = 0u32;
         let longest = retry::longest_wait(policy);
         loop {
-            attempt += 1;
             let span = tracing::debug_span!("request", op = %op.key, attempt, status = tracing::field::Empty);
             let outcome = async {
                 let _slot = slots.acquire().await.ok();
@@ -182,16 +194,23 @@ impl HttpClient {
             .instrument(span.clone())
             .await;
             let (token, sent, sent_at) = outcome?;
-            let result = match sent {
+            return match sent {
                 Ok(response) => {
-                    budget.observe(response.headers(), sent_at);
+                    let metrics = crate::metrics::metrics();
+                    if let Some(left) = budget.observe(response.headers(), sent_at) {
+                        metrics.budget_remaining(&connection.app.id, &connection.name, left);
+                    }
                     span.record("status", response.status().as_u16());
                     let status = response.status().as_u16();
+                    metrics.request(&connection.app.id, Some(status));
                     if status == 401 && tokens.refreshable() && !refreshed {
                         refreshed = true;
                         tokens.invalidate(&token).await;
                         tracing::info!(op = %op.key, "401: refreshing the token and trying once more");
                         continue;
+                    }
+                    if status == 429 {
+                        metrics.rate_limited(&connection.app.id, &connection.name);
                     }
                     if status == 429 && rate_waits < MAX_RATE_LIMIT_WAITS {
                         rate_waits += 1;
@@ -209,19 +228,11 @@ impl HttpClient {
                     }
                     self.read_response(op, request, response, connection.app.max_response_bytes).await
                 }
-                Err(e) => Err(self.transport_error(request, &e)),
+                Err(e) => {
+                    crate::metrics::metrics().request(&connection.app.id, None);
+                    Err(self.transport_error(request, &e))
+                }
             };
-            match result {
-                Ok(response) => return Ok(response),
-                Err(e) if e.is_retryable() && e.status() != Some(429) => match delays.next() {
-                    Some(delay) => {
-                        tracing::warn!(op = %op.key, attempt, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
         }
     }
 
@@ -268,11 +279,7 @@ impl HttpClient {
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let retry_after = headers
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = ratelimit::retry_after(&headers);
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let bytes = self.read_body(request, &mut response, max_body).await?;
         if !(200..300).contains(&status) {

@@ -227,8 +227,9 @@ impl Budget {
     }
 
     /// Corrects the budget from the rate-limit headers of the answer to a request sent at
-    /// `sent_at` (its permit's `sent_at`).
-    pub fn observe(&self, headers: &HeaderMap, sent_at: Instant) {
+    /// `sent_at` (its permit's `sent_at`). Returns what the API says is left in its shortest
+    /// window, when it says.
+    pub fn observe(&self, headers: &HeaderMap, sent_at: Instant) -> Option<u64> {
         let num =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,22 +275,15 @@ impl Budget {
                 }
             }
         }
+        num("x-ratelimit-remaining")
     }
 
     /// How long a 429 asks us to wait: Retry-After (seconds or a date), else the reset time
     /// (Capsule) or the burst window (GHL), else the shortest window.
     pub fn wait_after_429(&self, headers: &HeaderMap) -> Duration {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        if let Some(v) = text("retry-after") {
-            if let Ok(secs) = v.parse::<f64>()
-                && secs.is_finite()
-                && secs >= 0.0
-            {
-                return clamp_server_wait(Duration::from_secs_f64(secs.min(1.0e12)), "retry-after");
-            }
-            if let Ok(at) = httpdate_parse(v) {
-                return clamp_server_wait(at.duration_since(SystemTime::now()).unwrap_or_default(), "retry-after");
-            }
+        if let Some(wait) = retry_after(headers) {
+            return wait;
         }
         if let Some(reset) = text("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
             return clamp_server_wait(until_epoch(reset), "x-ratelimit-reset");
@@ -300,6 +294,20 @@ impl Budget {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.windows.first().map(Window::interval).unwrap_or(Duration::from_secs(10))
     }
+}
+
+/// The wait a `Retry-After` header asks for, in either of its forms (seconds, or an HTTP
+/// date), clamped to `MAX_SERVER_WAIT`.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(clamp_server_wait(Duration::from_secs_f64(secs.min(1.0e12)), "retry-after"));
+    }
+    let at = httpdate_parse(v).ok()?;
+    Some(clamp_server_wait(at.duration_since(SystemTime::now()).unwrap_or_default(), "retry-after"))
 }
 
 /// Time from now until a Unix timestamp (seconds); zero if it has passed.
@@ -318,6 +326,25 @@ fn httpdate_parse(text: &str) -> Result<SystemTime, ()> {
 mod tests {
     use super::*;
     use crate::catalog::parse_rate;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_nothing_else() {
+        let one = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(one("120"), Some(Duration::from_secs(120)));
+        assert_eq!(one(" 1.5 "), Some(Duration::from_millis(1500)));
+        let in_two_minutes = chrono::Utc::now() + chrono::TimeDelta::seconds(120);
+        let date = in_two_minutes.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let wait = one(&date).expect("an HTTP date is a wait");
+        assert!((Duration::from_secs(115)..=Duration::from_secs(121)).contains(&wait), "{wait:?} for {date}");
+        assert_eq!(one("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date in the past waits nothing");
+        assert_eq!(one("-5"), None);
+        assert_eq!(one("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn never_lets_more_than_the_limit_through_in_any_window() {

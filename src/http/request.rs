@@ -65,8 +65,16 @@ pub fn prepare(
     connection: &Connection,
     inputs: &Map<String, Value>,
 ) -> Result<PreparedRequest, HttpError> {
-    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
     let invalid = |message: String| HttpError::InvalidInput { op: op.key.to_string(), message };
+    // An instant trigger's method and path name the listener the API delivers to; sending
+    // one would post to the API's own host under that path.
+    if let Some(hook) = &op.webhook {
+        return Err(invalid(format!(
+            "an instant trigger (the API pushes the `{}` event) is never sent; poll its reconciling operation instead",
+            hook.event
+        )));
+    }
+    let label = format!("{} {}", op.method.as_str(), op.path.as_str());
     let values = check_inputs(op, connection, inputs).map_err(invalid)?;
 
     // Path: every parameter percent-encoded as one segment.
@@ -291,6 +299,14 @@ mod tests {
 
     fn inputs(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_instant_trigger_is_never_prepared() {
+        let (catalog, config) = setup();
+        let op = catalog.get("ghl.contacts.on_contact_create").unwrap();
+        let err = prepare(op, config.connection("ghl").unwrap(), &Map::new()).unwrap_err().to_string();
+        assert!(err.contains("the API pushes the `ContactCreate` event") && err.contains("never sent"), "{err}");
     }
 
     #[test]

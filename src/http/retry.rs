@@ -1,11 +1,39 @@
-//! The retry policy (data from app.yaml, overridable per operation) turned into delays:
-//! exponential backoff with jitter, a bounded number of attempts.
+//! The retry policy (data from app.yaml, overridable per operation; a recipe's autoreplay)
+//! turned into delays, exponential backoff with jitter and a bounded number of attempts, and
+//! the one loop that tries again.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+use super::HttpError;
 use crate::catalog::RetryPolicy;
+
+/// Calls `attempt` (with its number, from 1) until it succeeds or fails for good: a
+/// retryable error is tried again after the policy's next delay, until the delays run out.
+/// A 429 that reaches here was not waited out (the server asked for too long): it is not
+/// tried again now. `what` names the work in the log.
+pub async fn retrying<T, F, Fut>(policy: &RetryPolicy, what: &str, mut attempt: F) -> Result<T, HttpError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, HttpError>>,
+{
+    let mut delays = delays(policy);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt(n).await {
+            Err(e) if e.is_retryable() && e.status() != Some(429) => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(op = what, attempt = n, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(e),
+            },
+            done => return done,
+        }
+    }
+}
 
 /// The waits before each retry: `max_attempts - 1` of them, growing by `multiplier` from
 /// `initial_backoff` up to `max_backoff`, each with random jitter.

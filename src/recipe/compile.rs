@@ -14,13 +14,15 @@ use super::spec::{RecipeSpec, StepSpec, TriggerSpec};
 use super::*;
 use crate::catalog::{Catalog, Dedupe, Kind, Shape};
 use crate::config::{Access, Config};
-use crate::diagnostic::{Diagnostics, Position, PositionIndex, hint, parse_path};
+use crate::diagnostic::{Diagnostics, Position, PositionIndex, hint};
 use crate::template::{CompiledTemplate, ROOTS, Reference};
 
 /// The shortest and longest `every`.
 const MIN_EVERY: Duration = Duration::from_secs(60);
 const MAX_EVERY: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_HOLD_ABOVE: u32 = 100;
+/// How often an instant trigger's reconciling poll runs when the recipe does not say.
+const DEFAULT_RECONCILE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// How often a feed of changes listed newest first is read whole, by default and at most.
 const DEFAULT_FULL_SCAN: Duration = Duration::from_secs(60 * 60);
 const MAX_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
@@ -209,18 +211,8 @@ pub fn compile_recipe(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Recipe, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let index = match PositionIndex::build(text) {
-        Ok(i) => i,
-        Err((pos, msg)) => {
-            diags.push(file, pos, format!("invalid YAML: {msg}"));
-            return Err(diags);
-        }
-    };
-    for (p, pos) in &index.duplicate_keys {
-        diags.push(file, *pos, format!("{p}: duplicate key"));
-    }
-    diags.clone().into_result()?;
-    let site = Site { file, index: &index };
+    let mut doc = crate::yaml::parse(file, text)?;
+    let site = Site { file, index: &doc.index };
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         site.push(
             &mut diags,
@@ -228,31 +220,11 @@ pub fn compile_recipe(
             format!("the recipe id (the file name) `{id}` may only hold letters, digits, `-` and `_`"),
         );
     }
-    let mut value: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            let pos = crate::diagnostic::serde_yaml_position(&e);
-            diags.push(file, pos, format!("invalid YAML: {e}"));
-            return Err(diags);
-        }
-    };
     // Every unknown key is reported and set aside, so the rest of the file is still checked.
-    for u in crate::unknown_keys::strip_unknown(&mut value, &RECIPE_SCHEMA) {
-        site.push(&mut diags, &u.path, u.message);
-    }
-    let spec: RecipeSpec = match serde_path_to_error::deserialize(value) {
-        Ok(s) => s,
-        Err(e) => {
-            let at = e.path().to_string();
-            let at = if at == "." { String::new() } else { at };
-            let message = e.into_inner().to_string();
-            diags.push(
-                file,
-                index.locate(&parse_path(&at)),
-                if at.is_empty() { message } else { format!("{at}: {message}") },
-            );
-            return Err(diags);
-        }
+    let mut value = std::mem::take(&mut doc.value);
+    crate::yaml::strip_unknown(&mut value, &RECIPE_SCHEMA, file, &doc.index, &mut diags);
+    let Some(spec) = crate::yaml::deserialize::<RecipeSpec>(value, file, &doc.index, &[], &mut diags) else {
+        return Err(diags);
     };
 
     // `env.<NAME>` resolves through the recipe's settings: the variable when set, else the
@@ -295,14 +267,17 @@ pub fn compile_recipe(
 
     // Even when the trigger has problems, its operation (if known) still tells what items
     // look like, so step templates are checked without a cascade of follow-on errors.
-    let mut trigger_shape = catalog.get(&spec.trigger.operation).map(|op| op.record_shape()).unwrap_or(Shape::Any);
+    // Items come from every source the trigger has (the event, its reconciling poll, the
+    // `instant` events of a poll): a reference must hold for each, so it is checked against
+    // the fields they have in common.
+    let (mut trigger_shape, trigger_label) = item_shape(&spec.trigger, catalog);
     if spec.trigger.report_gone
         && let Shape::Object(fields) = &mut trigger_shape
     {
         fields.insert("gone".into(), Shape::Bool);
     }
     let trigger_shape = Some(trigger_shape);
-    let trigger_op = spec.trigger.operation.clone();
+    let trigger_op = trigger_label;
     let mut scope = Scope {
         trigger: trigger_shape,
         trigger_op: &trigger_op,
@@ -367,7 +342,7 @@ pub fn compile_recipe(
         trigger,
         filter,
         steps,
-        autoreplay: spec.autoreplay,
+        autoreplay: spec.autoreplay.then_some(super::AUTOREPLAY),
         concurrency: concurrency.unwrap_or(std::num::NonZeroUsize::MIN),
         after: spec.after,
         lookups,
@@ -414,7 +389,7 @@ fn compile_lookups(
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             site.push(diags, &at, format!("lookup name `{name}` must be letters, digits and `_`"));
         }
-        let op = lookup_operation(&l.operation, &format!("{at}.operation"), catalog, site, diags);
+        let op = lookup_sent_operation(&l.operation, &format!("{at}.operation"), catalog, site, diags);
         let connection = lookup_connection(&l.connection, &format!("{at}.connection"), config, site, diags);
         let (Some(op), Some(connection)) = (op, connection) else { continue };
         check_connection_fits(&op, &connection, &format!("{at}.connection"), site, diags);
@@ -452,6 +427,98 @@ fn compile_trigger(
         check_connection_fits(op, c, "trigger.connection", site, diags);
     }
 
+    // An instant trigger: the events come from the listener, and its reconciling poll (if
+    // any) takes the place of the polled operation below. A polling trigger may name
+    // instant ones that deliver its records early.
+    let instant_op = op.as_ref().filter(|o| o.is_webhook()).cloned();
+    let mut listens_on: Vec<Arc<Operation>> = Vec::new();
+    let op = match &instant_op {
+        Some(hook_op) => {
+            listens_on.push(Arc::clone(hook_op));
+            if !spec.instant.is_empty() {
+                site.push(
+                    diags,
+                    "trigger.instant",
+                    format!("`{}` is already an instant trigger; `instant` is for a polling trigger", hook_op.key),
+                );
+            }
+            hook_op
+                .webhook
+                .as_ref()
+                .and_then(|h| h.reconcile.as_ref())
+                .and_then(|key| catalog.get(&key.to_string()).cloned())
+        }
+        None => {
+            for (i, key) in spec.instant.iter().enumerate() {
+                let at = format!("trigger.instant[{i}]");
+                let Some(hook_op) = lookup_operation(key, &at, catalog, site, diags) else { continue };
+                let Some(poll) = &op else { continue };
+                match &hook_op.webhook {
+                    None => site.push(
+                        diags,
+                        &at,
+                        format!(
+                            "`{}` is polled, not pushed; `instant` names instant triggers (`source: webhook`)",
+                            hook_op.key
+                        ),
+                    ),
+                    Some(_) if hook_op.key.app != poll.key.app => site.push(
+                        diags,
+                        &at,
+                        format!(
+                            "`{}` belongs to `{}`, but the trigger polls `{}`",
+                            hook_op.key, hook_op.key.app, poll.key.app
+                        ),
+                    ),
+                    Some(hook) if hook.reconcile.as_ref() != Some(&poll.key) => site.push(
+                        diags,
+                        &at,
+                        format!(
+                            "`{}` does not deliver the records of `{}`: its reconciling poll is {}",
+                            hook_op.key,
+                            poll.key,
+                            hook.reconcile.as_ref().map(|k| format!("`{k}`")).unwrap_or_else(|| "none".into())
+                        ),
+                    ),
+                    Some(_) if listens_on.iter().any(|o| o.key == hook_op.key) => {
+                        site.push(diags, &at, format!("`{}` is listed twice", hook_op.key))
+                    }
+                    Some(_) => listens_on.push(hook_op),
+                }
+            }
+            op
+        }
+    };
+    // With no reconciling poll, nothing is polled: the webhook operation stands in as the
+    // trigger's operation, and `polls` says not to poll it.
+    let polls = op.is_some() || instant_op.is_none();
+    if instant_op.is_some() && !polls {
+        for (field, given) in [
+            ("trigger.input", !spec.input.is_empty()),
+            ("trigger.every", spec.every.is_some()),
+            ("trigger.cron", spec.cron.is_some()),
+            ("trigger.full_scan_every", spec.full_scan_every.is_some()),
+            ("trigger.report_gone", spec.report_gone),
+            ("trigger.dedupe", spec.dedupe.is_some()),
+            ("trigger.start", spec.start.is_some()),
+            ("trigger.hold_above", spec.hold_above.is_some()),
+        ] {
+            if given {
+                site.push(
+                    diags,
+                    field,
+                    format!(
+                        "`{}` has no reconciling poll, so the recipe never polls and `{}` has nothing to apply to",
+                        spec.operation,
+                        field.trim_start_matches("trigger.")
+                    ),
+                );
+            }
+        }
+    }
+    let op = op.or(instant_op.clone());
+
+    let default_every = instant_op.is_some().then_some(DEFAULT_RECONCILE_EVERY);
     let schedule = match (&spec.every, &spec.cron) {
         (Some(every), None) => match crate::catalog::parse_duration(every) {
             Ok(d) if (MIN_EVERY..=MAX_EVERY).contains(&d) => Some(Schedule::Every(d)),
@@ -469,10 +536,13 @@ fn compile_trigger(
             site.push(diags, "trigger.cron", "give either `every` or `cron`, not both");
             None
         }
-        (None, None) => {
-            site.push(diags, "trigger", "say when to poll: `every: 5m` (1m to 15m) or `cron: \"0 */5 * * *\"`");
-            None
-        }
+        (None, None) => match default_every {
+            Some(d) => Some(Schedule::Every(d)),
+            None => {
+                site.push(diags, "trigger", "say when to poll: `every: 5m` (1m to 15m) or `cron: \"0 */5 * * *\"`");
+                None
+            }
+        },
     };
     if spec.timezone.is_some() && spec.cron.is_none() {
         site.push(diags, "trigger.timezone", "`timezone` applies to `cron` only");
@@ -485,7 +555,10 @@ fn compile_trigger(
             Start::Now
         }
     };
+    // The webhook operation standing in for a missing poll has no dedupe rule; its events are
+    // told apart by the listener, and `id` is what its records would dedupe by.
     let dedupe = match (spec.dedupe.as_deref(), &op) {
+        (None, Some(op)) if !polls && op.dedupe.is_none() => Some(Dedupe::Id),
         (Some(d), _) => match Dedupe::parse(d) {
             Some(d) => Some(d),
             None => {
@@ -502,6 +575,7 @@ fn compile_trigger(
     };
     if let (Some(op), Some(d)) = (&op, dedupe)
         && let Some(output) = &op.output
+        && polls
     {
         let list = matches!(output.records, crate::catalog::Records::Items(_));
         match d {
@@ -543,6 +617,7 @@ fn compile_trigger(
 
     if spec.report_gone
         && let Some(op) = &op
+        && polls
     {
         let list = op.output.as_ref().is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
         if !list {
@@ -563,7 +638,7 @@ fn compile_trigger(
     // Trigger inputs: templates over connection and env only.
     let scope = Scope::connection_and_env(env);
     let input = match (&op, &connection) {
-        (Some(op), Some(c)) => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
+        (Some(op), Some(c)) if polls => compile_inputs(&spec.input, op, c, "trigger.input", true, &scope, site, diags),
         _ => Vec::new(),
     };
 
@@ -571,6 +646,15 @@ fn compile_trigger(
         return None;
     }
     let (op, connection) = (op?, connection?);
+    let listens = listens_on
+        .into_iter()
+        .filter_map(|o| {
+            let event = o.webhook.as_ref()?.event.clone();
+            Some(Listen { connection: Arc::clone(&connection), event, operation: o })
+        })
+        .collect();
+    // The position belongs to the polled operation: adding `instant` events to a polling
+    // recipe keeps it.
     let fingerprint = serde_json::json!({
         "operation": op.key.to_string(),
         "connection": connection.name,
@@ -580,6 +664,8 @@ fn compile_trigger(
     .to_string();
     Some(Trigger {
         operation: op,
+        polls,
+        listens,
         connection,
         input,
         schedule: schedule?,
@@ -666,6 +752,55 @@ fn lookup_operation(
     }
 }
 
+/// An operation that is sent (a step, a lookup, a find): an instant trigger is refused.
+fn lookup_sent_operation(
+    key: &str,
+    at: &str,
+    catalog: &Catalog,
+    site: &Site,
+    diags: &mut Diagnostics,
+) -> Option<Arc<Operation>> {
+    let op = lookup_operation(key, at, catalog, site, diags)?;
+    if let Some(hook) = &op.webhook {
+        site.push(
+            diags,
+            at,
+            format!(
+                "`{}` is an instant trigger (the API pushes the `{}` event); it can only be a recipe's \
+                 `trigger.operation`, never sent",
+                op.key, hook.event
+            ),
+        );
+        return None;
+    }
+    Some(op)
+}
+
+/// The shape of one trigger item for template checks, and how to name its sources: the
+/// fields common to the trigger's operation, its reconciling poll (an instant trigger) and
+/// its `instant` events (a polling trigger). Unknown names count as no source (they are
+/// reported by `compile_trigger`).
+fn item_shape(spec: &TriggerSpec, catalog: &Catalog) -> (Shape, String) {
+    let Some(op) = catalog.get(&spec.operation) else { return (Shape::Any, spec.operation.clone()) };
+    let mut sources: Vec<&Arc<Operation>> = vec![op];
+    if let Some(poll) = op.webhook.as_ref().and_then(|h| h.reconcile.as_ref()).and_then(|k| catalog.get(&k.to_string()))
+    {
+        sources.push(poll);
+    }
+    sources.extend(spec.instant.iter().filter_map(|k| catalog.get(k)).filter(|o| o.is_webhook()));
+    let shape = sources.iter().map(|o| o.record_shape()).reduce(Shape::common).unwrap_or(Shape::Any);
+    let label = match sources.as_slice() {
+        [only] => only.key.to_string(),
+        [first, rest @ ..] => format!(
+            "{} (the fields it shares with {})",
+            first.key,
+            rest.iter().map(|o| format!("`{}`", o.key)).collect::<Vec<_>>().join(" and ")
+        ),
+        [] => spec.operation.clone(),
+    };
+    (shape, label)
+}
+
 fn lookup_connection(
     name: &str,
     at: &str,
@@ -723,7 +858,7 @@ fn compile_step(
 ) -> Option<Step> {
     let before = diags.len();
     let at = format!("steps[{i}]");
-    let op = lookup_operation(&spec.operation, &format!("{at}.operation"), catalog, site, diags);
+    let op = lookup_sent_operation(&spec.operation, &format!("{at}.operation"), catalog, site, diags);
     let connection = lookup_connection(&spec.connection, &format!("{at}.connection"), config, site, diags);
     if let (Some(op), Some(c)) = (&op, &connection) {
         check_connection_fits(op, c, &format!("{at}.connection"), site, diags);
@@ -806,7 +941,7 @@ fn compile_find(
 ) -> Option<Find> {
     let at = format!("{at}.find");
     let read = |key: &str, at: &str, diags: &mut Diagnostics| -> Option<Arc<Operation>> {
-        let op = lookup_operation(key, at, catalog, site, diags)?;
+        let op = lookup_sent_operation(key, at, catalog, site, diags)?;
         check_connection_fits(&op, connection, at, site, diags);
         if op.writes() {
             site.push(diags, at, format!("`{}` writes; a find must only read", op.key));

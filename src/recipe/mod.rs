@@ -35,7 +35,8 @@ pub struct Recipe {
     pub trigger: Trigger,
     pub filter: Option<CompiledTemplate>,
     pub steps: Vec<Step>,
-    pub autoreplay: bool,
+    /// When a failed run that trying again may cure is tried again (`autoreplay: true`).
+    pub autoreplay: Option<crate::catalog::RetryPolicy>,
     /// Runs in flight at once (1: one after another, oldest first).
     pub concurrency: std::num::NonZeroUsize,
     /// Recipes polled before this one in each tick (ids, checked to exist and not to loop).
@@ -58,7 +59,17 @@ pub struct Lookup {
 
 #[derive(Debug, Clone)]
 pub struct Trigger {
+    /// The operation polled on `schedule`: the recipe's polling trigger, or for an instant
+    /// trigger its reconciling poll. When `polls` is false (an instant trigger with no
+    /// reconciling poll) this is the webhook operation itself, which is never sent: the
+    /// scheduler must skip the recipe's polls.
     pub operation: Arc<Operation>,
+    /// Whether `operation` is polled at all.
+    pub polls: bool,
+    /// The events the listener hands this recipe, each run like a polled item: the recipe's
+    /// own instant trigger, or the `instant:` list of a polling trigger. Empty for a recipe
+    /// that only polls.
+    pub listens: Vec<Listen>,
     pub connection: Arc<Connection>,
     pub input: Vec<(String, ValueTemplate)>,
     pub schedule: Schedule,
@@ -73,6 +84,23 @@ pub struct Trigger {
     pub report_gone: bool,
     /// What identifies the trigger's position: editing anything else keeps it.
     pub fingerprint: String,
+}
+
+/// One event a recipe receives: on which connection (its app and account), the event's name
+/// as the API spells it, and the webhook operation that describes its body (where the records
+/// are: `output.records`, and their id).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub connection: Arc<Connection>,
+    pub event: String,
+    pub operation: Arc<Operation>,
+}
+
+impl Trigger {
+    /// Whether the recipe receives pushed events.
+    pub fn is_instant(&self) -> bool {
+        !self.listens.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +219,15 @@ impl ValueTemplate {
         }
     }
 }
+
+/// `autoreplay: true`: a failed run that trying again may cure is tried again after about
+/// 1, 2, 4, 8 and 16 minutes (each up to twice that, with jitter), then it stays failed.
+pub const AUTOREPLAY: crate::catalog::RetryPolicy = crate::catalog::RetryPolicy {
+    max_attempts: std::num::NonZeroU32::new(6).unwrap(),
+    initial_backoff: std::time::Duration::from_secs(60),
+    max_backoff: std::time::Duration::from_secs(16 * 60),
+    multiplier: 2.0,
+};
 
 /// Renders a list of named inputs: blank optional values are left out (the caller knows which
 /// are required and reports those).

@@ -73,18 +73,29 @@ pub struct LookupSpec {
     pub input: BTreeMap<String, serde_json::Value>,
 }
 
-/// The trigger: an operation polled on a schedule.
+/// The trigger: an operation polled on a schedule, or an instant trigger the API pushes.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
-    /// A trigger operation's full key, e.g. `ghl.contacts.search_contacts`.
+    /// A trigger operation's full key, e.g. `ghl.contacts.search_contacts`. An instant
+    /// trigger (`ghl.contacts.on_contact_create`, see `ghlflow ops list`) runs each event as
+    /// it arrives, and the recipe also polls the operation's reconciling poll (if it has one)
+    /// every `every` (default 15m), to catch what a missed delivery lost.
     pub operation: String,
-    /// The connection (from ghlflow.yaml) to poll it on.
+    /// The connection (from ghlflow.yaml) to poll it on, and whose events it receives.
     pub connection: String,
-    /// Inputs of the trigger operation; templates may use `connection` and `env`.
+    /// Inputs of the polled operation (for an instant trigger, of its reconciling poll);
+    /// templates may use `connection` and `env`.
     #[serde(default)]
     pub input: BTreeMap<String, serde_json::Value>,
-    /// How often to poll, from `1m` to `15m`.
+    /// A polling trigger only: instant triggers of the same app that deliver the same records
+    /// early, e.g. `[capsule.parties.on_party_created, capsule.parties.on_party_updated]`
+    /// under `capsule.parties.party_updated`. Each must name this operation as its
+    /// `reconcile` poll (`ghlflow ops show` says which it names).
+    #[serde(default)]
+    pub instant: Vec<String>,
+    /// How often to poll, from `1m` to `15m` (for an instant trigger's safety-net poll,
+    /// default 15m).
     #[serde(default)]
     pub every: Option<String>,
     /// Or a cron expression (5 fields, or 6 with seconds); it may fire at most once a minute.

@@ -8,6 +8,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
 use super::clock::{Ms, iso_sec, parse_iso};
+use super::push::{self, CapsuleRecord};
 use super::seed::COUNTRIES;
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
@@ -812,6 +813,7 @@ pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
         }
         p.updated = now;
     }
+    push::capsule_each(state, "party/updated", &ids, CapsuleRecord::Party);
     ids
 }
 
@@ -820,6 +822,8 @@ pub fn edit_people(state: &mut State, n: usize) -> Vec<i64> {
 pub fn delete_people(state: &mut State, n: usize) -> Vec<i64> {
     let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
+    // Sent while the parties are still there to show (the payload is the party as it was).
+    push::capsule_each(state, "party/deleted", &ids, CapsuleRecord::Party);
     let now = state.clock.now_second();
     let data = &mut state.capsule;
     for id in &ids {
@@ -860,13 +864,16 @@ pub fn pend_tasks(state: &mut State, n: usize) -> Vec<i64> {
             t.updated = now;
         }
     }
+    push::capsule_each(state, "task/updated", &ids, CapsuleRecord::Task);
     ids
 }
 
 /// Adds `n` new people, created now.
 pub fn add_people(state: &mut State, n: usize) -> Vec<i64> {
     let now = state.clock.now_second();
-    (0..n).map(|_| state.generator.add_person(&mut state.capsule, now)).collect()
+    let ids: Vec<i64> = (0..n).map(|_| state.generator.add_person(&mut state.capsule, now)).collect();
+    push::capsule_each(state, "party/created", &ids, CapsuleRecord::Party);
+    ids
 }
 
 /// Adds a note to each of `n` people, dated now.
@@ -896,7 +903,9 @@ pub fn add_tasks(state: &mut State, n: usize) -> Vec<i64> {
     let ids: Vec<i64> = state.capsule.contacts().map(|p| p.id).collect();
     let ids = pick(state, ids, n);
     let now = state.clock.now_second();
-    ids.into_iter().map(|party| state.generator.add_task(&mut state.capsule, party, now)).collect()
+    let ids: Vec<i64> = ids.into_iter().map(|party| state.generator.add_task(&mut state.capsule, party, now)).collect();
+    push::capsule_each(state, "task/created", &ids, CapsuleRecord::Task);
+    ids
 }
 
 /// Gives one person a new job title now; false when there is no such person.
@@ -906,6 +915,7 @@ pub fn touch_person(state: &mut State, id: i64) -> bool {
     let Some(p) = state.capsule.parties.get_mut(&id) else { return false };
     p.job_title = Some(job);
     p.updated = now;
+    push::capsule(state, "party/updated", CapsuleRecord::Party(id));
     true
 }
 
@@ -918,11 +928,18 @@ pub fn untag_person(state: &mut State, id: i64) -> Option<String> {
     }
     let tag = p.tags.remove(0);
     p.updated = now;
+    push::capsule(state, "party/updated", CapsuleRecord::Party(id));
     state.capsule.tags.iter().find(|t| t.id == tag).map(|t| t.name.clone())
 }
 
 /// Adds an open task with a set due date and time (the owner's wall clock).
 pub fn add_timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
+    let id = timed_task(state, party, owner, due_on, due_time);
+    push::capsule(state, "task/created", CapsuleRecord::Task(id));
+    id
+}
+
+fn timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: Option<&str>) -> i64 {
     let now = state.clock.now_second();
     let id = state.generator.add_task(&mut state.capsule, party, now);
     if let Some(t) = state.capsule.tasks.get_mut(&id) {
@@ -936,11 +953,12 @@ pub fn add_timed_task(state: &mut State, party: i64, owner: i64, due_on: &str, d
 /// Adds an open task in the category named `category` (none if no category has that
 /// name) to `party`, owned by `owner`, due at `due_time` on `due_on` on the owner's clock.
 pub fn add_meeting(state: &mut State, party: i64, owner: i64, due_on: &str, due_time: &str, category: &str) -> i64 {
-    let id = add_timed_task(state, party, owner, due_on, Some(due_time));
+    let id = timed_task(state, party, owner, due_on, Some(due_time));
     let category = state.capsule.categories.iter().position(|c| c.name == category);
     if let Some(t) = state.capsule.tasks.get_mut(&id) {
         t.category = category;
     }
+    push::capsule(state, "task/created", CapsuleRecord::Task(id));
     id
 }
 
@@ -952,6 +970,7 @@ pub fn move_task(state: &mut State, id: i64, due_on: &str, due_time: Option<&str
     t.due_on = due_on.to_owned();
     t.due_time = due_time.map(str::to_owned);
     t.updated = now;
+    push::capsule(state, "task/updated", CapsuleRecord::Task(id));
     true
 }
 
@@ -962,11 +981,12 @@ pub fn set_task_category(state: &mut State, id: i64, name: &str) -> bool {
     let Some(t) = state.capsule.tasks.get_mut(&id) else { return false };
     t.category = Some(category);
     t.updated = now;
+    push::capsule(state, "task/updated", CapsuleRecord::Task(id));
     true
 }
 
-/// Deletes a task: it leaves `/tasks` for good (Capsule keeps no list of deleted tasks).
-/// False when there is no such task.
+/// Deletes a task: it leaves `/tasks` for good (Capsule keeps no list of deleted tasks, and
+/// has no REST hook event for it either). False when there is no such task.
 pub fn delete_task(state: &mut State, id: i64) -> bool {
     state.capsule.tasks.remove(&id).is_some()
 }
@@ -999,6 +1019,9 @@ fn complete(state: &mut State, ids: &[i64], now: Ms) {
         t.status = TaskStatus::Completed;
         t.completed_at = Some(now);
         t.updated = now;
+        push::capsule(state, "task/completed", CapsuleRecord::Task(*id));
+        let data = &mut state.capsule;
+        let Some(t) = data.tasks.get(id) else { continue };
         let (party, owner, content) = (t.party, t.owner, t.description.clone());
         if let Some(party) = party {
             data.next_entry_id += 1;

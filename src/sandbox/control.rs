@@ -13,6 +13,8 @@
 //! - `POST /_sandbox/ghl/opportunities/win` `{"count": n}`: a salesperson wins open deals
 //! - `POST /_sandbox/ghl/contacts/{id}/delete`: a person deletes the contact in GHL (its id
 //!   answers 404 from then on)
+//! - `POST /_sandbox/ghl/contacts/{id}/reply` `{"body": "...", "type": "SMS"}` (both
+//!   optional): the contact sends a message (an `InboundMessage` webhook)
 //! - `POST /_sandbox/ghl/contacts/{id}/merge` `{"into": "<id>"}`: a person merges the contact
 //!   into another (tags, notes, tasks move; its id answers 404 from then on)
 //! - `POST /_sandbox/oauth/grant` `{"expires_in": s}` (optional): a new access and refresh token
@@ -22,6 +24,13 @@
 //!   expire, new records are dated later) → `{"now": ...}`
 //! - `GET|PUT /_sandbox/faults` (PUT takes any subset of the fields)
 //! - `GET  /_sandbox/requests`
+//! - `GET  /_sandbox/push`: the GHL webhook URL, the public key GHL webhooks are signed
+//!   with (base64 SPKI and PEM), the Capsule REST hooks and the delivery faults
+//! - `PUT  /_sandbox/push/ghl` `{"url": "http://..."}` (`null` turns GHL webhooks off)
+//! - `GET|PUT /_sandbox/push/faults`: drop, duplicate, delay, reorder rates, `delay_ms`,
+//!   `seed`, `max_attempts`, `retry_base_ms`, `retry_on` (`errors` or `429`), `timeout_ms`,
+//!   `concurrency`
+//! - `GET  /_sandbox/deliveries`: every delivery attempt (event, target, id, attempt, status)
 
 use std::sync::Arc;
 
@@ -34,7 +43,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::capsule;
-use super::faults::Faults;
+use super::faults::{DeliveryFaults, Faults};
 use super::server::Shared;
 
 type Ctx = AxumState<Arc<Shared>>;
@@ -51,6 +60,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/ghl/opportunities/win", post(ghl_win))
         .route("/_sandbox/ghl/contacts/{id}/delete", post(ghl_delete))
         .route("/_sandbox/ghl/contacts/{id}/merge", post(ghl_merge))
+        .route("/_sandbox/ghl/contacts/{id}/reply", post(ghl_reply))
         .route("/_sandbox/oauth/grant", post(oauth_grant))
         .route("/_sandbox/clock/advance", post(clock_advance))
         .route("/_sandbox/ghl/contacts", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_contacts())) }))
@@ -65,6 +75,19 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/ghl/messages", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().ghl_messages())) }))
         .route("/_sandbox/faults", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().faults)) }).put(set_faults))
         .route("/_sandbox/requests", get(|AxumState(s): Ctx| async move { ok(json!(s.lock().counts)) }))
+        .route("/_sandbox/push", get(push_info))
+        .route("/_sandbox/push/ghl", axum::routing::put(set_ghl_url))
+        .route(
+            "/_sandbox/push/faults",
+            get(|AxumState(s): Ctx| async move { ok(json!(s.lock().push.faults)) }).put(set_delivery_faults),
+        )
+        .route(
+            "/_sandbox/deliveries",
+            get(|AxumState(s): Ctx| async move {
+                let log = s.lock().push.log();
+                ok(json!(log.all()))
+            }),
+        )
         .route(
             "/_sandbox/{*rest}",
             axum::routing::any(|| async {
@@ -97,12 +120,25 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST /_sandbox/ghl/contacts/add", "N new GHL leads, as from a web form"),
     ("POST /_sandbox/ghl/opportunities/win", "a salesperson wins N open deals"),
     ("POST /_sandbox/ghl/contacts/{id}/delete", "a person deletes a GHL contact (its id answers 404)"),
+    (
+        "POST /_sandbox/ghl/contacts/{id}/reply",
+        "the contact sends a message; body {\"body\": \"...\", \"type\": \"SMS\"}",
+    ),
     ("POST /_sandbox/ghl/contacts/{id}/merge", "merge a GHL contact into another; body {\"into\": \"<id>\"}"),
     ("POST /_sandbox/oauth/grant", "a new OAuth token pair; body {\"expires_in\": seconds} (optional)"),
     ("POST /_sandbox/clock/advance", "move the sandbox clock forward; body {\"seconds\": s}"),
     ("GET  /_sandbox/faults", "the faults in force"),
     ("PUT  /_sandbox/faults", "set faults: fail_rate, lose_responses, lost_as, latency_ms, fault_reads"),
     ("GET  /_sandbox/requests", "request counters: total, per API, writes, 429s, faults"),
+    ("GET  /_sandbox/push", "GHL webhook URL and signing public key, Capsule REST hooks, delivery faults"),
+    ("PUT  /_sandbox/push/ghl", "where GHL webhooks go; body {\"url\": \"http://...\"} (null: off)"),
+    ("GET  /_sandbox/push/faults", "the delivery faults in force"),
+    (
+        "PUT  /_sandbox/push/faults",
+        "set delivery faults: drop_rate, duplicate_rate, delay_rate, delay_ms, reorder_rate, seed, \
+         max_attempts, retry_base_ms, retry_on (errors|429), timeout_ms, concurrency",
+    ),
+    ("GET  /_sandbox/deliveries", "every delivery attempt: event, target, id, attempt, status"),
 ];
 
 async fn info(AxumState(shared): Ctx) -> Response {
@@ -200,6 +236,37 @@ async fn ghl_merge(AxumState(shared): Ctx, Path(id): Path<String>, body: Bytes) 
     }
 }
 
+async fn ghl_reply(AxumState(shared): Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let fields = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(fields)) => fields,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be JSON like {\"body\": \"Yes, Tuesday works\", \"type\": \"SMS\"}".into(),
+                );
+            }
+        }
+    };
+    let text = |name: &str, default: &'static str| -> Result<String, String> {
+        match fields.get(name) {
+            None | Some(Value::Null) => Ok(default.to_owned()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("`{name}` must be a string")),
+        }
+    };
+    let (message, channel) = match (text("body", "Thanks, see you then."), text("type", "SMS")) {
+        (Ok(m), Ok(c)) => (m, c),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match super::ghl::receive_message(&mut shared.lock(), &id, &channel, &message) {
+        Some(message_id) => ok(json!({"messageId": message_id})),
+        None => error(StatusCode::NOT_FOUND, format!("no contact {id}")),
+    }
+}
+
 /// An optional whole number field of an optional JSON body.
 fn optional_number(body: &Bytes, field: &str) -> Result<Option<u64>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -265,5 +332,68 @@ async fn set_faults(AxumState(shared): Ctx, body: Bytes) -> Response {
         return error(StatusCode::UNPROCESSABLE_ENTITY, e);
     }
     state.faults = faults;
+    ok(json!(faults))
+}
+
+async fn push_info(AxumState(shared): Ctx) -> Response {
+    let state = shared.lock();
+    let hooks: Vec<Value> = state.push.hooks.iter().map(super::push::RestHook::json).collect();
+    ok(json!({
+        "ghl_webhook_url": state.push.ghl_url,
+        "ghl_webhook_public_key": state.push.public_key_base64(),
+        "ghl_webhook_public_key_pem": state.push.public_key_pem(),
+        "ghl_webhook_legacy_public_key": state.push.legacy_public_key_base64(),
+        "capsule_rest_hooks": hooks,
+        "faults": state.push.faults,
+    }))
+}
+
+/// `{"url": ...}` sets the URL, `{"url": null}` turns GHL webhooks off, `{}` keeps it (as the
+/// other PUTs keep the fields not given).
+async fn set_ghl_url(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let given = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => fields.get("url").cloned(),
+        _ => Some(Value::Bool(false)),
+    };
+    let url = match given {
+        None => return ok(json!({"ghl_webhook_url": shared.lock().push.ghl_url})),
+        Some(Value::Null) => None,
+        Some(Value::String(url)) => match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(url),
+            _ => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("`url` must be an http(s) URL, not `{url}`")),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be JSON like {\"url\": \"http://...\"} or {\"url\": null}".into(),
+            );
+        }
+    };
+    shared.lock().push.ghl_url = url.clone();
+    ok(json!({"ghl_webhook_url": url}))
+}
+
+/// Replaces the delivery fault fields given; the others keep their values.
+async fn set_delivery_faults(AxumState(shared): Ctx, body: Bytes) -> Response {
+    let mut state = shared.lock();
+    let mut current = match serde_json::to_value(state.push.faults) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let patch = match serde_json::from_slice(&body) {
+        Ok(Value::Object(p)) => p,
+        _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object of delivery fault settings".into()),
+    };
+    if let Value::Object(cur) = &mut current {
+        cur.extend(patch);
+    }
+    let faults: DeliveryFaults = match serde_json::from_value(current) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    if let Err(e) = faults.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+    }
+    state.push.set_faults(faults);
     ok(json!(faults))
 }

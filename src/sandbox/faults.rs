@@ -1,5 +1,7 @@
 //! Faults injected on purpose: GHL writes that fail with a 500 before they are applied,
-//! writes that are applied but whose answer is lost, and latency on every answer.
+//! writes that are applied but whose answer is lost, and latency on every answer; and the
+//! faults of pushed events (`DeliveryFaults`: dropped, delayed, duplicated, reordered, and
+//! the sender's retries), which `push` applies.
 //!
 //! A lost answer is emulated, by default, by closing the connection without sending a
 //! byte: the listener hands out connections that the handler can cut, and once cut, the
@@ -55,6 +57,97 @@ impl Faults {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("the {name} must be between 0 and 1, not {rate}"));
             }
+        }
+        Ok(())
+    }
+}
+
+/// Which failed deliveries the sender tries again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Any answer other than 2xx, and a connection that fails or times out: what most
+    /// senders do, and what lets a receiver answer 5xx to be asked again.
+    #[default]
+    Errors,
+    /// Only a 429: GHL's marketplace webhooks are said to retry nothing else
+    /// (GoHighLevel/highlevel-api-docs#257), so a 5xx or no answer loses the event.
+    #[serde(rename = "429")]
+    TooManyRequests,
+}
+
+/// Faults of the events the sandbox pushes (Capsule REST hooks, GHL webhooks), and how the
+/// sender retries. Rates are fractions from 0 to 1, drawn per event from a generator that
+/// `seed` restarts, so a seed gives the same fates for the same sequence of events.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryFaults {
+    /// Share of events never sent.
+    pub drop_rate: f64,
+    /// Share of events sent twice (the same bytes: the same `webhookId` and signature).
+    pub duplicate_rate: f64,
+    /// Share of events sent `delay_ms` late (others to the same target overtake them).
+    pub delay_rate: f64,
+    #[serde(with = "millis", rename = "delay_ms")]
+    pub delay: Duration,
+    /// Share of events held back and sent just after the next event to the same target.
+    pub reorder_rate: f64,
+    /// Restarts the fault generator when set.
+    pub seed: Option<u64>,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles for each one after.
+    #[serde(with = "millis", rename = "retry_base_ms")]
+    pub retry_base: Duration,
+    pub retry_on: RetryOn,
+    /// How long one attempt waits for the receiver's answer.
+    #[serde(with = "millis", rename = "timeout_ms")]
+    pub timeout: Duration,
+    /// First attempts in flight to one target at once. 1 (the default) sends them one after
+    /// the other, in the order of the events; more is faster against a slow receiver (as a
+    /// real sender's fleet is) and lets answers overtake each other.
+    pub concurrency: u32,
+}
+
+impl Default for DeliveryFaults {
+    /// No faults; 6 attempts 1 s, 2 s, 4 s, 8 s, 16 s apart (GHL documents no schedule for
+    /// app webhooks and Capsule none for REST hooks: a common one); 10 s per attempt (GHL
+    /// asks receivers to answer within 10 s).
+    fn default() -> Self {
+        DeliveryFaults {
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            delay_rate: 0.0,
+            delay: Duration::from_secs(1),
+            reorder_rate: 0.0,
+            seed: None,
+            max_attempts: 6,
+            retry_base: Duration::from_secs(1),
+            retry_on: RetryOn::Errors,
+            timeout: Duration::from_secs(10),
+            concurrency: 1,
+        }
+    }
+}
+
+impl DeliveryFaults {
+    /// Rates must be between 0 and 1, and there is at least one attempt.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("drop rate", self.drop_rate),
+            ("duplicate rate", self.duplicate_rate),
+            ("delay rate", self.delay_rate),
+            ("reorder rate", self.reorder_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("the {name} must be between 0 and 1, not {rate}"));
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
         }
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! its catalog sample otherwise). It owns the emulation: seeded data (`seed`), the
 //! handlers (`ghl`, `capsule`), the gates every request passes (`server`: token, rate limits
 //! with the real headers, `Version`, unknown body properties, location), OAuth tokens that
-//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), and the
-//! control API (`control` over HTTP, the methods of `Sandbox` in Rust). Where the real APIs
+//! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), the events
+//! it pushes as the real services do (`push`: Capsule REST hooks, GHL webhooks signed with
+//! a sandbox Ed25519 key, with their own faults), and the control API (`control` over HTTP,
+//! the methods of `Sandbox` in Rust). Where the real APIs
 //! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
 //! silently dropped by upsert, page numbers that stop at 10,000 results, a booking refused
 //! outside the calendar's free slots), the sandbox does too; where their answer is unknown,
@@ -21,6 +23,7 @@ mod faults;
 mod ghl;
 mod limits;
 mod oauth;
+mod push;
 mod routes;
 mod seed;
 mod server;
@@ -35,8 +38,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, LostAs};
+pub use faults::{DeliveryFaults, Faults, LostAs, RetryOn};
 pub use oauth::Grant as OAuthGrant;
+pub use push::{DeliveryRecord, MAX_REST_HOOKS, Sender as PushSender};
 pub use seed::{COMPANY_ID, LOCATION_ID};
 pub use state::{CapsuleCounts, GhlCounts, RequestCounts};
 
@@ -66,6 +70,17 @@ pub struct SandboxOptions {
     pub limits_scale: f64,
     /// No rate limits at all.
     pub no_limits: bool,
+    /// Where GHL webhooks go (none: GHL events are not sent). Settable later through
+    /// `set_ghl_webhook_url` or the control API.
+    pub ghl_webhook_url: Option<String>,
+    /// The 32 bytes of the Ed25519 key GHL webhooks are signed with; None draws a fresh key
+    /// at every start.
+    pub ghl_signing_key: Option<[u8; 32]>,
+    /// Faults of pushed events and the sender's retries.
+    pub delivery_faults: DeliveryFaults,
+    /// Also sign GHL webhooks with a fresh 2048-bit RSA key in the legacy `X-WH-Signature`
+    /// (RSASSA-PKCS1-v1_5, SHA-256), as GHL does until it retires that header.
+    pub ghl_legacy_signature: bool,
 }
 
 impl Default for SandboxOptions {
@@ -81,6 +96,10 @@ impl Default for SandboxOptions {
             fault_reads: false,
             limits_scale: 1.0,
             no_limits: false,
+            ghl_webhook_url: None,
+            ghl_signing_key: None,
+            delivery_faults: DeliveryFaults::default(),
+            ghl_legacy_signature: false,
         }
     }
 }
@@ -114,6 +133,8 @@ pub struct Sandbox {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The task that delivers pushed events.
+    deliverer: Option<JoinHandle<()>>,
 }
 
 /// Binds 127.0.0.1:`port` and serves on the current tokio runtime.
@@ -123,13 +144,28 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
     if !(opts.limits_scale.is_finite() && opts.limits_scale > 0.0) {
         return Err(SandboxError::Option(format!("the limits scale must be above 0, not {}", opts.limits_scale)));
     }
+    if let Some(url) = &opts.ghl_webhook_url {
+        check_webhook_url(url).map_err(SandboxError::Option)?;
+    }
+    opts.delivery_faults.check().map_err(SandboxError::Option)?;
     let catalog = crate::catalog::load_embedded().map_err(|d| SandboxError::Catalog(d.to_string()))?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
         .await
         .map_err(|source| SandboxError::Bind { port: opts.port, source })?;
     let addr = listener.local_addr().map_err(|source| SandboxError::Bind { port: opts.port, source })?;
     let limits = limits::Limits::new(opts.limits_scale, opts.no_limits);
-    let state = state::State::new(opts.seed, opts.people, faults, limits, format!("http://{addr}"));
+    let mut state = state::State::new(opts.seed, opts.people, faults, limits, format!("http://{addr}"));
+    state.push = push::Push::new(opts.seed, opts.ghl_signing_key, opts.ghl_webhook_url.clone());
+    state.push.set_faults(opts.delivery_faults);
+    if opts.ghl_legacy_signature {
+        // Generating an RSA key takes a moment: off the async threads.
+        let key = tokio::task::spawn_blocking(|| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048))
+            .await
+            .map_err(|e| SandboxError::Option(format!("the RSA key could not be made: {e}")))?
+            .map_err(|e| SandboxError::Option(format!("the RSA key could not be made: {e}")))?;
+        state.push.set_legacy_key(key);
+    }
+    let deliverer = push::start_worker(&mut state.push);
     let shared = Arc::new(Shared { state: Mutex::new(state), routes: routes::RouteTable::new(&catalog) });
     let app = server::router(Arc::clone(&shared)).into_make_service_with_connect_info::<faults::Cut>();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -141,7 +177,15 @@ pub async fn start(opts: SandboxOptions) -> Result<Sandbox, SandboxError> {
             tracing::warn!(error = %e, "the sandbox server stopped");
         }
     });
-    Ok(Sandbox { addr, shared, stop: Some(stop), task: Some(task) })
+    Ok(Sandbox { addr, shared, stop: Some(stop), task: Some(task), deliverer: Some(deliverer) })
+}
+
+/// A GHL webhook URL must be an absolute http(s) URL.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        _ => Err(format!("the GHL webhook URL must be an http(s) URL, not `{url}`")),
+    }
 }
 
 impl Sandbox {
@@ -177,6 +221,8 @@ impl Sandbox {
             format!("    company_id: {COMPANY_ID}"),
             "    auth: { type: private_token, token: sandbox-ghl-token }".to_owned(),
             format!("    base_url: {}", self.ghl_base_url()),
+            "    # The key this sandbox signs GHL webhooks with (X-GHL-Signature, Ed25519):".to_owned(),
+            format!("    webhook_public_keys: [\"{}\"]", self.ghl_webhook_public_key()),
             "  capsule:".to_owned(),
             "    app: capsule".to_owned(),
             "    auth: { type: bearer, token: sandbox-capsule-token }".to_owned(),
@@ -187,10 +233,14 @@ impl Sandbox {
         lines.join("\n") + "\n"
     }
 
-    /// Stops serving and waits (briefly) for the server to finish.
+    /// Stops serving and waits (briefly) for the server to finish. Deliveries still under
+    /// way are abandoned.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(deliverer) = self.deliverer.take() {
+            deliverer.abort();
         }
         if let Some(task) = self.task.take() {
             // Idle keep-alive connections can hold a graceful shutdown open; do not wait
@@ -341,6 +391,13 @@ impl Sandbox {
         ghl::opportunities::win(&mut self.state(), n)
     }
 
+    /// A message from the contact on `channel` (`SMS`, `Email`...), as when they reply:
+    /// stored in their conversation and sent as an `InboundMessage` webhook. The message id;
+    /// None when there is no such contact.
+    pub fn ghl_receive_message(&self, contact_id: &str, channel: &str, body: &str) -> Option<String> {
+        ghl::receive_message(&mut self.state(), contact_id, channel, body)
+    }
+
     pub fn ghl_delete_contact(&self, id: &str) -> bool {
         ghl::delete_contact(&mut self.state(), id)
     }
@@ -422,6 +479,63 @@ impl Sandbox {
         Ok(())
     }
 
+    // -----------------------------------------------------------------------------------
+    // Pushed events.
+
+    /// The public key GHL webhooks are signed with, as base64 DER SubjectPublicKeyInfo
+    /// (`MCowBQYDK2VwAyEA...`, the form GHL publishes its own key in).
+    pub fn ghl_webhook_public_key(&self) -> String {
+        self.state().push.public_key_base64()
+    }
+
+    /// The same key as a PEM `PUBLIC KEY` block.
+    pub fn ghl_webhook_public_key_pem(&self) -> String {
+        self.state().push.public_key_pem()
+    }
+
+    /// The legacy RSA public key (base64 DER SubjectPublicKeyInfo) for `X-WH-Signature`,
+    /// when the sandbox was started with `ghl_legacy_signature`.
+    pub fn ghl_webhook_legacy_public_key(&self) -> Option<String> {
+        self.state().push.legacy_public_key_base64()
+    }
+
+    /// Where GHL webhooks go from now on (None stops them); a URL that is not http(s) is
+    /// refused.
+    pub fn set_ghl_webhook_url(&self, url: Option<&str>) -> Result<(), SandboxError> {
+        if let Some(url) = url {
+            check_webhook_url(url).map_err(SandboxError::Option)?;
+        }
+        self.state().push.ghl_url = url.map(str::to_owned);
+        Ok(())
+    }
+
+    pub fn ghl_webhook_url(&self) -> Option<String> {
+        self.state().push.ghl_url.clone()
+    }
+
+    /// The Capsule REST hooks subscribed, as `GET /resthooks` lists them.
+    pub fn capsule_rest_hooks(&self) -> Vec<Value> {
+        self.state().push.hooks.iter().map(push::RestHook::json).collect()
+    }
+
+    pub fn delivery_faults(&self) -> DeliveryFaults {
+        self.state().push.faults
+    }
+
+    /// Replaces the delivery faults (a `seed` restarts their generator); rates outside
+    /// 0..=1 are refused.
+    pub fn set_delivery_faults(&self, faults: DeliveryFaults) -> Result<(), SandboxError> {
+        faults.check().map_err(SandboxError::Option)?;
+        self.state().push.set_faults(faults);
+        Ok(())
+    }
+
+    /// Every delivery attempt so far (and every drop), in the order they happened.
+    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+        let log = self.state().push.log();
+        log.all()
+    }
+
     /// Requests answered by either API so far (the control API not counted).
     pub fn request_count(&self) -> u64 {
         self.state().counts.total
@@ -436,6 +550,9 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(deliverer) = self.deliverer.take() {
+            deliverer.abort();
         }
     }
 }

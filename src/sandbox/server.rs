@@ -17,7 +17,7 @@ use super::faults::{Cut, Fault, LostAs, roll};
 use super::routes::{Api, Lookup, RouteTable, Target};
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
-use super::{capsule, control, ghl, oauth};
+use super::{capsule, control, ghl, oauth, push};
 use crate::catalog::{BodyEncoding, InputLocation, InputType, Method, Operation};
 
 /// Bodies larger than this are refused with a 413.
@@ -80,7 +80,11 @@ async fn api(
 
 fn respond(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, axum::Json(reply.body)).into_response();
+    let mut response = if status == StatusCode::NO_CONTENT {
+        status.into_response()
+    } else {
+        (status, axum::Json(reply.body)).into_response()
+    };
     for (name, value) in reply.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             response.headers_mut().append(name, value);
@@ -168,7 +172,15 @@ fn process(
         reply
     };
 
-    // 3. The route.
+    // 3. The route. Capsule's REST hook endpoints are not catalog operations (ghlflow
+    //    manages hooks itself rather than through recipes).
+    if api == Api::Capsule && (path == "/resthooks" || path.starts_with("/resthooks/")) {
+        let id = path.strip_prefix("/resthooks/").filter(|s| !s.is_empty());
+        if id.is_some_and(|i| i.contains('/')) {
+            return clean(with_limits(Reply::capsule_not_found()));
+        }
+        return clean(with_limits(push::rest_hooks(state, http_method.as_str(), id, body)));
+    }
     let Some(method) = method_of(http_method) else {
         return clean(with_limits(not_found(api, http_method.as_str(), full_path, true)));
     };

@@ -1,5 +1,5 @@
 //! Everything the sandbox holds, behind one mutex: both accounts, the clock, the rate-limit
-//! windows, the faults in force and the request counters. Handlers and the control API take
+//! windows, the faults in force, the request counters and what it pushes (hooks, faults). Handlers and the control API take
 //! the lock for the length of one synchronous call and never across an await.
 
 use serde::Serialize;
@@ -11,6 +11,7 @@ use super::faults::Faults;
 use super::ghl::GhlData;
 use super::limits::Limits;
 use super::oauth::OAuth;
+use super::push::Push;
 use super::seed::{Generator, seed};
 
 /// How many requests the sandbox has answered, and how.
@@ -76,6 +77,8 @@ pub struct State {
     pub counts: RequestCounts,
     /// `http://127.0.0.1:PORT`, for URLs in answers (Link, nextPageUrl).
     pub base_url: String,
+    /// Capsule REST hooks, the GHL webhook URL and key, and the delivery faults.
+    pub push: Push,
 }
 
 impl State {
@@ -94,6 +97,7 @@ impl State {
             oauth: OAuth::default(),
             counts: RequestCounts::default(),
             base_url,
+            push: Push::new(seed_value, None, None),
         }
     }
 

@@ -17,6 +17,7 @@ use chrono_tz::Tz;
 use serde_json::{Value, json};
 
 use super::super::clock::{Ms, datetime, iso_ms};
+use super::super::push::{self, GhlKind};
 use super::super::state::State;
 use super::super::wire::{ApiRequest, Reply};
 use super::{Event, existing_contact, known_user, no_such_user, sample};
@@ -83,6 +84,10 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
         "create_appointment" => match create(state, req, zone) {
             Ok(event) => {
                 let body = echo_json(&event, &location);
+                if push::ghl_on(state) {
+                    let record = event_json(&event, &location, zone);
+                    push::ghl(state, "AppointmentCreate", GhlKind::Appointment, &record);
+                }
                 state.ghl.events.push(event);
                 // The spec and the catalog give 200 for a booking, not 201.
                 Reply::ok(body)
@@ -320,7 +325,10 @@ fn update(state: &mut State, req: &ApiRequest, zone: Tz, location: &str) -> Repl
     // Any change made without `toNotify: false` runs the calendar's notifications.
     e.notified |= notifies(req);
     e.updated = now;
-    Reply::ok(echo_json(e, location))
+    let answer = echo_json(e, location);
+    let record = event_json(e, location, zone);
+    push::ghl(state, "AppointmentUpdate", GhlKind::Appointment, &record);
+    Reply::ok(answer)
 }
 
 /// `free-slots`: the slots a validated booking would accept, per local date, in the

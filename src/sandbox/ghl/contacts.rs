@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::super::push::{self, GhlKind};
 use super::super::state::State;
 use super::super::wire::{ApiRequest, Reply};
 use super::{Contact, Note, TaskRecord, existing_contact, page_size, query_string, sample};
@@ -48,6 +49,7 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             let adding = op.key.name == "add_tags_to_contact";
             let given: Vec<String> = tag_list(req.body.get("tags"));
             let now = state.clock.now_ms();
+            let before = push::ghl_contact_before(state, &contact_id);
             let Some(contact) = state.ghl.contacts.get_mut(&contact_id) else {
                 return Reply::ghl_error(400, "Contact not found");
             };
@@ -63,6 +65,9 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             }
             contact.fields.insert("tags".into(), json!(tags));
             contact.updated = now;
+            if let Some(before) = before {
+                push::ghl_contact_changed(state, &contact_id, &before);
+            }
             if adding { Reply::created(json!({"tags": tags})) } else { Reply::ok(json!({"tags": tags})) }
         }
         "get_contact_notes" => {
@@ -85,9 +90,10 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
                 user_id: req.body_str("userId").map(str::to_owned),
                 added: state.clock.now_ms(),
             };
-            let body = json!({"note": note.json()});
+            let record = note.json();
             state.ghl.notes.push(note);
-            Reply::created(body)
+            push::ghl(state, "NoteCreate", GhlKind::Note, &record);
+            Reply::created(json!({"note": record}))
         }
         "update_contact_note" => {
             let Some(n) = find_note(state, &contact_id, req.param("id")) else {
@@ -109,11 +115,14 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             if let Some(user) = req.body_str("userId") {
                 note.user_id = Some(user.to_owned());
             }
-            Reply::ok(json!({"note": note.json()}))
+            let record = note.json();
+            push::ghl(state, "NoteUpdate", GhlKind::Note, &record);
+            Reply::ok(json!({"note": record}))
         }
         "delete_contact_note" => match find_note(state, &contact_id, req.param("id")) {
             Some(n) => {
-                state.ghl.notes.remove(n);
+                let record = state.ghl.notes.remove(n).json();
+                push::ghl(state, "NoteDelete", GhlKind::Note, &record);
                 Reply::ok(json!({"succeded": true}))
             }
             None => Reply::ghl_error(400, "Note not found"),
@@ -137,15 +146,17 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
                 completed: req.body.get("completed").and_then(Value::as_bool).unwrap_or(false),
                 assigned_to: req.body_str("assignedTo").map(str::to_owned),
             };
-            let body = json!({"task": task.json()});
+            let record = task.json();
             state.ghl.tasks.push(task);
-            Reply::created(body)
+            push::ghl(state, "TaskCreate", GhlKind::Task, &record);
+            Reply::created(json!({"task": record}))
         }
         "update_contact_task" | "complete_contact_task" => {
             let Some(t) = find_task(state, &contact_id, req.param("taskId")) else {
                 return Reply::ghl_error(400, "Task not found");
             };
             let task = &mut state.ghl.tasks[t];
+            let was_completed = task.completed;
             if let Some(title) = req.body_str("title") {
                 task.title = title.to_owned();
             }
@@ -161,11 +172,17 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             if let Some(user) = req.body_str("assignedTo") {
                 task.assigned_to = Some(user.to_owned());
             }
-            Reply::ok(json!({"task": task.json()}))
+            let record = task.json();
+            // GHL has TaskComplete but no event for other task changes.
+            if task.completed && !was_completed {
+                push::ghl(state, "TaskComplete", GhlKind::Task, &record);
+            }
+            Reply::ok(json!({"task": record}))
         }
         "delete_contact_task" => match find_task(state, &contact_id, req.param("taskId")) {
             Some(t) => {
-                state.ghl.tasks.remove(t);
+                let record = state.ghl.tasks.remove(t).json();
+                push::ghl(state, "TaskDelete", GhlKind::Task, &record);
                 Reply::ok(json!({"succeded": true}))
             }
             None => Reply::ghl_error(400, "Task not found"),
@@ -325,10 +342,11 @@ fn create(state: &mut State, req: &ApiRequest) -> Reply {
     }
     let now = state.clock.now_ms();
     let contact = Contact { id: state.ids.ghl_id(), added: now, updated: now, fields };
-    let body = json!({"contact": contact.json(&state.ghl.location_id)});
+    let record = contact.json(&state.ghl.location_id);
     state.ghl.match_index.note(&contact);
     state.ghl.contacts.insert(contact.id.clone(), contact);
-    Reply::created(body)
+    push::ghl(state, "ContactCreate", GhlKind::Contact, &record);
+    Reply::created(json!({"contact": record}))
 }
 
 /// Upsert matches by email first, then by phone. When the email names one contact and the
@@ -355,19 +373,25 @@ fn upsert(state: &mut State, req: &ApiRequest) -> Reply {
     let now = state.clock.now_ms();
     let trace = trace_id(state);
     let location = state.ghl.location_id.clone();
+    let before = existing.as_deref().and_then(|id| push::ghl_contact_before(state, id));
     match existing.and_then(|id| state.ghl.contacts.get_mut(&id)) {
         Some(contact) => {
             merge(contact, fields);
             contact.updated = now;
             state.ghl.match_index.note(contact);
-            Reply::ok(json!({"new": false, "contact": contact.json(&location), "traceId": trace}))
+            let (id, record) = (contact.id.clone(), contact.json(&location));
+            if let Some(before) = before {
+                push::ghl_contact_changed(state, &id, &before);
+            }
+            Reply::ok(json!({"new": false, "contact": record, "traceId": trace}))
         }
         None => {
             let contact = Contact { id: state.ids.ghl_id(), added: now, updated: now, fields };
-            let body = json!({"new": true, "contact": contact.json(&location), "traceId": trace});
+            let record = contact.json(&location);
             state.ghl.match_index.note(&contact);
             state.ghl.contacts.insert(contact.id.clone(), contact);
-            Reply::created(body)
+            push::ghl(state, "ContactCreate", GhlKind::Contact, &record);
+            Reply::created(json!({"new": true, "contact": record, "traceId": trace}))
         }
     }
 }
@@ -386,11 +410,16 @@ fn update(state: &mut State, id: &str, req: &ApiRequest) -> Reply {
     }
     let now = state.clock.now_ms();
     let location = state.ghl.location_id.clone();
+    let before = push::ghl_contact_before(state, id);
     let Some(contact) = state.ghl.contacts.get_mut(id) else { return Reply::ghl_error(400, "Contact not found") };
     merge(contact, fields);
     contact.updated = now;
     state.ghl.match_index.note(contact);
-    Reply::ok(json!({"succeded": true, "contact": contact.json(&location)}))
+    let record = contact.json(&location);
+    if let Some(before) = before {
+        push::ghl_contact_changed(state, id, &before);
+    }
+    Reply::ok(json!({"succeded": true, "contact": record}))
 }
 
 fn trace_id(state: &mut State) -> String {

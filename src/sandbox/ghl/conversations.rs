@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::super::clock::{Ms, iso_ms};
+use super::super::push::{self, GhlKind};
 use super::super::state::State;
 use super::super::wire::{ApiRequest, Reply};
 use super::{Conversation, Message, existing_contact, page_size, sample};
@@ -80,6 +81,50 @@ pub fn message_json(m: &Message, location: &str) -> Value {
     v
 }
 
+/// Sends the webhook for the message just added. The event names the channel in
+/// `messageType` as the published examples do (`SMS`, `Email`), where the API's message
+/// record has `TYPE_SMS`.
+fn push_last_message(state: &mut State, event_type: &str) {
+    if !push::ghl_on(state) {
+        return;
+    }
+    let Some(m) = state.ghl.messages.last() else { return };
+    let mut record = message_json(m, &state.ghl.location_id);
+    record["messageType"] = json!(m.channel);
+    push::ghl(state, event_type, GhlKind::Message, &record);
+}
+
+/// A message from the contact, as when they reply by SMS or email (control API): stored in
+/// their conversation (opened if need be, one unread more) and sent as `InboundMessage`.
+/// Returns the message id; None when there is no such contact.
+pub fn receive(state: &mut State, contact_id: &str, channel: &str, body: &str) -> Option<String> {
+    if !state.ghl.contacts.contains_key(contact_id) {
+        return None;
+    }
+    let conversation = open(state, contact_id);
+    let now = state.clock.now_ms();
+    let id = state.ids.ghl_id();
+    state.ghl.messages.push(Message {
+        id: id.clone(),
+        conversation_id: conversation.clone(),
+        contact_id: contact_id.to_owned(),
+        channel: channel.to_owned(),
+        body: body.to_owned(),
+        subject: None,
+        direction: "inbound".into(),
+        status: "delivered".into(),
+        added: now,
+        user_id: None,
+    });
+    if let Some(c) = state.ghl.conversations.iter_mut().find(|c| c.id == conversation) {
+        c.last_message_date = now;
+        c.updated = now;
+        c.unread += 1;
+    }
+    push_last_message(state, "InboundMessage");
+    Some(id)
+}
+
 /// The contact's conversation, opened if it has none. Returns its id.
 fn open(state: &mut State, contact: &str) -> String {
     if let Some(c) = state.ghl.conversations.iter().find(|c| c.contact_id == contact) {
@@ -138,6 +183,7 @@ fn send(state: &mut State, req: &ApiRequest) -> Reply {
         c.last_message_date = now;
         c.updated = now;
     }
+    push_last_message(state, "OutboundMessage");
     let mut body = json!({
         "conversationId": conversation, "messageId": id, "messageIds": [id], "msg": "Message queued successfully.",
     });

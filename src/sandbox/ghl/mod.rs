@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Map, Value, json};
 
 use super::clock::{Ms, iso_ms};
+use super::push::{self, GhlKind};
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
 use crate::catalog::Operation;
 
 pub use calendars::{inspect_json as appointment_json, location_zone};
-pub use conversations::message_json;
+pub use conversations::{message_json, receive as receive_message};
 
 /// A contact: its id, times, and the fields it was given (kept as sent, so everything the
 /// API accepts round-trips).
@@ -395,6 +396,7 @@ pub fn add_leads(state: &mut State, n: usize) -> Vec<String> {
             let id = contact.id.clone();
             state.ghl.match_index.note(&contact);
             state.ghl.contacts.insert(id.clone(), contact);
+            push::ghl_contact(state, "ContactCreate", &id);
             id
         })
         .collect()
@@ -423,6 +425,8 @@ fn existing_contact<'a>(state: &'a State, id: &str) -> Result<&'a Contact, Reply
 /// Deletes a contact with its notes and tasks; its id answers 404 from then on. False when
 /// there is no such contact.
 pub fn delete_contact(state: &mut State, id: &str) -> bool {
+    // The event carries the contact as it was, so it is built before the contact goes.
+    let before = push::ghl_contact_before(state, id);
     let ghl = &mut state.ghl;
     if ghl.contacts.remove(id).is_none() {
         return false;
@@ -430,6 +434,9 @@ pub fn delete_contact(state: &mut State, id: &str) -> bool {
     ghl.notes.retain(|n| n.contact_id != id);
     ghl.tasks.retain(|t| t.contact_id != id);
     ghl.gone.insert(id.to_owned(), Gone::Deleted);
+    if let Some(record) = before {
+        push::ghl(state, "ContactDelete", GhlKind::Contact, &record);
+    }
     true
 }
 
@@ -442,6 +449,7 @@ pub fn merge_contacts(state: &mut State, from: &str, into: &str) -> Result<(), S
         return Err("a contact cannot be merged into itself".into());
     }
     let now = state.clock.now_ms();
+    let (gone_before, into_before) = (push::ghl_contact_before(state, from), push::ghl_contact_before(state, into));
     let ghl = &mut state.ghl;
     if !ghl.contacts.contains_key(into) {
         return Err(format!("no contact {into} to merge into"));
@@ -468,6 +476,14 @@ pub fn merge_contacts(state: &mut State, from: &str, into: &str) -> Result<(), S
         t.contact_id = into.to_owned();
     }
     ghl.gone.insert(from.to_owned(), Gone::MergedInto(into.to_owned()));
+    // What GHL sends for a merge is not documented: the survivor's update and the
+    // merged-away contact's deletion are what a receiver mirroring contacts needs.
+    if let Some(before) = into_before {
+        push::ghl_contact_changed(state, into, &before);
+    }
+    if let Some(record) = gone_before {
+        push::ghl(state, "ContactDelete", GhlKind::Contact, &record);
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::super::clock::iso_ms;
+use super::super::push::{self, GhlKind};
 use super::super::state::State;
 use super::super::wire::{ApiRequest, Reply};
 use super::{GhlData, Opportunity, amount, existing_contact, page_size, query_string, sample};
@@ -24,6 +25,7 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
             let Some(o) = state.ghl.opportunities.iter_mut().find(|o| o.id == id) else {
                 return Reply::ghl_error(400, "Opportunity not found");
             };
+            let before = o.clone();
             if let Some(stage) = req.body_str("pipelineStageId") {
                 if !stages.iter().any(|s| s == stage) {
                     return Reply::ghl_error(400, "Pipeline stage not found");
@@ -55,19 +57,20 @@ pub fn handle(state: &mut State, op: &Operation, req: &ApiRequest) -> Reply {
                 o.custom_fields = fields.clone();
             }
             o.updated = now;
+            let o = o.clone();
+            changed(state, &before, &o);
             if op.key.name == "update_opportunity_status" {
                 Reply::ok(json!({"succeded": true}))
             } else {
-                let o = o.clone();
                 Reply::ok(json!({"opportunity": opportunity_json(&state.ghl, &o, false)}))
             }
         }
         "delete_opportunity" => {
-            let before = state.ghl.opportunities.len();
-            state.ghl.opportunities.retain(|o| o.id != id);
-            if state.ghl.opportunities.len() == before {
+            let Some(gone) = state.ghl.opportunities.iter().position(|o| o.id == id) else {
                 return Reply::ghl_error(400, "Opportunity not found");
-            }
+            };
+            let o = state.ghl.opportunities.remove(gone);
+            emit(state, "OpportunityDelete", &o);
             Reply::ok(json!({"succeded": true}))
         }
         _ => sample(op),
@@ -138,6 +141,7 @@ fn create(state: &mut State, req: &ApiRequest) -> Reply {
         lost_reason_id: None,
     };
     let body = json!({"opportunity": opportunity_json(&state.ghl, &o, false)});
+    emit(state, "OpportunityCreate", &o);
     state.ghl.opportunities.push(o);
     Reply::created(body)
 }
@@ -227,10 +231,38 @@ pub fn win(state: &mut State, n: usize) -> Vec<String> {
     let now = state.clock.now_ms();
     let mut won = Vec::new();
     for o in state.ghl.opportunities.iter_mut().filter(|o| o.status == "open").take(n) {
+        let before = o.clone();
         o.status = "won".to_owned();
         o.last_status_change = now;
         o.updated = now;
-        won.push(o.id.clone());
+        won.push((before, o.clone()));
     }
-    won
+    for (before, after) in &won {
+        changed(state, before, after);
+    }
+    won.into_iter().map(|(_, o)| o.id).collect()
+}
+
+/// Sends `event_type` for an opportunity.
+fn emit(state: &mut State, event_type: &str, o: &Opportunity) {
+    if push::ghl_on(state) {
+        let record = opportunity_json(&state.ghl, o, false);
+        push::ghl(state, event_type, GhlKind::Opportunity, &record);
+    }
+}
+
+/// The events of a changed opportunity: `OpportunityUpdate`, then one for each of the
+/// stage, status, owner and value that changed. Whether GHL sends `OpportunityUpdate`
+/// besides the specific ones is not documented; the sandbox sends both.
+fn changed(state: &mut State, before: &Opportunity, after: &Opportunity) {
+    let specific = [
+        ("OpportunityStageUpdate", before.stage_id != after.stage_id),
+        ("OpportunityStatusUpdate", before.status != after.status),
+        ("OpportunityAssignedToUpdate", before.assigned_to != after.assigned_to),
+        ("OpportunityMonetaryValueUpdate", before.monetary_value != after.monetary_value),
+    ];
+    emit(state, "OpportunityUpdate", after);
+    for (event_type, _) in specific.iter().filter(|(_, changed)| *changed) {
+        emit(state, event_type, after);
+    }
 }
