@@ -122,6 +122,10 @@ impl Engine {
     }
 
     async fn poll_traced(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
+        // An instant trigger with nothing to reconcile with: its items come only by hook.
+        if !recipe.trigger.polls {
+            return Ok(PollOutcome { recipe: recipe.id.clone(), ..Default::default() });
+        }
         self.forget_lookups(&recipe.id).await;
         let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
         let trigger = &recipe.trigger;
