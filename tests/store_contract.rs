@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ghlflow::store::{
-    PollCommit, RunId, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, StoreError, StoredTokens, TriggerState,
+    DeliveryCommit, HookSubscription, PollCommit, RunId, RunRecord, RunStatus, StateStore, StepRecord, StepStatus,
+    StoreError, StoredTokens, TriggerState,
 };
 use serde_json::json;
 
@@ -51,6 +52,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn run_ids_sort_by_creation() {
                 super::run_ids_sort_by_creation($make).await
+            }
+            #[tokio::test]
+            async fn a_record_runs_once_whether_it_comes_by_hook_or_by_poll() {
+                super::a_record_runs_once_whether_it_comes_by_hook_or_by_poll($make).await
+            }
+            #[tokio::test]
+            async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept() {
+                super::deliveries_are_remembered_until_pruned_and_subscriptions_kept($make).await
             }
         }
     };
@@ -386,4 +395,79 @@ async fn run_ids_sort_by_creation<S: StateStore>(store: S) {
         let err = bad.parse::<RunId>().unwrap_err().to_string();
         assert!(err.contains("is not a run id") && err.contains("runs list"), "{bad:?}: {err}");
     }
+}
+
+/// A run of item `item` (the contract's `run` uses one item for all).
+fn run_of(store: &impl StateStore, item: &str) -> RunRecord {
+    RunRecord::new(
+        store.next_run_id(),
+        "people",
+        RunStatus::Queued,
+        item,
+        json!({"id": item}),
+        "2026-11-30T10:00:00Z".into(),
+    )
+}
+
+async fn a_record_runs_once_whether_it_comes_by_hook_or_by_poll<S: StateStore>(store: S) {
+    // A delivery without a change time is marked at its own time.
+    let hooked = run_of(&store, "7");
+    let commit = DeliveryCommit {
+        delivery: Some("wh-1".into()),
+        runs: vec![(hooked.clone(), "7".into(), "u:2026-11-30T10:00:05Z".into())],
+    };
+    assert_eq!(store.commit_delivery("people", &commit).await.unwrap(), vec![hooked.id.clone()]);
+    assert!(store.delivery_seen("wh-1").await.unwrap());
+    assert!(!store.delivery_seen("wh-2").await.unwrap());
+    // The same record again (another delivery of the same change): no second run.
+    let again = DeliveryCommit {
+        delivery: None,
+        runs: vec![(run_of(&store, "7"), "7".into(), "u:2026-11-30T10:00:05Z".into())],
+    };
+    assert!(store.commit_delivery("people", &again).await.unwrap().is_empty());
+
+    // A poll that read the item before the delivery was recorded, with the change's own
+    // (earlier) time: its run is left out and returned, its mark does not move the
+    // delivery's back. A later change of another item goes through.
+    let polled = run_of(&store, "7");
+    let other = run_of(&store, "8");
+    let poll = PollCommit {
+        runs: vec![polled.clone(), other.clone()],
+        seen: vec![("7".into(), "u:2026-11-30T10:00:00Z".into()), ("8".into(), "u:2026-11-30T10:00:00Z".into())],
+        ..Default::default()
+    };
+    assert_eq!(store.commit_poll("people", &poll).await.unwrap(), vec![polled.id.clone()]);
+    assert!(store.run(&polled.id).await.unwrap().is_none());
+    assert!(store.run(&other.id).await.unwrap().is_some());
+    assert_eq!(store.seen_mark("people", "7").await.unwrap().as_deref(), Some("u:2026-11-30T10:00:05Z"));
+
+    // A later edit, by hook or by poll, runs.
+    let edited = run_of(&store, "7");
+    let later =
+        DeliveryCommit { delivery: None, runs: vec![(edited.clone(), "7".into(), "u:2026-11-30T11:00:00Z".into())] };
+    assert_eq!(store.commit_delivery("people", &later).await.unwrap(), vec![edited.id]);
+    assert_eq!(store.runs_page(Some("people"), Some(RunStatus::Queued), 10).await.unwrap().1, 3);
+}
+
+async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept<S: StateStore>(store: S) {
+    let commit = DeliveryCommit { delivery: Some("wh-9".into()), runs: vec![] };
+    store.commit_delivery("", &commit).await.unwrap();
+    assert!(store.delivery_seen("wh-9").await.unwrap());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(store.prune_deliveries(now - 60).await.unwrap(), 0, "a fresh delivery is kept");
+    assert_eq!(store.prune_deliveries(now + 60).await.unwrap(), 1);
+    assert!(!store.delivery_seen("wh-9").await.unwrap());
+
+    assert!(store.hook_subscriptions().await.unwrap().is_empty());
+    let subscription = HookSubscription {
+        connection: "capsule".into(),
+        event: "party/updated".into(),
+        token: "t0k3n".into(),
+        target_url: "https://hooks.example.com/hooks/capsule/t0k3n".into(),
+        hook_id: Some("42".into()),
+    };
+    store.save_hook_subscriptions(std::slice::from_ref(&subscription)).await.unwrap();
+    assert_eq!(store.hook_subscriptions().await.unwrap(), vec![subscription]);
+    store.save_hook_subscriptions(&[]).await.unwrap();
+    assert!(store.hook_subscriptions().await.unwrap().is_empty());
 }

@@ -217,7 +217,12 @@ impl Engine {
                 if !read_ids.insert(id.clone()) {
                     continue; // the same record twice in one read (it moved between pages)
                 }
-                if self.store.seen_mark(&recipe.id, &id).await?.is_some_and(|seen| mark_covers(&seen, &mark)) {
+                if self
+                    .store
+                    .seen_mark(&recipe.id, &id)
+                    .await?
+                    .is_some_and(|seen| crate::store::mark_covers(&seen, &mark))
+                {
                     reached_seen |= stop_at_seen && state.baselined;
                     continue;
                 }
@@ -372,7 +377,12 @@ impl Engine {
                 commit.state = Some(state.clone());
             }
             match self.store.commit_poll(&recipe.id, &commit).await {
-                Ok(()) => {}
+                // Runs an instant delivery recorded first are not run again.
+                Ok(covered) if !covered.is_empty() => {
+                    outcome.queued.retain(|id| !covered.contains(id));
+                    tracing::debug!(runs = covered.len(), "items an instant delivery recorded meanwhile");
+                }
+                Ok(_) => {}
                 // `trigger reset` arrived while the feed was read: the reset wins, and the
                 // next poll starts from where it put the trigger.
                 Err(crate::store::StoreError::TriggerMoved { .. }) => {
@@ -467,18 +477,6 @@ impl Engine {
     }
 }
 
-/// Whether an item's recorded mark `seen` covers `mark`: the same mark, or, for change times
-/// (`u:<time>`), a recorded time at or after it. An instant-trigger delivery that carries no
-/// change time is recorded at its delivery time, so the poll that later reads the same change
-/// (its change time earlier than the delivery) does not run it again; a later edit does.
-pub fn mark_covers(seen: &str, mark: &str) -> bool {
-    if seen == mark {
-        return true;
-    }
-    let time = |m: &str| m.strip_prefix("u:").and_then(|t| parse_date(&Value::String(t.to_owned())));
-    matches!((time(seen), time(mark)), (Some(seen), Some(mark)) if mark <= seen)
-}
-
 /// A trigger's rendered inputs, with its `since` filter set from `cursor` (less the overlap).
 fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, Value>, String> {
     let (trigger, op) = (&recipe.trigger, &recipe.trigger.operation);
@@ -530,22 +528,4 @@ pub fn content_hash(record: &Value) -> String {
     }
     let digest = Sha256::digest(canonical(record).to_string().as_bytes());
     hex::encode(&digest[..16])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mark_covers;
-
-    #[test]
-    fn a_mark_covers_itself_and_change_times_up_to_its_own() {
-        assert!(mark_covers("seen", "seen"));
-        assert!(mark_covers("u:2026-03-01T10:00:00Z", "u:2026-03-01T10:00:00Z"));
-        // A delivery recorded at 10:00:05 (its time, with an offset) covers the change at 10:00:00...
-        assert!(mark_covers("u:2026-03-01T11:00:05+01:00", "u:2026-03-01T10:00:00.000Z"));
-        // ...and not the next edit, nor an unreadable time, nor content hashes that differ.
-        assert!(!mark_covers("u:2026-03-01T10:00:05Z", "u:2026-03-01T10:07:00Z"));
-        assert!(!mark_covers("u:soon", "u:2026-03-01T10:00:00Z"));
-        assert!(!mark_covers("u:", "u:2026-03-01T10:00:00Z"));
-        assert!(!mark_covers("ab12", "cd34"));
-    }
 }

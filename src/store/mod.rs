@@ -426,6 +426,45 @@ pub struct PollCommit {
     pub left: Vec<String>,
 }
 
+/// One instant-trigger delivery's runs for one recipe, written at once (`commit_delivery`).
+#[derive(Debug, Default)]
+pub struct DeliveryCommit {
+    /// The delivery's own id (GHL's `webhookId`), remembered so a replay is refused.
+    pub delivery: Option<String>,
+    /// Each record's run, with its item id and seen mark. A run whose item is already marked
+    /// with a mark covering this one (`mark_covers`) is not recorded.
+    pub runs: Vec<(RunRecord, String, String)>,
+}
+
+/// A subscription ghlflow made for a recipe's instant trigger (a Capsule REST hook).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSubscription {
+    /// The connection it was made on.
+    pub connection: String,
+    /// The event (`party/updated`).
+    pub event: String,
+    /// The path token (`/hooks/capsule/<token>`).
+    pub token: String,
+    /// The address the API was given.
+    pub target_url: String,
+    /// The hook's id at the API, once it answered.
+    pub hook_id: Option<String>,
+}
+
+/// Whether an item's recorded mark `seen` covers `mark`: the same mark, or, for change times
+/// (`u:<time>`), a recorded time at or after it. An instant-trigger delivery that carries no
+/// change time is recorded at its delivery time, so the poll that later reads the same change
+/// (its change time earlier than the delivery) does not run it again; a later edit does.
+pub fn mark_covers(seen: &str, mark: &str) -> bool {
+    if seen == mark {
+        return true;
+    }
+    let time = |m: &str| {
+        m.strip_prefix("u:").and_then(|t| crate::template::parse_date(&serde_json::Value::String(t.to_owned())))
+    };
+    matches!((time(seen), time(mark)), (Some(seen), Some(mark)) if mark <= seen)
+}
+
 /// One stored record: tree (or table) name, key, value.
 pub type DumpedRecord = (String, Vec<u8>, Vec<u8>);
 
@@ -491,8 +530,23 @@ store_api! {
     /// Records a poll's outcome atomically: its new runs (header, item, index), seen marks,
     /// present set changes, spill slots consumed, and the trigger's new position. A crash
     /// leaves all of it or none. If the trigger's generation is no longer
-    /// `commit.generation`, nothing is written and `TriggerMoved` is returned.
-    fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> ();
+    /// `commit.generation`, nothing is written and `TriggerMoved` is returned. A run whose
+    /// item was marked since the poll read it (by an instant delivery), with a mark covering
+    /// the poll's, is left out: its id is returned.
+    fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Vec<RunId>;
+
+    /// Whether a delivery with this id (GHL's `webhookId`) was recorded.
+    fn delivery_seen(&self, id: &str) -> bool;
+    /// Records an instant delivery's runs for `recipe` atomically: each run not covered by
+    /// its item's seen mark, the marks, and the delivery's id. Returns the runs recorded.
+    fn commit_delivery(&self, recipe: &str, commit: &DeliveryCommit) -> Vec<RunId>;
+    /// Forgets delivery ids recorded before `before_unix` (their timestamps are refused as
+    /// stale by then anyway); returns how many.
+    fn prune_deliveries(&self, before_unix: u64) -> usize;
+    /// The subscriptions ghlflow made at the APIs (Capsule REST hooks).
+    fn hook_subscriptions(&self) -> Vec<HookSubscription>;
+    /// Replaces the remembered subscriptions; durable before it returns.
+    fn save_hook_subscriptions(&self, subscriptions: &[HookSubscription]) -> ();
 
     /// Keeps a new record of `recipe`'s poll until its run is recorded.
     fn spill_put(&self, recipe: &str, slot: u64, record: &serde_json::Value) -> ();
@@ -581,5 +635,23 @@ impl Store {
         match self {
             Store::Sled(s) => s.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::mark_covers;
+
+    #[test]
+    fn a_mark_covers_itself_and_change_times_up_to_its_own() {
+        assert!(mark_covers("seen", "seen"));
+        assert!(mark_covers("u:2026-03-01T10:00:00Z", "u:2026-03-01T10:00:00Z"));
+        // A delivery recorded at 10:00:05 (its time, with an offset) covers the change at 10:00:00...
+        assert!(mark_covers("u:2026-03-01T11:00:05+01:00", "u:2026-03-01T10:00:00.000Z"));
+        // ...and not the next edit, nor an unreadable time, nor content hashes that differ.
+        assert!(!mark_covers("u:2026-03-01T10:00:05Z", "u:2026-03-01T10:07:00Z"));
+        assert!(!mark_covers("u:soon", "u:2026-03-01T10:00:00Z"));
+        assert!(!mark_covers("u:", "u:2026-03-01T10:00:00Z"));
+        assert!(!mark_covers("ab12", "cd34"));
     }
 }

@@ -18,8 +18,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::{
-    DumpedRecord, PollCommit, RunHeader, RunId, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, StoreError,
-    StoredTokens, TriggerState,
+    DeliveryCommit, DumpedRecord, HookSubscription, PollCommit, RunHeader, RunId, RunRecord, RunStatus, StateStore,
+    StepRecord, StepStatus, StoreError, StoredTokens, TriggerState,
 };
 
 /// sled's page cache. Its default (1 GiB) lets a long history fill the process's memory;
@@ -44,6 +44,10 @@ pub struct SledStore {
     /// A poll's new records, between the page that brought them and their runs.
     spill: sled::Tree,
     leases: sled::Tree,
+    /// Delivery ids (GHL `webhookId`) and when each was recorded (Unix seconds, big-endian).
+    deliveries: sled::Tree,
+    /// ghlflow's own subscriptions at the APIs, one JSON list.
+    subscriptions: sled::Tree,
     sequence: Arc<AtomicU64>,
     flushes: Arc<FlushGate>,
 }
@@ -252,6 +256,8 @@ impl SledStore {
             present: db.open_tree("present")?,
             spill: db.open_tree("poll_spill")?,
             leases: db.open_tree("leases")?,
+            deliveries: db.open_tree("hook_deliveries")?,
+            subscriptions: db.open_tree("hook_subscriptions")?,
             sequence: Arc::new(AtomicU64::new(0)),
             flushes: Arc::default(),
             db,
@@ -434,9 +440,11 @@ impl StateStore for SledStore {
             .collect()
     }
 
-    async fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Result<(), StoreError> {
+    async fn commit_poll(&self, recipe: &str, commit: &PollCommit) -> Result<Vec<RunId>, StoreError> {
         let runs: Vec<EncodedRun> = commit.runs.iter().map(EncodedRun::of).collect::<Result<_, _>>()?;
         let state = commit.state.as_ref().map(|s| to_bytes(recipe, s)).transpose()?;
+        let marks: std::collections::HashMap<&str, &str> =
+            commit.seen.iter().map(|(item, mark)| (item.as_str(), mark.as_str())).collect();
         (&self.journal, &self.items, &self.steps, &self.seen, &self.triggers, &self.present, &self.spill)
             .transaction(|(journal, items, steps, seen_t, triggers_t, present_t, spill_t)| {
                 let stored = triggers_t.get(recipe.as_bytes())?;
@@ -448,11 +456,28 @@ impl StateStore for SledStore {
                 for slot in &commit.spilled {
                     spill_t.remove(spill_key(recipe, *slot))?;
                 }
-                for run in &runs {
+                let mut covered = Vec::new();
+                for (run, record) in runs.iter().zip(&commit.runs) {
+                    let item = record.item_id.as_deref().unwrap_or_default();
+                    // Marked since the poll read it: an instant delivery ran it first.
+                    if let Some(mark) = marks.get(item)
+                        && let Some(prior) = seen_t.get(seen_key(recipe, item))?
+                        && super::mark_covers(&String::from_utf8_lossy(&prior), mark)
+                    {
+                        covered.push(record.id.clone());
+                        continue;
+                    }
                     write_new_run(journal, items, steps, run)?;
                 }
                 for (item, mark) in &commit.seen {
-                    seen_t.insert(seen_key(recipe, item), mark.as_bytes())?;
+                    let key = seen_key(recipe, item);
+                    // Never moves a mark back (a delivery's may be newer than the poll's read).
+                    if let Some(prior) = seen_t.get(&key)?
+                        && super::mark_covers(&String::from_utf8_lossy(&prior), mark)
+                    {
+                        continue;
+                    }
+                    seen_t.insert(key, mark.as_bytes())?;
                 }
                 for item in &commit.joined {
                     present_t.insert(seen_key(recipe, item), &[])?;
@@ -463,9 +488,62 @@ impl StateStore for SledStore {
                 if let Some(state) = &state {
                     triggers_t.insert(recipe.as_bytes(), state.as_slice())?;
                 }
-                Ok(())
+                Ok(covered)
             })
             .map_err(|e| tx_error(e, recipe))
+    }
+
+    // --- instant deliveries -------------------------------------------------------------
+
+    async fn delivery_seen(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.deliveries.contains_key(id.as_bytes())?)
+    }
+
+    async fn commit_delivery(&self, recipe: &str, commit: &DeliveryCommit) -> Result<Vec<RunId>, StoreError> {
+        let runs: Vec<EncodedRun> = commit.runs.iter().map(|(r, _, _)| EncodedRun::of(r)).collect::<Result<_, _>>()?;
+        let now = crate::http::auth::unix_now().to_be_bytes();
+        (&self.journal, &self.items, &self.steps, &self.seen, &self.deliveries)
+            .transaction(|(journal, items, steps, seen_t, deliveries)| {
+                let mut recorded = Vec::new();
+                for (run, (record, item, mark)) in runs.iter().zip(&commit.runs) {
+                    let key = seen_key(recipe, item);
+                    if let Some(prior) = seen_t.get(&key)?
+                        && super::mark_covers(&String::from_utf8_lossy(&prior), mark)
+                    {
+                        continue; // ran already, by a poll or an earlier delivery
+                    }
+                    write_new_run(journal, items, steps, run)?;
+                    seen_t.insert(key, mark.as_bytes())?;
+                    recorded.push(record.id.clone());
+                }
+                if let Some(id) = &commit.delivery {
+                    deliveries.insert(id.as_bytes(), &now)?;
+                }
+                Ok(recorded)
+            })
+            .map_err(|e| tx_error(e, recipe))
+    }
+
+    async fn prune_deliveries(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.deliveries.iter() {
+            let (key, at) = entry?;
+            let at = <[u8; 8]>::try_from(at.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            if at < before_unix {
+                self.deliveries.remove(key)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn hook_subscriptions(&self) -> Result<Vec<HookSubscription>, StoreError> {
+        Ok(get_json(&self.subscriptions, "all")?.unwrap_or_default())
+    }
+
+    async fn save_hook_subscriptions(&self, subscriptions: &[HookSubscription]) -> Result<(), StoreError> {
+        put_json(&self.subscriptions, "all", &subscriptions)?;
+        self.flush_async().await
     }
 
     // --- the poll spill ---------------------------------------------------------------
