@@ -10,6 +10,7 @@ mod cli_first_hour;
 mod cli_ops;
 mod engine;
 mod fuzz;
+mod hooks;
 mod hostile;
 mod http_layer;
 mod kill_nine;

@@ -9,6 +9,7 @@
 mod execute;
 mod guard;
 pub mod health;
+pub mod intake;
 mod lookups;
 mod plan;
 mod poll;

@@ -498,14 +498,14 @@ fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, V
     Ok(inputs)
 }
 
-fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
+pub(super) fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
     RunRecord {
         steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
         ..RunRecord::new(engine.store.next_run_id(), &recipe.id, status, &item_id, item, now_iso())
     }
 }
 
-fn scalar(v: &Value) -> String {
+pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

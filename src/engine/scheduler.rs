@@ -25,6 +25,9 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 /// The scheduler's loop turns at least this often, so `/readyz` can tell it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long a GHL delivery id is remembered: twice the window in which a delivery's
+/// timestamp is accepted, so a replay is refused as stale or as seen, never run.
+const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(4 * 5 * 60);
 /// Polls in flight at once.
 const MAX_CONCURRENT_POLLS: usize = 256;
 
@@ -284,6 +287,15 @@ fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "automatic replay failed to start");
             }
+        }
+        String::new()
+    });
+    // Delivery ids outlive the window in which their timestamps are accepted, and no more.
+    let deliveries = Arc::clone(engine);
+    tasks.spawn(async move {
+        let before = now.saturating_sub(DELIVERY_IDS_KEPT.as_secs());
+        if let Err(e) = deliveries.store.prune_deliveries(before).await {
+            tracing::warn!(error = %e, "could not prune old delivery ids");
         }
         String::new()
     });

@@ -9,6 +9,8 @@
 //! token. Every response carries headers that keep browsers from sniffing, framing or
 //! caching it.
 
+mod hooks;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -54,6 +56,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/hooks/ghl", axum::routing::post(hooks::ghl))
+        .route("/hooks/capsule/{token}", axum::routing::post(hooks::capsule))
         .merge(
             Router::new()
                 .route("/metrics", get(metrics))
