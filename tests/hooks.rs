@@ -201,3 +201,123 @@ async fn a_capsule_hook_runs_its_party_once_and_unknown_paths_are_refused() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Succeeded, "{:?}", runs[0]);
 }
+
+/// `ghlflow run` in `dir`, its output dropped.
+fn start_run(dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ghlflow"))
+        .arg("run")
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the ghlflow binary starts")
+}
+
+async fn wait_for_listener(port: u16) {
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the listener did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_during_a_burst_of_1000_events_runs_each_exactly_once() {
+    use rand::{Rng as _, SeedableRng as _};
+    const EVENTS: usize = 1000;
+    let seed: u64 = std::env::var("GHLFLOW_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    });
+    println!("kill -9 seed {seed} (GHLFLOW_KILL_SEED={seed} replays these kill points)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    // The sender tries again quickly while ghlflow is down (real senders back off longer).
+    let faults = ghlflow::sandbox::DeliveryFaults {
+        max_attempts: 12,
+        retry_base: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let sandbox = ghlflow::sandbox::start(SandboxOptions {
+        people: 2,
+        no_limits: true,
+        ghl_signing_key: Some(KEY),
+        delivery_faults: faults,
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ghlflow.yaml"), format!("{}listen: 127.0.0.1:{port}\n", sandbox.config_yaml()))
+        .unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    std::fs::write(dir.path().join("recipes/tag-new-contacts.yaml"), TAG_NEW_CONTACTS.replace("  start: backfill", ""))
+        .unwrap();
+    sandbox.set_ghl_webhook_url(Some(&format!("http://127.0.0.1:{port}/hooks/ghl"))).unwrap();
+
+    let mut child = start_run(dir.path());
+    wait_for_listener(port).await;
+    let mut created = Vec::new();
+    let mut kills = 0;
+    while created.len() < EVENTS {
+        created.extend(sandbox.ghl_add_contacts(100));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
+        child.kill().unwrap(); // SIGKILL, mid-burst
+        child.wait().unwrap();
+        kills += 1;
+        child = start_run(dir.path());
+        wait_for_listener(port).await;
+    }
+
+    // Every delivery answered 2xx in the end, and every run finished.
+    let mut delivered = false;
+    for _ in 0..600 {
+        let log = sandbox.deliveries();
+        let accepted: std::collections::HashSet<&str> = log
+            .iter()
+            .filter(|d| d.event == "ContactCreate" && d.status.is_some_and(|s| (200..300).contains(&s)))
+            .map(|d| d.id.as_str())
+            .collect();
+        if accepted.len() >= EVENTS {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered, "not every event was acknowledged");
+    let tagged = |sandbox: &ghlflow::sandbox::Sandbox| {
+        let ids: std::collections::HashSet<String> = created.iter().cloned().collect();
+        sandbox
+            .ghl_contacts()
+            .into_iter()
+            .filter(|c| c["id"].as_str().is_some_and(|id| ids.contains(id)))
+            .filter(|c| c["tags"].as_array().is_some_and(|t| t.contains(&json!("instant"))))
+            .count()
+    };
+    for _ in 0..600 {
+        if tagged(&sandbox) == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(tagged(&sandbox), EVENTS, "every new contact was tagged");
+
+    let out = crate::util::ghlflow(dir.path(), &["runs", "list", "--json", "--limit", "100000"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut per_contact = std::collections::HashMap::<String, usize>::new();
+    for run in &runs {
+        *per_contact.entry(run["trigger_item_id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    for id in &created {
+        assert_eq!(per_contact.get(id).copied(), Some(1), "contact {id}: {:?} runs", per_contact.get(id));
+    }
+    assert_eq!(runs.len(), EVENTS, "no run of anything else");
+    println!("{kills} kills, {} deliveries attempted", sandbox.deliveries().len());
+}
