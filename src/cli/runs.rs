@@ -231,7 +231,7 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
                 Some(Some(s)) => Some(s),
                 None => None,
             };
-            match engine.store.runs_page(recipe.as_deref(), status, limit).await {
+            match engine.history(recipe.as_deref(), status, limit).await {
                 Ok((runs, total)) => {
                     let mut reply = if json {
                         let rows: Vec<Value> = runs.iter().map(list_row).collect();
@@ -293,7 +293,7 @@ fn parse_run_id(text: &str) -> Result<RunId, Reply> {
 }
 
 async fn show(engine: &Engine, id: &RunId, json: bool) -> Reply {
-    match engine.store.run(id).await {
+    match engine.run(id).await {
         Ok(Some(r)) if json => Reply::ok(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"),
         Ok(Some(r)) => Reply::ok(render_run(&r)),
         Ok(None) => Reply::invalid(format!("no run `{id}`; `ghlflow runs list` shows recent runs")),
