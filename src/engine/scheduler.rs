@@ -154,8 +154,15 @@ pub async fn run(
                 if let Some(dir) = &recipes_dir {
                     let now_files = snapshot(dir);
                     if now_files != watched {
+                        let listened = super::subscriptions::needed_events(&engine);
                         apply_changes(&engine, dir, &watched, &now_files, &mut due, &mut due_of);
                         watched = now_files;
+                        // The Capsule events the recipes listen for changed: subscribe and
+                        // unsubscribe REST hooks to match, without holding up the polls.
+                        if super::subscriptions::needed_events(&engine) != listened {
+                            let engine = Arc::clone(&engine);
+                            tokio::spawn(async move { super::subscriptions::reconcile_and_log(&engine).await });
+                        }
                     }
                 }
             }
