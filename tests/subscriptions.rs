@@ -243,3 +243,160 @@ async fn a_config_without_instant_capsule_recipes_asks_capsule_nothing() {
     assert!(report.connections.is_empty(), "{report:?}");
     assert_eq!(sandbox.request_count(), before, "a request was sent");
 }
+
+// ---------------------------------------------------------------------------------------
+// `ghlflow hooks`
+
+const GHL_WELCOME: &str = "\
+name: A task for each new GHL contact
+trigger:
+  operation: ghl.contacts.on_contact_create
+  connection: ghl
+steps:
+  - id: task
+    operation: ghl.contacts.create_contact_task
+    connection: ghl
+    input:
+      contactId: \"{{trigger.id}}\"
+      title: Call them
+      dueDate: \"{{trigger.dateAdded}}\"
+      completed: false
+";
+
+/// Runs the binary off the async threads (the sandbox serves on them meanwhile).
+async fn ghlflow(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (dir, args) = (dir.to_owned(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::util::ghlflow(&dir, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_prints_what_to_set_in_the_ghl_app_and_the_capsule_hooks_ghlflow_manages() {
+    let sandbox = sandbox().await;
+    let note =
+        std::fs::read_to_string(crate::util::root().join("tests/fixtures/recipes/valid/instant_without_poll.yaml"))
+            .unwrap();
+    let dir = folder(
+        &sandbox,
+        "public_url: https://hooks.example.com\n",
+        &[("people", PEOPLE), ("tasks", TASKS), ("welcome", GHL_WELCOME), ("notes", &note)],
+    );
+    // What `ghlflow run` subscribed at its start; then the tasks recipe went.
+    {
+        let engine = start(dir.path());
+        subscriptions::reconcile(&engine).await.unwrap();
+    }
+    std::fs::remove_file(dir.path().join("recipes/tasks.yaml")).unwrap();
+    let tokens: Vec<String> = sandbox
+        .capsule_rest_hooks()
+        .iter()
+        .map(|h| h["targetUrl"].as_str().unwrap().rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 3);
+
+    let out = ghlflow(dir.path(), &["hooks"]).await;
+    let text = crate::util::stdout(&out);
+    assert!(out.status.success(), "{text}{}", crate::util::stderr(&out));
+    for expected in [
+        "Listener: https://hooks.example.com",
+        "GHL connection `ghl` (location ",
+        "webhook URL  https://hooks.example.com/hooks/ghl",
+        "events       ContactCreate, NoteCreate",
+        "scopes       contacts.readonly",
+        "ContactCreate        recipe welcome",
+        "NoteCreate           recipe notes",
+        "Capsule connection `capsule`",
+        "at most 20 per account",
+        "party/updated        recipe people",
+        "no recipe needs it; `ghlflow run` removes it at start",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let people = party_hook(&sandbox);
+    assert!(
+        text.contains(&format!("subscribed: hook {people} → https://hooks.example.com/hooks/capsule/<token>")),
+        "{text}"
+    );
+    // The hooks of the recipe that went are listed as to be removed, by event.
+    assert!(text.contains("task/created") && text.contains("task/completed"), "{text}");
+    for token in &tokens {
+        assert!(!text.contains(token.as_str()), "a path token was printed:\n{text}");
+    }
+    assert!(!text.contains("Checks:"), "{text}");
+}
+
+/// The sandbox's id of the `party/updated` hook.
+fn party_hook(sandbox: &Sandbox) -> String {
+    let hooks = sandbox.capsule_rest_hooks();
+    let hook = hooks.iter().find(|h| h["event"] == "party/updated").expect("a party/updated hook");
+    hook["id"].to_string()
+}
+
+/// Answers `/healthz` as ghlflow's listener does (and nothing else).
+async fn fake_listener() -> String {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_check_finds_the_listener_and_the_live_hooks_and_says_what_is_missing() {
+    let sandbox = sandbox().await;
+    let listener = fake_listener().await;
+    let dir = folder(&sandbox, &format!("public_url: {listener}\n"), &[("people", PEOPLE)]);
+    {
+        let engine = start(dir.path());
+        subscriptions::reconcile(&engine).await.unwrap();
+    }
+    let out = ghlflow(dir.path(), &["hooks", "--check"]).await;
+    let text = crate::util::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", crate::util::stderr(&out));
+    assert!(text.contains(&format!("ok       the listener answers at {listener}/healthz")), "{text}");
+    let hook = party_hook(&sandbox);
+    assert!(
+        text.contains(&format!("ok       capsule `capsule`: `party/updated` is subscribed live (hook {hook})")),
+        "{text}"
+    );
+    assert!(text.contains("no problem found"), "{text}");
+
+    // Someone removes the hook in Capsule: the check says so, and exits 1.
+    let status = reqwest::Client::new()
+        .delete(format!("{}/resthooks/{hook}", sandbox.capsule_base_url()))
+        .bearer_auth("sandbox-capsule-token")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    let out = ghlflow(dir.path(), &["hooks", "--check"]).await;
+    let text = crate::util::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("PROBLEM  capsule `capsule`: no live REST hook delivers `party/updated`"), "{text}");
+    assert!(text.contains("1 problem found"), "{text}");
+
+    // Nothing at the public URL: a problem naming it.
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    );
+    let dir = folder(&sandbox, &format!("public_url: {dead}\n"), &[]);
+    let out = ghlflow(dir.path(), &["hooks", "--check"]).await;
+    let text = crate::util::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("PROBLEM  nothing answers at {dead}/healthz")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_with_a_broken_recipe_is_bad_input() {
+    let sandbox = sandbox().await;
+    let dir = folder(&sandbox, "", &[("broken", "name: x\ntrigger: {}\n")]);
+    let out = ghlflow(dir.path(), &["hooks"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", crate::util::stderr(&out));
+    assert!(crate::util::stderr(&out).contains("broken.yaml"), "{}", crate::util::stderr(&out));
+}
