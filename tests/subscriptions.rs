@@ -400,3 +400,44 @@ async fn hooks_with_a_broken_recipe_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", crate::util::stderr(&out));
     assert!(crate::util::stderr(&out).contains("broken.yaml"), "{}", crate::util::stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_engine_subscribes_when_a_recipe_arrives_and_unsubscribes_when_it_goes() {
+    let sandbox = sandbox().await;
+    let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[]);
+    let engine = start(dir.path());
+    let scheduler = tokio::spawn(ghlflow::engine::scheduler::run(
+        Arc::clone(&engine),
+        Some(dir.path().join("recipes")),
+        Arc::new(ghlflow::engine::scheduler::Lateness::default()),
+        std::future::pending(),
+    ));
+    let wait_for = |n: usize| {
+        let sandbox = &sandbox;
+        async move {
+            for _ in 0..100 {
+                if sandbox.capsule_rest_hooks().len() == n {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    // The scheduler has read the folder once it beats (a file written before that would be
+    // what it started with, which `ghlflow run` subscribes for before starting it).
+    for _ in 0..100 {
+        if engine.readiness().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine.readiness(), Vec::<String>::new());
+    std::fs::write(dir.path().join("recipes/people.yaml"), PEOPLE).unwrap();
+    assert!(wait_for(1).await, "no hook after the recipe arrived: {:?}", live(&sandbox));
+    assert_eq!(live(&sandbox)[0].0, "party/updated");
+    std::fs::remove_file(dir.path().join("recipes/people.yaml")).unwrap();
+    assert!(wait_for(0).await, "the hook stayed after the recipe went: {:?}", live(&sandbox));
+    engine.stop();
+    tokio::time::timeout(std::time::Duration::from_secs(40), scheduler).await.unwrap().unwrap();
+}
