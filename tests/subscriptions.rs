@@ -336,11 +336,15 @@ fn party_hook(sandbox: &Sandbox) -> String {
     hook["id"].to_string()
 }
 
-/// Answers `/healthz` as ghlflow's listener does (and nothing else).
+/// Answers `/healthz`, and refuses an unsigned delivery to `/hooks/ghl`, as ghlflow's listener
+/// does.
 async fn fake_listener() -> String {
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", socket.local_addr().unwrap());
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
+        "/hooks/ghl",
+        axum::routing::post(|| async { (axum::http::StatusCode::UNAUTHORIZED, "no signature\n") }),
+    );
     tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
     url
 }
@@ -349,7 +353,7 @@ async fn fake_listener() -> String {
 async fn hooks_check_finds_the_listener_and_the_live_hooks_and_says_what_is_missing() {
     let sandbox = sandbox().await;
     let listener = fake_listener().await;
-    let dir = folder(&sandbox, &format!("public_url: {listener}\n"), &[("people", PEOPLE)]);
+    let dir = folder(&sandbox, &format!("public_url: {listener}\n"), &[("people", PEOPLE), ("welcome", GHL_WELCOME)]);
     {
         let engine = start(dir.path());
         subscriptions::reconcile(&engine).await.unwrap();
@@ -363,6 +367,8 @@ async fn hooks_check_finds_the_listener_and_the_live_hooks_and_says_what_is_miss
         text.contains(&format!("ok       capsule `capsule`: `party/updated` is subscribed live (hook {hook})")),
         "{text}"
     );
+    assert!(text.contains(&format!("ok       {listener}/hooks/ghl refuses an unsigned delivery (401)")), "{text}");
+    assert!(text.contains("note     ghl `ghl`: a delivery GHL would sign cannot be made from here"), "{text}");
     assert!(text.contains("no problem found"), "{text}");
 
     // Someone removes the hook in Capsule: the check says so, and exits 1.

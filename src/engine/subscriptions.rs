@@ -155,11 +155,6 @@ fn hook_ops() -> Result<&'static HookOps, SubscriptionError> {
     HOOK_OPS.as_ref().map_err(|e| SubscriptionError::Internal(e.clone()))
 }
 
-/// The public URL with no trailing slash.
-fn public_base(engine: &Engine) -> String {
-    engine.config.listener.public_url.as_str().trim_end_matches('/').to_owned()
-}
-
 /// Where Capsule delivers a subscription's events.
 pub fn target_url(public_url: &url::Url, token: &str) -> String {
     format!("{}{CAPSULE_HOOK_PATH}{token}", public_url.as_str().trim_end_matches('/'))
@@ -293,7 +288,7 @@ async fn reconcile_connection(
     let ops = hook_ops()?;
     let name = connection.name.clone();
     let live = list_hooks_with(engine, connection, ops).await?;
-    let prefix = format!("{}{CAPSULE_HOOK_PATH}", public_base(engine));
+    let prefix = target_prefix(&engine.config.listener.public_url);
     let mine: Vec<HookSubscription> = all.iter().filter(|s| s.connection == name).cloned().collect();
     let remembered_ids: BTreeSet<&str> = mine.iter().filter_map(|s| s.hook_id.as_deref()).collect();
     // Ours: remembered, or subscribed to our listener's Capsule path.
