@@ -336,15 +336,26 @@ fn party_hook(sandbox: &Sandbox) -> String {
     hook["id"].to_string()
 }
 
-/// Answers `/healthz`, and refuses an unsigned delivery to `/hooks/ghl`, as ghlflow's listener
-/// does.
+/// Answers `/healthz`, accepts a Capsule delivery with no records, and refuses an unsigned
+/// delivery to `/hooks/ghl`, as ghlflow's listener does.
 async fn fake_listener() -> String {
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", socket.local_addr().unwrap());
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
-        "/hooks/ghl",
-        axum::routing::post(|| async { (axum::http::StatusCode::UNAUTHORIZED, "no signature\n") }),
-    );
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/hooks/ghl", axum::routing::post(|| async { (axum::http::StatusCode::UNAUTHORIZED, "no signature\n") }))
+        .route(
+            "/hooks/capsule/{token}",
+            axum::routing::post(|body: axum::body::Bytes| async move {
+                // What the check sends: the event, and no record to run.
+                let value: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if value == json!({"event": "party/updated", "payload": []}) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::BAD_REQUEST
+                }
+            }),
+        );
     tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
     url
 }
@@ -365,6 +376,12 @@ async fn hooks_check_finds_the_listener_and_the_live_hooks_and_says_what_is_miss
     let hook = party_hook(&sandbox);
     assert!(
         text.contains(&format!("ok       capsule `capsule`: `party/updated` is subscribed live (hook {hook})")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "ok       capsule `capsule`: a test delivery of `party/updated` with no records reached {listener}/hooks/capsule/<token> and was accepted"
+        )),
         "{text}"
     );
     assert!(text.contains(&format!("ok       {listener}/hooks/ghl refuses an unsigned delivery (401)")), "{text}");

@@ -2,8 +2,9 @@
 //! it is in place. For each GHL connection: the webhook URL, events and scopes to set in the
 //! GHL app's settings (GHL has no API for them). For each Capsule connection: the REST hooks
 //! `ghlflow run` subscribes and remembers. `--check` asks the listener at the public URL for
-//! `/healthz`, lists the Capsule hooks live, and sends `/hooks/ghl` an unsigned delivery, which
-//! must be refused (a delivery GHL would accept can only be signed by GHL).
+//! `/healthz`, lists the Capsule hooks live, sends each remembered Capsule hook's path a delivery
+//! with no records (which must be accepted, and runs nothing), and sends `/hooks/ghl` an
+//! unsigned delivery, which must be refused (one GHL would accept only GHL can sign).
 //!
 //! It runs as a request against an engine (`runs::dispatch`): here when no `ghlflow run` holds
 //! the state store, or inside that process over its control socket, whose OAuth tokens and
@@ -316,6 +317,11 @@ async fn check_ghl_route(public: &str, connection: &Connection, checks: &mut Che
     ));
 }
 
+/// `text` with the configuration's secrets removed.
+fn config_redacted(engine: &Engine, text: &str) -> String {
+    engine.config.redactor.redact(text)
+}
+
 async fn check_capsule(
     engine: &Engine,
     connection: &Connection,
@@ -347,6 +353,33 @@ async fn check_capsule(
                 "capsule `{name}`: {} live hooks deliver `{event}` (each event would run twice); `ghlflow run` removes \
                  the extra ones at start",
                 many.len()
+            )),
+        }
+    }
+    // A delivery with no records to each remembered hook's own path: it crosses whatever is in
+    // front of the listener and must find the token known there; nothing runs.
+    let remembered = engine.store.hook_subscriptions().await.unwrap_or_default();
+    for sub in remembered.iter().filter(|s| &s.connection == name && events.contains_key(&s.event)) {
+        if !sub.target_url.starts_with(&prefix) {
+            continue;
+        }
+        let Some(client) = client() else { return };
+        let shown = hide_token(&sub.target_url);
+        let body = serde_json::json!({"event": sub.event, "payload": []});
+        match client.post(&sub.target_url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => checks.ok(format!(
+                "capsule `{name}`: a test delivery of `{}` with no records reached {shown} and was accepted",
+                sub.event
+            )),
+            Ok(r) => checks.problem(format!(
+                "capsule `{name}`: a test delivery of `{}` to {shown} was answered {}: is `ghlflow run` running on \
+                 this state folder behind that address?",
+                sub.event,
+                r.status()
+            )),
+            Err(e) => checks.problem(format!(
+                "capsule `{name}`: nothing answers at {shown} ({})",
+                config_redacted(engine, &crate::http::auth::without_url(&e))
             )),
         }
     }
