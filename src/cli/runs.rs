@@ -126,33 +126,13 @@ Examples:
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum RunsRequest {
-    List {
-        recipe: Option<String>,
-        status: Option<String>,
-        limit: usize,
-        json: bool,
-    },
-    Show {
-        run: String,
-        json: bool,
-    },
-    Replay {
-        run: String,
-    },
-    Release {
-        recipe: String,
-    },
-    Discard {
-        recipe: String,
-    },
-    TriggerReset {
-        recipe: String,
-        to: Option<String>,
-    },
-    /// `ghlflow hooks [--check]`.
-    Hooks {
-        check: bool,
-    },
+    List { recipe: Option<String>, status: Option<String>, limit: usize, json: bool },
+    Show { run: String, json: bool },
+    Replay { run: String },
+    Release { recipe: String },
+    Discard { recipe: String },
+    TriggerReset { recipe: String, to: Option<String> },
+    Hooks { check: bool },
 }
 
 /// What a command printed, and its exit code.

@@ -291,8 +291,13 @@ async fn reconcile_connection(
     let prefix = target_prefix(&engine.config.listener.public_url);
     let mine: Vec<HookSubscription> = all.iter().filter(|s| s.connection == name).cloned().collect();
     let remembered_ids: BTreeSet<&str> = mine.iter().filter_map(|s| s.hook_id.as_deref()).collect();
-    // Ours: remembered, or subscribed to our listener's Capsule path.
-    let ours = |h: &LiveHook| remembered_ids.contains(h.id.as_str()) || h.target_url.starts_with(&prefix);
+    // Another connection to the same account sees the same hooks: those it remembers are its own.
+    let theirs: BTreeSet<String> =
+        all.iter().filter(|s| s.connection != name).filter_map(|s| s.hook_id.clone()).collect();
+    // Ours: remembered, or subscribed to our listener's Capsule path and no other connection's.
+    let ours = |h: &LiveHook| {
+        remembered_ids.contains(h.id.as_str()) || (h.target_url.starts_with(&prefix) && !theirs.contains(&h.id))
+    };
 
     // Keep, per needed event, one live hook of ours pointing at our listener: the remembered
     // one first, else one the store forgot (its token is the last path segment).
@@ -311,6 +316,7 @@ async fn reconcile_connection(
         }
         let adopted = live.iter().find(|h| {
             &h.event == event
+                && ours(h)
                 && h.target_url.strip_prefix(&prefix).is_some_and(|t| !t.is_empty() && !t.contains(['/', '?', '#']))
                 && !keep.iter().any(|k| k.hook_id.as_deref() == Some(h.id.as_str()))
         });
