@@ -132,6 +132,7 @@ pub enum RunsRequest {
     Release { recipe: String },
     Discard { recipe: String },
     TriggerReset { recipe: String, to: Option<String> },
+    Hooks { check: bool },
 }
 
 /// What a command printed, and its exit code.
@@ -175,7 +176,7 @@ pub async fn trigger(args: TriggerArgs, operations: Option<&Path>) -> CliResult 
 }
 
 /// Handles `req` here, or in the running engine when it holds the store.
-async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
+pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
     let catalog = Arc::new(load_catalog(operations)?);
     let config = Arc::new(load_config(config_path, &catalog)?);
     let reply = match Store::open(&config.state_dir) {
@@ -284,6 +285,7 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
             Err(e) => Reply::failed(e.to_string()),
         },
         RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()).await,
+        RunsRequest::Hooks { check } => super::hooks::handle(engine, check).await,
     }
 }
 

@@ -16,6 +16,7 @@ mod plan;
 mod poll;
 mod render;
 pub mod scheduler;
+pub mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
