@@ -100,7 +100,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
             assert!(target.starts_with(&format!("{PUBLIC_URL}/hooks/capsule/")), "{target}");
         }
         // The store remembers each, with the token of its path and the id Capsule gave.
-        let remembered = engine.store.hook_subscriptions().await.unwrap();
+        let remembered = engine.store().hook_subscriptions().await.unwrap();
         assert_eq!(remembered.len(), 3, "{remembered:?}");
         for s in &remembered {
             assert_eq!(s.target_url, format!("{PUBLIC_URL}/hooks/capsule/{}", s.token));
@@ -131,7 +131,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
     assert_eq!(hooks.len(), 1);
     assert_eq!(hooks[0].0, "party/updated");
     assert_eq!(&hooks[0], &first.unwrap()[0], "the people hook is the same one");
-    assert_eq!(engine.store.hook_subscriptions().await.unwrap().len(), 1);
+    assert_eq!(engine.store().hook_subscriptions().await.unwrap().len(), 1);
     drop(engine);
 
     // No recipe listens any more: the last hook goes and nothing is remembered.
@@ -139,7 +139,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
     let engine = start(dir.path());
     subscriptions::reconcile(&engine).await.unwrap();
     assert!(live(&sandbox).is_empty(), "{:?}", live(&sandbox));
-    assert!(engine.store.hook_subscriptions().await.unwrap().is_empty());
+    assert!(engine.store().hook_subscriptions().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +153,7 @@ async fn a_hook_the_store_forgot_is_taken_back_and_a_duplicate_removed() {
     assert_eq!(before.len(), 1);
     // A crash between subscribing and saving: the store knows nothing; and a second hook to
     // our listener for the same event (a lost answer that was sent again).
-    engine.store.save_hook_subscriptions(&[]).await.unwrap();
+    engine.store().save_hook_subscriptions(&[]).await.unwrap();
     subscribe(&sandbox, "party/updated", &format!("{PUBLIC_URL}/hooks/capsule/another-token")).await;
     // Somebody else's hook is none of ghlflow's business.
     subscribe(&sandbox, "party/updated", "https://example.com/elsewhere").await;
@@ -165,7 +165,7 @@ async fn a_hook_the_store_forgot_is_taken_back_and_a_duplicate_removed() {
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.contains(&before[0]), "the first hook is kept: {after:?}");
     assert!(after.iter().any(|h| h.1 == "https://example.com/elsewhere"), "{after:?}");
-    let remembered = engine.store.hook_subscriptions().await.unwrap();
+    let remembered = engine.store().hook_subscriptions().await.unwrap();
     assert_eq!(remembered.len(), 1);
     assert_eq!(remembered[0].target_url, before[0].1);
 }
@@ -202,7 +202,7 @@ async fn a_21st_hook_is_refused_with_the_limit_and_what_to_remove() {
     assert!(message.contains("https://other.example.com/hook/3"), "what to remove is named: {message}");
     // Nothing half-done: no hook of ours, nothing remembered.
     assert_eq!(live(&sandbox).len(), 19);
-    assert!(engine.store.hook_subscriptions().await.unwrap().is_empty());
+    assert!(engine.store().hook_subscriptions().await.unwrap().is_empty());
 
     // The sandbox refuses a 21st on its own too, as Capsule does (422).
     subscribe(&sandbox, "party/created", "https://other.example.com/hook/19").await;
@@ -230,7 +230,7 @@ async fn a_loopback_public_url_with_the_real_capsule_subscribes_nothing_and_says
     assert!(why.contains("http://127.0.0.1:8975") && why.contains("cannot deliver"), "{why}");
     assert!(why.contains("public_url"), "{why}");
     assert_eq!(report.errors().count(), 0);
-    assert!(engine.store.hook_subscriptions().await.unwrap().is_empty());
+    assert!(engine.store().hook_subscriptions().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,10 +115,10 @@ impl Checks {
 
 /// `ghlflow hooks [--check]` against an engine.
 pub async fn handle(engine: &Engine, check: bool) -> Reply {
-    let config = &engine.config;
+    let config = engine.config();
     let public = config.listener.public_url.as_str().trim_end_matches('/').to_owned();
     let listened = listened(engine);
-    let remembered = match engine.store.hook_subscriptions().await {
+    let remembered = match engine.hook_subscriptions().await {
         Ok(s) => s,
         Err(e) => return Reply { exit: 1, stdout: String::new(), stderr: format!("error: {e}\n") },
     };
@@ -319,7 +319,7 @@ async fn check_ghl_route(public: &str, connection: &Connection, checks: &mut Che
 
 /// `text` with the configuration's secrets removed.
 fn config_redacted(engine: &Engine, text: &str) -> String {
-    engine.config.redactor.redact(text)
+    engine.config().redactor.redact(text)
 }
 
 async fn check_capsule(
@@ -329,7 +329,7 @@ async fn check_capsule(
     checks: &mut Checks,
 ) {
     let name = &connection.name;
-    if subscriptions::unreachable_reason(&engine.config.listener.public_url, connection).is_some() {
+    if subscriptions::unreachable_reason(&engine.config().listener.public_url, connection).is_some() {
         return;
     }
     let live: Vec<LiveHook> = match subscriptions::list_hooks(engine, connection).await {
@@ -339,7 +339,7 @@ async fn check_capsule(
             return;
         }
     };
-    let prefix = subscriptions::target_prefix(&engine.config.listener.public_url);
+    let prefix = subscriptions::target_prefix(&engine.config().listener.public_url);
     for event in events.keys() {
         let ours: Vec<&LiveHook> =
             live.iter().filter(|h| &h.event == event && h.target_url.starts_with(&prefix)).collect();
@@ -358,7 +358,7 @@ async fn check_capsule(
     }
     // A delivery with no records to each remembered hook's own path: it crosses whatever is in
     // front of the listener and must find the token known there; nothing runs.
-    let remembered = engine.store.hook_subscriptions().await.unwrap_or_default();
+    let remembered = engine.hook_subscriptions().await.unwrap_or_default();
     for sub in remembered.iter().filter(|s| &s.connection == name && events.contains_key(&s.event)) {
         if !sub.target_url.starts_with(&prefix) {
             continue;

@@ -31,4 +31,9 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// The subscriptions ghlflow made at the APIs for instant triggers (Capsule REST hooks).
+    pub async fn hook_subscriptions(&self) -> Result<Vec<crate::store::HookSubscription>, EngineError> {
+        Ok(self.store.hook_subscriptions().await?)
+    }
 }
