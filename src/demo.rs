@@ -59,7 +59,14 @@ impl Workspace {
         let sandbox = crate::sandbox::start(options).await?;
         let dir = tempfile::tempdir().map_err(|e| DemoError::Setup(format!("cannot make a temporary folder: {e}")))?;
         let setup = |e: String| DemoError::Setup(e);
-        std::fs::write(dir.path().join("ghlflow.yaml"), sandbox.config_yaml()).map_err(|e| setup(e.to_string()))?;
+        // A port of its own for the listener (instant triggers), so workspaces side by side
+        // (tests) do not share one.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| setup(format!("no free port for the listener: {e}")))?
+            .port();
+        let config = format!("{}listen: 127.0.0.1:{port}\n", sandbox.config_yaml());
+        std::fs::write(dir.path().join("ghlflow.yaml"), config).map_err(|e| setup(e.to_string()))?;
         let recipes = dir.path().join("recipes");
         std::fs::create_dir(&recipes).map_err(|e| setup(e.to_string()))?;
         for file in crate::recipe::SHIPPED.files() {
@@ -112,6 +119,35 @@ impl Workspace {
             self.run_counts().await.iter().find(|(s, _)| *s == RunStatus::Failed).map_or(0, |(_, n)| *n);
         report.took = started.elapsed();
         report
+    }
+
+    /// Instant triggers, as `ghlflow run` takes them: the listener starts and the Capsule REST
+    /// hooks the recipes need are subscribed (`listen::start`); then one person is edited in
+    /// Capsule. Returns how long the edit took to reach GHL: from the edit to the end of the
+    /// run the hook started (no poll runs meanwhile).
+    pub async fn instant_edit(&self) -> Result<Duration, String> {
+        crate::listen::start(&self.engine).await.map_err(|e| e.to_string())?;
+        let subscribed = self.engine.hook_subscriptions().await.map_err(|e| e.to_string())?;
+        if subscribed.is_empty() {
+            return Err("no Capsule REST hook was subscribed".into());
+        }
+        let since = crate::engine::now_iso();
+        let started = Instant::now();
+        let edited = self.sandbox.capsule_edit_people(1);
+        let id = edited.first().ok_or("no person to edit")?.to_string();
+        while started.elapsed() < Duration::from_secs(10) {
+            let (runs, _) = self.engine.history(Some("capsule-people"), None, 20).await.map_err(|e| e.to_string())?;
+            let done = runs.iter().find(|r| {
+                r.item_id.as_deref() == Some(id.as_str())
+                    && r.status == RunStatus::Succeeded
+                    && r.created.as_str() >= since.as_str()
+            });
+            if done.is_some() {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(format!("the edit of person {id} did not reach GHL within 10 s"))
     }
 
     /// Makes the next cycle behave as if an hour had passed since the last: the feeds read

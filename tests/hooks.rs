@@ -321,3 +321,20 @@ async fn kill_nine_during_a_burst_of_1000_events_runs_each_exactly_once() {
     assert_eq!(runs.len(), EVENTS, "no run of anything else");
     println!("{kills} kills, {} deliveries attempted", sandbox.deliveries().len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_people_recipe_takes_capsule_edits_by_rest_hook_as_ghlflow_run_does() {
+    let ws = Workspace::new(SandboxOptions { people: 20, no_limits: true, ..SandboxOptions::default() }).await.unwrap();
+    let first = ws.cycle().await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let polled = ws.engine.history(Some("capsule-people"), None, usize::MAX).await.unwrap().1;
+    // `listen::start` subscribes party/created and party/updated (capsule-people's
+    // `instant:`); the edit then runs by hook, with no poll in between.
+    ws.instant_edit().await.unwrap();
+    let hooks = ws.sandbox.capsule_rest_hooks();
+    let events: std::collections::BTreeSet<String> =
+        hooks.iter().filter_map(|h| h["event"].as_str().map(str::to_owned)).collect();
+    assert_eq!(events, ["party/created".to_owned(), "party/updated".to_owned()].into_iter().collect());
+    let after = ws.engine.history(Some("capsule-people"), None, usize::MAX).await.unwrap().1;
+    assert_eq!(after, polled + 1, "one run for the one edit");
+}

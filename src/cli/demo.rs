@@ -78,6 +78,16 @@ pub async fn run(args: DemoArgs) -> CliResult {
         }
     }
 
+    // Instant triggers, as `ghlflow run` takes them: the listener, the Capsule REST hooks.
+    let instant = ws.instant_edit().await;
+    match &instant {
+        Ok(took) => eprintln!(
+            "instant: listening, Capsule REST hooks subscribed; a person edited in Capsule reached GHL in {:.2} s",
+            took.as_secs_f64()
+        ),
+        Err(e) => eprintln!("instant: {e}"),
+    }
+
     let ghl = ws.sandbox.ghl_counts();
     let mirrored = ws
         .sandbox
@@ -131,6 +141,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
         count(RunStatus::Held),
         count(RunStatus::Failed)
     );
+    if let Ok(took) = &instant {
+        let _ =
+            writeln!(out, "  a Capsule edit reached GHL in      {:.2} s (by REST hook, no poll)", took.as_secs_f64());
+    }
     let _ = writeln!(out, "  requests the sandbox answered      {}", ws.sandbox.request_count());
     let _ = writeln!(out, "  failures left                      {failures}");
     let _ = writeln!(

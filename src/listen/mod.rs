@@ -67,6 +67,40 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(state)
 }
 
+/// What `ghlflow run` (and the demo, the same way) does to take hooks: binds `listen:`,
+/// serves until the engine stops, and subscribes the Capsule REST hooks the recipes need
+/// (again whenever they change: see the scheduler). Without instant triggers or a
+/// `listen:` of its own, a port already taken (a second ghlflow on this machine) only turns
+/// the listener off; otherwise it is an error. Returns the address it listens on.
+pub async fn start(engine: &Arc<Engine>) -> Result<Option<SocketAddr>, BindError> {
+    let config = engine.config();
+    let addr = match bind(config.listener.bind).await {
+        Ok(bound) => {
+            let addr = bound.addr;
+            tracing::info!(address = %format!("http://{addr}"), "listening");
+            let serving = Arc::clone(engine);
+            tokio::spawn(async move {
+                if let Err(e) = serve(bound, serving).await {
+                    tracing::error!(error = %e, "the listener stopped");
+                }
+            });
+            Some(addr)
+        }
+        Err(e) if config.listener.asked_for => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "no listener: /healthz and /readyz are off (set `listen:` to choose a port)");
+            None
+        }
+    };
+    // Before the first poll; a failure is logged and the recipes still poll.
+    if addr.is_some() {
+        crate::engine::subscriptions::reconcile_and_log(engine).await;
+    } else if !crate::engine::subscriptions::needed_events(engine).is_empty() {
+        tracing::warn!("no listener, so no Capsule REST hook is subscribed; instant Capsule recipes only poll");
+    }
+    Ok(addr)
+}
+
 /// Serves `bound` until the engine stops.
 pub async fn serve(bound: Bound, engine: Arc<Engine>) -> std::io::Result<()> {
     let stopping = Arc::clone(&engine);
