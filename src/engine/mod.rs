@@ -12,6 +12,7 @@ pub mod health;
 mod lookups;
 mod plan;
 mod poll;
+mod queries;
 mod render;
 pub mod scheduler;
 
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 pub use execute::RunOutcome;
 pub use plan::Plan;
 pub use poll::PollOutcome;
+pub use queries::{RecipeOverview, RunsPage, StatusCounts};
 pub use render::StepError;
 
 use crate::catalog::Catalog;
@@ -196,17 +198,23 @@ impl Engine {
         if !self.options.dry_run {
             match self.store.open_runs() {
                 Ok(runs) => {
-                    for run in
-                        runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
-                    {
+                    for run in runs.into_iter().filter(|r| {
+                        r.status.is_open()
+                            && (only.is_empty() || only.contains(&r.recipe))
+                            && !self.is_paused(&r.recipe).unwrap_or(false)
+                    }) {
                         summary.add_run(self.execute_run(&run.id).await);
                     }
                 }
                 Err(e) => summary.errors.push(e.to_string()),
             }
         }
-        let recipes: Vec<Arc<Recipe>> =
-            self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)).collect();
+        // A paused recipe is not polled (`recipe pause`).
+        let recipes: Vec<Arc<Recipe>> = self
+            .recipes()
+            .into_iter()
+            .filter(|r| (only.is_empty() || only.contains(&r.id)) && !self.is_paused(&r.id).unwrap_or(false))
+            .collect();
         let waves = crate::recipe::poll_order(&recipes)
             .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
         for wave in waves {
@@ -328,7 +336,9 @@ impl Engine {
             })
         };
         // Once the engine is stopping no run starts: those left stay queued for the next start.
-        let not_stopping = |_: &String| std::future::ready(!self.is_stopping());
+        // Nor once the recipe is paused: those left wait, queued, for `recipe resume`.
+        let not_stopping =
+            |_: &String| std::future::ready(!self.is_stopping() && !self.is_paused(&recipe.id).unwrap_or(false));
         futures_util::stream::iter(ids.iter().cloned())
             .take_while(not_stopping)
             .map(start)

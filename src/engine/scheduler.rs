@@ -63,7 +63,9 @@ pub async fn run(
     if let Ok(open) = engine.store.open_runs() {
         let engine = Arc::clone(&engine);
         tasks.spawn(async move {
-            for run in open.into_iter().filter(|r| r.status.is_open()) {
+            // A paused recipe's runs wait for `recipe resume`, which starts them.
+            for run in open.into_iter().filter(|r| r.status.is_open() && !engine.is_paused(&r.recipe).unwrap_or(false))
+            {
                 if engine.is_stopping() {
                     break; // the rest stay open for the next start
                 }
@@ -191,6 +193,10 @@ fn start_poll(
     tasks: &mut JoinSet<String>,
 ) {
     let Some(recipe) = engine.recipe(id) else { return };
+    // Paused (`recipe pause`): its turn passes without a poll.
+    if engine.is_paused(id).unwrap_or(false) {
+        return;
+    }
     busy.insert(id.to_owned());
     let engine = Arc::clone(engine);
     let polls = Arc::clone(polls);
