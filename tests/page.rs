@@ -363,8 +363,11 @@ async fn in_a_browser_a_failed_run_is_found_replayed_and_succeeds_and_a_held_bat
     .await
     .unwrap();
     page.find_element("form.filter button").await.unwrap().click().await.unwrap();
-    wait_for(&page, "status=failed").await;
+    // The list the form asked for: its choices kept, failed runs only.
+    wait_for(&page, "<option value=\"failed\" selected").await;
     let html = wait_for(&page, "<table class=\"runs\">").await;
+    assert!(html.contains("<option value=\"capsule-people\" selected"), "{html}");
+    assert!(page.url().await.unwrap().unwrap_or_default().contains("status=failed"));
     assert!(!html.contains("status-succeeded\">succeeded"), "the filter shows failed runs only: {html}");
     page.find_element("table.runs tbody tr a").await.unwrap().click().await.unwrap();
     wait_for(&page, "Trigger item").await;
