@@ -121,7 +121,7 @@ async fn bench() -> i32 {
 }
 
 fn run_record(store: &Store, i: usize) -> RunRecord {
-    let recipe = if i % 3 == 0 { "people-copy" } else { "capsule-people" };
+    let recipe = if i.is_multiple_of(3) { "people-copy" } else { "capsule-people" };
     let item = json!({
         "id": 100_000 + i, "type": "person", "firstName": format!("Person{i}"), "lastName": "Example",
         "title": "Director", "jobTitle": "Operations", "updatedAt": "2026-11-30T09:00:00Z",

@@ -120,7 +120,7 @@ impl Engine {
         let mut slice = 64;
         let runs = loop {
             let runs = self.store.runs(Some(recipe), slice)?;
-            let reaches_past_day = runs.last().and_then(|r| created(r)).is_some_and(|t| t < day_ago);
+            let reaches_past_day = runs.last().and_then(created).is_some_and(|t| t < day_ago);
             if runs.len() < slice || reaches_past_day {
                 break runs;
             }
