@@ -393,9 +393,24 @@ async fn in_a_browser_a_failed_run_is_found_replayed_and_succeeds_and_a_held_bat
     let html = wait_for(&page, "id=\"recipe-held-people\"").await;
     let row = html.split("id=\"recipe-held-people\"").nth(1).unwrap().split("</tr>").next().unwrap().to_owned();
     assert!(!row.contains(" held</a>"), "the batch is no longer held: {row}");
-    // Refreshing by itself, the page comes to show them succeeded.
-    page.goto(format!("{base}/runs?recipe=held-people&status=held")).await.unwrap();
-    wait_for(&page, "No runs").await;
+    // The released runs run in the background; the list of those still queued, refreshing
+    // by itself, comes to show none, and they succeeded.
+    page.goto(format!("{base}/runs?recipe=held-people&status=queued")).await.unwrap();
+    wait_for(&page, "<p class=\"quiet\">No runs.</p>").await;
+    page.goto(format!("{base}/runs?recipe=held-people&status=succeeded")).await.unwrap();
+    let html = wait_for(&page, "<table class=\"runs\">").await;
+    assert!(html.contains("1–8 of 8"), "the 8 new people ran: {html}");
+
+    // `ghlflow recipe pause` reaches the running engine through its control socket; the
+    // page shows it (and offers Resume).
+    let path = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || crate::util::ghlflow(&path, &["recipe", "pause", "held-people"]))
+        .await
+        .unwrap();
+    assert!(crate::util::stdout(&out).contains("recipe `held-people` paused"), "{}", crate::util::stderr(&out));
+    page.goto(format!("{base}/")).await.unwrap();
+    let html = wait_for(&page, "<strong>paused</strong>").await;
+    assert!(html.contains("action=\"/recipes/held-people/resume\""), "{html}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
