@@ -529,10 +529,11 @@ async fn phase(items: usize, parallel: Option<usize>, concurrency: u32) -> Phase
     // Everything the runs did is in the journal.
     let failures = failures.load(Ordering::Relaxed);
     assert_eq!(failures, 0, "runs failed");
-    let open = engine.store.open_runs().unwrap().len();
+    let open = engine.store.open_runs().await.unwrap().len();
     let succeeded = engine
         .store
         .runs(Some("parties"), usize::MAX)
+        .await
         .unwrap()
         .iter()
         .filter(|r| r.status == RunStatus::Succeeded)
@@ -543,7 +544,7 @@ async fn phase(items: usize, parallel: Option<usize>, concurrency: u32) -> Phase
     assert_eq!(succeeded, items, "every run is recorded as succeeded");
     assert_eq!(open, 0, "no run is left open");
 
-    let sample = engine.store.runs(Some("parties"), 1).unwrap().pop();
+    let sample = engine.store.runs(Some("parties"), 1).await.unwrap().pop();
     let out = Phase {
         sample,
         items,
@@ -660,36 +661,37 @@ async fn http_only(items: usize, parallel: usize, concurrency: u32) -> (f64, f64
 }
 
 /// The journal traffic of a run alone, on a fresh on-disk store: read the run, then the
-/// writes `execute_run` makes for two steps (sent, done + flush, sent, done + flush,
-/// succeeded + flush), each a copy of a real finished run record.
+/// writes `execute_run` makes for two steps (started, then per step sent, done + flush,
+/// then succeeded + flush), each step a copy of a real finished run's.
 async fn journal_only(sample: &RunRecord, items: usize, parallel: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state")).unwrap();
-    let mut ids = Vec::with_capacity(items);
+    let mut runs = Vec::with_capacity(items);
     for _ in 0..items {
         let mut run = sample.clone();
         run.id = store.next_run_id();
         run.status = RunStatus::Queued;
-        store.save_run(&run).unwrap();
-        ids.push(run.id);
+        run.steps.clear();
+        runs.push(run);
     }
+    store.create_runs(&runs).await.unwrap();
     store.flush().unwrap();
-    let ids = Arc::new(ids);
+    let ids = Arc::new(runs.into_iter().map(|r| r.id).collect::<Vec<_>>());
+    let steps = Arc::new(sample.steps.clone());
     let bytes = serde_json::to_vec(sample).unwrap().len();
     let (wall, cpu) = spread(items, parallel, {
         let store = store.clone();
         move |i| {
-            let (store, ids) = (store.clone(), Arc::clone(&ids));
+            let (store, ids, steps) = (store.clone(), Arc::clone(&ids), Arc::clone(&steps));
             async move {
-                let mut run = store.run(&ids[i]).unwrap().unwrap();
-                run.status = RunStatus::Running;
-                for _ in 0..2 {
-                    store.save_run(&run).unwrap();
-                    store.save_run(&run).unwrap();
+                let mut run = store.run(&ids[i]).await.unwrap().unwrap();
+                store.transition(&mut run, RunStatus::Running).await.unwrap();
+                for (at, step) in steps.iter().enumerate().take(2) {
+                    store.put_step(&run.id, at, step).await.unwrap();
+                    store.put_step(&run.id, at, step).await.unwrap();
                     store.flush_async().await.unwrap();
                 }
-                run.status = RunStatus::Succeeded;
-                store.save_run(&run).unwrap();
+                store.transition(&mut run, RunStatus::Succeeded).await.unwrap();
                 store.flush_async().await.unwrap();
             }
         }
@@ -697,7 +699,7 @@ async fn journal_only(sample: &RunRecord, items: usize, parallel: usize) -> (f64
     .await;
     let out = (items as f64 / wall, cpu * 1000.0 / items as f64);
     println!(
-        "  journal alone: {items} x (1 read + 5 save_run of a {bytes}-byte run record + 3 flush_async) in \
+        "  journal alone: {items} x (1 read + 2 transitions + 4 put_step of a {bytes}-byte run record's steps + 3 flush_async) in \
          {wall:.3} s = {:.0} item-runs/s; CPU {cpu:.2} s = {:.3} ms per item-run",
         out.0, out.1
     );
@@ -862,12 +864,12 @@ async fn child_scheduler() {
     let mut polled_recipes = 0;
     let mut errors = 0;
     for i in 0..count {
-        if let Some(state) = engine.store.trigger_state(&format!("users-{i:05}")).unwrap() {
+        if let Some(state) = engine.store.trigger_state(&format!("users-{i:05}")).await.unwrap() {
             polled_recipes += usize::from(state.baselined);
             errors += usize::from(state.last_error.is_some());
         }
     }
-    let runs = engine.store.runs(None, usize::MAX).unwrap().len();
+    let runs = engine.store.runs(None, usize::MAX).await.unwrap().len();
     println!(
         "done after {wall:.1} s: {} polls started, {answered} answered by the sink; {polled_recipes} of {count} \
          recipes have polled (baselined), {errors} with an error; {runs} runs created",

@@ -39,10 +39,15 @@ async fn bench() -> i32 {
     let mut ids = Vec::with_capacity(runs);
     {
         let store = Store::open(&dir.path().join(".ghlflow/state")).expect("the store opens");
+        let mut batch = Vec::new();
         for i in 0..runs {
             let run = run_record(&store, i);
             ids.push(run.id.clone());
-            store.save_run(&run).expect("save a run");
+            batch.push(run);
+            if batch.len() == 500 || i + 1 == runs {
+                store.create_runs(&batch).await.expect("record runs");
+                batch.clear();
+            }
         }
         store.flush().expect("flush");
     }

@@ -108,19 +108,20 @@ impl Workspace {
             report.replayed += replays.len();
             report.errors.extend(replays.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()));
         }
-        report.still_failed = self.run_counts().iter().find(|(s, _)| *s == RunStatus::Failed).map_or(0, |(_, n)| *n);
+        report.still_failed =
+            self.run_counts().await.iter().find(|(s, _)| *s == RunStatus::Failed).map_or(0, |(_, n)| *n);
         report.took = started.elapsed();
         report
     }
 
     /// Makes the next cycle behave as if an hour had passed since the last: the feeds read
     /// whole once per `full_scan_every` (Capsule's notes, for edits to old notes) are due.
-    pub fn let_an_hour_pass(&self) {
+    pub async fn let_an_hour_pass(&self) {
         for recipe in self.engine.recipes() {
-            if let Ok(Some(mut state)) = self.engine.store.trigger_state(&recipe.id)
+            if let Ok(Some(mut state)) = self.engine.store.trigger_state(&recipe.id).await
                 && state.last_full_scan.take().is_some()
             {
-                let _ = self.engine.store.save_trigger_state(&recipe.id, &state);
+                let _ = self.engine.store.save_trigger_state(&recipe.id, &state).await;
             }
         }
     }
@@ -128,7 +129,7 @@ impl Workspace {
     /// What people do over an hour between two polls: edit, delete and add people in
     /// Capsule, edit notes, complete tasks; and in GHL, a new lead arrives and a deal is won.
     pub async fn change_the_world(&self) -> Result<(), String> {
-        self.let_an_hour_pass();
+        self.let_an_hour_pass().await;
         self.sandbox.capsule_edit_people(20);
         self.sandbox.capsule_delete_people(5);
         self.sandbox.capsule_add_people(10);
@@ -152,8 +153,8 @@ impl Workspace {
     }
 
     /// Runs by status, over the whole history.
-    pub fn run_counts(&self) -> Vec<(RunStatus, usize)> {
-        let runs = self.engine.store.runs(None, usize::MAX).unwrap_or_default();
+    pub async fn run_counts(&self) -> Vec<(RunStatus, usize)> {
+        let runs = self.engine.store.runs(None, usize::MAX).await.unwrap_or_default();
         [
             RunStatus::Succeeded,
             RunStatus::Failed,

@@ -15,7 +15,8 @@
 //! - `config` reads ghlflow.yaml: connections, credentials (`${VAR}` from the environment),
 //!   where state lives.
 //! - `http` sends every request: auth, shared rate-limit budgets, retries, pagination.
-//! - `store` is the only module that touches sled: tokens, cursors, the journal, history.
+//! - `store` says what the engine needs of a state backend (`StateStore`) and holds the sled one,
+//!   the only code that touches sled: tokens, cursors, the run journal, history, leases.
 //! - `webhook` decides whether a pushed delivery (an instant trigger's event) is genuine and
 //!   fresh: GHL's signatures and replay rules, Capsule's path tokens. No server, no I/O.
 //! - `limits` holds the bounds on files, templates, responses and server-given waits.

@@ -346,6 +346,12 @@ async fn a_persistent_500_fails_the_run_and_replay_resumes_without_resending_ste
     assert_eq!(shown["steps"][0]["attempts"], 1);
     assert_eq!(shown["steps"][1]["status"], "succeeded");
     assert!(!String::from_utf8_lossy(&show.stdout).contains("pit-engine-secret"));
+    // A run id mistyped on the command line: refused, saying what an id looks like.
+    for args in [["runs", "show", "17649-abc"], ["runs", "replay", "latest"]] {
+        let out = flow.ghlflow(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("is not a run id (run ids look like"), "{args:?}: {}", text(&out));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -565,7 +571,7 @@ async fn connect_exchanges_the_code_and_stores_the_granted_tokens() {
     };
     assert!(rest.iter().any(|l| l.contains("connected `ghl` for location LOC9")), "{rest:?}");
     let store = ghlflow::store::Store::open(&dir.path().join(".ghlflow/state")).unwrap();
-    let tokens = store.tokens("ghl").unwrap().unwrap();
+    let tokens = store.tokens("ghl").await.unwrap().unwrap();
     assert_eq!(tokens.refresh_token.as_deref(), Some("rt-1"));
     assert_eq!(tokens.location_id.as_deref(), Some("LOC9"));
 }

@@ -300,9 +300,9 @@ steps:
       body: "{{trigger.about}}"
 "#;
 
-fn dump(flow: &Flow) -> Vec<ghlflow::store::DumpedRecord> {
+async fn dump(flow: &Flow) -> Vec<ghlflow::store::DumpedRecord> {
     let store = ghlflow::store::Store::open(&flow.dir.path().join(".ghlflow/state")).unwrap();
-    store.dump().unwrap()
+    store.dump().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,7 +316,7 @@ async fn a_dry_run_writes_nothing_even_after_a_trigger_edit() {
 
     let out = flow.ghlflow(&["run", "--once"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let before = dump(&flow);
+    let before = dump(&flow).await;
     assert!(before.iter().any(|(tree, ..)| tree == "seen"), "the baseline marked the party seen");
     // The trigger is edited into another one (new inputs): a real run would start afresh.
     let edited = NOTES.replace("  every: 5m\n", "  every: 5m\n  input:\n    embed: tags\n");
@@ -324,7 +324,7 @@ async fn a_dry_run_writes_nothing_even_after_a_trigger_edit() {
     let out = flow.ghlflow(&["run", "--once", "--dry-run"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("baseline"), "{}", text(&out));
-    assert_eq!(dump(&flow), before, "the dry run changed the store");
+    assert_eq!(dump(&flow).await, before, "the dry run changed the store");
     assert_eq!(api.count_to("/contacts/7/notes"), 0);
 }
 
@@ -388,8 +388,8 @@ async fn hostile_files_dropped_into_a_running_engines_recipes_keep_it_running() 
 
 /// A state folder written by the previous release (format 1: before reset counts, the
 /// present set and the poll spill) opens, is migrated, and keeps its history and positions.
-#[test]
-fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
+#[tokio::test]
+async fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = crate::util::root().join("tests/fixtures/state-previous.tar.gz");
     let untar = std::process::Command::new("tar").arg("-xzf").arg(&fixture).current_dir(dir.path()).status().unwrap();
@@ -398,7 +398,7 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let store = ghlflow::store::Store::open(&state).unwrap();
     assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT), "migrated on open");
     // Its history: 81 succeeded and 21 filtered runs of capsule-people and capsule-notes.
-    let runs = store.runs(None, usize::MAX).unwrap();
+    let runs = store.runs(None, usize::MAX).await.unwrap();
     assert_eq!(runs.len(), 102);
     let count = |s: ghlflow::store::RunStatus| runs.iter().filter(|r| r.status == s).count();
     assert_eq!((count(ghlflow::store::RunStatus::Succeeded), count(ghlflow::store::RunStatus::Filtered)), (81, 21));
@@ -406,7 +406,7 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
     let run = runs.iter().find(|r| r.status == ghlflow::store::RunStatus::Succeeded).unwrap();
     assert!(run.steps.iter().all(|s| s.status == ghlflow::store::StepStatus::Succeeded || s.output.is_none()));
     // Its trigger positions, read with the new fields at their defaults.
-    let people = store.trigger_state("capsule-people").unwrap().expect("a position");
+    let people = store.trigger_state("capsule-people").await.unwrap().expect("a position");
     assert!(people.baselined && people.cursor.is_some() && people.generation == 0, "{people:?}");
     assert!(
         store
@@ -419,14 +419,115 @@ fn a_state_folder_of_the_previous_release_opens_and_is_migrated() {
                     .clone()
                     .unwrap()
             ))
+            .await
             .unwrap()
             .is_some()
     );
-    assert!(store.present_items("capsule-people").unwrap().is_empty());
+    assert!(store.present_items("capsule-people").await.unwrap().is_empty());
     // A poll of the new release commits over it (generation 0 on both sides).
     let mut commit = ghlflow::store::PollCommit { state: Some(people.clone()), ..Default::default() };
     commit.seen.push(("x".into(), "seen".into()));
-    store.commit_poll("capsule-people", &commit).unwrap();
-    assert_eq!(store.seen_mark("capsule-people", "x").unwrap().as_deref(), Some("seen"));
+    store.commit_poll("capsule-people", &commit).await.unwrap();
+    assert_eq!(store.seen_mark("capsule-people", "x").await.unwrap().as_deref(), Some("seen"));
     assert_eq!(store.format().unwrap(), Some(ghlflow::store::FORMAT));
+}
+
+/// Opens `dir`'s store, waiting while the last handle's lock is still being let go (sled
+/// releases it a moment after the handle is dropped).
+fn open_when_free(dir: &std::path::Path) -> Result<ghlflow::store::Store, ghlflow::store::StoreError> {
+    for _ in 0..100 {
+        match ghlflow::store::Store::open(dir) {
+            Err(e) if e.to_string().contains("another ghlflow process") => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+    ghlflow::store::Store::open(dir)
+}
+
+/// A state folder written by the code before the run journal (format 2: each run one whole
+/// record, written with runs in every status) is migrated on first open: every run, its
+/// steps, item, notes and replay time, the open runs, the id map, tokens and trigger
+/// positions are there in the new layout and its index answers; a second open does not
+/// migrate again; and a folder of a later format (4) is refused, naming the formats.
+#[tokio::test]
+async fn a_format_2_state_folder_is_migrated_to_the_journal_and_a_later_format_is_refused() {
+    use ghlflow::store::{RunId, RunStatus, StepStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = crate::util::root().join("tests/fixtures/state-format2.tar.gz");
+    let untar = std::process::Command::new("tar").arg("-xzf").arg(&fixture).current_dir(dir.path()).status().unwrap();
+    assert!(untar.success());
+    let state = dir.path().join("state");
+    let store = ghlflow::store::Store::open(&state).unwrap();
+    assert_eq!(ghlflow::store::FORMAT, 3);
+    assert_eq!(store.format().unwrap(), Some(3), "migrated on open");
+    let id = |n: u32| RunId::new(1_764_493_200_000 + u64::from(n), n);
+
+    let runs = store.runs(None, usize::MAX).await.unwrap();
+    let statuses: Vec<(RunId, RunStatus)> = runs.iter().rev().map(|r| (r.id.clone(), r.status)).collect();
+    use RunStatus::*;
+    let expected = [Succeeded, Failed, Held, Waiting, Queued, Filtered, Unsure, Discarded, Succeeded];
+    assert_eq!(statuses, (1..=9).map(id).zip(expected).collect::<Vec<_>>());
+
+    let done = store.run(&id(1)).await.unwrap().unwrap();
+    assert_eq!(done.item["firstName"], "P1");
+    assert_eq!(done.item_id.as_deref(), Some("101"));
+    assert_eq!(done.steps.len(), 2);
+    assert!(done.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+    assert_eq!(done.steps[0].output.as_ref().unwrap()["contact"]["id"], "c1");
+    let failed = store.run(&id(2)).await.unwrap().unwrap();
+    assert_eq!((failed.replays, failed.next_replay_at), (1, Some(1_764_496_800)));
+    assert!(failed.error.as_deref().unwrap_or_default().contains("HTTP 500"));
+    assert_eq!(failed.steps.iter().map(|s| s.status).collect::<Vec<_>>(), [StepStatus::Succeeded, StepStatus::Failed]);
+    let unsure = store.run(&id(7)).await.unwrap().unwrap();
+    assert_eq!(unsure.notes, ["a note the engine left"]);
+    assert_eq!(unsure.steps[1].status, StepStatus::Sent);
+    assert_eq!(store.run(&id(3)).await.unwrap().unwrap().steps.len(), 2, "pending steps are kept as they were");
+
+    // The index answers for the migrated runs.
+    assert_eq!(store.runs_with_status("people", Held).await.unwrap()[0].id, id(3));
+    assert_eq!(store.runs_page(None, Some(Succeeded), 10).await.unwrap().1, 2);
+    assert_eq!(store.runs_page(Some("notes"), None, 10).await.unwrap().1, 2);
+    assert_eq!(store.waiting_runs("notes").await.unwrap()[0].id, id(4));
+    let open: Vec<RunId> = store.open_runs().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(open, [id(2), id(4), id(5)], "the failed run with a replay due, the waiting and the queued one");
+    // The rest of the state, untouched.
+    assert_eq!(store.id_of("party:101").await.unwrap().as_deref(), Some("c1"));
+    assert_eq!(store.tokens("ghl").await.unwrap().unwrap().refresh_token.as_deref(), Some("fixture-refresh"));
+    let people = store.trigger_state("people").await.unwrap().unwrap();
+    assert_eq!((people.generation, people.cursor.as_deref()), (2, Some("2026-11-30T08:59:00.000Z")));
+    assert_eq!(store.seen_mark("people", "101").await.unwrap().as_deref(), Some("2026-11-30T08:58:00Z"));
+    assert!(store.present_items("people").await.unwrap().contains("101"));
+    // The old whole-run records are gone.
+    assert!(store.dump().await.unwrap().iter().all(|(tree, _, _)| tree != "runs"));
+    // And the journal takes new writes: the held run is released.
+    let mut held = store.run(&id(3)).await.unwrap().unwrap();
+    store.transition(&mut held, Queued).await.unwrap();
+    store.flush().unwrap();
+    drop(store);
+
+    let store = open_when_free(&state).unwrap();
+    assert_eq!(store.runs(None, usize::MAX).await.unwrap().len(), 9, "opened again: nothing migrated twice");
+    assert_eq!(store.run(&id(3)).await.unwrap().unwrap().status, Queued);
+    drop(store);
+
+    // A later ghlflow's folder.
+    let db = (0..100)
+        .find_map(|_| {
+            sled::open(&state).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                None
+            })
+        })
+        .expect("the folder's lock was let go");
+    db.open_tree("meta").unwrap().insert(b"format", b"4").unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let err = open_when_free(&state).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("newer ghlflow (state format 4; this one reads up to 3)")
+            && err.contains(&state.display().to_string()),
+        "{err}"
+    );
 }

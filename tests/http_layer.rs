@@ -285,6 +285,7 @@ async fn an_expired_token_is_refreshed_once_for_20_concurrent_calls_and_persiste
                 scope: Some("contacts.readonly".into()),
             },
         )
+        .await
         .unwrap();
     let http = Arc::new(client(&config, Some(store)));
     let connection = Arc::clone(config.connection("ghl").unwrap());
@@ -308,7 +309,7 @@ async fn an_expired_token_is_refreshed_once_for_20_concurrent_calls_and_persiste
     // The rotated refresh token survives a restart.
     drop(http);
     let store = Store::open(&state_dir).unwrap();
-    let saved = store.tokens("ghl").unwrap().expect("tokens saved");
+    let saved = store.tokens("ghl").await.unwrap().expect("tokens saved");
     assert_eq!(saved.refresh_token.as_deref(), Some("rotated-refresh-2"));
     assert_eq!(saved.access_token.as_deref(), Some("access-2"));
     assert!(saved.expires_at.unwrap() > unix_now() + 80_000, "{saved:?}");
@@ -332,7 +333,7 @@ async fn a_401_on_a_valid_looking_token_refreshes_once_and_retries_once() {
     let catalog = embedded();
     let config = config(&catalog, &oauth_yaml(&api.base_url, ""));
     let store = Store::temporary().unwrap();
-    store.save_tokens("ghl", &valid_tokens("revoked-access-1", "refresh-1")).unwrap();
+    store.save_tokens("ghl", &valid_tokens("revoked-access-1", "refresh-1")).await.unwrap();
     let http = client(&config, Some(store.clone()));
     let op = catalog.get("ghl.contacts.get_contact").unwrap();
     let response =
@@ -344,7 +345,7 @@ async fn a_401_on_a_valid_looking_token_refreshes_once_and_retries_once() {
         summary,
         [("/contacts/c1", Some("revoked-access-1")), ("/oauth/token", None), ("/contacts/c1", Some("access-2"))]
     );
-    assert_eq!(store.tokens("ghl").unwrap().unwrap().refresh_token.as_deref(), Some("refresh-2"));
+    assert_eq!(store.tokens("ghl").await.unwrap().unwrap().refresh_token.as_deref(), Some("refresh-2"));
 }
 
 #[tokio::test]
@@ -354,7 +355,7 @@ async fn a_401_that_persists_after_the_refresh_fails_without_looping() {
     let catalog = embedded();
     let config = config(&catalog, &oauth_yaml(&api.base_url, ""));
     let store = Store::temporary().unwrap();
-    store.save_tokens("ghl", &valid_tokens("access-1", "refresh-1")).unwrap();
+    store.save_tokens("ghl", &valid_tokens("access-1", "refresh-1")).await.unwrap();
     let http = client(&config, Some(store));
     let op = catalog.get("ghl.contacts.get_contact").unwrap();
     let err =

@@ -32,9 +32,9 @@ fn appointments_by_task(ws: &Workspace) -> BTreeMap<i64, Vec<Value>> {
 }
 
 /// A recipe's runs of one Capsule task, newest first.
-fn runs_of(ws: &Workspace, recipe: &str, task: i64) -> Vec<ghlflow::store::RunRecord> {
+async fn runs_of(ws: &Workspace, recipe: &str, task: i64) -> Vec<ghlflow::store::RunRecord> {
     let item = task.to_string();
-    let runs = ws.engine.store.runs(Some(recipe), usize::MAX).unwrap();
+    let runs = ws.engine.store.runs(Some(recipe), usize::MAX).await.unwrap();
     runs.into_iter().filter(|r| r.item_id.as_deref() == Some(item.as_str())).collect()
 }
 
@@ -61,14 +61,13 @@ fn user_in(ws: &Workspace, tz: &str) -> i64 {
 }
 
 /// Capsule people the mirror already put in GHL.
-fn mirrored_people(ws: &Workspace, n: usize) -> Vec<i64> {
-    let people: Vec<i64> = ws
-        .sandbox
-        .capsule_people()
-        .into_iter()
-        .filter(|id| ws.engine.store.id_of(&format!("party:{id}")).unwrap().is_some())
-        .take(n)
-        .collect();
+async fn mirrored_people(ws: &Workspace, n: usize) -> Vec<i64> {
+    let mut people: Vec<i64> = Vec::new();
+    for id in ws.sandbox.capsule_people() {
+        if people.len() < n && ws.engine.store.id_of(&format!("party:{id}")).await.unwrap().is_some() {
+            people.push(id);
+        }
+    }
     assert_eq!(people.len(), n, "not enough mirrored people");
     people
 }
@@ -82,10 +81,10 @@ struct Meeting {
 
 /// 50 meetings: half owned in New York on both sides of its 2026 clock changes (the
 /// skipped hour and the repeated one included), half in Kolkata (+05:30, no DST).
-fn add_fifty_meetings(ws: &Workspace) -> Vec<Meeting> {
+async fn add_fifty_meetings(ws: &Workspace) -> Vec<Meeting> {
     let new_york = user_in(ws, "America/New_York");
     let kolkata = user_in(ws, "Asia/Kolkata");
-    let people = mirrored_people(ws, 10);
+    let people = mirrored_people(ws, 10).await;
     let new_york_times = [
         ("2026-03-07", "09:30:00"),
         ("2026-03-08", "02:30:00"), // does not exist: clocks jump from 02:00 to 03:00
@@ -124,7 +123,7 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
     let first = ws.cycle().await;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     assert_eq!(first.still_failed, 0, "{first:?}");
-    let meetings = add_fifty_meetings(&ws);
+    let meetings = add_fifty_meetings(&ws).await;
 
     let r = ws.cycle().await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -159,6 +158,7 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
         .engine
         .store
         .runs(Some("capsule-meetings"), usize::MAX)
+        .await
         .unwrap()
         .into_iter()
         .filter_map(|r| r.steps.into_iter().find(|s| s.id == "book").and_then(|s| s.output))
@@ -171,7 +171,8 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
     // An owner with no GHL user (Marta, in London): the default user (the demo's setting
     // GHL_DEFAULT_USER_ID, the location's first user).
     let london = user_in(&ws, "Europe/London");
-    let task = ws.sandbox.capsule_add_meeting(mirrored_people(&ws, 1)[0], london, "2026-07-01", "16:00:00", "Meeting");
+    let task =
+        ws.sandbox.capsule_add_meeting(mirrored_people(&ws, 1).await[0], london, "2026-07-01", "16:00:00", "Meeting");
     let r = ws.cycle().await;
     assert_eq!((r.succeeded, r.failed), (1, 0), "{r:?}");
     let by_task = appointments_by_task(&ws);
@@ -217,7 +218,7 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
             }
             8 | 9 => {
                 let runs: Vec<_> =
-                    runs_of(&ws, "capsule-meetings", m.task).into_iter().map(|r| (r.status, r.item)).collect();
+                    runs_of(&ws, "capsule-meetings", m.task).await.into_iter().map(|r| (r.status, r.item)).collect();
                 assert_eq!(a["appointmentStatus"], "cancelled", "removed meeting {} ({i}): {runs:?}", m.task);
                 assert_eq!(a["startTime"], before["startTime"]);
             }
@@ -227,13 +228,15 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
     }
     // The meeting taken out of the category went to capsule-tasks, as an ordinary task.
     let recategorised_run = runs_of(&ws, "capsule-tasks", recategorised)
+        .await
         .into_iter()
         .next()
         .expect("capsule-tasks ran the task that left the meetings");
     assert_eq!(recategorised_run.status, RunStatus::Succeeded, "{recategorised_run:?}");
     // No meeting became a GHL task.
     for m in &meetings[10..] {
-        let ran = runs_of(&ws, "capsule-tasks", m.task).iter().filter(|r| r.status != RunStatus::Filtered).count();
+        let ran =
+            runs_of(&ws, "capsule-tasks", m.task).await.iter().filter(|r| r.status != RunStatus::Filtered).count();
         assert_eq!(ran, 0, "meeting {} was also mirrored as a task", m.task);
     }
 }
@@ -243,7 +246,7 @@ async fn with_failures_and_lost_answers_no_meeting_is_booked_twice() {
     let ws = workspace(SandboxOptions { people: 60, seed: 32, ..SandboxOptions::default() }).await;
     let first = ws.cycle().await;
     assert_eq!(first.still_failed, 0, "{first:?}");
-    let meetings = add_fifty_meetings(&ws);
+    let meetings = add_fifty_meetings(&ws).await;
     let mut faults = ws.sandbox.faults();
     faults.fail_rate = 0.2;
     faults.lose_responses = 0.1;

@@ -54,6 +54,7 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
         people += 1;
         let contact = store
             .id_of(&format!("party:{id}"))
+            .await
             .unwrap()
             .unwrap_or_else(|| panic!("Capsule person {id} was not mirrored"));
         assert!(by_id.contains_key(contact.as_str()), "person {id} maps to a contact GHL does not have");
@@ -64,7 +65,7 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
     let entries = capsule_all(ws, "capsule.entries.entry_updated", json!({"embed": "party"})).await;
     let mut notes_checked = 0;
     for e in entries.iter().filter(|e| e["type"] == "note" && !e["party"]["id"].is_null()) {
-        let Some(contact) = store.id_of(&format!("party:{}", e["party"]["id"])).unwrap() else { continue };
+        let Some(contact) = store.id_of(&format!("party:{}", e["party"]["id"])).await.unwrap() else { continue };
         let notes = ws.sandbox.ghl_notes(&contact);
         let marker = format!("[capsule entry {}]", e["id"]);
         assert_eq!(
@@ -92,7 +93,7 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
     let mut tasks_checked = 0;
     let mut meetings_checked = 0;
     for t in tasks.iter().filter(|t| !t["party"]["id"].is_null()) {
-        let Some(contact) = store.id_of(&format!("party:{}", t["party"]["id"])).unwrap() else { continue };
+        let Some(contact) = store.id_of(&format!("party:{}", t["party"]["id"])).await.unwrap() else { continue };
         let marker = format!("[capsule task {}]", t["id"]);
         if t["category"]["name"] == "Meeting" && !t["dueTime"].is_null() {
             let booked: Vec<&Value> = appointments
@@ -125,7 +126,7 @@ async fn assert_mirrored_exactly_once(ws: &Workspace) {
     assert!(tasks_checked > 0 && meetings_checked > 0, "{tasks_checked} tasks, {meetings_checked} meetings");
 
     // No run is lost: nothing failed, queued, running or still waiting is left.
-    let runs = store.runs(None, usize::MAX).unwrap();
+    let runs = store.runs(None, usize::MAX).await.unwrap();
     for r in &runs {
         assert!(
             !matches!(r.status, RunStatus::Failed | RunStatus::Queued | RunStatus::Running | RunStatus::Waiting),
@@ -186,8 +187,8 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
     assert_eq!((quiet.new_items, quiet.succeeded), (0, 0), "{quiet:?}");
     assert_eq!(ws.sandbox.request_counts().ghl_writes, writes_before);
 
-    let runs_before: BTreeSet<String> =
-        ws.engine.store.runs(None, usize::MAX).unwrap().into_iter().map(|r| r.id).collect();
+    let runs_before: BTreeSet<ghlflow::store::RunId> =
+        ws.engine.store.runs(None, usize::MAX).await.unwrap().into_iter().map(|r| r.id).collect();
 
     // 20 people edited, 5 deleted, 10 added; notes edited; tasks completed.
     let edited = ws.sandbox.capsule_edit_people(20);
@@ -195,7 +196,7 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
     let added = ws.sandbox.capsule_add_people(10);
     let notes = ws.sandbox.capsule_edit_notes(10);
     // Edits to old notes are found by the hourly whole read of the notes feed.
-    ws.let_an_hour_pass();
+    ws.let_an_hour_pass().await;
     let tasks = ws.sandbox.capsule_complete_tasks(10);
     assert_eq!((edited.len(), deleted.len(), added.len(), notes.len(), tasks.len()), (20, 5, 10, 10, 10));
     let changes = ws.cycle().await;
@@ -205,13 +206,13 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
 
     // Exactly those changes: people runs for the edited and added people only; the deleted
     // ones tagged; ten new contacts at most (some new people share an email with others).
-    let people_runs = ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap();
+    let people_runs = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap();
     let latest: BTreeSet<String> =
         people_runs.iter().filter(|r| !runs_before.contains(&r.id)).filter_map(|r| r.item_id.clone()).collect();
     let expected: BTreeSet<String> = edited.iter().chain(added.iter()).map(|id| id.to_string()).collect();
     assert_eq!(latest, expected, "the people runs of the last cycle are exactly the edited and added people");
     for id in &deleted {
-        if let Some(contact) = ws.engine.store.id_of(&format!("party:{id}")).unwrap() {
+        if let Some(contact) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
             let c = ws.sandbox.ghl_contacts().into_iter().find(|c| c["id"] == contact.as_str()).unwrap();
             assert!(
                 c["tags"].as_array().unwrap().iter().any(|t| t == "capsule-deleted"),
@@ -246,7 +247,7 @@ async fn injected_failures_and_lost_answers_change_nothing_in_the_end() {
         ws.sandbox.capsule_add_people(10);
         ws.sandbox.capsule_edit_notes(10);
         ws.sandbox.capsule_complete_tasks(10);
-        ws.let_an_hour_pass();
+        ws.let_an_hour_pass().await;
         let r = ws.cycle().await;
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         // Whatever still failed is replayed later by autoreplay; do that now.

@@ -15,18 +15,19 @@ async fn workspace(people: usize, seed: u64) -> Workspace {
     Workspace::new(SandboxOptions { people, seed, limits_scale: 100.0, ..SandboxOptions::default() }).await.unwrap()
 }
 
-fn runs_in(ws: &Workspace, status: RunStatus) -> Vec<ghlflow::store::RunRecord> {
-    ws.engine.store.runs(None, usize::MAX).unwrap().into_iter().filter(|r| r.status == status).collect()
+async fn runs_in(ws: &Workspace, status: RunStatus) -> Vec<ghlflow::store::RunRecord> {
+    ws.engine.store.runs(None, usize::MAX).await.unwrap().into_iter().filter(|r| r.status == status).collect()
 }
 
 /// A Capsule person the mirror put in GHL, with its contact id.
-fn mirrored_person(ws: &Workspace, skip: usize) -> (i64, String) {
-    ws.sandbox
-        .capsule_people()
-        .into_iter()
-        .filter_map(|id| ws.engine.store.id_of(&format!("party:{id}")).unwrap().map(|c| (id, c)))
-        .nth(skip)
-        .expect("a mirrored person")
+async fn mirrored_person(ws: &Workspace, skip: usize) -> (i64, String) {
+    let mut mirrored = Vec::new();
+    for id in ws.sandbox.capsule_people() {
+        if let Some(c) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
+            mirrored.push((id, c));
+        }
+    }
+    mirrored.into_iter().nth(skip).expect("a mirrored person")
 }
 
 fn contact(ws: &Workspace, id: &str) -> Option<Value> {
@@ -46,16 +47,20 @@ async fn notes_and_tasks_polled_before_their_people_wait_instead_of_failing() {
     assert_eq!(early.count(RunStatus::Failed), 0, "a note or task of a person not mirrored yet failed");
     let waiting = early.count(RunStatus::Waiting);
     assert!(waiting > 50, "notes and tasks of unmirrored people wait: {waiting}");
-    assert_eq!(runs_in(&ws, RunStatus::Waiting).len(), waiting);
-    let run = &runs_in(&ws, RunStatus::Waiting)[0];
+    assert_eq!(runs_in(&ws, RunStatus::Waiting).await.len(), waiting);
+    let run = &runs_in(&ws, RunStatus::Waiting).await[0];
     assert!(run.error.as_deref().unwrap_or_default().contains("waiting for `ids.contact` (`party:"), "{run:?}");
 
     // The next `run --once` polls people first (`after:`), then resumes what waited.
     let cycle = ws.cycle().await;
     assert!(cycle.errors.is_empty(), "{:?}", cycle.errors);
-    assert_eq!(runs_in(&ws, RunStatus::Failed).len(), 0);
-    assert_eq!(runs_in(&ws, RunStatus::Waiting).len(), 0, "every waiting run resumed once its person was mirrored");
-    for r in ws.engine.store.runs(Some("capsule-notes"), usize::MAX).unwrap() {
+    assert_eq!(runs_in(&ws, RunStatus::Failed).await.len(), 0);
+    assert_eq!(
+        runs_in(&ws, RunStatus::Waiting).await.len(),
+        0,
+        "every waiting run resumed once its person was mirrored"
+    );
+    for r in ws.engine.store.runs(Some("capsule-notes"), usize::MAX).await.unwrap() {
         assert!(matches!(r.status, RunStatus::Succeeded | RunStatus::Filtered), "{r:?}");
     }
 
@@ -107,10 +112,14 @@ async fn a_tag_a_ghl_user_added_survives_capsule_edits_and_only_the_mirrors_tags
     let ws = workspace(60, 5).await;
     assert_eq!(ws.cycle().await.still_failed, 0);
     // A person with at least one Capsule tag.
-    let (person, contact_id) = (0..)
-        .map(|i| mirrored_person(&ws, i))
-        .find(|(p, _)| ws.sandbox.capsule_party(*p).unwrap()["tags"].as_array().is_some_and(|t| !t.is_empty()))
-        .unwrap();
+    let mut i = 0;
+    let (person, contact_id) = loop {
+        let (p, c) = mirrored_person(&ws, i).await;
+        if ws.sandbox.capsule_party(p).unwrap()["tags"].as_array().is_some_and(|t| !t.is_empty()) {
+            break (p, c);
+        }
+        i += 1;
+    };
     let capsule_tags: BTreeSet<String> = ws.sandbox.capsule_party(person).unwrap()["tags"]
         .as_array()
         .unwrap()
@@ -147,7 +156,7 @@ async fn timed_tasks_arrive_at_the_instant_the_owner_meant_across_dst() {
         ws.sandbox.capsule_users().into_iter().find(|u| u["timezone"] == tz).unwrap()["id"].as_i64().unwrap()
     };
     let (new_york, kolkata) = (zone_of("America/New_York"), zone_of("Asia/Kolkata"));
-    let (person, contact_id) = mirrored_person(&ws, 3);
+    let (person, contact_id) = mirrored_person(&ws, 3).await;
     let cases = [
         // Before New York's clocks go forward (2026-03-08): EST, -05:00.
         (new_york, "2026-03-06", Some("09:30:00"), "2026-03-06T14:30:00Z"),
@@ -182,15 +191,15 @@ async fn timed_tasks_arrive_at_the_instant_the_owner_meant_across_dst() {
 async fn a_contact_deleted_in_ghl_is_upserted_again_and_remapped() {
     let ws = workspace(50, 13).await;
     assert_eq!(ws.cycle().await.still_failed, 0);
-    let (person, old_contact) = mirrored_person(&ws, 2);
+    let (person, old_contact) = mirrored_person(&ws, 2).await;
     let email = contact(&ws, &old_contact).unwrap()["email"].clone();
     ws.ghl_call("ghl.contacts.delete_contact", json!({"contactId": old_contact})).await.unwrap();
     assert!(contact(&ws, &old_contact).is_none());
 
     assert!(ws.sandbox.capsule_touch_person(person));
     let r = ws.cycle().await;
-    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed));
-    let new_contact = ws.engine.store.id_of(&format!("party:{person}")).unwrap().unwrap();
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed).await);
+    let new_contact = ws.engine.store.id_of(&format!("party:{person}")).await.unwrap().unwrap();
     assert_ne!(new_contact, old_contact, "the person is mapped to a contact GHL has");
     let c = contact(&ws, &new_contact).expect("the contact exists again in GHL");
     assert_eq!(c["email"], email);
@@ -200,6 +209,7 @@ async fn a_contact_deleted_in_ghl_is_upserted_again_and_remapped() {
         .engine
         .store
         .runs(Some("capsule-people"), usize::MAX)
+        .await
         .unwrap()
         .into_iter()
         .find(|r| r.item_id.as_deref() == Some(&person.to_string()) && !r.notes.is_empty())
@@ -235,28 +245,30 @@ async fn edits_to_old_notes_are_found_by_the_hourly_whole_read_and_new_notes_at_
     let edited = ws.sandbox.capsule_edit_notes(5);
     let added = ws.sandbox.capsule_add_notes(5);
     assert_eq!((edited.len(), added.len()), (5, 5));
-    let note_runs = |ws: &Workspace| ws.engine.store.runs(Some("capsule-notes"), usize::MAX).unwrap().len();
-    let before = note_runs(&ws);
+    async fn note_runs(ws: &Workspace) -> usize {
+        ws.engine.store.runs(Some("capsule-notes"), usize::MAX).await.unwrap().len()
+    }
+    let before = note_runs(&ws).await;
     // Within the hour: the new notes (on top of the newest-first feed) arrive; the edits to
     // old ones wait for the whole read.
     let r = ws.cycle().await;
     assert_eq!(r.failed, 0, "{r:?}");
-    let latest = |ws: &Workspace, before: usize| -> BTreeSet<String> {
-        let n = note_runs(ws) - before;
-        ws.engine.store.runs(Some("capsule-notes"), n).unwrap().into_iter().filter_map(|r| r.item_id).collect()
-    };
+    async fn latest(ws: &Workspace, before: usize) -> BTreeSet<String> {
+        let n = note_runs(ws).await - before;
+        ws.engine.store.runs(Some("capsule-notes"), n).await.unwrap().into_iter().filter_map(|r| r.item_id).collect()
+    }
     let ids = |v: &[i64]| -> BTreeSet<String> { v.iter().map(|i| i.to_string()).collect() };
     let (added, edited) = (ids(&added), ids(&edited));
-    let quick = latest(&ws, before);
+    let quick = latest(&ws, before).await;
     // The quick read stops at the first note seen unchanged: it holds every new note, and
     // only those edits that sit above that point.
     assert!(added.is_subset(&quick), "a quick poll finds every new note: {quick:?} {added:?}");
     assert!(quick.difference(&added).all(|i| edited.contains(i)), "{quick:?}");
     // An hour later the whole feed is read: the remaining edits arrive, nothing else.
-    ws.let_an_hour_pass();
-    let before = note_runs(&ws);
+    ws.let_an_hour_pass().await;
+    let before = note_runs(&ws).await;
     ws.cycle().await;
-    let scan = latest(&ws, before);
+    let scan = latest(&ws, before).await;
     let all: BTreeSet<String> = quick.union(&scan).cloned().collect();
     assert_eq!(all, added.union(&edited).cloned().collect(), "new and edited notes, each once");
     assert!(quick.is_disjoint(&scan));
@@ -294,7 +306,7 @@ async fn the_shipped_recipes_spend_under_a_quarter_of_capsules_hourly_budget() {
         let before = cost(&ws);
         ws.engine.poll(r).await.unwrap();
         let quick = cost(&ws) - before;
-        ws.let_an_hour_pass();
+        ws.let_an_hour_pass().await;
         let whole = read_to_the_end(&ws).await;
         let polls = 3600.0 / r.trigger.schedule.period().as_secs_f64();
         let scans = (3600.0 / r.trigger.full_scan_every.as_secs_f64()).min(polls);
@@ -357,7 +369,7 @@ async fn pending_tasks_stay_open_and_restricted_people_are_tagged() {
     let pended = ws.sandbox.capsule_pend_tasks(5);
     let restricted = ws.sandbox.capsule_restrict_people(3);
     assert_eq!((pended.len(), restricted.len()), (5, 3));
-    ws.let_an_hour_pass();
+    ws.let_an_hour_pass().await;
     let r = ws.cycle().await;
     assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}");
     let all_tasks: Vec<Value> =
@@ -373,7 +385,7 @@ async fn pending_tasks_stay_open_and_restricted_people_are_tagged() {
     }
     assert!(seen > 0, "some pended task was on a mirrored person");
     for id in restricted {
-        if let Some(contact_id) = ws.engine.store.id_of(&format!("party:{id}")).unwrap() {
+        if let Some(contact_id) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
             let c = contact(&ws, &contact_id).unwrap();
             assert!(tags(&c).contains("capsule-restricted"), "restricted person {id}: {c}");
         }
@@ -384,14 +396,14 @@ async fn pending_tasks_stay_open_and_restricted_people_are_tagged() {
 async fn a_contact_merged_away_in_ghl_is_remapped_to_a_contact_ghl_has() {
     let ws = workspace(50, 37).await;
     assert_eq!(ws.cycle().await.still_failed, 0);
-    let (person, merged_away) = mirrored_person(&ws, 4);
-    let (_, survivor) = mirrored_person(&ws, 5);
+    let (person, merged_away) = mirrored_person(&ws, 4).await;
+    let (_, survivor) = mirrored_person(&ws, 5).await;
     ws.sandbox.ghl_merge_contacts(&merged_away, &survivor).unwrap();
     assert!(contact(&ws, &merged_away).is_none());
     assert!(ws.sandbox.capsule_touch_person(person));
     let r = ws.cycle().await;
-    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed));
-    let now = ws.engine.store.id_of(&format!("party:{person}")).unwrap().unwrap();
+    assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed).await);
+    let now = ws.engine.store.id_of(&format!("party:{person}")).await.unwrap().unwrap();
     assert_ne!(now, merged_away);
     assert!(contact(&ws, &now).is_some(), "the person maps to a contact GHL has");
 }
@@ -405,7 +417,7 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
     let engine = std::sync::Arc::clone(&ws.engine);
     let people = engine.recipe("capsule-people").unwrap();
     assert!(ws.engine.poll(&people).await.unwrap().queued.len() > 10, "the backfill");
-    let runs_before = ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap().len();
+    let runs_before = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap().len();
     ws.sandbox.capsule_edit_people(5);
     // Every answer now takes a while: the reset lands while the feed is being read.
     let mut faults = ws.sandbox.faults();
@@ -416,11 +428,11 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
         async move { engine.poll(&people).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    engine.reset_trigger(&people, None).unwrap();
+    engine.reset_trigger(&people, None).await.unwrap();
     let outcome = poll.await.unwrap().unwrap();
     assert!(outcome.queued.is_empty(), "{outcome:?}");
-    assert_eq!(ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap().len(), runs_before);
-    let state = ws.engine.store.trigger_state("capsule-people").unwrap().unwrap();
+    assert_eq!(ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap().len(), runs_before);
+    let state = ws.engine.store.trigger_state("capsule-people").await.unwrap().unwrap();
     assert!(!state.baselined && state.cursor.is_none(), "the reset was undone: {state:?}");
 
     faults.latency = std::time::Duration::ZERO;
@@ -445,18 +457,17 @@ async fn a_stop_mid_backfill_leaves_the_runs_not_started_queued_for_the_next_sta
         async move { engine.poll_and_run(&people).await }
     });
     // Stop once a few runs are done.
-    let done = |ws: &Workspace| runs_in(ws, RunStatus::Succeeded).len();
-    while done(&ws) < 5 {
+    while runs_in(&ws, RunStatus::Succeeded).await.len() < 5 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     ws.engine.stop();
     let tick = tick.await.unwrap();
     let queued = tick.poll.as_ref().unwrap().queued.len();
-    let finished = runs_in(&ws, RunStatus::Succeeded).len();
-    let left = runs_in(&ws, RunStatus::Queued).len();
+    let finished = runs_in(&ws, RunStatus::Succeeded).await.len();
+    let left = runs_in(&ws, RunStatus::Queued).await.len();
     assert!(finished >= 5 && left > 0, "{finished} finished, {left} left queued of {queued}");
     assert_eq!(finished + left, queued, "every run either finished or stayed queued");
-    assert_eq!(runs_in(&ws, RunStatus::Running).len(), 0, "a run in flight was cut off");
+    assert_eq!(runs_in(&ws, RunStatus::Running).await.len(), 0, "a run in flight was cut off");
 
     // The next start (a new engine on the same state) runs what was left, each once.
     let engine = std::sync::Arc::new(
@@ -471,8 +482,8 @@ async fn a_stop_mid_backfill_leaves_the_runs_not_started_queued_for_the_next_sta
     engine.set_recipes(ws.engine.recipes().iter().map(|r| (**r).clone()).collect());
     let summary = engine.run_once(&["capsule-people".to_owned()]).await;
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-    assert_eq!(runs_in(&ws, RunStatus::Queued).len(), 0);
-    assert_eq!(runs_in(&ws, RunStatus::Succeeded).len(), queued);
+    assert_eq!(runs_in(&ws, RunStatus::Queued).await.len(), 0);
+    assert_eq!(runs_in(&ws, RunStatus::Succeeded).await.len(), queued);
     // Each person upserted once: one contact per mirrored person, none twice.
     let contacts = ws.sandbox.ghl_contacts();
     let mut emails = BTreeSet::new();

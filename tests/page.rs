@@ -50,7 +50,7 @@ async fn the_page_escapes_hostile_item_data_under_a_policy_that_allows_no_script
         ghlflow::engine::now_iso(),
     );
     run.error = Some(format!("step `x`: GHL said {hostile}"));
-    engine.store.save_run(&run).unwrap();
+    engine.store.create_runs(std::slice::from_ref(&run)).await.unwrap();
     let base = serve(&engine).await;
 
     let (status, page, headers) = get(&format!("{base}/runs/{}", run.id)).await;
@@ -66,7 +66,7 @@ async fn the_page_escapes_hostile_item_data_under_a_policy_that_allows_no_script
 
     let (status, list, _) = get(&format!("{base}/runs?status=failed")).await;
     assert_eq!(status, 200);
-    assert!(list.contains(&run.id) && !list.contains("<img"), "{list}");
+    assert!(list.contains(run.id.as_str()) && !list.contains("<img"), "{list}");
     assert!(list.contains("http-equiv=\"refresh\""), "the list refreshes itself: {list}");
 
     let (status, css, headers) = get(&format!("{base}/style.css")).await;
@@ -95,7 +95,7 @@ async fn recipes_show_their_trigger_position_and_recent_runs_and_the_history_pag
     }
     assert!(page.contains("capsule.parties.party_updated"), "the trigger's operation: {page}");
     assert!(page.contains("every 5m"), "the schedule: {page}");
-    let succeeded = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 0).unwrap().1;
+    let succeeded = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 0).await.unwrap().1;
     assert!(succeeded >= 50, "the backfill ran every person: {succeeded}");
     assert!(
         page.contains(&format!("status=succeeded\">{succeeded} succeeded</a>")),
@@ -111,11 +111,11 @@ async fn recipes_show_their_trigger_position_and_recent_runs_and_the_history_pag
     );
     let (_, second, _) = get(&format!("{base}/runs?recipe=capsule-people&status=succeeded&page=1")).await;
     assert!(second.contains(&format!("51–{succeeded} of {succeeded}")), "{second}");
-    let newest = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 1).unwrap().0;
-    let oldest = ws.engine.store.runs(Some("capsule-people"), usize::MAX).unwrap();
-    assert!(first.contains(&newest[0].id) && !second.contains(&newest[0].id));
-    let oldest = &oldest.last().unwrap().id;
-    assert!(second.contains(oldest.as_str()) && !first.contains(oldest.as_str()));
+    let newest = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 1).await.unwrap().0;
+    let oldest = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap();
+    assert!(first.contains(newest[0].id.as_str()) && !second.contains(newest[0].id.as_str()));
+    let oldest = oldest.last().unwrap().id.as_str();
+    assert!(second.contains(oldest) && !first.contains(oldest));
 
     // A run's page: the trigger item, each step's input and response, its tries and time.
     let (_, run, _) = get(&format!("{base}/runs/{}", newest[0].id)).await;
@@ -138,23 +138,23 @@ async fn actions_need_the_forms_token_and_pause_keeps_a_recipe_from_polling() {
         assert_eq!(response.status().as_u16(), 403);
         assert!(response.text().await.unwrap().contains("token is missing or stale"));
     }
-    assert!(!ws.engine.is_paused("capsule-people").unwrap(), "a refused action changed nothing");
+    assert!(!ws.engine.is_paused("capsule-people").await.unwrap(), "a refused action changed nothing");
 
     let response = http.post(&pause).form(&[("csrf", token.as_str())]).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 303);
-    assert!(ws.engine.is_paused("capsule-people").unwrap());
+    assert!(ws.engine.is_paused("capsule-people").await.unwrap());
     let (_, page, _) = get(&format!("{base}/")).await;
     assert!(page.contains("<strong>paused</strong>"), "{page}");
 
     let summary = ws.engine.run_once(&[]).await;
     assert!(!summary.polls.iter().any(|p| p.recipe == "capsule-people"), "a paused recipe was polled");
-    assert!(ws.engine.store.trigger_state("capsule-people").unwrap().is_none());
-    assert!(ws.engine.store.runs(Some("capsule-people"), 1).unwrap().is_empty());
+    assert!(ws.engine.store.trigger_state("capsule-people").await.unwrap().is_none());
+    assert!(ws.engine.store.runs(Some("capsule-people"), 1).await.unwrap().is_empty());
 
     let response =
         http.post(format!("{base}/recipes/capsule-people/resume")).form(&[("csrf", token)]).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 303);
-    assert!(!ws.engine.is_paused("capsule-people").unwrap());
+    assert!(!ws.engine.is_paused("capsule-people").await.unwrap());
     let summary = ws.engine.run_once(&["capsule-people".to_owned()]).await;
     assert!(summary.polls.iter().any(|p| p.recipe == "capsule-people"), "resumed, it polls again");
 

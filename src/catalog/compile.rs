@@ -670,7 +670,6 @@ fn compile_webhook(
         ("repeat_safe", spec.repeat_safe.is_some()),
         ("retry", spec.retry.is_some()),
         ("sample_input", !spec.sample_input.is_empty()),
-        ("dedupe", spec.dedupe.is_some()),
     ];
     for (field, given) in request_fields {
         if given {
@@ -698,6 +697,23 @@ fn compile_webhook(
             }
             None => {
                 err(diags, "reconcile", format!("`{text}` is not a full operation key (`<app>.<category>.<name>`)"));
+                None
+            }
+        },
+    };
+    // On an event, `dedupe` says how its reconciling poll tells what this event would have
+    // delivered: `id` for a creation (only records not seen before), where the poll's own
+    // rule (a change time) would fire on every later edit as well.
+    let dedupe = match spec.dedupe.as_deref() {
+        None => None,
+        Some(d) => match Dedupe::parse(d) {
+            Some(d) if reconcile.is_some() => Some(d),
+            Some(_) => {
+                err(diags, "dedupe", "`dedupe` on an event applies to its reconciling poll; this one has none".into());
+                None
+            }
+            None => {
+                err(diags, "dedupe", format!("unknown dedupe rule `{d}`; expected id, id_updated or content"));
                 None
             }
         },
@@ -755,7 +771,7 @@ fn compile_webhook(
         inputs: Vec::new(),
         output,
         pagination: Pagination::None,
-        dedupe: None,
+        dedupe,
         since: None,
         repeat_safe: true,
         retry: app.retry.clone(),

@@ -90,7 +90,7 @@ pub async fn run(args: ConnectArgs, operations: Option<&Path>) -> CliResult {
         .map_err(|e| CliError::Runtime(config.redactor.redact(&e.to_string())))?;
     let stored = tokens.into_stored(None);
     let store = Store::open(&config.state_dir).map_err(|e| CliError::Runtime(e.to_string()))?;
-    store.save_tokens(&connection.name, &stored).map_err(|e| CliError::Runtime(e.to_string()))?;
+    store.save_tokens(&connection.name, &stored).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     let granted = match (&stored.location_id, &stored.company_id) {
         (Some(l), _) => format!(" for location {l}"),
         (None, Some(c)) => format!(" for company {c}"),

@@ -91,7 +91,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
         .iter()
         .filter(|c| c["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "capsule-deleted")))
         .count();
-    let counts = ws.run_counts();
+    let counts = ws.run_counts().await;
     let count = |s: RunStatus| counts.iter().find(|(st, _)| *st == s).map(|(_, n)| *n).unwrap_or(0);
     let mut out = String::new();
     let _ = writeln!(
@@ -118,15 +118,9 @@ pub async fn run(args: DemoArgs) -> CliResult {
         status("showed"),
         status("cancelled")
     );
-    let succeeded = |recipe: &str| {
-        ws.engine
-            .store
-            .runs(Some(recipe), usize::MAX)
-            .unwrap_or_default()
-            .iter()
-            .filter(|r| r.status == RunStatus::Succeeded)
-            .count()
-    };
+    let history = ws.engine.store.runs(None, usize::MAX).await.unwrap_or_default();
+    let succeeded =
+        |recipe: &str| history.iter().filter(|r| r.recipe == recipe && r.status == RunStatus::Succeeded).count();
     let _ = writeln!(out, "  welcome SMS sent to new leads      {}", succeeded("ghl-welcome-sms"));
     let _ = writeln!(out, "  won deals given a follow-up task   {}", succeeded("ghl-won-deal-follow-up"));
     let _ = writeln!(

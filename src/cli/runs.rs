@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{CliError, CliResult, load_catalog, load_config};
 use crate::engine::{Engine, EngineOptions};
-use crate::store::{RunRecord, RunStatus, Store, StoreError};
+use crate::store::{RunId, RunRecord, RunStatus, Store, StoreError};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -275,7 +275,7 @@ pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
                 Some(Some(s)) => Some(s),
                 None => None,
             };
-            match engine.store.runs_page(recipe.as_deref(), status, limit) {
+            match engine.store.runs_page(recipe.as_deref(), status, limit).await {
                 Ok((runs, total)) => {
                     let mut reply = if json {
                         let rows: Vec<Value> = runs.iter().map(list_row).collect();
@@ -294,27 +294,15 @@ pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
                 Err(e) => Reply::failed(e.to_string()),
             }
         }
-        RunsRequest::Show { run, json } => match engine.store.run(&run) {
-            Ok(Some(r)) if json => Reply::ok(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"),
-            Ok(Some(r)) => Reply::ok(render_run(&r)),
-            Ok(None) => Reply::invalid(format!("no run `{run}`; `ghlflow runs list` shows recent runs")),
-            Err(e) => Reply::failed(e.to_string()),
+        RunsRequest::Show { run, json } => match parse_run_id(&run) {
+            Err(reply) => reply,
+            Ok(id) => show(engine, &id, json).await,
         },
-        RunsRequest::Replay { run } => match engine.replay(&run).await {
-            Ok(o) if o.status == RunStatus::Succeeded => Reply::ok(format!("run {} replayed: succeeded\n", o.id)),
-            Ok(o) => Reply {
-                exit: 1,
-                stdout: format!("run {} replayed: {}\n", o.id, o.status.as_str()),
-                stderr: o.error.map(|e| format!("error: {e}\n")).unwrap_or_default(),
-            },
-            Err(
-                e @ (crate::engine::EngineError::UnknownRun(_)
-                | crate::engine::EngineError::Refused(_)
-                | crate::engine::EngineError::UnknownRecipe(_)),
-            ) => Reply::invalid(e.to_string()),
-            Err(e) => Reply::failed(e.to_string()),
+        RunsRequest::Replay { run } => match parse_run_id(&run) {
+            Err(reply) => reply,
+            Ok(id) => replay(engine, &id).await,
         },
-        RunsRequest::Release { recipe } => match engine.release(&recipe) {
+        RunsRequest::Release { recipe } => match engine.release(&recipe).await {
             Ok(ids) if ids.is_empty() => Reply::ok(format!("recipe `{recipe}` has no held runs\n")),
             Ok(ids) => {
                 let n = ids.len();
@@ -335,11 +323,11 @@ pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
             }
             Err(e) => Reply::failed(e.to_string()),
         },
-        RunsRequest::Discard { recipe } => match engine.discard(&recipe) {
+        RunsRequest::Discard { recipe } => match engine.discard(&recipe).await {
             Ok(n) => Reply::ok(format!("discarded {n} held or unsure run(s) of `{recipe}`\n")),
             Err(e) => Reply::failed(e.to_string()),
         },
-        RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()),
+        RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()).await,
         RunsRequest::Pause { recipe } => pause(engine, &recipe, true).await,
         RunsRequest::Resume { recipe } => pause(engine, &recipe, false).await,
     }
@@ -362,7 +350,7 @@ async fn pause(engine: &Arc<Engine>, recipe: &str, paused: bool) -> Reply {
         )),
         Ok(true) => {
             // In a running engine the waiting runs start now; otherwise at the next `run`.
-            let started = if engine.is_stopping() { Ok(0) } else { engine.start_queued(recipe) };
+            let started = if engine.is_stopping() { Ok(0) } else { engine.start_queued(recipe).await };
             match started {
                 Ok(n) if n > 0 => Reply::ok(format!("recipe `{recipe}` resumed; {n} queued run(s) started\n")),
                 Ok(_) => Reply::ok(format!("recipe `{recipe}` resumed\n")),
@@ -372,7 +360,38 @@ async fn pause(engine: &Arc<Engine>, recipe: &str, paused: bool) -> Reply {
     }
 }
 
-fn trigger_reset(engine: &Engine, recipe: &str, to: Option<&str>) -> Reply {
+/// A run id as typed on the command line; a malformed one is refused with what ids look like.
+fn parse_run_id(text: &str) -> Result<RunId, Reply> {
+    text.trim().parse::<RunId>().map_err(|e| Reply::invalid(e.to_string()))
+}
+
+async fn show(engine: &Engine, id: &RunId, json: bool) -> Reply {
+    match engine.store.run(id).await {
+        Ok(Some(r)) if json => Reply::ok(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"),
+        Ok(Some(r)) => Reply::ok(render_run(&r)),
+        Ok(None) => Reply::invalid(format!("no run `{id}`; `ghlflow runs list` shows recent runs")),
+        Err(e) => Reply::failed(e.to_string()),
+    }
+}
+
+async fn replay(engine: &Engine, id: &RunId) -> Reply {
+    match engine.replay(id).await {
+        Ok(o) if o.status == RunStatus::Succeeded => Reply::ok(format!("run {} replayed: succeeded\n", o.id)),
+        Ok(o) => Reply {
+            exit: 1,
+            stdout: format!("run {} replayed: {}\n", o.id, o.status.as_str()),
+            stderr: o.error.map(|e| format!("error: {e}\n")).unwrap_or_default(),
+        },
+        Err(
+            e @ (crate::engine::EngineError::UnknownRun(_)
+            | crate::engine::EngineError::Refused(_)
+            | crate::engine::EngineError::UnknownRecipe(_)),
+        ) => Reply::invalid(e.to_string()),
+        Err(e) => Reply::failed(e.to_string()),
+    }
+}
+
+async fn trigger_reset(engine: &Engine, recipe: &str, to: Option<&str>) -> Reply {
     let Some(r) = engine.recipe(recipe) else {
         let names: Vec<String> = engine.recipes().iter().map(|r| r.id.clone()).collect();
         return Reply::invalid(format!(
@@ -387,7 +406,7 @@ fn trigger_reset(engine: &Engine, recipe: &str, to: Option<&str>) -> Reply {
             None => return Reply::invalid(format!("--to `{t}` is not a time; write e.g. 2026-11-01T00:00:00Z")),
         },
     };
-    match (engine.reset_trigger(&r, cursor.clone()), cursor) {
+    match (engine.reset_trigger(&r, cursor.clone()).await, cursor) {
         (Err(e), _) => Reply::failed(e.to_string()),
         (Ok(()), None) => Reply::ok(format!("trigger of `{recipe}` reset: the next poll records a new baseline\n")),
         (Ok(()), Some(c)) => {

@@ -15,13 +15,13 @@ use super::render::{Rendered, StepError, StepPlan, passes_filter, run_context, s
 use super::{Engine, EngineError, now_iso};
 use crate::http::HttpError;
 use crate::recipe::{Find, Recipe, Step, render_inputs};
-use crate::store::{RunRecord, RunStatus, StepStatus};
+use crate::store::{RunId, RunRecord, RunStatus, StepStatus};
 use crate::template::{context, truthy};
 
 /// How a run ended (for this attempt).
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
-    pub id: String,
+    pub id: RunId,
     pub recipe: String,
     pub status: RunStatus,
     pub error: Option<String>,
@@ -32,9 +32,9 @@ const WAIT_LIMIT: chrono::Duration = chrono::Duration::hours(24);
 
 impl Engine {
     /// Runs (or resumes) the run `id` until it succeeds, is filtered or fails.
-    pub async fn execute_run(&self, id: &str) -> Result<RunOutcome, EngineError> {
+    pub async fn execute_run(&self, id: &RunId) -> Result<RunOutcome, EngineError> {
         use tracing::Instrument as _;
-        let run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+        let run = self.store.run(id).await?.ok_or_else(|| EngineError::UnknownRun(id.to_string()))?;
         let Some(recipe) = self.recipe(&run.recipe) else {
             return Err(EngineError::UnknownRecipe(run.recipe.clone()));
         };
@@ -54,11 +54,13 @@ impl Engine {
         }
         // Steps may have changed since the run was created (an edited recipe): line the
         // record up with the current steps by id.
-        align_steps(&mut run, &recipe);
-        run.status = RunStatus::Running;
+        if align_steps(&mut run, &recipe) {
+            self.store.replace_steps(&run.id, &run.steps).await?;
+        }
         run.started.get_or_insert_with(now_iso);
         run.error = None;
         run.next_replay_at = None;
+        self.store.transition(&mut run, RunStatus::Running).await?;
 
         let lookups = match self.lookups(&recipe).await {
             Ok(l) => l,
@@ -72,11 +74,11 @@ impl Engine {
             match passes_filter(&recipe, &base) {
                 Ok(true) => {}
                 Ok(false) => {
-                    run.status = RunStatus::Filtered;
                     // No step of a filtered run will ever run: none is recorded as pending.
                     run.steps.clear();
+                    self.store.replace_steps(&run.id, &run.steps).await?;
                     run.finished = Some(now_iso());
-                    self.store.save_run(&run)?;
+                    self.store.transition(&mut run, RunStatus::Filtered).await?;
                     return Ok(outcome(&run));
                 }
                 Err(e) => return self.fail_run(run, &recipe, None, e).await,
@@ -95,11 +97,12 @@ impl Engine {
                 if matches!(run.steps[i].status, StepStatus::Succeeded | StepStatus::Skipped) {
                     continue;
                 }
-                let rendered = match self.render_step(step, &base, &outputs, None, &item_id) {
+                let rendered = match self.render_step(step, &base, &outputs, None, &item_id).await {
                     Ok(StepPlan::Sends(rendered)) => rendered,
                     Ok(StepPlan::Skipped) => {
                         run.steps[i].status = StepStatus::Skipped;
                         run.steps[i].finished = Some(now_iso());
+                        self.store.put_step(&run.id, i, &run.steps[i]).await?;
                         continue;
                     }
                     // An id another recipe records (the person's contact) is not there yet.
@@ -124,7 +127,7 @@ impl Engine {
                 // that must not simply be sent again after a crash: one that can look for what
                 // it may have created, and one that would be set aside as unsure.
                 if step.find.is_some() || blind {
-                    self.store.save_run(&run)?;
+                    self.store.put_step(&run.id, i, &run.steps[i]).await?;
                     self.store.flush_async().await?;
                 }
                 let started = Instant::now();
@@ -158,7 +161,7 @@ impl Engine {
                         record.output = Some(body.clone());
                         record.error = None;
                         outputs.insert(step.id.clone(), body);
-                        if let Err(e) = self.save_ids(step, &ctx_value, &outputs) {
+                        if let Err(e) = self.save_ids(step, &ctx_value, &outputs).await {
                             return self.fail_run(run, &recipe, Some(i), e).await;
                         }
                         // A blind write is durable before the next step: a resumed run would
@@ -166,7 +169,7 @@ impl Engine {
                         // step may wait for the next flush: if a crash loses its success, it is
                         // sent again (repeat-safe) or looked up first (its `find`). (After the
                         // last step, the run's own final save and flush cover it.)
-                        self.store.save_run(&run)?;
+                        self.store.put_step(&run.id, i, &run.steps[i]).await?;
                         if blind && i + 1 < recipe.steps.len() {
                             self.store.flush_async().await?;
                         }
@@ -184,7 +187,7 @@ impl Engine {
                         let mut forgotten = Vec::new();
                         for (name, key) in id_keys.iter().filter(|(n, _)| step.forget_when_gone.contains(n)) {
                             if forgotten_keys.insert(key.clone()) {
-                                self.store.forget_id(key)?;
+                                self.store.forget_id(key).await?;
                                 forgotten.push(format!("{name} (`{key}`)"));
                             }
                         }
@@ -200,7 +203,8 @@ impl Engine {
                             record.output = None;
                             record.error = None;
                         }
-                        self.store.save_run(&run)?;
+                        self.store.replace_steps(&run.id, &run.steps).await?;
+                        self.store.transition(&mut run, RunStatus::Running).await?;
                         self.store.flush_async().await?;
                         continue 'run;
                     }
@@ -209,18 +213,17 @@ impl Engine {
             }
             break 'run;
         }
-        run.status = RunStatus::Succeeded;
         run.finished = Some(now_iso());
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Succeeded).await?;
         self.store.flush_async().await?;
         tracing::debug!("run succeeded");
         Ok(outcome(&run))
     }
 
     /// After a step succeeded: remembers the ids its `save` names.
-    fn save_ids(&self, step: &Step, ctx: &Value, outputs: &Map<String, Value>) -> Result<(), StepError> {
+    async fn save_ids(&self, step: &Step, ctx: &Value, outputs: &Map<String, Value>) -> Result<(), StepError> {
         for (key, id) in self.ids_to_save(step, ctx, outputs)? {
-            self.store.remember_id(&key, &id)?;
+            self.store.remember_id(&key, &id).await?;
         }
         Ok(())
     }
@@ -246,9 +249,8 @@ impl Engine {
             return self.fail_run(run, recipe, Some(i), error).await;
         }
         tracing::debug!(step = %run.steps[i].id, "{what}");
-        run.status = RunStatus::Waiting;
         run.error = Some(format!("step `{}`: {what}", run.steps[i].id));
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Waiting).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
@@ -263,10 +265,9 @@ impl Engine {
             step.id, step.operation, run.id, run.recipe
         );
         tracing::warn!(step = %step.id, "{message}");
-        run.status = RunStatus::Unsure;
         run.error = Some(message);
         run.finished = Some(now_iso());
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Unsure).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
@@ -388,8 +389,10 @@ impl Engine {
             record.finished.get_or_insert_with(now_iso);
             message = format!("step `{}` ({}): {message}", record.id, record.operation);
         }
+        if let Some(i) = step.filter(|i| *i < run.steps.len()) {
+            self.store.put_step(&run.id, i, &run.steps[i]).await?;
+        }
         tracing::warn!(error = %message, "run failed");
-        run.status = RunStatus::Failed;
         run.error = Some(message);
         run.finished = Some(now_iso());
         // The server asked for a longer wait than the HTTP layer's retries make (a 429 far in
@@ -403,14 +406,14 @@ impl Engine {
             let at = crate::http::auth::unix_now() + wait.as_secs();
             run.next_replay_at = Some(run.next_replay_at.map_or(at, |asked| asked.max(at)));
         }
-        self.store.save_run(&run)?;
+        self.store.transition(&mut run, RunStatus::Failed).await?;
         self.store.flush_async().await?;
         Ok(outcome(&run))
     }
 
     /// `runs replay`: resumes a failed run from its failed step (completed steps are kept).
-    pub async fn replay(&self, id: &str) -> Result<RunOutcome, EngineError> {
-        let mut run = self.store.run(id)?.ok_or_else(|| EngineError::UnknownRun(id.to_owned()))?;
+    pub async fn replay(&self, id: &RunId) -> Result<RunOutcome, EngineError> {
+        let mut run = self.store.run(id).await?.ok_or_else(|| EngineError::UnknownRun(id.to_string()))?;
         if !matches!(run.status, RunStatus::Failed | RunStatus::Unsure) {
             return Err(EngineError::Refused(format!(
                 "run {id} is {}; only failed and unsure runs can be replayed",
@@ -420,9 +423,9 @@ impl Engine {
         for s in run.steps.iter_mut().filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::Sent)) {
             s.status = StepStatus::Pending;
         }
-        run.status = RunStatus::Queued;
         run.replays += 1;
-        self.store.save_run(&run)?;
+        self.store.replace_steps(&run.id, &run.steps).await?;
+        self.store.transition(&mut run, RunStatus::Queued).await?;
         self.execute_run(id).await
     }
 
@@ -430,7 +433,7 @@ impl Engine {
     /// 1, 2, 4, 8 and 16 minutes). `ghlflow run` calls it every half minute with the clock;
     /// the demo and the tests call it with the delays compressed.
     pub async fn replay_due(&self, now_unix: u64) -> Vec<Result<RunOutcome, EngineError>> {
-        let due: Vec<String> = match self.store.open_runs() {
+        let due: Vec<RunId> = match self.store.open_runs().await {
             Ok(open) => {
                 open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix)).map(|r| r.id).collect()
             }
@@ -444,30 +447,28 @@ impl Engine {
     }
 
     /// Puts held runs of a recipe in the queue; returns their ids.
-    pub fn release(&self, recipe: &str) -> Result<Vec<String>, EngineError> {
+    pub async fn release(&self, recipe: &str) -> Result<Vec<RunId>, EngineError> {
         let mut ids = Vec::new();
-        for mut run in self.store.runs_with_status(recipe, RunStatus::Held)? {
-            run.status = RunStatus::Queued;
-            self.store.save_run(&run)?;
+        for mut run in self.store.runs_with_status(recipe, RunStatus::Held).await? {
+            self.store.transition(&mut run, RunStatus::Queued).await?;
             ids.push(run.id);
         }
-        self.store.flush()?;
+        self.store.flush_async().await?;
         Ok(ids)
     }
 
     /// Drops held runs of a recipe, and unsure ones a person decided not to send again (they
     /// stay in history as discarded).
-    pub fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
+    pub async fn discard(&self, recipe: &str) -> Result<usize, EngineError> {
         let mut n = 0;
-        let mut runs = self.store.runs_with_status(recipe, RunStatus::Held)?;
-        runs.extend(self.store.runs_with_status(recipe, RunStatus::Unsure)?);
+        let mut runs = self.store.runs_with_status(recipe, RunStatus::Held).await?;
+        runs.extend(self.store.runs_with_status(recipe, RunStatus::Unsure).await?);
         for mut run in runs {
-            run.status = RunStatus::Discarded;
             run.finished = Some(now_iso());
-            self.store.save_run(&run)?;
+            self.store.transition(&mut run, RunStatus::Discarded).await?;
             n += 1;
         }
-        self.store.flush()?;
+        self.store.flush_async().await?;
         Ok(n)
     }
 }
@@ -482,15 +483,19 @@ fn shaped_like_response(op: &crate::catalog::Operation, record: Value) -> Value 
     }
 }
 
-/// Makes `run.steps` match the recipe's steps by id, keeping what was recorded.
-fn align_steps(run: &mut RunRecord, recipe: &Recipe) {
+/// Makes `run.steps` match the recipe's steps by id, keeping what was recorded. Returns
+/// whether a recorded step moved or went (the journal keys steps by position, so its
+/// entries are then rewritten).
+fn align_steps(run: &mut RunRecord, recipe: &Recipe) -> bool {
     let mut old: Vec<crate::store::StepRecord> = std::mem::take(&mut run.steps);
+    let recorded: Vec<String> = old.iter().map(|s| s.id.clone()).collect();
     for step in &recipe.steps {
         match old.iter().position(|s| s.id == step.id) {
             Some(i) => run.steps.push(old.remove(i)),
             None => run.steps.push(crate::store::StepRecord::pending(&step.id, &step.operation.key.to_string())),
         }
     }
+    recorded.iter().enumerate().any(|(at, id)| run.steps.get(at).is_none_or(|s| &s.id != id))
 }
 
 fn outcome(run: &RunRecord) -> RunOutcome {

@@ -47,19 +47,18 @@ pub async fn catch_panic<T>(task: impl Future<Output = T>) -> Result<T, String> 
 /// `message`, and the store is flushed. Returns how many runs were failed.
 pub async fn fail_stuck_runs(engine: &Engine, recipe: &str, message: &str) -> usize {
     tracing::error!(recipe = %recipe, panic = %message, "a poll task panicked; its unfinished runs are marked failed");
-    let Ok(open) = engine.store.open_runs() else { return 0 };
+    let Ok(open) = engine.store.open_runs().await else { return 0 };
     let mut n = 0;
     // Waiting runs wait for another recipe's id, not for this task: they stay.
     for mut run in
         open.into_iter().filter(|r| r.recipe == recipe && matches!(r.status, RunStatus::Queued | RunStatus::Running))
     {
-        run.status = RunStatus::Failed;
         run.error = Some(format!(
             "internal error (the engine task panicked: {message}); `ghlflow runs replay {}` resumes it",
             run.id
         ));
         run.finished = Some(now_iso());
-        if engine.store.save_run(&run).is_ok() {
+        if engine.store.transition(&mut run, RunStatus::Failed).await.is_ok() {
             n += 1;
         }
     }
@@ -73,7 +72,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::{RunRecord, Store};
+    use crate::store::{RunId, RunRecord, Store};
 
     fn engine() -> Engine {
         let catalog = crate::catalog::load_embedded().unwrap();
@@ -84,8 +83,12 @@ mod tests {
         Engine::with_store(Arc::new(catalog), Arc::new(config), store, Default::default()).unwrap()
     }
 
-    fn run(id: &str, recipe: &str, status: RunStatus) -> RunRecord {
-        RunRecord::new(id.into(), recipe, status, "1", serde_json::json!({}), now_iso())
+    fn run(n: u32, recipe: &str, status: RunStatus) -> RunRecord {
+        RunRecord::new(id(n), recipe, status, "1", serde_json::json!({}), now_iso())
+    }
+
+    fn id(n: u32) -> RunId {
+        RunId::new(1, n)
     }
 
     #[tokio::test]
@@ -95,21 +98,27 @@ mod tests {
         assert_eq!(catch_panic(async { 7 }).await, Ok(7));
 
         let engine = engine();
-        engine.store.save_run(&run("0001-000001", "welcome", RunStatus::Queued)).unwrap();
-        // A running run was indexed when it was queued.
-        engine.store.save_run(&run("0001-000002", "welcome", RunStatus::Queued)).unwrap();
-        engine.store.save_run(&run("0001-000002", "welcome", RunStatus::Running)).unwrap();
-        engine.store.save_run(&run("0001-000003", "other", RunStatus::Queued)).unwrap();
-        engine.store.save_run(&run("0001-000004", "welcome", RunStatus::Succeeded)).unwrap();
+        let mut running = run(2, "welcome", RunStatus::Queued);
+        engine
+            .store
+            .create_runs(&[
+                run(1, "welcome", RunStatus::Queued),
+                running.clone(),
+                run(3, "other", RunStatus::Queued),
+                run(4, "welcome", RunStatus::Succeeded),
+            ])
+            .await
+            .unwrap();
+        engine.store.transition(&mut running, RunStatus::Running).await.unwrap();
         assert_eq!(fail_stuck_runs(&engine, "welcome", "boom").await, 2);
-        for id in ["0001-000001", "0001-000002"] {
-            let r = engine.store.run(id).unwrap().unwrap();
-            assert_eq!(r.status, RunStatus::Failed, "{id}");
+        for n in [1, 2] {
+            let r = engine.store.run(&id(n)).await.unwrap().unwrap();
+            assert_eq!(r.status, RunStatus::Failed, "{n}");
             assert!(r.error.as_deref().unwrap_or_default().contains("panicked: boom"), "{:?}", r.error);
         }
-        assert_eq!(engine.store.run("0001-000003").unwrap().unwrap().status, RunStatus::Queued, "another recipe's run");
-        assert_eq!(engine.store.run("0001-000004").unwrap().unwrap().status, RunStatus::Succeeded);
-        let open: Vec<String> = engine.store.open_runs().unwrap().into_iter().map(|r| r.id).collect();
-        assert_eq!(open, ["0001-000003"], "failed runs leave the open index");
+        assert_eq!(engine.store.run(&id(3)).await.unwrap().unwrap().status, RunStatus::Queued, "another recipe's run");
+        assert_eq!(engine.store.run(&id(4)).await.unwrap().unwrap().status, RunStatus::Succeeded);
+        let open: Vec<RunId> = engine.store.open_runs().await.unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(open, [id(3)], "failed runs leave the open index");
     }
 }

@@ -9,6 +9,7 @@
 mod execute;
 mod guard;
 pub mod health;
+pub mod intake;
 mod lookups;
 mod plan;
 mod poll;
@@ -120,8 +121,9 @@ impl Engine {
     }
 
     /// How many runs of `recipe` are held for release.
-    pub fn held_runs(&self, recipe: &str) -> Result<usize, EngineError> {
-        Ok(self.store.runs_with_status(recipe, crate::store::RunStatus::Held)?.len())
+    pub async fn held_runs(&self, recipe: &str) -> Result<usize, EngineError> {
+        // Counted from the (recipe, status) index: no run is read.
+        Ok(self.store.runs_page(Some(recipe), Some(crate::store::RunStatus::Held), 0).await?.1)
     }
 
     /// What keeps the engine from doing its work (for `/readyz`); empty when ready.
@@ -180,14 +182,14 @@ impl Engine {
     /// `trigger reset`: the recipe's trigger forgets what it has seen and starts again, with
     /// a new baseline, or (with `cursor`, an ISO 8601 instant) from that time on. A poll of
     /// the recipe in flight meanwhile records nothing: the reset wins.
-    pub fn reset_trigger(&self, recipe: &Recipe, cursor: Option<String>) -> Result<(), EngineError> {
+    pub async fn reset_trigger(&self, recipe: &Recipe, cursor: Option<String>) -> Result<(), EngineError> {
         let state = crate::store::TriggerState {
             fingerprint: recipe.trigger.fingerprint.clone(),
             baselined: cursor.is_some(),
             cursor,
             ..Default::default()
         };
-        Ok(self.store.reset_trigger(&recipe.id, state)?)
+        Ok(self.store.reset_trigger(&recipe.id, state).await?)
     }
 
     /// Polls every recipe once and drains every open run: `run --once`. Recipes poll in the
@@ -196,13 +198,14 @@ impl Engine {
         let mut summary = OnceSummary::default();
         // Runs left open by an earlier process first (crash recovery), in order.
         if !self.options.dry_run {
-            match self.store.open_runs() {
+            match self.store.open_runs().await {
                 Ok(runs) => {
-                    for run in runs.into_iter().filter(|r| {
-                        r.status.is_open()
-                            && (only.is_empty() || only.contains(&r.recipe))
-                            && !self.is_paused(&r.recipe).unwrap_or(false)
-                    }) {
+                    for run in
+                        runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
+                    {
+                        if self.is_paused(&run.recipe).await.unwrap_or(false) {
+                            continue;
+                        }
                         summary.add_run(self.execute_run(&run.id).await);
                     }
                 }
@@ -210,11 +213,12 @@ impl Engine {
             }
         }
         // A paused recipe is not polled (`recipe pause`).
-        let recipes: Vec<Arc<Recipe>> = self
-            .recipes()
-            .into_iter()
-            .filter(|r| (only.is_empty() || only.contains(&r.id)) && !self.is_paused(&r.id).unwrap_or(false))
-            .collect();
+        let mut recipes: Vec<Arc<Recipe>> = Vec::new();
+        for r in self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)) {
+            if !self.is_paused(&r.id).await.unwrap_or(false) {
+                recipes.push(r);
+            }
+        }
         let waves = crate::recipe::poll_order(&recipes)
             .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
         for wave in waves {
@@ -261,14 +265,14 @@ impl Engine {
         };
         if !self.options.dry_run {
             // Runs this poll just set waiting wait for another recipe: not again right now.
-            let just_ran: std::collections::HashSet<&str> = match &poll {
-                Ok(o) => o.queued.iter().map(String::as_str).collect(),
+            let just_ran: std::collections::HashSet<&crate::store::RunId> = match &poll {
+                Ok(o) => o.queued.iter().collect(),
                 Err(_) => Default::default(),
             };
-            match self.store.waiting_runs(&recipe.id) {
+            match self.store.waiting_runs(&recipe.id).await {
                 Ok(waiting) if !waiting.is_empty() => {
-                    let ids: Vec<String> =
-                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id.as_str())).collect();
+                    let ids: Vec<crate::store::RunId> =
+                        waiting.into_iter().map(|r| r.id).filter(|id| !just_ran.contains(id)).collect();
                     runs.extend(self.execute_runs(recipe, &ids).await);
                 }
                 Ok(_) => {}
@@ -316,7 +320,11 @@ type RunFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R
 
 impl Engine {
     /// Executes a poll's runs, oldest first, with at most the recipe's `concurrency` in flight.
-    pub async fn execute_runs(&self, recipe: &Recipe, ids: &[String]) -> Vec<Result<RunOutcome, EngineError>> {
+    pub async fn execute_runs(
+        &self,
+        recipe: &Recipe,
+        ids: &[crate::store::RunId],
+    ) -> Vec<Result<RunOutcome, EngineError>> {
         use futures_util::StreamExt as _;
         // Each run's future is made when the stream pulls it, so a backfill of 200,000 items
         // holds `concurrency` futures, not 200,000. Owned ids and a boxed future: a closure
@@ -325,8 +333,13 @@ impl Engine {
         if let Some(p) = self.progress.get() {
             p.queued(ids.len());
         }
-        let start = |id: String| -> RunFuture<'_> {
+        let start = |id: crate::store::RunId| -> RunFuture<'_> {
             Box::pin(async move {
+                // Paused meanwhile (`recipe pause`): the run stays queued for `recipe resume`.
+                if self.is_paused(&recipe.id).await.unwrap_or(false) {
+                    let status = crate::store::RunStatus::Queued;
+                    return Ok(RunOutcome { id, recipe: recipe.id.clone(), status, error: None });
+                }
                 let outcome = self.execute_run(&id).await;
                 self.health.progress(&recipe.id);
                 if let Some(p) = self.progress.get() {
@@ -336,9 +349,7 @@ impl Engine {
             })
         };
         // Once the engine is stopping no run starts: those left stay queued for the next start.
-        // Nor once the recipe is paused: those left wait, queued, for `recipe resume`.
-        let not_stopping =
-            |_: &String| std::future::ready(!self.is_stopping() && !self.is_paused(&recipe.id).unwrap_or(false));
+        let not_stopping = |_: &crate::store::RunId| std::future::ready(!self.is_stopping());
         futures_util::stream::iter(ids.iter().cloned())
             .take_while(not_stopping)
             .map(start)
@@ -355,7 +366,7 @@ pub struct OnceSummary {
     pub polls: Vec<PollOutcome>,
     pub runs: Vec<RunOutcome>,
     pub errors: Vec<String>,
-    positions: std::collections::HashMap<String, usize>,
+    positions: std::collections::HashMap<crate::store::RunId, usize>,
 }
 
 impl OnceSummary {

@@ -58,7 +58,7 @@ impl Engine {
         let mut saved: HashMap<String, Value> = HashMap::new();
         for step in &recipe.steps {
             let guessed = step.condition.as_ref().is_some_and(|c| reads_placeholder(c, &outputs));
-            let context = match self.render_step(step, &base, &outputs, Some(&saved), item_id) {
+            let context = match self.render_step(step, &base, &outputs, Some(&saved), item_id).await {
                 Ok(StepPlan::Skipped) => {
                     let note = if guessed { " (it read a placeholder; the real run may differ)" } else { "" };
                     plan.lines.push(line(format!("step `{}` skipped (if){note}", step.id)));

@@ -52,38 +52,38 @@ struct Spill<'a> {
 
 impl<'a> Spill<'a> {
     /// A spill for one poll; what a crashed poll left in it is cleared first.
-    fn new(engine: &'a Engine, recipe: &'a str) -> Result<Self, EngineError> {
+    async fn new(engine: &'a Engine, recipe: &'a str) -> Result<Self, EngineError> {
         let in_memory = engine.options.dry_run.then(Default::default);
         if in_memory.is_none() {
-            engine.store.spill_clear(recipe)?;
+            engine.store.spill_clear(recipe).await?;
         }
         Ok(Spill { engine, recipe, in_memory, next: 0 })
     }
 
-    fn put(&mut self, record: &Value) -> Result<u64, EngineError> {
+    async fn put(&mut self, record: &Value) -> Result<u64, EngineError> {
         let slot = self.next;
         self.next += 1;
         match &mut self.in_memory {
             Some(map) => {
                 map.insert(slot, record.clone());
             }
-            None => self.engine.store.spill_put(self.recipe, slot, record)?,
+            None => self.engine.store.spill_put(self.recipe, slot, record).await?,
         }
         Ok(slot)
     }
 
     /// The record in `slot` (the store's copy is removed when its chunk is recorded).
-    fn take(&mut self, slot: Option<u64>) -> Result<Value, EngineError> {
+    async fn take(&mut self, slot: Option<u64>) -> Result<Value, EngineError> {
         let Some(slot) = slot else { return Ok(Value::Null) };
         Ok(match &mut self.in_memory {
             Some(map) => map.remove(&slot).unwrap_or(Value::Null),
-            None => self.engine.store.spill_get(self.recipe, slot)?.unwrap_or(Value::Null),
+            None => self.engine.store.spill_get(self.recipe, slot).await?.unwrap_or(Value::Null),
         })
     }
 
-    fn clear(&mut self) -> Result<(), EngineError> {
+    async fn clear(&mut self) -> Result<(), EngineError> {
         if self.in_memory.is_none() {
-            self.engine.store.spill_clear(self.recipe)?;
+            self.engine.store.spill_clear(self.recipe).await?;
         }
         Ok(())
     }
@@ -98,7 +98,7 @@ pub struct PollOutcome {
     /// Records that were new (or changed).
     pub new: usize,
     /// Runs created and queued, oldest item first.
-    pub queued: Vec<String>,
+    pub queued: Vec<crate::store::RunId>,
     /// Items held for release.
     pub held: usize,
     /// Items the recipe's filter dropped (recorded as filtered runs, never held).
@@ -122,19 +122,23 @@ impl Engine {
     }
 
     async fn poll_traced(&self, recipe: &Arc<Recipe>) -> Result<PollOutcome, EngineError> {
+        // An instant trigger with nothing to reconcile with: its items come only by hook.
+        if !recipe.trigger.polls {
+            return Ok(PollOutcome { recipe: recipe.id.clone(), ..Default::default() });
+        }
         self.forget_lookups(&recipe.id).await;
         let fail = |message: String| EngineError::Poll { recipe: recipe.id.clone(), message };
         let trigger = &recipe.trigger;
         let op = &trigger.operation;
 
-        let mut state = match self.store.trigger_state(&recipe.id)? {
+        let mut state = match self.store.trigger_state(&recipe.id).await? {
             Some(s) if s.fingerprint == trigger.fingerprint => s,
             Some(old) => {
                 // The trigger was edited into another one: a new position, a new baseline,
                 // and nothing of what the old feed had seen. A dry run writes nothing: it
                 // plans the new baseline and leaves the marks to the real run.
                 if !self.options.dry_run {
-                    self.store.forget_seen(&recipe.id)?;
+                    self.store.forget_seen(&recipe.id).await?;
                 }
                 TriggerState {
                     fingerprint: trigger.fingerprint.clone(),
@@ -188,8 +192,9 @@ impl Engine {
             _ => None,
         };
         // Items that ran and have not gone since (`report_gone`).
-        let present = if trigger.report_gone && !baseline { Some(self.store.present_items(&recipe.id)?) } else { None };
-        let mut spill = Spill::new(self, &recipe.id)?;
+        let present =
+            if trigger.report_gone && !baseline { Some(self.store.present_items(&recipe.id).await?) } else { None };
+        let mut spill = Spill::new(self, &recipe.id).await?;
         let updated = op.output.as_ref().and_then(|o| o.updated.clone());
         let mut new_items: Vec<NewItem> = Vec::new();
         let mut read_ids = std::collections::HashSet::new();
@@ -212,7 +217,12 @@ impl Engine {
                 if !read_ids.insert(id.clone()) {
                     continue; // the same record twice in one read (it moved between pages)
                 }
-                if self.store.seen_mark(&recipe.id, &id)?.is_some_and(|seen| mark_covers(&seen, &mark)) {
+                if self
+                    .store
+                    .seen_mark(&recipe.id, &id)
+                    .await?
+                    .is_some_and(|seen| crate::store::mark_covers(&seen, &mark))
+                {
                     reached_seen |= stop_at_seen && state.baselined;
                     continue;
                 }
@@ -236,7 +246,7 @@ impl Engine {
                     }
                 }
                 // A baseline runs nothing: its records are not kept.
-                let slot = if baseline { None } else { Some(spill.put(&record)?) };
+                let slot = if baseline { None } else { Some(spill.put(&record).await?) };
                 new_items.push(NewItem { id, mark, at, slot, filtered, gone });
             }
             if reached_seen {
@@ -268,7 +278,7 @@ impl Engine {
             let mut missing: Vec<&String> = present.iter().filter(|id| !read_ids.contains(*id)).collect();
             missing.sort();
             for id in missing {
-                let slot = Some(spill.put(&serde_json::json!({"id": id, "gone": true}))?);
+                let slot = Some(spill.put(&serde_json::json!({"id": id, "gone": true})).await?);
                 // No seen mark: the record is gone, there is nothing to compare later.
                 new_items.push(NewItem {
                     id: id.clone(),
@@ -321,7 +331,7 @@ impl Engine {
                 )),
                 Some(_) => {
                     for item in &new_items {
-                        self.plan_item(recipe, &item.id, &spill.take(item.slot)?, plan).await;
+                        self.plan_item(recipe, &item.id, &spill.take(item.slot).await?, plan).await;
                     }
                     if new_items.is_empty() {
                         plan.lines.push(format!("{}: no new items", recipe.id));
@@ -345,7 +355,7 @@ impl Engine {
                 }
                 let Some(status) = status else { continue };
                 commit.spilled.extend(item.slot);
-                let record = spill.take(item.slot)?;
+                let record = spill.take(item.slot).await?;
                 if item.gone {
                     commit.left.push(item.id.clone());
                 } else if present.as_ref().is_some_and(|p| !item.filtered && !p.contains(&item.id)) {
@@ -366,13 +376,18 @@ impl Engine {
             if last {
                 commit.state = Some(state.clone());
             }
-            match self.store.commit_poll(&recipe.id, &commit) {
-                Ok(()) => {}
+            match self.store.commit_poll(&recipe.id, &commit).await {
+                // Runs an instant delivery recorded first are not run again.
+                Ok(covered) if !covered.is_empty() => {
+                    outcome.queued.retain(|id| !covered.contains(id));
+                    tracing::debug!(runs = covered.len(), "items an instant delivery recorded meanwhile");
+                }
+                Ok(_) => {}
                 // `trigger reset` arrived while the feed was read: the reset wins, and the
                 // next poll starts from where it put the trigger.
                 Err(crate::store::StoreError::TriggerMoved { .. }) => {
                     tracing::warn!("the trigger was reset during this poll; what it had not recorded yet is dropped");
-                    spill.clear()?;
+                    spill.clear().await?;
                     return Ok(PollOutcome {
                         recipe: recipe.id.clone(),
                         fetched: outcome.fetched,
@@ -419,10 +434,15 @@ impl Engine {
 
     /// `ghlflow test --send`: records a queued run of `item` outside any poll (the trigger's
     /// position and seen marks stay as they are) and returns its id.
-    pub fn record_run(&self, recipe: &Recipe, item_id: String, item: Value) -> Result<String, EngineError> {
+    pub async fn record_run(
+        &self,
+        recipe: &Recipe,
+        item_id: String,
+        item: Value,
+    ) -> Result<crate::store::RunId, EngineError> {
         let run = new_run(self, recipe, RunStatus::Queued, item_id, item);
-        self.store.save_run(&run)?;
-        self.store.flush()?;
+        self.store.create_runs(std::slice::from_ref(&run)).await?;
+        self.store.flush_async().await?;
         Ok(run.id)
     }
 
@@ -457,18 +477,6 @@ impl Engine {
     }
 }
 
-/// Whether an item's recorded mark `seen` covers `mark`: the same mark, or, for change times
-/// (`u:<time>`), a recorded time at or after it. An instant-trigger delivery that carries no
-/// change time is recorded at its delivery time, so the poll that later reads the same change
-/// (its change time earlier than the delivery) does not run it again; a later edit does.
-pub fn mark_covers(seen: &str, mark: &str) -> bool {
-    if seen == mark {
-        return true;
-    }
-    let time = |m: &str| m.strip_prefix("u:").and_then(|t| parse_date(&Value::String(t.to_owned())));
-    matches!((time(seen), time(mark)), (Some(seen), Some(mark)) if mark <= seen)
-}
-
 /// A trigger's rendered inputs, with its `since` filter set from `cursor` (less the overlap).
 fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, Value>, String> {
     let (trigger, op) = (&recipe.trigger, &recipe.trigger.operation);
@@ -490,14 +498,14 @@ fn trigger_inputs(recipe: &Recipe, cursor: Option<&str>) -> Result<Map<String, V
     Ok(inputs)
 }
 
-fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
+pub(super) fn new_run(engine: &Engine, recipe: &Recipe, status: RunStatus, item_id: String, item: Value) -> RunRecord {
     RunRecord {
         steps: recipe.steps.iter().map(|s| StepRecord::pending(&s.id, &s.operation.key.to_string())).collect(),
         ..RunRecord::new(engine.store.next_run_id(), &recipe.id, status, &item_id, item, now_iso())
     }
 }
 
-fn scalar(v: &Value) -> String {
+pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -520,22 +528,4 @@ pub fn content_hash(record: &Value) -> String {
     }
     let digest = Sha256::digest(canonical(record).to_string().as_bytes());
     hex::encode(&digest[..16])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mark_covers;
-
-    #[test]
-    fn a_mark_covers_itself_and_change_times_up_to_its_own() {
-        assert!(mark_covers("seen", "seen"));
-        assert!(mark_covers("u:2026-03-01T10:00:00Z", "u:2026-03-01T10:00:00Z"));
-        // A delivery recorded at 10:00:05 (its time, with an offset) covers the change at 10:00:00...
-        assert!(mark_covers("u:2026-03-01T11:00:05+01:00", "u:2026-03-01T10:00:00.000Z"));
-        // ...and not the next edit, nor an unreadable time, nor content hashes that differ.
-        assert!(!mark_covers("u:2026-03-01T10:00:05Z", "u:2026-03-01T10:07:00Z"));
-        assert!(!mark_covers("u:soon", "u:2026-03-01T10:00:00Z"));
-        assert!(!mark_covers("u:", "u:2026-03-01T10:00:00Z"));
-        assert!(!mark_covers("ab12", "cd34"));
-    }
 }

@@ -2,14 +2,15 @@
 //! overview, a page of run history, and the pause flag.
 //!
 //! Every read and write here goes through the store calls the rest of the engine uses
-//! (`trigger_state`, `runs`, `runs_page`, `run`, `id_of`, `remember_id`, `forget_id`), kept in
-//! this one file so that a change of the store's interface is met in one place.
+//! (`trigger_state`, `runs`, `runs_page`, `run`, `open_runs`, `id_of`, `remember_id`,
+//! `forget_id`, `flush_async`), kept in this one file so that a change of the store's
+//! interface is met in one place.
 
 use std::collections::BTreeMap;
 
 use super::{Engine, EngineError};
 use crate::recipe::{Recipe, Schedule};
-use crate::store::{RunRecord, RunStatus, TriggerState};
+use crate::store::{RunId, RunRecord, RunStatus, TriggerState};
 
 /// The id-map key of a recipe's pause flag. The id map is the one durable key-value place
 /// outside the trigger state; the trigger state is no home for the flag, because a poll in
@@ -55,8 +56,21 @@ pub struct RunsPage {
 
 impl Engine {
     /// Whether `recipe` is paused (`recipe pause`): not polled, its queued runs wait.
-    pub fn is_paused(&self, recipe: &str) -> Result<bool, EngineError> {
-        Ok(self.store.id_of(&pause_key(recipe))?.is_some())
+    pub async fn is_paused(&self, recipe: &str) -> Result<bool, EngineError> {
+        Ok(self.store.id_of(&pause_key(recipe)).await?.is_some())
+    }
+
+    /// Runs `ids` of `recipe` in the background, as a poll's runs run (oldest first, within
+    /// the recipe's concurrency, not while it is paused): after a release or a resume.
+    pub fn run_in_background(self: &std::sync::Arc<Self>, recipe: std::sync::Arc<Recipe>, ids: Vec<RunId>) {
+        let engine = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            for result in engine.execute_runs(&recipe, &ids).await {
+                if let Err(e) = result {
+                    tracing::warn!(recipe = %recipe.id, error = %e, "a run could not execute");
+                }
+            }
+        });
     }
 
     /// Pauses or resumes a loaded recipe; the flag is durable (it outlives the process).
@@ -65,13 +79,13 @@ impl Engine {
         if self.recipe(recipe).is_none() {
             return Err(EngineError::UnknownRecipe(recipe.to_owned()));
         }
-        if self.is_paused(recipe)? == paused {
+        if self.is_paused(recipe).await? == paused {
             return Ok(false);
         }
         if paused {
-            self.store.remember_id(&pause_key(recipe), &super::now_iso())?;
+            self.store.remember_id(&pause_key(recipe), &super::now_iso()).await?;
         } else {
-            self.store.forget_id(&pause_key(recipe))?;
+            self.store.forget_id(&pause_key(recipe)).await?;
         }
         // A pause told to a person must not be lost to a crash a moment later.
         self.store.flush_async().await?;
@@ -79,15 +93,18 @@ impl Engine {
     }
 
     /// Every loaded recipe's overview, by id.
-    pub fn recipe_overviews(&self) -> Result<Vec<RecipeOverview>, EngineError> {
-        self.recipes().iter().map(|r| self.recipe_overview(r)).collect()
+    pub async fn recipe_overviews(&self) -> Result<Vec<RecipeOverview>, EngineError> {
+        let mut out = Vec::new();
+        for recipe in self.recipes() {
+            out.push(self.recipe_overview(&recipe).await?);
+        }
+        Ok(out)
     }
 
-    pub fn recipe_overview(&self, recipe: &Recipe) -> Result<RecipeOverview, EngineError> {
-        let state = self.store.trigger_state(&recipe.id)?;
-        let paused = self.is_paused(&recipe.id)?;
-        let now = chrono::Utc::now();
-        let (last_hour, last_day) = self.recent_counts(&recipe.id, now)?;
+    pub async fn recipe_overview(&self, recipe: &Recipe) -> Result<RecipeOverview, EngineError> {
+        let state = self.store.trigger_state(&recipe.id).await?;
+        let paused = self.is_paused(&recipe.id).await?;
+        let (last_hour, last_day) = self.recent_counts(&recipe.id).await?;
         let next_poll = match (&state, paused, recipe.trigger.polls) {
             (Some(TriggerState { last_poll: Some(last), .. }), false, true) => next_poll_after(recipe, *last),
             _ => None,
@@ -100,28 +117,25 @@ impl Engine {
             state,
             next_poll,
             paused,
-            // Counted from the runs' heads (`held_runs` reads every run of the recipe whole).
-            held: self.store.runs_page(Some(&recipe.id), Some(RunStatus::Held), 0)?.1,
+            // Counted from the index, no run read.
+            held: self.store.runs_page(Some(&recipe.id), Some(RunStatus::Held), 0).await?.1,
             last_hour,
             last_day,
-            runs_total: self.store.runs_page(Some(&recipe.id), None, 0)?.1,
+            runs_total: self.store.runs_page(Some(&recipe.id), None, 0).await?.1,
         })
     }
 
     /// Runs of `recipe` created in the last hour and in the last day, by status. History is
     /// read newest first in growing slices until a slice reaches past the day, so a quiet
     /// recipe with a long history costs a small read.
-    fn recent_counts(
-        &self,
-        recipe: &str,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(StatusCounts, StatusCounts), EngineError> {
-        let hour_ago = now - chrono::Duration::hours(1);
-        let day_ago = now - chrono::Duration::days(1);
+    async fn recent_counts(&self, recipe: &str) -> Result<(StatusCounts, StatusCounts), EngineError> {
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        let hour_ago = now_ms.saturating_sub(3_600_000);
+        let day_ago = now_ms.saturating_sub(86_400_000);
         let mut slice = 64;
         let runs = loop {
-            let runs = self.store.runs(Some(recipe), slice)?;
-            let reaches_past_day = runs.last().and_then(created).is_some_and(|t| t < day_ago);
+            let runs = self.store.runs(Some(recipe), slice).await?;
+            let reaches_past_day = runs.last().is_some_and(|r| r.id.created_ms() < day_ago);
             if runs.len() < slice || reaches_past_day {
                 break runs;
             }
@@ -129,7 +143,7 @@ impl Engine {
         };
         let (mut hour, mut day) = (StatusCounts::new(), StatusCounts::new());
         for run in &runs {
-            let Some(at) = created(run) else { continue };
+            let at = run.id.created_ms();
             if at >= day_ago {
                 *day.entry(run.status.as_str()).or_default() += 1;
             }
@@ -142,7 +156,7 @@ impl Engine {
 
     /// Runs, newest first, filtered by recipe and status: `per_page` of them from the
     /// `page`th page (0 first), and how many match in all.
-    pub fn runs_page_at(
+    pub async fn runs_page_at(
         &self,
         recipe: Option<&str>,
         status: Option<RunStatus>,
@@ -150,18 +164,14 @@ impl Engine {
         per_page: usize,
     ) -> Result<RunsPage, EngineError> {
         let skip = page.saturating_mul(per_page);
-        let (runs, total) = self.store.runs_page(recipe, status, skip.saturating_add(per_page))?;
+        let (runs, total) = self.store.runs_page(recipe, status, skip.saturating_add(per_page)).await?;
         Ok(RunsPage { runs: runs.into_iter().skip(skip).collect(), total })
     }
 
     /// One run as recorded (inputs and responses were redacted before they were recorded).
-    pub fn run_record(&self, id: &str) -> Result<Option<RunRecord>, EngineError> {
-        Ok(self.store.run(id)?)
+    pub async fn run_record(&self, id: &RunId) -> Result<Option<RunRecord>, EngineError> {
+        Ok(self.store.run(id).await?)
     }
-}
-
-fn created(run: &RunRecord) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(&run.created).ok().map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// A schedule as a person writes it: `every 5m` or `cron 0 */5 * * * (UTC)`.
@@ -187,25 +197,19 @@ fn next_poll_after(recipe: &Recipe, last: u64) -> Option<u64> {
 impl Engine {
     /// After `recipe resume`: starts the recipe's queued runs (those a pause kept waiting) in
     /// the background, oldest first; returns how many.
-    pub fn start_queued(self: &std::sync::Arc<Self>, recipe: &str) -> Result<usize, EngineError> {
+    pub async fn start_queued(self: &std::sync::Arc<Self>, recipe: &str) -> Result<usize, EngineError> {
         let Some(r) = self.recipe(recipe) else { return Err(EngineError::UnknownRecipe(recipe.to_owned())) };
-        let ids: Vec<String> = self
+        let ids: Vec<RunId> = self
             .store
-            .open_runs()?
+            .open_runs()
+            .await?
             .into_iter()
             .filter(|run| run.recipe == recipe && run.status == RunStatus::Queued)
             .map(|run| run.id)
             .collect();
         let n = ids.len();
         if n > 0 {
-            let engine = std::sync::Arc::clone(self);
-            tokio::spawn(async move {
-                for result in engine.execute_runs(&r, &ids).await {
-                    if let Err(e) = result {
-                        tracing::warn!(recipe = %r.id, error = %e, "a resumed run could not execute");
-                    }
-                }
-            });
+            self.run_in_background(r, ids);
         }
         Ok(n)
     }

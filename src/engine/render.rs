@@ -125,7 +125,7 @@ impl Engine {
     /// Renders step `step` of a run of `item_id`: its ids, its `if`, its inputs. `planned`
     /// (a dry run's) maps id keys the plan's earlier steps would have saved to placeholders;
     /// they win over the id map, and the context is always kept.
-    pub(super) fn render_step(
+    pub(super) async fn render_step(
         &self,
         step: &Step,
         base: &Value,
@@ -137,7 +137,7 @@ impl Engine {
         let mut id_keys = Vec::new();
         let mut missing = None;
         if !step.ids.is_empty() {
-            let (ids, keys) = self.resolve_ids(step, &ctx_value, planned)?;
+            let (ids, keys) = self.resolve_ids(step, &ctx_value, planned).await?;
             missing = awaited_id(step, &ids, &keys);
             set_root(&mut ctx_value, "ids", ids);
             id_keys = keys;
@@ -162,7 +162,7 @@ impl Engine {
     /// `ids.<name>` for a step: each key rendered and looked up in the id map (or in
     /// `planned`). Also returns the rendered keys by name (to forget them, or to say what a
     /// run waits for).
-    fn resolve_ids(
+    async fn resolve_ids(
         &self,
         step: &Step,
         ctx: &Value,
@@ -180,7 +180,7 @@ impl Engine {
             let id = match planned.and_then(|p| p.get(&key)) {
                 Some(placeholder) => placeholder.clone(),
                 None if key.is_empty() => Value::Null,
-                None => self.store.id_of(&key)?.map(Value::String).unwrap_or(Value::Null),
+                None => self.store.id_of(&key).await?.map(Value::String).unwrap_or(Value::Null),
             };
             ids.insert(name.clone(), id);
             keys.push((name.clone(), key));

@@ -25,6 +25,9 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 /// The scheduler's loop turns at least this often, so `/readyz` can tell it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How long a GHL delivery id is remembered: twice the window in which a delivery's
+/// timestamp is accepted, so a replay is refused as stale or as seen, never run.
+const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(4 * 5 * 60);
 /// Polls in flight at once.
 const MAX_CONCURRENT_POLLS: usize = 256;
 
@@ -60,12 +63,14 @@ pub async fn run(
     let polls = Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS));
 
     // Finish what an earlier process left open.
-    if let Ok(open) = engine.store.open_runs() {
+    if let Ok(open) = engine.store.open_runs().await {
         let engine = Arc::clone(&engine);
         tasks.spawn(async move {
             // A paused recipe's runs wait for `recipe resume`, which starts them.
-            for run in open.into_iter().filter(|r| r.status.is_open() && !engine.is_paused(&r.recipe).unwrap_or(false))
-            {
+            for run in open.into_iter().filter(|r| r.status.is_open()) {
+                if engine.is_paused(&run.recipe).await.unwrap_or(false) {
+                    continue;
+                }
                 if engine.is_stopping() {
                     break; // the rest stay open for the next start
                 }
@@ -193,14 +198,14 @@ fn start_poll(
     tasks: &mut JoinSet<String>,
 ) {
     let Some(recipe) = engine.recipe(id) else { return };
-    // Paused (`recipe pause`): its turn passes without a poll.
-    if engine.is_paused(id).unwrap_or(false) {
-        return;
-    }
     busy.insert(id.to_owned());
     let engine = Arc::clone(engine);
     let polls = Arc::clone(polls);
     tasks.spawn(async move {
+        // Paused (`recipe pause`): its turn passes without a poll.
+        if engine.is_paused(&recipe.id).await.unwrap_or(false) {
+            return recipe.id.clone();
+        }
         let _slot = polls.acquire().await.ok();
         engine.health().poll_started(&recipe.id);
         // A panic below is caught (and the runs it left open failed), so this task still
@@ -208,7 +213,7 @@ fn start_poll(
         let tick = engine.poll_and_run_guarded(&recipe).await;
         if let Err(e) = &tick.poll {
             tracing::warn!(recipe = %recipe.id, error = %e, "poll failed; the next poll tries again");
-            record_poll_error(&engine, &recipe.id, &e.to_string());
+            record_poll_error(&engine, &recipe.id, &e.to_string()).await;
         }
         for result in tick.runs {
             if let Err(e) = result {
@@ -274,10 +279,10 @@ fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
-    if let Ok(Some(mut state)) = engine.store.trigger_state(recipe) {
+async fn record_poll_error(engine: &Engine, recipe: &str, error: &str) {
+    if let Ok(Some(mut state)) = engine.store.trigger_state(recipe).await {
         state.last_error = Some(error.to_owned());
-        let _ = engine.store.save_trigger_state(recipe, &state);
+        let _ = engine.store.save_trigger_state(recipe, &state).await;
     }
 }
 
@@ -293,14 +298,28 @@ fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
         }
         String::new()
     });
+    // Delivery ids outlive the window in which their timestamps are accepted, and no more.
+    let deliveries = Arc::clone(engine);
+    tasks.spawn(async move {
+        let before = now.saturating_sub(DELIVERY_IDS_KEPT.as_secs());
+        if let Err(e) = deliveries.store.prune_deliveries(before).await {
+            tracing::warn!(error = %e, "could not prune old delivery ids");
+        }
+        String::new()
+    });
     let cutoff = SystemTime::now()
         .checked_sub(engine.config.retention)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
-    if let Some(cutoff) = cutoff
-        && let Ok(n) = engine.store.prune_runs(cutoff.as_millis() as u64)
-        && n > 0
-    {
-        tracing::info!(pruned = n, "pruned run history past its retention");
+    if let Some(cutoff) = cutoff {
+        let engine = Arc::clone(engine);
+        tasks.spawn(async move {
+            if let Ok(n) = engine.store.prune_runs(cutoff.as_millis() as u64).await
+                && n > 0
+            {
+                tracing::info!(pruned = n, "pruned run history past its retention");
+            }
+            String::new()
+        });
     }
 }
 

@@ -103,7 +103,7 @@ impl TokenSource {
             state.loaded = true;
             state.refresh = settings.refresh_token.clone();
             if let Some(store) = store
-                && let Some(saved) = store.tokens(&self.connection)?
+                && let Some(saved) = store.tokens(&self.connection).await?
             {
                 if let Some(a) = &saved.access_token {
                     redactor.add(a);
@@ -146,7 +146,7 @@ impl TokenSource {
         };
         // Durable before use: the old refresh token may already be revoked by the server.
         if let Some(store) = store {
-            store.save_tokens(&self.connection, &stored)?;
+            store.save_tokens(&self.connection, &stored).await?;
         }
         tracing::info!(connection = %self.connection, "refreshed the OAuth access token");
         state.access = stored.access_token.clone().map(Secret::new);

@@ -57,8 +57,8 @@ pub(super) async fn ghl(State(listener): State<Listener>, headers: HeaderMap, bo
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signatures = Signatures {
-        ed25519: header(crate::webhook::GHL_SIGNATURE_HEADER),
-        rsa: header(crate::webhook::GHL_LEGACY_SIGNATURE_HEADER),
+        ed25519: header(crate::webhook::verify::GHL_SIGNATURE_HEADER),
+        rsa: header(crate::webhook::verify::GHL_LEGACY_SIGNATURE_HEADER),
     };
     // The keys are the GHL connections' (GHL's published ones unless configured). Which
     // connection the delivery is for is read from the verified body's `locationId`.
@@ -66,75 +66,88 @@ pub(super) async fn ghl(State(listener): State<Listener>, headers: HeaderMap, bo
     let Some(first) = connections.first() else {
         return refuse("ghl", &Refusal::UnknownHook);
     };
-    let mut verified = None;
-    let mut last_refusal = Refusal::MissingSignature;
-    let mut replayed = false;
     let now = chrono::Utc::now();
+    // Each connection's keys in turn (they are the same unless configured apart). Whether
+    // the delivery was recorded before is asked only of an authentic, fresh one.
+    let mut verified = Err(Refusal::MissingSignature);
     for keys in connections.iter().map(|c| &c.webhook_keys) {
-        let seen = |id: &str| engine.delivery_seen(id).unwrap_or(false);
-        match crate::webhook::verify_ghl(&body, signatures, keys, now, seen) {
-            Ok(delivery) => {
-                verified = Some(delivery);
-                break;
-            }
-            Err(Refusal::Replayed { .. }) => {
-                replayed = true;
-                break;
-            }
-            Err(refusal) => last_refusal = refusal,
+        verified = crate::webhook::verify_ghl(&body, signatures, keys, now, |_| false);
+        if verified.is_ok() {
+            break;
         }
     }
-    if replayed {
-        // Authentic, fresh, and recorded before: a sender trying again after an answer it
-        // lost. Acknowledged, so it stops; no second run.
-        crate::metrics::metrics().hook_event("ghl", "duplicate");
-        tracing::info!("a GHL delivery arrived again; it was recorded before");
-        return (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response();
-    }
-    let Some(delivery) = verified else {
-        return refuse("ghl", &last_refusal);
+    let delivery = match verified {
+        Ok(d) => d,
+        Err(refusal) => return refuse("ghl", &refusal),
     };
+    match engine.delivery_seen(&delivery.webhook_id).await {
+        // Authentic, fresh, and recorded before: a sender trying again after an answer it
+        // lost, or a replay. Acknowledged (the sender stops), and no second run.
+        Ok(true) => {
+            crate::metrics::metrics().hook_event("ghl", "duplicate");
+            tracing::info!("a GHL delivery arrived again; it was recorded before, nothing runs twice");
+            return (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response();
+        }
+        Ok(false) => {}
+        Err(e) => return not_recorded("ghl", &e),
+    }
     let Some(event) = delivery.event.clone() else {
         return refuse("ghl", &Refusal::Malformed { reason: "no `type` naming the event".into() });
     };
     let location = delivery.body.get("locationId").and_then(|v| v.as_str());
-    let connection = connections.iter().find(|c| location.is_some() && c.location_id.as_deref() == location).unwrap_or(first);
+    let connection =
+        connections.iter().find(|c| location.is_some() && c.location_id.as_deref() == location).unwrap_or(first);
     match engine.accept_delivery(connection, &event, vec![delivery.body], Some(&delivery.webhook_id), now).await {
-        Ok(accepted) => {
-            crate::metrics::metrics().hook_event("ghl", accepted.result());
-            (StatusCode::OK, axum::Json(accepted.summary())).into_response()
-        }
+        Ok(accepted) => answer(&listener, "ghl", accepted),
         Err(e) => not_recorded("ghl", &e),
     }
 }
 
-pub(super) async fn capsule(
-    State(listener): State<Listener>,
-    Path(token): Path<String>,
-    body: Body,
-) -> Response {
+pub(super) async fn capsule(State(listener): State<Listener>, Path(token): Path<String>, body: Body) -> Response {
     let engine = &listener.engine;
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(refusal) => return refuse("capsule", &refusal),
     };
-    let hooks = match engine.capsule_hooks() {
-        Ok(hooks) => hooks,
+    let subscriptions = match engine.capsule_hooks().await {
+        Ok(s) => s,
         Err(e) => return not_recorded("capsule", &e),
     };
+    let hooks: Vec<crate::webhook::CapsuleHook> = subscriptions.iter().map(|(hook, _)| hook.clone()).collect();
     let delivery = match crate::webhook::verify_capsule(&token, &body, &hooks, None) {
         Ok(d) => d,
         Err(refusal) => return refuse("capsule", &refusal),
     };
-    let Some(connection) = engine.connection_of_hook(delivery.hook) else {
+    let connection = subscriptions
+        .iter()
+        .find(|(hook, _)| hook.token == delivery.hook.token)
+        .and_then(|(_, name)| engine.config.connections.get(name).cloned());
+    let Some(connection) = connection else {
         return refuse("capsule", &Refusal::UnknownHook);
     };
-    let now = chrono::Utc::now();
-    match engine.accept_delivery(&connection, &delivery.event, delivery.records, None, now).await {
-        Ok(accepted) => {
-            crate::metrics::metrics().hook_event("capsule", accepted.result());
-            (StatusCode::OK, axum::Json(accepted.summary())).into_response()
-        }
+    let event = delivery.event.clone();
+    match engine
+        .accept_delivery(&connection, &event, vec![json!({ "payload": delivery.records })], None, chrono::Utc::now())
+        .await
+    {
+        Ok(accepted) => answer(&listener, "capsule", accepted),
         Err(e) => not_recorded("capsule", &e),
     }
+}
+
+/// The delivery is on disk: counted, answered, and its runs started in the background.
+fn answer(listener: &Listener, source: &str, accepted: crate::engine::intake::Accepted) -> Response {
+    crate::metrics::metrics().hook_event(source, accepted.result());
+    let summary = accepted.summary();
+    for (recipe, ids) in accepted.runs.into_iter().filter(|(_, ids)| !ids.is_empty()) {
+        let engine = std::sync::Arc::clone(&listener.engine);
+        tokio::spawn(async move {
+            for result in engine.execute_runs(&recipe, &ids).await {
+                if let Err(e) = result {
+                    tracing::warn!(recipe = %recipe.id, error = %e, "a run of an instant delivery could not execute");
+                }
+            }
+        });
+    }
+    (StatusCode::OK, axum::Json(summary)).into_response()
 }

@@ -9,6 +9,7 @@
 //! token. Every response carries headers that keep browsers from sniffing, framing or
 //! caching it.
 
+mod hooks;
 mod page;
 
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ fn router_with(engine: Arc<Engine>, actions: bool) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/hooks/ghl", axum::routing::post(hooks::ghl))
+        .route("/hooks/capsule/{token}", axum::routing::post(hooks::capsule))
         .merge(
             Router::new()
                 .route("/metrics", get(metrics))
@@ -109,7 +112,7 @@ async fn readyz(axum::extract::State(listener): axum::extract::State<Listener>) 
 async fn metrics(axum::extract::State(listener): axum::extract::State<Listener>) -> Response {
     // Gauges read from the state at scrape time.
     for recipe in listener.engine.recipes() {
-        match listener.engine.held_runs(&recipe.id) {
+        match listener.engine.held_runs(&recipe.id).await {
             Ok(n) => crate::metrics::metrics().held(&recipe.id, n),
             Err(e) => tracing::warn!(recipe = %recipe.id, error = %e, "cannot count held runs for /metrics"),
         }

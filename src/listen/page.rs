@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::Listener;
 use crate::engine::{Engine, RecipeOverview, StatusCounts};
-use crate::store::{RunRecord, RunStatus, StepRecord};
+use crate::store::{RunId, RunRecord, RunStatus, StepRecord};
 
 /// Runs on one page of the history.
 pub const PER_PAGE: usize = 50;
@@ -154,7 +154,7 @@ fn action_form(listener: &Listener, action: &str, label: &str, class: &str) -> S
 }
 
 async fn recipes(State(listener): State<Listener>) -> Response {
-    let overviews = match listener.engine.recipe_overviews() {
+    let overviews = match listener.engine.recipe_overviews().await {
         Ok(o) => o,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read the state: {e}")),
     };
@@ -286,7 +286,7 @@ async fn runs(
         },
     };
     let page = query.page.unwrap_or(0);
-    let found = match listener.engine.runs_page_at(recipe.as_deref(), status, page, PER_PAGE) {
+    let found = match listener.engine.runs_page_at(recipe.as_deref(), status, page, PER_PAGE).await {
         Ok(f) => f,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read the history: {e}")),
     };
@@ -375,8 +375,8 @@ fn run_row(body: &mut String, r: &RunRecord) {
         body,
         "<tr><td><a href=\"/runs/{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td><code>{}</code></td>\
          <td>{}</td><td>{}</td><td class=\"error\">{}</td></tr>",
-        esc(&enc(&r.id)),
-        esc(&r.id),
+        esc(&enc(r.id.as_str())),
+        esc(r.id.as_str()),
         esc(&r.recipe),
         status_badge(r.status),
         esc(r.item_id.as_deref().unwrap_or("")),
@@ -394,13 +394,17 @@ fn truncate(text: &str, chars: usize) -> String {
 }
 
 async fn run(State(listener): State<Listener>, Path(id): Path<String>) -> Response {
-    let record = match listener.engine.run_record(&id) {
+    // A malformed id names no run.
+    let Ok(run_id) = id.parse::<RunId>() else {
+        return error_page(StatusCode::NOT_FOUND, &format!("no run `{id}`: run ids look like 1795856233073-000028"));
+    };
+    let record = match listener.engine.run_record(&run_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no run `{id}`")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read the run: {e}")),
     };
     let r = &record;
-    let mut body = format!("<h1>Run <code>{}</code> {}</h1>", esc(&r.id), status_badge(r.status));
+    let mut body = format!("<h1>Run <code>{}</code> {}</h1>", esc(r.id.as_str()), status_badge(r.status));
     let _ = write!(
         body,
         "<dl class=\"facts\"><dt>Recipe</dt><dd><a href=\"/runs?recipe={}\">{}</a></dd>\
@@ -429,7 +433,7 @@ async fn run(State(listener): State<Listener>, Path(id): Path<String>) -> Respon
         let _ = write!(body, "<p class=\"notice\">{}</p>", esc(note));
     }
     if listener.actions && matches!(r.status, RunStatus::Failed | RunStatus::Unsure) {
-        body.push_str(&action_form(&listener, &format!("/runs/{}/replay", enc(&r.id)), "Replay", "go"));
+        body.push_str(&action_form(&listener, &format!("/runs/{}/replay", enc(r.id.as_str())), "Replay", "go"));
     }
     let _ = write!(body, "<h2>Trigger item</h2><pre class=\"json\">{}</pre>", esc(&pretty(&r.item)));
     let _ = write!(body, "<h2>Steps</h2>");
@@ -526,7 +530,10 @@ async fn replay(
     if let Some(refused) = check_action(&listener, &form) {
         return refused;
     }
-    match listener.engine.replay(&id).await {
+    let Ok(run_id) = id.parse::<RunId>() else {
+        return error_page(StatusCode::NOT_FOUND, &format!("no run `{id}`"));
+    };
+    match listener.engine.replay(&run_id).await {
         Ok(_) => Redirect::to(&format!("/runs/{}", enc(&id))).into_response(),
         Err(e @ (crate::engine::EngineError::UnknownRun(_) | crate::engine::EngineError::Refused(_))) => {
             error_page(StatusCode::CONFLICT, &e.to_string())
@@ -550,23 +557,15 @@ async fn recipe_action(
     let done = match action.as_str() {
         "pause" => engine.set_paused(&recipe, true).await.map(|_| ()),
         "resume" => match engine.set_paused(&recipe, false).await {
-            Ok(_) => engine.start_queued(&recipe).map(|_| ()),
+            Ok(_) => engine.start_queued(&recipe).await.map(|_| ()),
             Err(e) => Err(e),
         },
-        "discard" => engine.discard(&recipe).map(|_| ()),
-        "release" => engine.release(&recipe).map(|ids| {
-            // The released runs execute in the background (a batch may be long; the page
-            // follows them as it refreshes), like a poll's: oldest first, within the
-            // recipe's concurrency, and not while it is paused.
-            let engine = Arc::clone(&listener.engine);
+        "discard" => engine.discard(&recipe).await.map(|_| ()),
+        // The released runs run in the background (a batch may be long; the page follows
+        // them as it refreshes).
+        "release" => engine.release(&recipe).await.map(|ids| {
             if let Some(r) = engine.recipe(&recipe) {
-                tokio::spawn(async move {
-                    for result in engine.execute_runs(&r, &ids).await {
-                        if let Err(e) = result {
-                            tracing::warn!(recipe = %r.id, error = %e, "a released run could not execute");
-                        }
-                    }
-                });
+                engine.run_in_background(r, ids);
             }
         }),
         other => {

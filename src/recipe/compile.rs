@@ -557,8 +557,12 @@ fn compile_trigger(
     };
     // The webhook operation standing in for a missing poll has no dedupe rule; its events are
     // told apart by the listener, and `id` is what its records would dedupe by.
+    // An event that declares how its reconciling poll dedupes (a creation: by id) sets the
+    // rule for that poll.
+    let event_dedupe = instant_op.as_ref().and_then(|o| o.dedupe);
     let dedupe = match (spec.dedupe.as_deref(), &op) {
         (None, Some(op)) if !polls && op.dedupe.is_none() => Some(Dedupe::Id),
+        (None, Some(_)) if event_dedupe.is_some() => event_dedupe,
         (Some(d), _) => match Dedupe::parse(d) {
             Some(d) => Some(d),
             None => {

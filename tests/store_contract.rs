@@ -1,0 +1,473 @@
+//! The state store's contract: what any backend of `StateStore` must do, written once over
+//! a backend factory. `contract!` instantiates every test for one backend (each test gets a
+//! fresh, empty store from the factory); a new backend (PostgreSQL) adds one line at the end.
+
+use std::time::Duration;
+
+use ghlflow::store::{
+    DeliveryCommit, HookSubscription, PollCommit, RunId, RunRecord, RunStatus, StateStore, StepRecord, StepStatus,
+    StoreError, StoredTokens, TriggerState,
+};
+use serde_json::json;
+
+macro_rules! contract {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            #[tokio::test]
+            async fn journal_round_trip() {
+                super::journal_round_trip($make).await
+            }
+            #[tokio::test]
+            async fn transitions_and_the_index_agree() {
+                super::transitions_and_the_index_agree($make).await
+            }
+            #[tokio::test]
+            async fn impossible_transitions_are_refused_and_change_nothing() {
+                super::impossible_transitions_are_refused_and_change_nothing($make).await
+            }
+            #[tokio::test]
+            async fn history_pages_newest_first_and_counts() {
+                super::history_pages_newest_first_and_counts($make).await
+            }
+            #[tokio::test]
+            async fn commit_poll_is_all_or_nothing_and_checks_the_generation() {
+                super::commit_poll_is_all_or_nothing_and_checks_the_generation($make).await
+            }
+            #[tokio::test]
+            async fn seen_marks_present_items_and_the_spill() {
+                super::seen_marks_present_items_and_the_spill($make).await
+            }
+            #[tokio::test]
+            async fn id_map_and_tokens() {
+                super::id_map_and_tokens($make).await
+            }
+            #[tokio::test]
+            async fn leases_exclude_other_holders_until_they_expire() {
+                super::leases_exclude_other_holders_until_they_expire($make).await
+            }
+            #[tokio::test]
+            async fn prune_deletes_finished_runs_and_keeps_open_and_held_ones() {
+                super::prune_deletes_finished_runs_and_keeps_open_and_held_ones($make).await
+            }
+            #[tokio::test]
+            async fn run_ids_sort_by_creation() {
+                super::run_ids_sort_by_creation($make).await
+            }
+            #[tokio::test]
+            async fn a_record_runs_once_whether_it_comes_by_hook_or_by_poll() {
+                super::a_record_runs_once_whether_it_comes_by_hook_or_by_poll($make).await
+            }
+            #[tokio::test]
+            async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept() {
+                super::deliveries_are_remembered_until_pruned_and_subscriptions_kept($make).await
+            }
+        }
+    };
+}
+
+contract!(sled, ghlflow::store::SledStore::temporary().unwrap());
+// The same contract through the engine's `Store` (the enum that dispatches to a backend).
+contract!(store_enum, ghlflow::store::Store::temporary().unwrap());
+
+fn run(id: RunId, recipe: &str, status: RunStatus) -> RunRecord {
+    let item = json!({"id": id.to_string(), "name": "Ada"});
+    RunRecord::new(id, recipe, status, "item-1", item, "2026-11-30T10:00:00.000Z".into())
+}
+
+fn step(id: &str, status: StepStatus, output: serde_json::Value) -> StepRecord {
+    StepRecord {
+        status,
+        output: Some(output),
+        attempts: 1,
+        started: Some("2026-11-30T10:00:01.000Z".into()),
+        ..StepRecord::pending(id, "ghl.contacts.upsert_contact")
+    }
+}
+
+/// The ids, in order, of a list of runs.
+fn ids(runs: &[RunRecord]) -> Vec<RunId> {
+    runs.iter().map(|r| r.id.clone()).collect()
+}
+
+async fn journal_round_trip<S: StateStore>(store: S) {
+    let id = store.next_run_id();
+    assert!(store.run(&id).await.unwrap().is_none(), "no run before it is created");
+    let created = run(id.clone(), "people", RunStatus::Queued);
+    store.create_runs(std::slice::from_ref(&created)).await.unwrap();
+    assert_eq!(store.run(&id).await.unwrap().as_ref(), Some(&created), "created as given");
+
+    // Steps are written one at a time, and read back in step order with the rest intact.
+    let first = step("contact", StepStatus::Sent, json!(null));
+    store.put_step(&id, 0, &first).await.unwrap();
+    let done = step("contact", StepStatus::Succeeded, json!({"contact": {"id": "c1"}}));
+    store.put_step(&id, 0, &done).await.unwrap();
+    let second = step("note", StepStatus::Failed, json!({"message": "no"}));
+    store.put_step(&id, 1, &second).await.unwrap();
+    let read = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(read.steps, vec![done.clone(), second]);
+    assert_eq!(
+        (read.item.clone(), read.status, read.recipe.as_str()),
+        (created.item.clone(), RunStatus::Queued, "people")
+    );
+
+    // A header change keeps the item and the steps.
+    let mut header = read.clone();
+    header.notes.push("a note".into());
+    header.replays = 2;
+    store.transition(&mut header, RunStatus::Running).await.unwrap();
+    let read = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(read, RunRecord { status: RunStatus::Running, ..header });
+
+    // Replacing the steps drops the trailing ones that never ran, and every old entry.
+    let reset = vec![done.clone(), StepRecord::pending("note", "ghl.contacts.create_contact_note")];
+    store.replace_steps(&id, &reset).await.unwrap();
+    assert_eq!(store.run(&id).await.unwrap().unwrap().steps, vec![done]);
+    store.replace_steps(&id, &[]).await.unwrap();
+    assert!(store.run(&id).await.unwrap().unwrap().steps.is_empty());
+}
+
+async fn transitions_and_the_index_agree<S: StateStore>(store: S) {
+    let ids: Vec<RunId> = (0..4).map(|_| store.next_run_id()).collect();
+    store
+        .create_runs(&[
+            run(ids[0].clone(), "people", RunStatus::Queued),
+            run(ids[1].clone(), "people", RunStatus::Queued),
+            run(ids[2].clone(), "people", RunStatus::Held),
+            run(ids[3].clone(), "notes", RunStatus::Queued),
+        ])
+        .await
+        .unwrap();
+    let count = |recipe: Option<&'static str>, status: Option<RunStatus>| {
+        let store = store.clone();
+        async move { store.runs_page(recipe, status, 0).await.unwrap().1 }
+    };
+    assert_eq!(count(Some("people"), Some(RunStatus::Queued)).await, 2);
+    assert_eq!(count(None, Some(RunStatus::Queued)).await, 3);
+    assert_eq!(ids_of(store.open_runs().await.unwrap()), vec![ids[0].clone(), ids[1].clone(), ids[3].clone()]);
+
+    let mut a = store.run(&ids[0]).await.unwrap().unwrap();
+    store.transition(&mut a, RunStatus::Running).await.unwrap();
+    assert_eq!(a.status, RunStatus::Running, "the record in hand follows");
+    store.transition(&mut a, RunStatus::Succeeded).await.unwrap();
+    let mut b = store.run(&ids[1]).await.unwrap().unwrap();
+    store.transition(&mut b, RunStatus::Running).await.unwrap();
+    b.next_replay_at = Some(4_000_000_000);
+    store.transition(&mut b, RunStatus::Failed).await.unwrap();
+    let mut held = store.run(&ids[2]).await.unwrap().unwrap();
+    store.transition(&mut held, RunStatus::Queued).await.unwrap();
+    let mut waiting = store.run(&ids[3]).await.unwrap().unwrap();
+    store.transition(&mut waiting, RunStatus::Waiting).await.unwrap();
+
+    assert_eq!(ids_of(store.runs_with_status("people", RunStatus::Succeeded).await.unwrap()), vec![ids[0].clone()]);
+    assert_eq!(ids_of(store.runs_with_status("people", RunStatus::Failed).await.unwrap()), vec![ids[1].clone()]);
+    assert_eq!(ids_of(store.runs_with_status("people", RunStatus::Queued).await.unwrap()), vec![ids[2].clone()]);
+    assert!(store.runs_with_status("people", RunStatus::Held).await.unwrap().is_empty(), "left the held index");
+    assert_eq!(ids_of(store.waiting_runs("notes").await.unwrap()), vec![ids[3].clone()]);
+    assert!(store.waiting_runs("people").await.unwrap().is_empty());
+    assert_eq!(count(None, Some(RunStatus::Queued)).await, 1);
+    assert_eq!(count(Some("people"), None).await, 3);
+    assert_eq!(count(None, None).await, 4);
+    // Owed: the failed run with a replay due, the released one, the waiting one; not the
+    // succeeded one.
+    assert_eq!(ids_of(store.open_runs().await.unwrap()), vec![ids[1].clone(), ids[2].clone(), ids[3].clone()]);
+    // The header the index points at says the same.
+    for r in store.runs(None, usize::MAX).await.unwrap() {
+        let listed = store.runs_page(Some(&r.recipe), Some(r.status), usize::MAX).await.unwrap().0;
+        assert!(listed.iter().any(|l| l.id == r.id), "{} is {:?} but not indexed so", r.id, r.status);
+    }
+}
+
+fn ids_of(runs: Vec<RunRecord>) -> Vec<RunId> {
+    ids(&runs)
+}
+
+async fn impossible_transitions_are_refused_and_change_nothing<S: StateStore>(store: S) {
+    let (done, held) = (store.next_run_id(), store.next_run_id());
+    store
+        .create_runs(&[run(done.clone(), "people", RunStatus::Succeeded), run(held.clone(), "people", RunStatus::Held)])
+        .await
+        .unwrap();
+    let mut r = store.run(&done).await.unwrap().unwrap();
+    let before = r.clone();
+    r.error = Some("changed".into());
+    match store.transition(&mut r, RunStatus::Running).await {
+        Err(StoreError::Transition { run, from: RunStatus::Succeeded, to: RunStatus::Running }) => {
+            assert_eq!(run, done)
+        }
+        other => panic!("succeeded -> running was not refused: {other:?}"),
+    }
+    assert_eq!(r.status, RunStatus::Succeeded, "the record in hand keeps its status");
+    assert_eq!(store.run(&done).await.unwrap().unwrap(), before, "nothing written");
+    assert_eq!(store.runs_page(None, Some(RunStatus::Running), 10).await.unwrap().1, 0);
+
+    let mut h = store.run(&held).await.unwrap().unwrap();
+    let err = store.transition(&mut h, RunStatus::Succeeded).await.unwrap_err();
+    assert!(err.to_string().contains("is held and cannot become succeeded"), "{err}");
+    assert_eq!(store.runs_with_status("people", RunStatus::Held).await.unwrap().len(), 1);
+
+    let mut ghost = run(RunId::new(5, 5), "people", RunStatus::Queued);
+    assert!(matches!(store.transition(&mut ghost, RunStatus::Running).await, Err(StoreError::UnknownRun(_))));
+    assert!(store.run(&RunId::new(5, 5)).await.unwrap().is_none(), "an unknown run is not created by a transition");
+}
+
+async fn history_pages_newest_first_and_counts<S: StateStore>(store: S) {
+    let mut all = Vec::new();
+    for n in 0..25u32 {
+        let recipe = if n % 3 == 0 { "notes" } else { "people" };
+        let status = if n % 5 == 0 { RunStatus::Filtered } else { RunStatus::Succeeded };
+        all.push(run(RunId::new(1_764_000_000_000 + u64::from(n), n), recipe, status));
+    }
+    store.create_runs(&all).await.unwrap();
+    let newest: Vec<RunId> = all.iter().rev().map(|r| r.id.clone()).collect();
+    assert_eq!(ids_of(store.runs(None, 10).await.unwrap()), newest[..10].to_vec());
+    let people: Vec<RunId> = all.iter().rev().filter(|r| r.recipe == "people").map(|r| r.id.clone()).collect();
+    assert_eq!(ids_of(store.runs(Some("people"), usize::MAX).await.unwrap()), people);
+
+    let (page, total) = store.runs_page(Some("people"), Some(RunStatus::Filtered), 2).await.unwrap();
+    let expected: Vec<RunId> = all
+        .iter()
+        .rev()
+        .filter(|r| r.recipe == "people" && r.status == RunStatus::Filtered)
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!((ids(&page), total), (expected[..2].to_vec(), expected.len()));
+    assert_eq!(store.runs_page(None, None, 3).await.unwrap().1, 25);
+    assert_eq!(store.runs_page(None, Some(RunStatus::Filtered), 100).await.unwrap().1, 5);
+    assert_eq!(store.runs_page(Some("nobody"), None, 100).await.unwrap(), (vec![], 0));
+    // Oldest first where the engine works through them.
+    let filtered = store.runs_with_status("people", RunStatus::Filtered).await.unwrap();
+    assert!(filtered.windows(2).all(|w| w[0].id < w[1].id));
+    // Whole records come back, item and all.
+    assert_eq!(store.runs(None, 1).await.unwrap()[0], all[24]);
+}
+
+async fn commit_poll_is_all_or_nothing_and_checks_the_generation<S: StateStore>(store: S) {
+    let state = TriggerState { fingerprint: "f".into(), baselined: true, ..Default::default() };
+    store.save_trigger_state("people", &state).await.unwrap();
+    store.spill_put("people", 0, &json!({"id": 1})).await.unwrap();
+    store.reset_trigger("people", state.clone()).await.unwrap();
+    assert_eq!(store.trigger_state("people").await.unwrap().unwrap().generation, 1, "a reset is counted");
+
+    let id = store.next_run_id();
+    let moved_on = TriggerState { cursor: Some("2026-11-30T10:00:00Z".into()), ..state.clone() };
+    let commit = |generation| PollCommit {
+        generation,
+        runs: vec![run(id.clone(), "people", RunStatus::Queued)],
+        seen: vec![("1".into(), "m1".into())],
+        state: Some(TriggerState { generation: 1, ..moved_on.clone() }),
+        spilled: vec![0],
+        joined: vec!["1".into()],
+        left: vec![],
+    };
+    // Begun before the reset: nothing of it is recorded.
+    match store.commit_poll("people", &commit(0)).await {
+        Err(StoreError::TriggerMoved { recipe }) => assert_eq!(recipe, "people"),
+        other => panic!("a commit of the old generation went through: {other:?}"),
+    }
+    assert!(store.run(&id).await.unwrap().is_none());
+    assert!(store.seen_mark("people", "1").await.unwrap().is_none());
+    assert!(store.present_items("people").await.unwrap().is_empty());
+    assert!(store.spill_get("people", 0).await.unwrap().is_some(), "the spill stays");
+    assert_eq!(store.trigger_state("people").await.unwrap().unwrap().cursor, None);
+    assert!(store.open_runs().await.unwrap().is_empty());
+
+    store.commit_poll("people", &commit(1)).await.unwrap();
+    assert_eq!(store.run(&id).await.unwrap().unwrap().status, RunStatus::Queued);
+    assert_eq!(ids_of(store.open_runs().await.unwrap()), vec![id.clone()]);
+    assert_eq!(store.runs_page(Some("people"), Some(RunStatus::Queued), 10).await.unwrap().1, 1);
+    assert_eq!(store.seen_mark("people", "1").await.unwrap().as_deref(), Some("m1"));
+    assert!(store.present_items("people").await.unwrap().contains("1"));
+    assert!(store.spill_get("people", 0).await.unwrap().is_none(), "the spilled record went into the run");
+    assert_eq!(store.trigger_state("people").await.unwrap().unwrap(), TriggerState { generation: 1, ..moved_on });
+
+    // Items reported gone leave the present set.
+    let gone = PollCommit { generation: 1, left: vec!["1".into()], ..Default::default() };
+    store.commit_poll("people", &gone).await.unwrap();
+    assert!(store.present_items("people").await.unwrap().is_empty());
+}
+
+async fn seen_marks_present_items_and_the_spill<S: StateStore>(store: S) {
+    let commit = PollCommit {
+        seen: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+        joined: vec!["a".into()],
+        ..Default::default()
+    };
+    store.commit_poll("people", &commit).await.unwrap();
+    store
+        .commit_poll("notes", &PollCommit { seen: vec![("a".into(), "9".into())], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(store.seen_mark("people", "b").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(store.forget_seen("people").await.unwrap(), 2);
+    assert!(store.seen_mark("people", "a").await.unwrap().is_none());
+    assert!(store.present_items("people").await.unwrap().is_empty(), "present items go with the marks");
+    assert_eq!(store.seen_mark("notes", "a").await.unwrap().as_deref(), Some("9"), "another recipe's stay");
+
+    store.spill_put("people", 7, &json!({"id": 7})).await.unwrap();
+    store.spill_put("notes", 7, &json!({"id": "n7"})).await.unwrap();
+    assert_eq!(store.spill_get("people", 7).await.unwrap(), Some(json!({"id": 7})));
+    store.spill_clear("people").await.unwrap();
+    assert!(store.spill_get("people", 7).await.unwrap().is_none());
+    assert_eq!(store.spill_get("notes", 7).await.unwrap(), Some(json!({"id": "n7"})));
+}
+
+async fn id_map_and_tokens<S: StateStore>(store: S) {
+    assert!(store.id_of("party:1").await.unwrap().is_none());
+    store.remember_id("party:1", "c1").await.unwrap();
+    store.remember_id("party:1", "c2").await.unwrap();
+    assert_eq!(store.id_of("party:1").await.unwrap().as_deref(), Some("c2"), "the last one wins");
+    store.forget_id("party:1").await.unwrap();
+    assert!(store.id_of("party:1").await.unwrap().is_none());
+
+    let tokens = StoredTokens {
+        access_token: Some("a".into()),
+        refresh_token: Some("r".into()),
+        expires_at: Some(5),
+        ..Default::default()
+    };
+    assert!(store.tokens("ghl").await.unwrap().is_none());
+    store.save_tokens("ghl", &tokens).await.unwrap();
+    assert_eq!(store.tokens("ghl").await.unwrap(), Some(tokens));
+    assert!(store.tokens("capsule").await.unwrap().is_none());
+}
+
+async fn leases_exclude_other_holders_until_they_expire<S: StateStore>(store: S) {
+    let long = Duration::from_secs(60);
+    assert!(store.acquire_lease("poll:people", "a", long).await.unwrap());
+    assert!(!store.acquire_lease("poll:people", "b", long).await.unwrap(), "held by another");
+    assert!(store.acquire_lease("poll:people", "a", long).await.unwrap(), "its holder takes it again");
+    assert!(store.acquire_lease("poll:notes", "b", long).await.unwrap(), "leases are by name");
+    assert!(store.renew_lease("poll:people", "a", long).await.unwrap());
+    assert!(!store.renew_lease("poll:people", "b", long).await.unwrap());
+    assert!(!store.release_lease("poll:people", "b").await.unwrap(), "only the holder releases");
+    assert!(store.release_lease("poll:people", "a").await.unwrap());
+    assert!(!store.renew_lease("poll:people", "a", long).await.unwrap(), "released: nothing to renew");
+    assert!(store.acquire_lease("poll:people", "b", long).await.unwrap(), "free once released");
+
+    // Expiry: a lease not renewed in time is free for another holder, and lost to its own.
+    assert!(store.acquire_lease("short", "a", Duration::from_millis(50)).await.unwrap());
+    assert!(!store.acquire_lease("short", "b", long).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(!store.renew_lease("short", "a", long).await.unwrap(), "expired: not renewed");
+    assert!(store.acquire_lease("short", "b", long).await.unwrap(), "expired: another holder takes it");
+    assert!(!store.acquire_lease("short", "a", long).await.unwrap());
+}
+
+async fn prune_deletes_finished_runs_and_keeps_open_and_held_ones<S: StateStore>(store: S) {
+    let old = |n: u32| RunId::new(1_000_000 + u64::from(n), n);
+    let mut runs = vec![
+        run(old(1), "people", RunStatus::Succeeded),
+        run(old(2), "people", RunStatus::Filtered),
+        run(old(3), "people", RunStatus::Discarded),
+        run(old(4), "people", RunStatus::Failed),
+        run(old(5), "people", RunStatus::Failed),
+        run(old(6), "people", RunStatus::Held),
+        run(old(7), "people", RunStatus::Queued),
+        run(old(8), "people", RunStatus::Waiting),
+        run(old(9), "people", RunStatus::Unsure),
+    ];
+    runs[4].next_replay_at = Some(10); // an automatic replay due: still owed
+    runs[0].steps = vec![step("contact", StepStatus::Succeeded, json!({}))];
+    let recent = store.next_run_id();
+    runs.push(run(recent.clone(), "people", RunStatus::Succeeded));
+    store.create_runs(&runs).await.unwrap();
+    let cutoff = recent.created_ms();
+    assert_eq!(store.prune_runs(cutoff).await.unwrap(), 4);
+    let left: Vec<RunId> = ids(&store.runs(None, usize::MAX).await.unwrap()).into_iter().rev().collect();
+    assert_eq!(left, vec![old(5), old(6), old(7), old(8), old(9), recent.clone()]);
+    // Their index entries went with them.
+    assert_eq!(store.runs_page(None, Some(RunStatus::Succeeded), 10).await.unwrap().1, 1);
+    assert_eq!(store.runs_page(Some("people"), Some(RunStatus::Filtered), 10).await.unwrap().1, 0);
+    assert_eq!(store.runs_page(Some("people"), None, 100).await.unwrap().1, 6);
+    assert!(store.run(&old(1)).await.unwrap().is_none());
+    assert_eq!(store.prune_runs(cutoff).await.unwrap(), 0, "nothing more to prune");
+}
+
+async fn run_ids_sort_by_creation<S: StateStore>(store: S) {
+    let ids: Vec<RunId> = (0..50).map(|_| store.next_run_id()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "later ids sort after earlier ones");
+    let text = ids[0].to_string();
+    assert_eq!(text.parse::<RunId>().unwrap(), ids[0]);
+    for bad in ["", "latest", "123-456", "1764495000123_000042", "1764495000123-00004x", " 1764495000123-000042"] {
+        let err = bad.parse::<RunId>().unwrap_err().to_string();
+        assert!(err.contains("is not a run id") && err.contains("runs list"), "{bad:?}: {err}");
+    }
+}
+
+/// A run of item `item` (the contract's `run` uses one item for all).
+fn run_of(store: &impl StateStore, item: &str) -> RunRecord {
+    RunRecord::new(
+        store.next_run_id(),
+        "people",
+        RunStatus::Queued,
+        item,
+        json!({"id": item}),
+        "2026-11-30T10:00:00Z".into(),
+    )
+}
+
+async fn a_record_runs_once_whether_it_comes_by_hook_or_by_poll<S: StateStore>(store: S) {
+    // A delivery without a change time is marked at its own time.
+    let hooked = run_of(&store, "7");
+    let commit = DeliveryCommit {
+        delivery: Some("wh-1".into()),
+        runs: vec![(hooked.clone(), "7".into(), "u:2026-11-30T10:00:05Z".into())],
+    };
+    assert_eq!(store.commit_delivery("people", &commit).await.unwrap(), vec![hooked.id.clone()]);
+    assert!(store.delivery_seen("wh-1").await.unwrap());
+    assert!(!store.delivery_seen("wh-2").await.unwrap());
+    // The same record again (another delivery of the same change): no second run.
+    let again = DeliveryCommit {
+        delivery: None,
+        runs: vec![(run_of(&store, "7"), "7".into(), "u:2026-11-30T10:00:05Z".into())],
+    };
+    assert!(store.commit_delivery("people", &again).await.unwrap().is_empty());
+
+    // A poll that read the item before the delivery was recorded, with the change's own
+    // (earlier) time: its run is left out and returned, its mark does not move the
+    // delivery's back. A later change of another item goes through.
+    let polled = run_of(&store, "7");
+    let other = run_of(&store, "8");
+    let poll = PollCommit {
+        runs: vec![polled.clone(), other.clone()],
+        seen: vec![("7".into(), "u:2026-11-30T10:00:00Z".into()), ("8".into(), "u:2026-11-30T10:00:00Z".into())],
+        ..Default::default()
+    };
+    assert_eq!(store.commit_poll("people", &poll).await.unwrap(), vec![polled.id.clone()]);
+    assert!(store.run(&polled.id).await.unwrap().is_none());
+    assert!(store.run(&other.id).await.unwrap().is_some());
+    assert_eq!(store.seen_mark("people", "7").await.unwrap().as_deref(), Some("u:2026-11-30T10:00:05Z"));
+
+    // A later edit, by hook or by poll, runs.
+    let edited = run_of(&store, "7");
+    let later =
+        DeliveryCommit { delivery: None, runs: vec![(edited.clone(), "7".into(), "u:2026-11-30T11:00:00Z".into())] };
+    assert_eq!(store.commit_delivery("people", &later).await.unwrap(), vec![edited.id]);
+    assert_eq!(store.runs_page(Some("people"), Some(RunStatus::Queued), 10).await.unwrap().1, 3);
+}
+
+async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept<S: StateStore>(store: S) {
+    let commit = DeliveryCommit { delivery: Some("wh-9".into()), runs: vec![] };
+    store.commit_delivery("", &commit).await.unwrap();
+    assert!(store.delivery_seen("wh-9").await.unwrap());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(store.prune_deliveries(now - 60).await.unwrap(), 0, "a fresh delivery is kept");
+    assert_eq!(store.prune_deliveries(now + 60).await.unwrap(), 1);
+    assert!(!store.delivery_seen("wh-9").await.unwrap());
+
+    assert!(store.hook_subscriptions().await.unwrap().is_empty());
+    let subscription = HookSubscription {
+        connection: "capsule".into(),
+        event: "party/updated".into(),
+        token: "t0k3n".into(),
+        target_url: "https://hooks.example.com/hooks/capsule/t0k3n".into(),
+        hook_id: Some("42".into()),
+    };
+    store.save_hook_subscriptions(std::slice::from_ref(&subscription)).await.unwrap();
+    assert_eq!(store.hook_subscriptions().await.unwrap(), vec![subscription]);
+    store.save_hook_subscriptions(&[]).await.unwrap();
+    assert!(store.hook_subscriptions().await.unwrap().is_empty());
+}
