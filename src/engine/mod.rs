@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 pub use execute::RunOutcome;
 pub use plan::Plan;
 pub use poll::PollOutcome;
-pub use queries::{RecipeOverview, RunsPage, StatusCounts};
+pub use queries::{RECENT_READ_LIMIT, RecipeOverview, RunsPage, StatusCounts};
 pub use render::StepError;
 
 use crate::catalog::Catalog;

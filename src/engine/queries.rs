@@ -42,9 +42,15 @@ pub struct RecipeOverview {
     /// Runs created in the last hour and the last day, by status.
     pub last_hour: StatusCounts,
     pub last_day: StatusCounts,
+    /// The windows reach past the newest `RECENT_READ_LIMIT` runs, which are all that were
+    /// counted: the counts are lower bounds (hour, day).
+    pub partial: (bool, bool),
     /// Every run of the recipe in the history.
     pub runs_total: usize,
 }
+
+/// The most runs a recipe's overview reads to count its last hour and day.
+pub const RECENT_READ_LIMIT: usize = 1000;
 
 /// One page of the run history.
 #[derive(Debug, Clone)]
@@ -104,7 +110,7 @@ impl Engine {
     pub async fn recipe_overview(&self, recipe: &Recipe) -> Result<RecipeOverview, EngineError> {
         let state = self.store.trigger_state(&recipe.id).await?;
         let paused = self.is_paused(&recipe.id).await?;
-        let (last_hour, last_day) = self.recent_counts(&recipe.id).await?;
+        let (last_hour, last_day, partial) = self.recent_counts(&recipe.id).await?;
         let next_poll = match (&state, paused, recipe.trigger.polls) {
             (Some(TriggerState { last_poll: Some(last), .. }), false, true) => next_poll_after(recipe, *last),
             _ => None,
@@ -121,14 +127,17 @@ impl Engine {
             held: self.store.runs_page(Some(&recipe.id), Some(RunStatus::Held), 0).await?.1,
             last_hour,
             last_day,
+            partial,
             runs_total: self.store.runs_page(Some(&recipe.id), None, 0).await?.1,
         })
     }
 
-    /// Runs of `recipe` created in the last hour and in the last day, by status. History is
-    /// read newest first in growing slices until a slice reaches past the day, so a quiet
-    /// recipe with a long history costs a small read.
-    async fn recent_counts(&self, recipe: &str) -> Result<(StatusCounts, StatusCounts), EngineError> {
+    /// Runs of `recipe` created in the last hour and in the last day, by status, and whether
+    /// each window reached past what was read. History is read newest first in growing
+    /// slices until a slice reaches past the day, so a quiet recipe with a long history costs
+    /// a small read; but never more than `RECENT_READ_LIMIT` runs, so that the page stays
+    /// fast for a busy one (the store counts a status's runs, not a time window's).
+    async fn recent_counts(&self, recipe: &str) -> Result<(StatusCounts, StatusCounts, (bool, bool)), EngineError> {
         let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
         let hour_ago = now_ms.saturating_sub(3_600_000);
         let day_ago = now_ms.saturating_sub(86_400_000);
@@ -136,11 +145,14 @@ impl Engine {
         let runs = loop {
             let runs = self.store.runs(Some(recipe), slice).await?;
             let reaches_past_day = runs.last().is_some_and(|r| r.id.created_ms() < day_ago);
-            if runs.len() < slice || reaches_past_day {
+            if runs.len() < slice || reaches_past_day || slice >= RECENT_READ_LIMIT {
                 break runs;
             }
-            slice *= 4;
+            slice = (slice * 4).min(RECENT_READ_LIMIT);
         };
+        // Read to the limit and still inside a window: older runs of it were not counted.
+        let oldest_read = (runs.len() >= RECENT_READ_LIMIT).then(|| runs.last().map(|r| r.id.created_ms())).flatten();
+        let partial = (oldest_read.is_some_and(|t| t >= hour_ago), oldest_read.is_some_and(|t| t >= day_ago));
         let (mut hour, mut day) = (StatusCounts::new(), StatusCounts::new());
         for run in &runs {
             let at = run.id.created_ms();
@@ -151,7 +163,7 @@ impl Engine {
                 *hour.entry(run.status.as_str()).or_default() += 1;
             }
         }
-        Ok((hour, day))
+        Ok((hour, day, partial))
     }
 
     /// Runs, newest first, filtered by recipe and status: `per_page` of them from the

@@ -127,11 +127,18 @@ fn status_badge(status: RunStatus) -> String {
     format!("<span class=\"status status-{s}\">{s}</span>")
 }
 
-fn counts(counts: &StatusCounts, recipe: &str) -> String {
+fn counts(counts: &StatusCounts, partial: bool, recipe: &str) -> String {
     if counts.is_empty() {
         return "<span class=\"quiet\">none</span>".to_owned();
     }
     let mut out = String::new();
+    if partial {
+        let _ = write!(
+            out,
+            "<div class=\"quiet\">of the newest {}; more are older</div>",
+            crate::engine::RECENT_READ_LIMIT
+        );
+    }
     for (status, n) in counts {
         let _ = write!(
             out,
@@ -226,8 +233,8 @@ fn recipe_row(body: &mut String, listener: &Listener, o: &RecipeOverview, now: u
     let _ = write!(
         body,
         "<td>{position}</td><td>{}</td><td>{}</td>",
-        counts(&o.last_hour, &o.id),
-        counts(&o.last_day, &o.id)
+        counts(&o.last_hour, o.partial.0, &o.id),
+        counts(&o.last_day, o.partial.1, &o.id)
     );
     if o.held == 0 {
         body.push_str("<td class=\"quiet\">0</td>");
