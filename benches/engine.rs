@@ -417,8 +417,8 @@ fn compile(setup: &Setup, id: &str, text: &str) -> Recipe {
         &format!("bench/recipes/{id}.yaml"),
         id,
         text,
-        &setup.engine.catalog,
-        &setup.engine.config,
+        setup.engine.catalog(),
+        setup.engine.config(),
         &bench_env,
     )
     .unwrap_or_else(|e| panic!("recipe {id}: {e}"))
@@ -529,9 +529,9 @@ async fn phase(items: usize, parallel: Option<usize>, concurrency: u32) -> Phase
     // Everything the runs did is in the journal.
     let failures = failures.load(Ordering::Relaxed);
     assert_eq!(failures, 0, "runs failed");
-    let open = engine.store.open_runs().await.unwrap().len();
+    let open = engine.store().open_runs().await.unwrap().len();
     let succeeded = engine
-        .store
+        .store()
         .runs(Some("parties"), usize::MAX)
         .await
         .unwrap()
@@ -544,7 +544,7 @@ async fn phase(items: usize, parallel: Option<usize>, concurrency: u32) -> Phase
     assert_eq!(succeeded, items, "every run is recorded as succeeded");
     assert_eq!(open, 0, "no run is left open");
 
-    let sample = engine.store.runs(Some("parties"), 1).await.unwrap().pop();
+    let sample = engine.store().runs(Some("parties"), 1).await.unwrap().pop();
     let out = Phase {
         sample,
         items,
@@ -636,18 +636,18 @@ async fn http_only(items: usize, parallel: usize, concurrency: u32) -> (f64, f64
     let addr = sink_addr();
     let setup = setup(&format!("http://{addr}"), &format!("http://{addr}"), concurrency, 100);
     let engine = Arc::clone(&setup.engine);
-    let conn = Arc::clone(engine.config.connection("ghl").unwrap());
-    let upsert = Arc::clone(engine.catalog.get("ghl.contacts.upsert_contact").unwrap());
-    let note = Arc::clone(engine.catalog.get("ghl.contacts.create_contact_note").unwrap());
+    let conn = Arc::clone(engine.config().connection("ghl").unwrap());
+    let upsert = Arc::clone(engine.catalog().get("ghl.contacts.upsert_contact").unwrap());
+    let note = Arc::clone(engine.catalog().get("ghl.contacts.create_contact_note").unwrap());
     let (wall, cpu) = spread(items, parallel, move |i| {
         let (engine, conn, upsert, note) = (Arc::clone(&engine), Arc::clone(&conn), Arc::clone(&upsert), Arc::clone(&note));
         async move {
             let id = i + 1;
             let a = json!({"firstName": format!("Party{id}"), "lastName": "Bench", "email": format!("party{id}@example.com"), "locationId": LOCATION});
-            let r = engine.client.execute(&conn, &upsert, a.as_object().unwrap()).await.expect("upsert");
+            let r = engine.client().execute(&conn, &upsert, a.as_object().unwrap()).await.expect("upsert");
             let contact = r.body["contact"]["id"].clone();
             let b = json!({"contactId": contact, "body": format!("about party {id}")});
-            engine.client.execute(&conn, &note, b.as_object().unwrap()).await.expect("note");
+            engine.client().execute(&conn, &note, b.as_object().unwrap()).await.expect("note");
         }
     })
     .await;
@@ -864,12 +864,12 @@ async fn child_scheduler() {
     let mut polled_recipes = 0;
     let mut errors = 0;
     for i in 0..count {
-        if let Some(state) = engine.store.trigger_state(&format!("users-{i:05}")).await.unwrap() {
+        if let Some(state) = engine.store().trigger_state(&format!("users-{i:05}")).await.unwrap() {
             polled_recipes += usize::from(state.baselined);
             errors += usize::from(state.last_error.is_some());
         }
     }
-    let runs = engine.store.runs(None, usize::MAX).await.unwrap().len();
+    let runs = engine.store().runs(None, usize::MAX).await.unwrap().len();
     println!(
         "done after {wall:.1} s: {} polls started, {answered} answered by the sink; {polled_recipes} of {count} \
          recipes have polled (baselined), {errors} with an error; {runs} runs created",

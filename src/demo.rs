@@ -70,9 +70,9 @@ impl Workspace {
         let workspace = Workspace { sandbox, engine, dir };
         let settings = workspace.recipe_settings().await.map_err(setup)?;
         let recipes = crate::recipe::load_recipes(
-            &workspace.engine.config.recipes_dir,
-            &workspace.engine.catalog,
-            &workspace.engine.config,
+            &workspace.engine.config().recipes_dir,
+            workspace.engine.catalog(),
+            workspace.engine.config(),
             &|name| settings.get(name).cloned().or_else(|| crate::config::process_env(name)),
         )
         .map_err(|d| setup(d.to_string()))?;
@@ -118,10 +118,8 @@ impl Workspace {
     /// whole once per `full_scan_every` (Capsule's notes, for edits to old notes) are due.
     pub async fn let_an_hour_pass(&self) {
         for recipe in self.engine.recipes() {
-            if let Ok(Some(mut state)) = self.engine.store.trigger_state(&recipe.id).await
-                && state.last_full_scan.take().is_some()
-            {
-                let _ = self.engine.store.save_trigger_state(&recipe.id, &state).await;
+            if let Err(e) = self.engine.make_full_scan_due(&recipe.id).await {
+                tracing::warn!(recipe = %recipe.id, error = %e, "could not make the full scan due");
             }
         }
     }
@@ -146,15 +144,15 @@ impl Workspace {
 
     /// Calls a GHL operation on the sandbox, as a person or a form would.
     pub async fn ghl_call(&self, key: &str, inputs: Value) -> Result<Value, String> {
-        let op = self.engine.catalog.get(key).ok_or_else(|| format!("no operation {key}"))?;
-        let connection = self.engine.config.connection("ghl")?;
+        let op = self.engine.catalog().get(key).ok_or_else(|| format!("no operation {key}"))?;
+        let connection = self.engine.config().connection("ghl")?;
         let inputs: Map<String, Value> = inputs.as_object().cloned().unwrap_or_default();
-        self.engine.client.execute(connection, op, &inputs).await.map(|r| r.body).map_err(|e| e.to_string())
+        self.engine.client().execute(connection, op, &inputs).await.map(|r| r.body).map_err(|e| e.to_string())
     }
 
     /// Runs by status, over the whole history.
     pub async fn run_counts(&self) -> Vec<(RunStatus, usize)> {
-        let runs = self.engine.store.runs(None, usize::MAX).await.unwrap_or_default();
+        let runs = self.engine.history(None, None, usize::MAX).await.map(|(runs, _)| runs).unwrap_or_default();
         [
             RunStatus::Succeeded,
             RunStatus::Failed,

@@ -56,8 +56,8 @@ async fn hooks() -> Hooks {
             &format!("{id}.yaml"),
             id,
             text,
-            &ws.engine.catalog,
-            &ws.engine.config,
+            ws.engine.catalog(),
+            ws.engine.config(),
             &|_| None,
         )
         .unwrap_or_else(|d| panic!("{d}"));
@@ -71,7 +71,7 @@ async fn hooks() -> Hooks {
 
 impl Hooks {
     async fn runs(&self, recipe: &str) -> Vec<ghlflow::store::RunRecord> {
-        self.ws.engine.store.runs(Some(recipe), usize::MAX).await.unwrap()
+        self.ws.engine.store().runs(Some(recipe), usize::MAX).await.unwrap()
     }
 
     /// Waits until `recipe` has `n` runs, all finished.
@@ -183,7 +183,7 @@ async fn a_capsule_hook_runs_its_party_once_and_unknown_paths_are_refused() {
         target_url: format!("{}/hooks/capsule/{token}", h.base),
         hook_id: Some("1".into()),
     };
-    h.ws.engine.store.save_hook_subscriptions(&[subscription]).await.unwrap();
+    h.ws.engine.store().save_hook_subscriptions(&[subscription]).await.unwrap();
     let party = json!({"id": 4242, "type": "person", "firstName": "Grace", "updatedAt": "2026-11-30T10:00:00Z"});
     let body = serde_json::to_vec(&json!({"event": "party/updated", "payload": [party]})).unwrap();
 

@@ -106,8 +106,8 @@ async fn metrics_after_a_backfill_count_what_the_history_shows() {
         "metrics-people.yaml",
         "metrics-people",
         &text,
-        &ws.engine.catalog,
-        &ws.engine.config,
+        ws.engine.catalog(),
+        ws.engine.config(),
         &|_| None,
     )
     .unwrap();
@@ -124,7 +124,7 @@ async fn metrics_after_a_backfill_count_what_the_history_shows() {
     let counts: std::collections::BTreeMap<(String, String), f64> =
         runs_by_status(&exposition).into_iter().filter(|((recipe, _), _)| recipe == "metrics-people").collect();
 
-    let runs = ws.engine.store.runs(Some("metrics-people"), usize::MAX).await.unwrap();
+    let runs = ws.engine.store().runs(Some("metrics-people"), usize::MAX).await.unwrap();
     let mut shown: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for run in &runs {
         *shown.entry((run.recipe.clone(), run.status.as_str().to_owned())).or_default() += 1.0;

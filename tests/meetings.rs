@@ -34,7 +34,7 @@ fn appointments_by_task(ws: &Workspace) -> BTreeMap<i64, Vec<Value>> {
 /// A recipe's runs of one Capsule task, newest first.
 async fn runs_of(ws: &Workspace, recipe: &str, task: i64) -> Vec<ghlflow::store::RunRecord> {
     let item = task.to_string();
-    let runs = ws.engine.store.runs(Some(recipe), usize::MAX).await.unwrap();
+    let runs = ws.engine.store().runs(Some(recipe), usize::MAX).await.unwrap();
     runs.into_iter().filter(|r| r.item_id.as_deref() == Some(item.as_str())).collect()
 }
 
@@ -64,7 +64,7 @@ fn user_in(ws: &Workspace, tz: &str) -> i64 {
 async fn mirrored_people(ws: &Workspace, n: usize) -> Vec<i64> {
     let mut people: Vec<i64> = Vec::new();
     for id in ws.sandbox.capsule_people() {
-        if people.len() < n && ws.engine.store.id_of(&format!("party:{id}")).await.unwrap().is_some() {
+        if people.len() < n && ws.engine.store().id_of(&format!("party:{id}")).await.unwrap().is_some() {
             people.push(id);
         }
     }
@@ -156,7 +156,7 @@ async fn fifty_meetings_arrive_once_at_the_owners_instant_and_changes_arrive_as_
     // Sent with the owner's offset, not converted to UTC: the create requests' answers echo it.
     let offsets: std::collections::BTreeSet<String> = ws
         .engine
-        .store
+        .store()
         .runs(Some("capsule-meetings"), usize::MAX)
         .await
         .unwrap()

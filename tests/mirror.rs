@@ -12,10 +12,10 @@ use serde_json::{Map, Value, json};
 
 /// Every record of a Capsule feed, read through ghlflow's own client.
 async fn capsule_all(ws: &Workspace, key: &str, inputs: Value) -> Vec<Value> {
-    let op = Arc::clone(ws.engine.catalog.get(key).unwrap());
-    let connection = Arc::clone(ws.engine.config.connection("capsule").unwrap());
+    let op = Arc::clone(ws.engine.catalog().get(key).unwrap());
+    let connection = Arc::clone(ws.engine.config().connection("capsule").unwrap());
     let inputs: Map<String, Value> = inputs.as_object().cloned().unwrap_or_default();
-    let mut pager = Pager::new(&ws.engine.client, connection, op, inputs, Some(10_000));
+    let mut pager = Pager::new(ws.engine.client(), connection, op, inputs, Some(10_000));
     let mut out = Vec::new();
     while let Some(page) = pager.next_page().await {
         out.extend(page.unwrap().records);
@@ -30,7 +30,7 @@ fn marker_count(items: &[Value], field: &str, marker: &str) -> usize {
 /// Checks that GHL holds exactly what Capsule says, once: one contact per mirrored person,
 /// one note per Capsule note, one task per Capsule task, in their current state.
 async fn assert_mirrored_exactly_once(ws: &Workspace) {
-    let store = &ws.engine.store;
+    let store = &ws.engine.store();
     let contacts = ws.sandbox.ghl_contacts();
     let by_id: BTreeMap<&str, &Value> = contacts.iter().map(|c| (c["id"].as_str().unwrap(), c)).collect();
 
@@ -188,7 +188,7 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
     assert_eq!(ws.sandbox.request_counts().ghl_writes, writes_before);
 
     let runs_before: BTreeSet<ghlflow::store::RunId> =
-        ws.engine.store.runs(None, usize::MAX).await.unwrap().into_iter().map(|r| r.id).collect();
+        ws.engine.store().runs(None, usize::MAX).await.unwrap().into_iter().map(|r| r.id).collect();
 
     // 20 people edited, 5 deleted, 10 added; notes edited; tasks completed.
     let edited = ws.sandbox.capsule_edit_people(20);
@@ -206,13 +206,13 @@ async fn five_hundred_people_then_their_changes_arrive_exactly_once() {
 
     // Exactly those changes: people runs for the edited and added people only; the deleted
     // ones tagged; ten new contacts at most (some new people share an email with others).
-    let people_runs = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap();
+    let people_runs = ws.engine.store().runs(Some("capsule-people"), usize::MAX).await.unwrap();
     let latest: BTreeSet<String> =
         people_runs.iter().filter(|r| !runs_before.contains(&r.id)).filter_map(|r| r.item_id.clone()).collect();
     let expected: BTreeSet<String> = edited.iter().chain(added.iter()).map(|id| id.to_string()).collect();
     assert_eq!(latest, expected, "the people runs of the last cycle are exactly the edited and added people");
     for id in &deleted {
-        if let Some(contact) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
+        if let Some(contact) = ws.engine.store().id_of(&format!("party:{id}")).await.unwrap() {
             let c = ws.sandbox.ghl_contacts().into_iter().find(|c| c["id"] == contact.as_str()).unwrap();
             assert!(
                 c["tags"].as_array().unwrap().iter().any(|t| t == "capsule-deleted"),

@@ -16,14 +16,14 @@ async fn workspace(people: usize, seed: u64) -> Workspace {
 }
 
 async fn runs_in(ws: &Workspace, status: RunStatus) -> Vec<ghlflow::store::RunRecord> {
-    ws.engine.store.runs(None, usize::MAX).await.unwrap().into_iter().filter(|r| r.status == status).collect()
+    ws.engine.store().runs(None, usize::MAX).await.unwrap().into_iter().filter(|r| r.status == status).collect()
 }
 
 /// A Capsule person the mirror put in GHL, with its contact id.
 async fn mirrored_person(ws: &Workspace, skip: usize) -> (i64, String) {
     let mut mirrored = Vec::new();
     for id in ws.sandbox.capsule_people() {
-        if let Some(c) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
+        if let Some(c) = ws.engine.store().id_of(&format!("party:{id}")).await.unwrap() {
             mirrored.push((id, c));
         }
     }
@@ -60,7 +60,7 @@ async fn notes_and_tasks_polled_before_their_people_wait_instead_of_failing() {
         0,
         "every waiting run resumed once its person was mirrored"
     );
-    for r in ws.engine.store.runs(Some("capsule-notes"), usize::MAX).await.unwrap() {
+    for r in ws.engine.store().runs(Some("capsule-notes"), usize::MAX).await.unwrap() {
         assert!(matches!(r.status, RunStatus::Succeeded | RunStatus::Filtered), "{r:?}");
     }
 
@@ -199,7 +199,7 @@ async fn a_contact_deleted_in_ghl_is_upserted_again_and_remapped() {
     assert!(ws.sandbox.capsule_touch_person(person));
     let r = ws.cycle().await;
     assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed).await);
-    let new_contact = ws.engine.store.id_of(&format!("party:{person}")).await.unwrap().unwrap();
+    let new_contact = ws.engine.store().id_of(&format!("party:{person}")).await.unwrap().unwrap();
     assert_ne!(new_contact, old_contact, "the person is mapped to a contact GHL has");
     let c = contact(&ws, &new_contact).expect("the contact exists again in GHL");
     assert_eq!(c["email"], email);
@@ -207,7 +207,7 @@ async fn a_contact_deleted_in_ghl_is_upserted_again_and_remapped() {
     // The run says what happened.
     let run = ws
         .engine
-        .store
+        .store()
         .runs(Some("capsule-people"), usize::MAX)
         .await
         .unwrap()
@@ -246,7 +246,7 @@ async fn edits_to_old_notes_are_found_by_the_hourly_whole_read_and_new_notes_at_
     let added = ws.sandbox.capsule_add_notes(5);
     assert_eq!((edited.len(), added.len()), (5, 5));
     async fn note_runs(ws: &Workspace) -> usize {
-        ws.engine.store.runs(Some("capsule-notes"), usize::MAX).await.unwrap().len()
+        ws.engine.store().runs(Some("capsule-notes"), usize::MAX).await.unwrap().len()
     }
     let before = note_runs(&ws).await;
     // Within the hour: the new notes (on top of the newest-first feed) arrive; the edits to
@@ -255,7 +255,7 @@ async fn edits_to_old_notes_are_found_by_the_hourly_whole_read_and_new_notes_at_
     assert_eq!(r.failed, 0, "{r:?}");
     async fn latest(ws: &Workspace, before: usize) -> BTreeSet<String> {
         let n = note_runs(ws).await - before;
-        ws.engine.store.runs(Some("capsule-notes"), n).await.unwrap().into_iter().filter_map(|r| r.item_id).collect()
+        ws.engine.store().runs(Some("capsule-notes"), n).await.unwrap().into_iter().filter_map(|r| r.item_id).collect()
     }
     let ids = |v: &[i64]| -> BTreeSet<String> { v.iter().map(|i| i.to_string()).collect() };
     let (added, edited) = (ids(&added), ids(&edited));
@@ -334,13 +334,13 @@ async fn a_link_header_walk_stopped_at_the_bound_resumes_at_the_next_page() {
     use ghlflow::http::Pager;
     use std::sync::Arc;
     let ws = workspace(200, 3).await;
-    let op = Arc::clone(ws.engine.catalog.get("capsule.entries.entry_updated").unwrap());
-    let connection = Arc::clone(ws.engine.config.connection("capsule").unwrap());
+    let op = Arc::clone(ws.engine.catalog().get("capsule.entries.entry_updated").unwrap());
+    let connection = Arc::clone(ws.engine.config().connection("capsule").unwrap());
     let inputs = json!({"embed": "party,creator"}).as_object().cloned().unwrap();
     let ids = |records: &[Value]| records.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
     // One walk to the end, two pages at a time.
     let mut whole =
-        Pager::new(&ws.engine.client, Arc::clone(&connection), Arc::clone(&op), inputs.clone(), Some(1_000));
+        Pager::new(ws.engine.client(), Arc::clone(&connection), Arc::clone(&op), inputs.clone(), Some(1_000));
     let mut all = Vec::new();
     while let Some(page) = whole.next_page().await {
         all.extend(page.unwrap().records);
@@ -349,7 +349,8 @@ async fn a_link_header_walk_stopped_at_the_bound_resumes_at_the_next_page() {
     let mut walked = Vec::new();
     let mut start = inputs;
     loop {
-        let mut pager = Pager::new(&ws.engine.client, Arc::clone(&connection), Arc::clone(&op), start.clone(), Some(2));
+        let mut pager =
+            Pager::new(ws.engine.client(), Arc::clone(&connection), Arc::clone(&op), start.clone(), Some(2));
         while let Some(page) = pager.next_page().await {
             walked.extend(page.unwrap().records);
         }
@@ -385,7 +386,7 @@ async fn pending_tasks_stay_open_and_restricted_people_are_tagged() {
     }
     assert!(seen > 0, "some pended task was on a mirrored person");
     for id in restricted {
-        if let Some(contact_id) = ws.engine.store.id_of(&format!("party:{id}")).await.unwrap() {
+        if let Some(contact_id) = ws.engine.store().id_of(&format!("party:{id}")).await.unwrap() {
             let c = contact(&ws, &contact_id).unwrap();
             assert!(tags(&c).contains("capsule-restricted"), "restricted person {id}: {c}");
         }
@@ -403,7 +404,7 @@ async fn a_contact_merged_away_in_ghl_is_remapped_to_a_contact_ghl_has() {
     assert!(ws.sandbox.capsule_touch_person(person));
     let r = ws.cycle().await;
     assert_eq!((r.failed, r.still_failed), (0, 0), "{r:?}: {:?}", runs_in(&ws, RunStatus::Failed).await);
-    let now = ws.engine.store.id_of(&format!("party:{person}")).await.unwrap().unwrap();
+    let now = ws.engine.store().id_of(&format!("party:{person}")).await.unwrap().unwrap();
     assert_ne!(now, merged_away);
     assert!(contact(&ws, &now).is_some(), "the person maps to a contact GHL has");
 }
@@ -417,7 +418,7 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
     let engine = std::sync::Arc::clone(&ws.engine);
     let people = engine.recipe("capsule-people").unwrap();
     assert!(ws.engine.poll(&people).await.unwrap().queued.len() > 10, "the backfill");
-    let runs_before = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap().len();
+    let runs_before = ws.engine.store().runs(Some("capsule-people"), usize::MAX).await.unwrap().len();
     ws.sandbox.capsule_edit_people(5);
     // Every answer now takes a while: the reset lands while the feed is being read.
     let mut faults = ws.sandbox.faults();
@@ -431,8 +432,8 @@ async fn a_trigger_reset_during_a_poll_is_not_undone_when_the_poll_ends() {
     engine.reset_trigger(&people, None).await.unwrap();
     let outcome = poll.await.unwrap().unwrap();
     assert!(outcome.queued.is_empty(), "{outcome:?}");
-    assert_eq!(ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap().len(), runs_before);
-    let state = ws.engine.store.trigger_state("capsule-people").await.unwrap().unwrap();
+    assert_eq!(ws.engine.store().runs(Some("capsule-people"), usize::MAX).await.unwrap().len(), runs_before);
+    let state = ws.engine.store().trigger_state("capsule-people").await.unwrap().unwrap();
     assert!(!state.baselined && state.cursor.is_none(), "the reset was undone: {state:?}");
 
     faults.latency = std::time::Duration::ZERO;
@@ -472,9 +473,9 @@ async fn a_stop_mid_backfill_leaves_the_runs_not_started_queued_for_the_next_sta
     // The next start (a new engine on the same state) runs what was left, each once.
     let engine = std::sync::Arc::new(
         ghlflow::engine::Engine::with_store(
-            std::sync::Arc::clone(&ws.engine.catalog),
-            std::sync::Arc::clone(&ws.engine.config),
-            ws.engine.store.clone(),
+            std::sync::Arc::clone(ws.engine.catalog()),
+            std::sync::Arc::clone(ws.engine.config()),
+            ws.engine.store().clone(),
             ghlflow::engine::EngineOptions::default(),
         )
         .unwrap(),

@@ -42,7 +42,7 @@ async fn the_page_escapes_hostile_item_data_under_a_policy_that_allows_no_script
     let engine = Arc::clone(&ws.engine);
     let hostile = "<script>alert('x')</script>";
     let mut run = RunRecord::new(
-        engine.store.next_run_id(),
+        engine.store().next_run_id(),
         "capsule-people",
         RunStatus::Failed,
         "\"><img src=x onerror=alert(1)>",
@@ -50,7 +50,7 @@ async fn the_page_escapes_hostile_item_data_under_a_policy_that_allows_no_script
         ghlflow::engine::now_iso(),
     );
     run.error = Some(format!("step `x`: GHL said {hostile}"));
-    engine.store.create_runs(std::slice::from_ref(&run)).await.unwrap();
+    engine.store().create_runs(std::slice::from_ref(&run)).await.unwrap();
     let base = serve(&engine).await;
 
     let (status, page, headers) = get(&format!("{base}/runs/{}", run.id)).await;
@@ -95,7 +95,7 @@ async fn recipes_show_their_trigger_position_and_recent_runs_and_the_history_pag
     }
     assert!(page.contains("capsule.parties.party_updated"), "the trigger's operation: {page}");
     assert!(page.contains("every 5m"), "the schedule: {page}");
-    let succeeded = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 0).await.unwrap().1;
+    let succeeded = ws.engine.store().runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 0).await.unwrap().1;
     assert!(succeeded >= 50, "the backfill ran every person: {succeeded}");
     assert!(
         page.contains(&format!("status=succeeded\">{succeeded} succeeded</a>")),
@@ -111,8 +111,8 @@ async fn recipes_show_their_trigger_position_and_recent_runs_and_the_history_pag
     );
     let (_, second, _) = get(&format!("{base}/runs?recipe=capsule-people&status=succeeded&page=1")).await;
     assert!(second.contains(&format!("51–{succeeded} of {succeeded}")), "{second}");
-    let newest = ws.engine.store.runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 1).await.unwrap().0;
-    let oldest = ws.engine.store.runs(Some("capsule-people"), usize::MAX).await.unwrap();
+    let newest = ws.engine.store().runs_page(Some("capsule-people"), Some(RunStatus::Succeeded), 1).await.unwrap().0;
+    let oldest = ws.engine.store().runs(Some("capsule-people"), usize::MAX).await.unwrap();
     assert!(first.contains(newest[0].id.as_str()) && !second.contains(newest[0].id.as_str()));
     let oldest = oldest.last().unwrap().id.as_str();
     assert!(second.contains(oldest) && !first.contains(oldest));
@@ -148,8 +148,8 @@ async fn actions_need_the_forms_token_and_pause_keeps_a_recipe_from_polling() {
 
     let summary = ws.engine.run_once(&[]).await;
     assert!(!summary.polls.iter().any(|p| p.recipe == "capsule-people"), "a paused recipe was polled");
-    assert!(ws.engine.store.trigger_state("capsule-people").await.unwrap().is_none());
-    assert!(ws.engine.store.runs(Some("capsule-people"), 1).await.unwrap().is_empty());
+    assert!(ws.engine.store().trigger_state("capsule-people").await.unwrap().is_none());
+    assert!(ws.engine.store().runs(Some("capsule-people"), 1).await.unwrap().is_empty());
 
     let response =
         http.post(format!("{base}/recipes/capsule-people/resume")).form(&[("csrf", token)]).send().await.unwrap();

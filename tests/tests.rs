@@ -25,4 +25,5 @@ mod sandbox;
 mod sandbox_push;
 mod spec_conformance;
 mod store_contract;
+mod subscriptions;
 mod webhook_verify;

@@ -20,7 +20,7 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// Serves requests until the process ends. Removes a stale socket first.
 #[cfg(unix)]
 pub fn serve(engine: Arc<Engine>) -> std::io::Result<()> {
-    let path = socket_path(&engine.config.state_dir);
+    let path = socket_path(&engine.config().state_dir);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     {

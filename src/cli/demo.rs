@@ -118,7 +118,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
         status("showed"),
         status("cancelled")
     );
-    let history = ws.engine.store.runs(None, usize::MAX).await.unwrap_or_default();
+    let history = ws.engine.history(None, None, usize::MAX).await.map(|(runs, _)| runs).unwrap_or_default();
     let succeeded =
         |recipe: &str| history.iter().filter(|r| r.recipe == recipe && r.status == RunStatus::Succeeded).count();
     let _ = writeln!(out, "  welcome SMS sent to new leads      {}", succeeded("ghl-welcome-sms"));

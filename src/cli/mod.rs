@@ -8,6 +8,7 @@ mod connect;
 mod control;
 #[cfg(feature = "sandbox")]
 mod demo;
+mod hooks;
 mod init;
 mod ops;
 mod run;
@@ -86,6 +87,9 @@ Examples:
     Run(run::RunArgs),
     /// Try a recipe on real items: render every step and print the requests (or send them).
     Test(test::TestArgs),
+    /// What the instant triggers need outside ghlflow (GHL app webhook settings, Capsule
+    /// REST hooks); `--check` checks it end to end.
+    Hooks(hooks::HooksArgs),
     /// Run history: list, show, replay, release, discard.
     Runs(runs::RunsArgs),
     /// Move a recipe's trigger position.
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> CliResult {
         #[cfg(feature = "sandbox")]
         Command::Demo(args) => demo::run(args).await,
         Command::Runs(args) => runs::run(args, operations).await,
+        Command::Hooks(args) => hooks::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Recipe(args) => runs::recipe(args, operations).await,
         Command::Serve(args) => serve::run(args, operations).await,

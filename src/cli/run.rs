@@ -123,7 +123,7 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
 
     // The listener: hooks and health probes. Without instant triggers or a `listen:` of its
     // own, a port already taken (a second ghlflow on this machine) only turns it off.
-    match crate::listen::bind(config.listener.bind).await {
+    let listening = match crate::listen::bind(config.listener.bind).await {
         Ok(bound) => {
             tracing::info!(address = %format!("http://{}", bound.addr), "listening");
             let engine = Arc::clone(&engine);
@@ -132,11 +132,21 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
                     tracing::error!(error = %e, "the listener stopped");
                 }
             });
+            true
         }
         Err(e) if config.listener.asked_for => return Err(CliError::Runtime(e.to_string())),
         Err(e) => {
-            tracing::warn!(error = %e, "no listener: /healthz and /readyz are off (set `listen:` to choose a port)")
+            tracing::warn!(error = %e, "no listener: /healthz and /readyz are off (set `listen:` to choose a port)");
+            false
         }
+    };
+    // The Capsule REST hooks the recipes' instant triggers need, before the first poll (and
+    // again whenever the recipes change: see the scheduler). A failure is logged and the
+    // recipes still poll.
+    if listening {
+        crate::engine::subscriptions::reconcile_and_log(&engine).await;
+    } else if !crate::engine::subscriptions::needed_events(&engine).is_empty() {
+        tracing::warn!("no listener, so no Capsule REST hook is subscribed; instant Capsule recipes only poll");
     }
     if let Err(e) = super::control::serve(Arc::clone(&engine)) {
         tracing::warn!(error = %e, "no control socket: `ghlflow runs` cannot reach this process while it runs");

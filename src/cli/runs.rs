@@ -168,6 +168,7 @@ pub enum RunsRequest {
     TriggerReset { recipe: String, to: Option<String> },
     Pause { recipe: String },
     Resume { recipe: String },
+    Hooks { check: bool },
 }
 
 /// What a command printed, and its exit code.
@@ -219,7 +220,7 @@ pub async fn recipe(args: RecipeArgs, operations: Option<&Path>) -> CliResult {
 }
 
 /// Handles `req` here, or in the running engine when it holds the store.
-async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
+pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
     let catalog = Arc::new(load_catalog(operations)?);
     let config = Arc::new(load_config(config_path, &catalog)?);
     let reply = match Store::open(&config.state_dir) {
@@ -275,7 +276,7 @@ pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
                 Some(Some(s)) => Some(s),
                 None => None,
             };
-            match engine.store.runs_page(recipe.as_deref(), status, limit).await {
+            match engine.history(recipe.as_deref(), status, limit).await {
                 Ok((runs, total)) => {
                     let mut reply = if json {
                         let rows: Vec<Value> = runs.iter().map(list_row).collect();
@@ -330,6 +331,7 @@ pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
         RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()).await,
         RunsRequest::Pause { recipe } => pause(engine, &recipe, true).await,
         RunsRequest::Resume { recipe } => pause(engine, &recipe, false).await,
+        RunsRequest::Hooks { check } => super::hooks::handle(engine, check).await,
     }
 }
 
@@ -366,7 +368,7 @@ fn parse_run_id(text: &str) -> Result<RunId, Reply> {
 }
 
 async fn show(engine: &Engine, id: &RunId, json: bool) -> Reply {
-    match engine.store.run(id).await {
+    match engine.run(id).await {
         Ok(Some(r)) if json => Reply::ok(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"),
         Ok(Some(r)) => Reply::ok(render_run(&r)),
         Ok(None) => Reply::invalid(format!("no run `{id}`; `ghlflow runs list` shows recent runs")),

@@ -117,7 +117,7 @@ async fn items(args: &TestArgs, engine: &Engine, recipe: &Recipe) -> Result<(Vec
     }
     if let Some(id) = &args.item_id {
         let runs =
-            engine.store.runs(Some(&recipe.id), usize::MAX).await.map_err(|e| CliError::Runtime(e.to_string()))?;
+            engine.history(Some(&recipe.id), None, usize::MAX).await.map_err(|e| CliError::Runtime(e.to_string()))?.0;
         return match runs.into_iter().find(|r| r.item_id.as_deref() == Some(id.as_str())) {
             Some(run) => Ok((vec![(id.clone(), run.item)], format!("the item of run {}", run.id))),
             None => Err(CliError::Invalid(format!(
@@ -147,7 +147,7 @@ async fn send(engine: &Engine, recipe: &Recipe, items: Vec<(String, Value)>) -> 
         let run_id = engine.record_run(recipe, id.clone(), item).await.map_err(|e| CliError::Runtime(e.to_string()))?;
         let outcome = engine.execute_run(&run_id).await.map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = writeln!(out, "\nitem {id}: run {run_id} {}", outcome.status.as_str());
-        if let Ok(Some(run)) = engine.store.run(&run_id).await
+        if let Ok(Some(run)) = engine.run(&run_id).await
             && run.status != RunStatus::Filtered
         {
             for s in &run.steps {

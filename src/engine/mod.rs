@@ -9,6 +9,7 @@
 mod execute;
 mod guard;
 pub mod health;
+mod history;
 pub mod intake;
 mod lookups;
 mod plan;
@@ -16,6 +17,7 @@ mod poll;
 mod queries;
 mod render;
 pub mod scheduler;
+pub mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -58,11 +60,11 @@ pub struct EngineOptions {
 /// Everything a running ghlflow shares.
 #[derive(Debug)]
 pub struct Engine {
-    pub catalog: Arc<Catalog>,
-    pub config: Arc<Config>,
-    pub client: Arc<HttpClient>,
-    pub store: Store,
-    pub options: EngineOptions,
+    catalog: Arc<Catalog>,
+    config: Arc<Config>,
+    client: Arc<HttpClient>,
+    store: Store,
+    options: EngineOptions,
     recipes: RwLock<BTreeMap<String, Arc<Recipe>>>,
     lookup_cache: lookups::LookupCache,
     /// Told of runs as they are queued and finished (a progress bar on a terminal).
@@ -114,6 +116,29 @@ impl Engine {
             stopping: Default::default(),
             health: Default::default(),
         })
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The HTTP client the engine sends through (its rate budgets and tokens).
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// The state store, for reading what the engine recorded (tests and tools). Changes go
+    /// through the engine's own methods (`reset_trigger`, `release`, `replay`...).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     pub fn health(&self) -> &health::Health {

@@ -23,6 +23,9 @@ use crate::recipe::{Recipe, Schedule, compile_recipe};
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// How often automatic replays and history pruning are looked at.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+/// How often `ghlflow run` checks its Capsule REST hooks are still there (one removed by hand
+/// comes back), as often as an instant trigger's safety-net poll.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The scheduler's loop turns at least this often, so `/readyz` can tell it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// How long a GHL delivery id is remembered: twice the window in which a delivery's
@@ -105,6 +108,7 @@ pub async fn run(
     let mut reload = tokio::time::interval(RELOAD_EVERY);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut resubscribe = tokio::time::interval_at(Instant::now() + RESUBSCRIBE_EVERY, RESUBSCRIBE_EVERY);
 
     loop {
         engine.health().beat();
@@ -161,12 +165,32 @@ pub async fn run(
                 if let Some(dir) = &recipes_dir {
                     let now_files = snapshot(dir);
                     if now_files != watched {
+                        let listened = super::subscriptions::needed_events(&engine);
                         apply_changes(&engine, dir, &watched, &now_files, &mut due, &mut due_of);
                         watched = now_files;
+                        // The Capsule events the recipes listen for changed: subscribe and
+                        // unsubscribe REST hooks to match, without holding up the polls.
+                        if super::subscriptions::needed_events(&engine) != listened {
+                            let engine = Arc::clone(&engine);
+                            tasks.spawn(async move {
+                                super::subscriptions::reconcile_and_log(&engine).await;
+                                String::new()
+                            });
+                        }
                     }
                 }
             }
             _ = maintain.tick() => maintain_once(&engine, &mut tasks),
+            // Only under `ghlflow run` (which watches the folder and subscribed at its start).
+            _ = resubscribe.tick(), if recipes_dir.is_some() => {
+                if !super::subscriptions::needed_events(&engine).is_empty() {
+                    let engine = Arc::clone(&engine);
+                    tasks.spawn(async move {
+                        super::subscriptions::reconcile_and_log(&engine).await;
+                        String::new()
+                    });
+                }
+            }
             _ = heartbeat.tick() => {}
         }
     }

@@ -121,7 +121,7 @@ pub(super) async fn capsule(State(listener): State<Listener>, Path(token): Path<
     let connection = subscriptions
         .iter()
         .find(|(hook, _)| hook.token == delivery.hook.token)
-        .and_then(|(_, name)| engine.config.connections.get(name).cloned());
+        .and_then(|(_, name)| engine.config().connections.get(name).cloned());
     let Some(connection) = connection else {
         return refuse("capsule", &Refusal::UnknownHook);
     };

@@ -131,7 +131,7 @@ async fn require_auth(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(auth) = &listener.engine.config.listener.auth else {
+    let Some(auth) = &listener.engine.config().listener.auth else {
         return next.run(request).await;
     };
     let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
