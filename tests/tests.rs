@@ -18,6 +18,7 @@ mod listener;
 mod meetings;
 mod mirror;
 mod mirror_real;
+mod page;
 mod prism_conformance;
 mod recipe_validate;
 mod sandbox;

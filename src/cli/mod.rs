@@ -15,6 +15,7 @@ mod run;
 mod runs;
 #[cfg(feature = "sandbox")]
 mod sandbox;
+mod serve;
 mod test;
 mod validate;
 
@@ -93,6 +94,10 @@ Examples:
     Runs(runs::RunsArgs),
     /// Move a recipe's trigger position.
     Trigger(runs::TriggerArgs),
+    /// Pause or resume a recipe.
+    Recipe(runs::RecipeArgs),
+    /// Serve the status page and /metrics over the state, read-only, without polling.
+    Serve(serve::ServeArgs),
     /// Print a JSON Schema.
     #[command(
         subcommand,
@@ -146,7 +151,7 @@ pub type CliResult = Result<(), CliError>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The engine tells what it does by default; one-shot commands only warn.
-    let default_level = if matches!(&cli.command, Command::Run(_)) { "info" } else { "warn" };
+    let default_level = if matches!(&cli.command, Command::Run(_) | Command::Serve(_)) { "info" } else { "warn" };
     let log_format = match &cli.command {
         Command::Run(args) => args.log_format.unwrap_or(cli.log_format),
         _ => cli.log_format,
@@ -188,6 +193,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Runs(args) => runs::run(args, operations).await,
         Command::Hooks(args) => hooks::run(args, operations).await,
         Command::Trigger(args) => runs::trigger(args, operations).await,
+        Command::Recipe(args) => runs::recipe(args, operations).await,
+        Command::Serve(args) => serve::run(args, operations).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Init(args) => init::run(args),

@@ -1,4 +1,5 @@
-//! `ghlflow runs ...` and `ghlflow trigger reset`: run history and the actions on it.
+//! `ghlflow runs ...`, `ghlflow trigger reset` and `ghlflow recipe pause|resume`: run
+//! history and the actions on it and on recipes.
 //!
 //! Each command is a `RunsRequest` handled against an `Engine`. When no `ghlflow run` holds
 //! the state store, the command opens it itself; when one does (sled allows one process),
@@ -122,6 +123,39 @@ Examples:
     },
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  ghlflow recipe pause capsule-people
+  ghlflow recipe resume capsule-people")]
+pub struct RecipeArgs {
+    #[command(subcommand)]
+    command: RecipeCommand,
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "ghlflow.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum RecipeCommand {
+    /// Stop polling a recipe until `recipe resume`; its queued runs wait (kept across restarts).
+    #[command(after_help = "\
+Examples:
+  ghlflow recipe pause capsule-people")]
+    Pause {
+        /// The recipe to pause (its id: the file name without .yaml).
+        recipe: String,
+    },
+    /// Poll a paused recipe again and run what its pause kept waiting.
+    #[command(after_help = "\
+Examples:
+  ghlflow recipe resume capsule-people")]
+    Resume {
+        /// The recipe to resume (its id: the file name without .yaml).
+        recipe: String,
+    },
+}
+
 /// A runs command, as sent to a running engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -132,6 +166,8 @@ pub enum RunsRequest {
     Release { recipe: String },
     Discard { recipe: String },
     TriggerReset { recipe: String, to: Option<String> },
+    Pause { recipe: String },
+    Resume { recipe: String },
     Hooks { check: bool },
 }
 
@@ -175,6 +211,14 @@ pub async fn trigger(args: TriggerArgs, operations: Option<&Path>) -> CliResult 
     dispatch(RunsRequest::TriggerReset { recipe, to }, &args.config, operations).await
 }
 
+pub async fn recipe(args: RecipeArgs, operations: Option<&Path>) -> CliResult {
+    let req = match args.command {
+        RecipeCommand::Pause { recipe } => RunsRequest::Pause { recipe },
+        RecipeCommand::Resume { recipe } => RunsRequest::Resume { recipe },
+    };
+    dispatch(req, &args.config, operations).await
+}
+
 /// Handles `req` here, or in the running engine when it holds the store.
 pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
     let catalog = Arc::new(load_catalog(operations)?);
@@ -197,7 +241,7 @@ pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: O
             let engine = Engine::with_store(catalog, Arc::clone(&config), store, EngineOptions::default())
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             engine.set_recipes(recipes);
-            handle(req, &engine).await
+            handle(req, &Arc::new(engine)).await
         }
         Err(StoreError::Open { .. }) => {
             super::control::ask(&config.state_dir, &req).await.map_err(CliError::Runtime)?
@@ -214,7 +258,7 @@ pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: O
 }
 
 /// Carries out one request against an engine.
-pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
+pub async fn handle(req: RunsRequest, engine: &Arc<Engine>) -> Reply {
     match req {
         RunsRequest::List { limit: 0, .. } => {
             Reply::invalid("--limit 0 would list nothing; give at least 1 (default 50)".to_owned())
@@ -285,7 +329,36 @@ pub async fn handle(req: RunsRequest, engine: &Engine) -> Reply {
             Err(e) => Reply::failed(e.to_string()),
         },
         RunsRequest::TriggerReset { recipe, to } => trigger_reset(engine, &recipe, to.as_deref()).await,
+        RunsRequest::Pause { recipe } => pause(engine, &recipe, true).await,
+        RunsRequest::Resume { recipe } => pause(engine, &recipe, false).await,
         RunsRequest::Hooks { check } => super::hooks::handle(engine, check).await,
+    }
+}
+
+async fn pause(engine: &Arc<Engine>, recipe: &str, paused: bool) -> Reply {
+    if engine.recipe(recipe).is_none() {
+        let names: Vec<String> = engine.recipes().iter().map(|r| r.id.clone()).collect();
+        return Reply::invalid(format!(
+            "no recipe `{recipe}`{}",
+            crate::diagnostic::hint(recipe, names.iter().map(String::as_str))
+        ));
+    }
+    match engine.set_paused(recipe, paused).await {
+        Err(e) => Reply::failed(e.to_string()),
+        Ok(false) if paused => Reply::ok(format!("recipe `{recipe}` was already paused\n")),
+        Ok(false) => Reply::ok(format!("recipe `{recipe}` was not paused\n")),
+        Ok(true) if paused => Reply::ok(format!(
+            "recipe `{recipe}` paused: it is not polled and its queued runs wait until `ghlflow recipe resume {recipe}`\n"
+        )),
+        Ok(true) => {
+            // In a running engine the waiting runs start now; otherwise at the next `run`.
+            let started = if engine.is_stopping() { Ok(0) } else { engine.start_queued(recipe).await };
+            match started {
+                Ok(n) if n > 0 => Reply::ok(format!("recipe `{recipe}` resumed; {n} queued run(s) started\n")),
+                Ok(_) => Reply::ok(format!("recipe `{recipe}` resumed\n")),
+                Err(e) => Reply::failed(e.to_string()),
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod intake;
 mod lookups;
 mod plan;
 mod poll;
+mod queries;
 mod render;
 pub mod scheduler;
 pub mod subscriptions;
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 pub use execute::RunOutcome;
 pub use plan::Plan;
 pub use poll::PollOutcome;
+pub use queries::{RECENT_READ_LIMIT, RecipeOverview, RunsPage, StatusCounts};
 pub use render::StepError;
 
 use crate::catalog::Catalog;
@@ -226,14 +228,22 @@ impl Engine {
                     for run in
                         runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
                     {
+                        if self.is_paused(&run.recipe).await.unwrap_or(false) {
+                            continue;
+                        }
                         summary.add_run(self.execute_run(&run.id).await);
                     }
                 }
                 Err(e) => summary.errors.push(e.to_string()),
             }
         }
-        let recipes: Vec<Arc<Recipe>> =
-            self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)).collect();
+        // A paused recipe is not polled (`recipe pause`).
+        let mut recipes: Vec<Arc<Recipe>> = Vec::new();
+        for r in self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)) {
+            if !self.is_paused(&r.id).await.unwrap_or(false) {
+                recipes.push(r);
+            }
+        }
         let waves = crate::recipe::poll_order(&recipes)
             .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
         for wave in waves {
@@ -350,6 +360,11 @@ impl Engine {
         }
         let start = |id: crate::store::RunId| -> RunFuture<'_> {
             Box::pin(async move {
+                // Paused meanwhile (`recipe pause`): the run stays queued for `recipe resume`.
+                if self.is_paused(&recipe.id).await.unwrap_or(false) {
+                    let status = crate::store::RunStatus::Queued;
+                    return Ok(RunOutcome { id, recipe: recipe.id.clone(), status, error: None });
+                }
                 let outcome = self.execute_run(&id).await;
                 self.health.progress(&recipe.id);
                 if let Some(p) = self.progress.get() {

@@ -69,7 +69,11 @@ pub async fn run(
     if let Ok(open) = engine.store.open_runs().await {
         let engine = Arc::clone(&engine);
         tasks.spawn(async move {
+            // A paused recipe's runs wait for `recipe resume`, which starts them.
             for run in open.into_iter().filter(|r| r.status.is_open()) {
+                if engine.is_paused(&run.recipe).await.unwrap_or(false) {
+                    continue;
+                }
                 if engine.is_stopping() {
                     break; // the rest stay open for the next start
                 }
@@ -222,6 +226,10 @@ fn start_poll(
     let engine = Arc::clone(engine);
     let polls = Arc::clone(polls);
     tasks.spawn(async move {
+        // Paused (`recipe pause`): its turn passes without a poll.
+        if engine.is_paused(&recipe.id).await.unwrap_or(false) {
+            return recipe.id.clone();
+        }
         let _slot = polls.acquire().await.ok();
         engine.health().poll_started(&recipe.id);
         // A panic below is caught (and the runs it left open failed), so this task still

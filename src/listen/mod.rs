@@ -1,6 +1,6 @@
-//! The listener: the one HTTP server of `ghlflow run`. It takes the APIs' instant-trigger
-//! hooks (`/hooks/ghl`, `/hooks/capsule/<token>`), serves `/metrics` (Prometheus), and
-//! answers the health probes (`/healthz`: the process answers; `/readyz`: the engine does
+//! The listener: the one HTTP server of `ghlflow run` (and of `ghlflow serve`). It takes the
+//! APIs' instant-trigger hooks (`/hooks/ghl`, `/hooks/capsule/<token>`), serves the status
+//! page (`/`, see `page`) and `/metrics` (Prometheus), and answers the health probes (`/healthz`: the process answers; `/readyz`: the engine does
 //! its work).
 //!
 //! It binds `listen:` from ghlflow.yaml (loopback by default). Off loopback, `/metrics` (and
@@ -10,6 +10,7 @@
 //! caching it.
 
 mod hooks;
+mod page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ use crate::engine::Engine;
 #[derive(Debug, Clone)]
 pub struct Listener {
     engine: Arc<Engine>,
+    /// The status page's CSRF token (see `page`).
+    csrf: Arc<str>,
+    /// Whether the page offers actions (`ghlflow run`) or only shows (`ghlflow serve`).
+    actions: bool,
 }
 
 /// Why the listener could not start.
@@ -50,9 +55,18 @@ pub async fn bind(addr: SocketAddr) -> Result<Bound, BindError> {
     Ok(Bound { socket, addr })
 }
 
-/// The routes, over `engine`.
+/// The routes, over `engine`, with the page's actions.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let state = Listener { engine };
+    router_with(engine, true)
+}
+
+/// The routes of `ghlflow serve`: the page shows the state and offers no action.
+pub fn read_only_router(engine: Arc<Engine>) -> Router {
+    router_with(engine, false)
+}
+
+fn router_with(engine: Arc<Engine>, actions: bool) -> Router {
+    let state = Listener { engine, csrf: page::new_csrf_token(), actions };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -61,6 +75,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .merge(
             Router::new()
                 .route("/metrics", get(metrics))
+                .merge(page::routes())
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_auth)),
         )
         .layer(axum::middleware::map_response(security_headers))
@@ -105,6 +120,14 @@ pub async fn start(engine: &Arc<Engine>) -> Result<Option<SocketAddr>, BindError
 pub async fn serve(bound: Bound, engine: Arc<Engine>) -> std::io::Result<()> {
     let stopping = Arc::clone(&engine);
     axum::serve(bound.socket, router(engine)).with_graceful_shutdown(async move { stopping.stopped().await }).await
+}
+
+/// Serves `bound` read-only (`ghlflow serve`) until the engine is stopped.
+pub async fn serve_read_only(bound: Bound, engine: Arc<Engine>) -> std::io::Result<()> {
+    let stopping = Arc::clone(&engine);
+    axum::serve(bound.socket, read_only_router(engine))
+        .with_graceful_shutdown(async move { stopping.stopped().await })
+        .await
 }
 
 async fn healthz() -> &'static str {
@@ -181,13 +204,15 @@ fn credentials_match(auth: &ServerAuth, given: &str) -> bool {
     }
 }
 
-/// Headers every answer carries: no MIME sniffing, no framing, no caching, no referrer.
+/// Headers every answer carries: no MIME sniffing, no framing, no caching, no referrer, and
+/// a Content-Security-Policy that allows nothing unless the handler set its own (the status
+/// page allows its own stylesheet and forms).
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'"));
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static("default-src 'none'"));
     response
 }
