@@ -58,6 +58,10 @@ macro_rules! contract {
                 super::a_record_runs_once_whether_it_comes_by_hook_or_by_poll($make).await
             }
             #[tokio::test]
+            async fn a_pause_is_kept_apart_from_the_trigger_state() {
+                super::a_pause_is_kept_apart_from_the_trigger_state($make).await
+            }
+            #[tokio::test]
             async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept() {
                 super::deliveries_are_remembered_until_pruned_and_subscriptions_kept($make).await
             }
@@ -470,4 +474,17 @@ async fn deliveries_are_remembered_until_pruned_and_subscriptions_kept<S: StateS
     assert_eq!(store.hook_subscriptions().await.unwrap(), vec![subscription]);
     store.save_hook_subscriptions(&[]).await.unwrap();
     assert!(store.hook_subscriptions().await.unwrap().is_empty());
+}
+
+async fn a_pause_is_kept_apart_from_the_trigger_state<S: StateStore>(store: S) {
+    assert_eq!(store.paused_since("people").await.unwrap(), None);
+    store.set_paused("people", Some("2026-11-30T10:00:00.000Z")).await.unwrap();
+    // A poll writing its trigger state back, and a reset, leave the pause alone.
+    let state = TriggerState { fingerprint: "f".into(), ..Default::default() };
+    store.save_trigger_state("people", &state).await.unwrap();
+    store.reset_trigger("people", state).await.unwrap();
+    assert_eq!(store.paused_since("people").await.unwrap().as_deref(), Some("2026-11-30T10:00:00.000Z"));
+    assert_eq!(store.paused_since("notes").await.unwrap(), None, "one recipe's pause only");
+    store.set_paused("people", None).await.unwrap();
+    assert_eq!(store.paused_since("people").await.unwrap(), None);
 }

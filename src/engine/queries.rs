@@ -12,15 +12,6 @@ use super::{Engine, EngineError};
 use crate::recipe::{Recipe, Schedule};
 use crate::store::{RunId, RunRecord, RunStatus, TriggerState};
 
-/// The id-map key of a recipe's pause flag. The id map is the one durable key-value place
-/// outside the trigger state; the trigger state is no home for the flag, because a poll in
-/// flight when the pause is given writes its state back whole (and `trigger reset` replaces
-/// it), which would drop the pause. The NUL bytes keep it apart from every key a recipe's
-/// `remember:` template renders (those are text a person wrote).
-fn pause_key(recipe: &str) -> String {
-    format!("\0ghlflow.paused\0{recipe}")
-}
-
 /// Runs of one recipe by status (`RunStatus::as_str`), over a window of time.
 pub type StatusCounts = BTreeMap<&'static str, usize>;
 
@@ -63,7 +54,7 @@ pub struct RunsPage {
 impl Engine {
     /// Whether `recipe` is paused (`recipe pause`): not polled, its queued runs wait.
     pub async fn is_paused(&self, recipe: &str) -> Result<bool, EngineError> {
-        Ok(self.store.id_of(&pause_key(recipe)).await?.is_some())
+        Ok(self.store.paused_since(recipe).await?.is_some())
     }
 
     /// Runs `ids` of `recipe` in the background, as a poll's runs run (oldest first, within
@@ -88,13 +79,9 @@ impl Engine {
         if self.is_paused(recipe).await? == paused {
             return Ok(false);
         }
-        if paused {
-            self.store.remember_id(&pause_key(recipe), &super::now_iso()).await?;
-        } else {
-            self.store.forget_id(&pause_key(recipe)).await?;
-        }
-        // A pause told to a person must not be lost to a crash a moment later.
-        self.store.flush_async().await?;
+        // Durable before it returns: a pause told to a person must not be lost to a crash.
+        let since = paused.then(super::now_iso);
+        self.store.set_paused(recipe, since.as_deref()).await?;
         Ok(true)
     }
 

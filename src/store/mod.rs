@@ -543,6 +543,13 @@ store_api! {
     /// Forgets delivery ids recorded before `before_unix` (their timestamps are refused as
     /// stale by then anyway); returns how many.
     fn prune_deliveries(&self, before_unix: u64) -> usize;
+    /// When a recipe was paused (`recipe pause`, ISO 8601), if it is.
+    fn paused_since(&self, recipe: &str) -> Option<String>;
+    /// Pauses a recipe (`Some(since)`) or resumes it (`None`); durable before it returns. Apart
+    /// from the trigger state, which a poll in flight writes back whole and `trigger reset`
+    /// replaces.
+    fn set_paused(&self, recipe: &str, since: Option<&str>) -> ();
+
     /// The subscriptions ghlflow made at the APIs (Capsule REST hooks).
     fn hook_subscriptions(&self) -> Vec<HookSubscription>;
     /// Replaces the remembered subscriptions; durable before it returns.

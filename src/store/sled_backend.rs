@@ -48,6 +48,8 @@ pub struct SledStore {
     deliveries: sled::Tree,
     /// ghlflow's own subscriptions at the APIs, one JSON list.
     subscriptions: sled::Tree,
+    /// Paused recipes, and since when.
+    paused: sled::Tree,
     sequence: Arc<AtomicU64>,
     flushes: Arc<FlushGate>,
 }
@@ -258,6 +260,7 @@ impl SledStore {
             leases: db.open_tree("leases")?,
             deliveries: db.open_tree("hook_deliveries")?,
             subscriptions: db.open_tree("hook_subscriptions")?,
+            paused: db.open_tree("paused_recipes")?,
             sequence: Arc::new(AtomicU64::new(0)),
             flushes: Arc::default(),
             db,
@@ -535,6 +538,18 @@ impl StateStore for SledStore {
             }
         }
         Ok(n)
+    }
+
+    async fn paused_since(&self, recipe: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.paused.get(recipe.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn set_paused(&self, recipe: &str, since: Option<&str>) -> Result<(), StoreError> {
+        match since {
+            Some(since) => self.paused.insert(recipe.as_bytes(), since.as_bytes())?,
+            None => self.paused.remove(recipe.as_bytes())?,
+        };
+        self.flush_async().await
     }
 
     async fn hook_subscriptions(&self) -> Result<Vec<HookSubscription>, StoreError> {
