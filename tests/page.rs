@@ -102,6 +102,10 @@ async fn recipes_show_their_trigger_position_and_recent_runs_and_the_history_pag
         "the last hour's runs by status link to the history: {page}"
     );
 
+    let seen = ws.engine.store().seen_count("capsule-people").await.unwrap();
+    assert!(seen >= succeeded, "every party that ran is marked seen: {seen}");
+    assert!(page.contains(&format!("{seen} items seen")), "items seen: {page}");
+
     // 50 a page, newest first, the filter kept from page to page.
     let (_, first, _) = get(&format!("{base}/runs?recipe=capsule-people&status=succeeded")).await;
     assert!(first.contains(&format!("1–50 of {succeeded}")), "{first}");

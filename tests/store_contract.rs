@@ -444,6 +444,8 @@ async fn a_record_runs_once_whether_it_comes_by_hook_or_by_poll<S: StateStore>(s
     assert!(store.run(&polled.id).await.unwrap().is_none());
     assert!(store.run(&other.id).await.unwrap().is_some());
     assert_eq!(store.seen_mark("people", "7").await.unwrap().as_deref(), Some("u:2026-11-30T10:00:05Z"));
+    assert_eq!(store.seen_count("people").await.unwrap(), 2, "items 7 and 8");
+    assert_eq!(store.seen_count("peopl").await.unwrap(), 0, "a recipe id that prefixes another counts none of its");
 
     // A later edit, by hook or by poll, runs.
     let edited = run_of(&store, "7");

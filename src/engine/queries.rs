@@ -38,6 +38,8 @@ pub struct RecipeOverview {
     pub partial: (bool, bool),
     /// Every run of the recipe in the history.
     pub runs_total: usize,
+    /// Items of its feed marked seen (ran, or recorded in a baseline).
+    pub items_seen: usize,
 }
 
 /// The most runs a recipe's overview reads to count its last hour and day.
@@ -116,6 +118,7 @@ impl Engine {
             last_day,
             partial,
             runs_total: self.store.runs_page(Some(&recipe.id), None, 0).await?.1,
+            items_seen: self.store.seen_count(&recipe.id).await?,
         })
     }
 

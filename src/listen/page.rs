@@ -195,10 +195,11 @@ fn recipe_row(body: &mut String, listener: &Listener, o: &RecipeOverview, now: u
     let _ = write!(
         body,
         "<tr class=\"recipe\" id=\"recipe-{id}\"><td><a href=\"/runs?recipe={id_enc}\">{id}</a>\
-         <div class=\"quiet\">{}</div><div class=\"quiet\">{} runs in history</div></td>\
+         <div class=\"quiet\">{}</div><div class=\"quiet\">{} runs in history, {} items seen</div></td>\
          <td><code>{}</code><div class=\"quiet\">{}</div></td>",
         esc(&o.name),
         o.runs_total,
+        o.items_seen,
         esc(&o.operation),
         esc(&o.schedule)
     );

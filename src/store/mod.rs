@@ -523,6 +523,8 @@ store_api! {
     fn reset_trigger(&self, recipe: &str, state: TriggerState) -> ();
     /// The seen mark of one item of a recipe's feed (its updated time or content hash).
     fn seen_mark(&self, recipe: &str, item: &str) -> Option<String>;
+    /// How many items of a recipe's feed are marked seen.
+    fn seen_count(&self, recipe: &str) -> usize;
     /// Forgets a recipe's seen marks and present items; returns how many marks.
     fn forget_seen(&self, recipe: &str) -> usize;
     /// The items of a recipe's feed that ran and have not gone since (`report_gone`).

@@ -394,9 +394,11 @@ impl StateStore for SledStore {
         }
         let number = self.flushes.begun.fetch_add(1, SeqCst) + 1;
         let db = self.db.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(flushed) => {
                 flushed?;
+                crate::metrics::metrics().flushed(started.elapsed());
                 *done = number;
                 Ok(())
             }
@@ -536,6 +538,15 @@ impl StateStore for SledStore {
                 self.deliveries.remove(key)?;
                 n += 1;
             }
+        }
+        Ok(n)
+    }
+
+    async fn seen_count(&self, recipe: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.seen.scan_prefix(seen_key(recipe, "")).keys() {
+            key?;
+            n += 1;
         }
         Ok(n)
     }
