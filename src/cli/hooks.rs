@@ -74,21 +74,6 @@ pub fn ghl_scope(event: &str) -> Option<(&'static str, bool)> {
     Some((inferred, false))
 }
 
-/// The events each connection's recipes listen for, with the recipes, by connection.
-fn listened(engine: &Engine) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
-    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
-    for recipe in engine.recipes() {
-        for listen in &recipe.trigger.listens {
-            out.entry(listen.connection.name.clone())
-                .or_default()
-                .entry(listen.event.clone())
-                .or_default()
-                .push(recipe.id.clone());
-        }
-    }
-    out
-}
-
 fn recipes_text(ids: &[String]) -> String {
     format!("{} {}", if ids.len() == 1 { "recipe" } else { "recipes" }, ids.join(", "))
 }
@@ -117,7 +102,7 @@ impl Checks {
 pub async fn handle(engine: &Engine, check: bool) -> Reply {
     let config = engine.config();
     let public = config.listener.public_url.as_str().trim_end_matches('/').to_owned();
-    let listened = listened(engine);
+    let listened = subscriptions::listened_events(engine);
     let remembered = match engine.hook_subscriptions().await {
         Ok(s) => s,
         Err(e) => return Reply { exit: 1, stdout: String::new(), stderr: format!("error: {e}\n") },

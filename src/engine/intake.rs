@@ -13,9 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::poll::{content_hash, new_run, scalar};
+use super::poll::{item_identity, new_run, scalar};
 use super::{Engine, EngineError};
-use crate::catalog::{Dedupe, Operation};
+use crate::catalog::Operation;
 use crate::config::Connection;
 use crate::recipe::Recipe;
 use crate::store::{DeliveryCommit, RunId, RunStatus};
@@ -135,26 +135,13 @@ impl Engine {
 /// A delivered record's id and seen mark, as the recipe's poll would give them. A record
 /// without the change time its trigger dedupes on is marked at the delivery's time.
 fn hook_identity(recipe: &Recipe, op: &Operation, record: &Value, received: DateTime<Utc>) -> (String, String) {
-    let output = op.output.as_ref();
-    let id = output
-        .and_then(|o| o.id.as_ref())
-        .and_then(|p| p.get(record))
-        .map(scalar)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| content_hash(record));
-    let mark = match recipe.trigger.dedupe {
-        Dedupe::Id => "seen".to_owned(),
-        Dedupe::IdUpdated => {
-            let updated = output
-                .and_then(|o| o.updated.as_ref())
-                .and_then(|p| p.get(record))
-                .map(scalar)
-                .filter(|s| !s.is_empty())
-                .or_else(|| record.get("timestamp").map(scalar).filter(|s| !s.is_empty()))
-                .unwrap_or_else(|| received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-            format!("u:{updated}")
-        }
-        Dedupe::Content => content_hash(record),
+    let delivered_at = || {
+        record
+            .get("timestamp")
+            .map(scalar)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     };
-    (id, mark)
+    // Every delivered record is an item of its own: keyed by its id.
+    item_identity(op.output.as_ref(), recipe.trigger.dedupe, true, record, delivered_at)
 }

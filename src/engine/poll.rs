@@ -454,26 +454,42 @@ impl Engine {
     /// The item's id and the mark that tells whether it changed.
     fn identity(&self, recipe: &Recipe, record: &Value) -> (String, String) {
         let output = recipe.trigger.operation.output.as_ref();
-        let id = output.and_then(|o| o.id.as_ref()).and_then(|p| p.get(record)).map(scalar).filter(|s| !s.is_empty());
-        match recipe.trigger.dedupe {
-            Dedupe::Id => {
-                let id = id.unwrap_or_else(|| content_hash(record));
-                (id, "seen".into())
-            }
-            Dedupe::IdUpdated => {
-                let updated =
-                    output.and_then(|o| o.updated.as_ref()).and_then(|p| p.get(record)).map(scalar).unwrap_or_default();
-                (id.unwrap_or_else(|| content_hash(record)), format!("u:{updated}"))
-            }
-            // One record watched: one key, its content as the mark. Records of a list with no
-            // timestamps (a contact's tasks): each by its id, its content as the mark, so an
-            // edit or a completion fires.
-            Dedupe::Content => {
-                let list = output.is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
-                let key = if list { id.unwrap_or_else(|| content_hash(record)) } else { "record".into() };
-                (key, content_hash(record))
-            }
+        let list = output.is_some_and(|o| matches!(o.records, crate::catalog::Records::Items(_)));
+        item_identity(output, recipe.trigger.dedupe, list, record, String::new)
+    }
+}
+
+/// A record's id and its seen mark under `dedupe`, read where `output` says. `keyed` is false
+/// for a single watched record (one key for it, whatever it holds). A change time the record
+/// lacks reads as `missing_updated()`.
+pub(super) fn item_identity(
+    output: Option<&crate::catalog::Output>,
+    dedupe: Dedupe,
+    keyed: bool,
+    record: &Value,
+    missing_updated: impl FnOnce() -> String,
+) -> (String, String) {
+    let id = output
+        .and_then(|o| o.id.as_ref())
+        .and_then(|p| p.get(record))
+        .map(scalar)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| content_hash(record));
+    match dedupe {
+        Dedupe::Id => (id, "seen".into()),
+        Dedupe::IdUpdated => {
+            let updated = output
+                .and_then(|o| o.updated.as_ref())
+                .and_then(|p| p.get(record))
+                .map(scalar)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(missing_updated);
+            (id, format!("u:{updated}"))
         }
+        // One record watched: one key, its content as the mark. Records of a list with no
+        // timestamps (a contact's tasks): each by its id, its content as the mark, so an
+        // edit or a completion fires.
+        Dedupe::Content => (if keyed { id } else { "record".into() }, content_hash(record)),
     }
 }
 

@@ -202,20 +202,26 @@ pub fn unreachable_reason(public_url: &url::Url, connection: &Connection) -> Opt
     })
 }
 
-/// The Capsule events each connection's loaded recipes listen for, by connection name.
-pub fn needed_events(engine: &Engine) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+/// The events each connection's loaded recipes listen for, with the recipes, by connection
+/// name.
+pub fn listened_events(engine: &Engine) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for recipe in engine.recipes() {
         for listen in &recipe.trigger.listens {
-            if listen.connection.app.id == "capsule" {
-                out.entry(listen.connection.name.clone())
-                    .or_default()
-                    .entry(listen.event.clone())
-                    .or_default()
-                    .push(recipe.id.clone());
-            }
+            out.entry(listen.connection.name.clone())
+                .or_default()
+                .entry(listen.event.clone())
+                .or_default()
+                .push(recipe.id.clone());
         }
     }
+    out
+}
+
+/// The Capsule events each connection's loaded recipes listen for, by connection name.
+pub fn needed_events(engine: &Engine) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out = listened_events(engine);
+    out.retain(|name, _| engine.config().connections.get(name).is_some_and(|c| c.app.id == "capsule"));
     out
 }
 

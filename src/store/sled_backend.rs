@@ -144,6 +144,20 @@ fn ids_under(index: &sled::Tree, prefix: &[u8]) -> impl DoubleEndedIterator<Item
     })
 }
 
+impl SledStore {
+    /// Writes new runs, all or none (see `write_new_run`).
+    fn write_new_runs(&self, runs: &[EncodedRun]) -> Result<(), StoreError> {
+        (&self.journal, &self.items, &self.steps)
+            .transaction(|(journal, items, steps)| {
+                for run in runs {
+                    write_new_run(journal, items, steps, run)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| tx_error(e, ""))
+    }
+}
+
 /// Writes a new run (header, item, steps not pending, index entries, open mark) into a
 /// transaction.
 fn write_new_run(
@@ -613,14 +627,7 @@ impl StateStore for SledStore {
 
     async fn create_runs(&self, runs: &[RunRecord]) -> Result<(), StoreError> {
         let runs: Vec<EncodedRun> = runs.iter().map(EncodedRun::of).collect::<Result<_, _>>()?;
-        (&self.journal, &self.items, &self.steps)
-            .transaction(|(journal, items, steps)| {
-                for run in &runs {
-                    write_new_run(journal, items, steps, run)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| tx_error(e, ""))
+        self.write_new_runs(&runs)
     }
 
     async fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
@@ -948,14 +955,7 @@ fn migrate_chunk(store: &SledStore, runs: &[(RunRecord, bool)]) -> Result<(), St
         e.owed = *owed;
         encoded.push(e);
     }
-    (&store.journal, &store.items, &store.steps)
-        .transaction(|(journal, items, steps)| {
-            for run in &encoded {
-                write_new_run(journal, items, steps, run)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| tx_error(e, ""))
+    store.write_new_runs(&encoded)
 }
 
 /// Removes every key of `tree` that starts with `prefix`; returns how many.
