@@ -149,7 +149,9 @@ static CONFIG_SCHEMA: std::sync::LazyLock<serde_json::Value> =
 pub struct ConfigSpec {
     /// Named connections to the APIs; recipes refer to them by name.
     pub connections: BTreeMap<String, ConnectionSpec>,
-    /// The state directory (sled), relative to this file. Default `.ghlflow/state`.
+    /// Where state lives: a folder for the embedded store (sled), relative to this file
+    /// (default `.ghlflow/state`), or a PostgreSQL URL (`postgres://user:pass@host/db`,
+    /// usually `${DATABASE_URL}`) for a database several workers share.
     #[serde(default)]
     pub state: Option<String>,
     /// How long run history is kept, e.g. `30d`. Default 30 days.
@@ -316,14 +318,70 @@ pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
     pub connections: BTreeMap<String, Arc<Connection>>,
-    /// The sled directory, resolved against the file's folder.
+    /// The sled directory, resolved against the file's folder (with `state: postgres://...`,
+    /// the folder beside the file that would hold it, unused).
     pub state_dir: PathBuf,
+    /// Where the state store is: the sled folder or a PostgreSQL database.
+    pub state: StateLocation,
     /// The recipes folder beside the file.
     pub recipes_dir: PathBuf,
     pub retention: Duration,
     pub redactor: Redactor,
     /// The listener's bind address and what it requires.
     pub listener: Listener,
+}
+
+/// Where the state store is.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// The embedded store (sled) in this folder.
+    Folder(PathBuf),
+    /// A PostgreSQL database (the URL may carry a password: it is a secret).
+    Postgres(Secret),
+}
+
+impl StateLocation {
+    /// The location `text` names (`state:` in ghlflow.yaml), relative to `base_dir`. A URL
+    /// must parse, and its password is added to `redactor`.
+    pub fn parse(text: Option<&str>, base_dir: &Path, redactor: &Redactor) -> Result<StateLocation, String> {
+        let Some(text) = text.map(str::trim) else {
+            return Ok(StateLocation::Folder(base_dir.join(".ghlflow/state")));
+        };
+        let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("postgres" | "postgresql") => {
+                let url = url::Url::parse(text).map_err(|e| {
+                    format!("not a PostgreSQL URL ({e}); write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+                })?;
+                if let Some(password) = url.password() {
+                    redactor.add(password);
+                    if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+                        redactor.add(&decoded);
+                    }
+                }
+                Ok(StateLocation::Postgres(Secret::new(text)))
+            }
+            Some(other) => Err(format!(
+                "`{other}://` is not a state store; write a folder (sled) or a postgres:// URL"
+            )),
+            None if text.is_empty() => Err("empty; write a folder (sled) or a postgres:// URL".to_owned()),
+            None => Ok(StateLocation::Folder(base_dir.join(text))),
+        }
+    }
+
+    /// What to call it in messages, without any password.
+    pub fn describe(&self) -> String {
+        match self {
+            StateLocation::Folder(dir) => dir.display().to_string(),
+            StateLocation::Postgres(url) => match url::Url::parse(url.expose()) {
+                Ok(mut u) => {
+                    let _ = u.set_password(None);
+                    u.to_string()
+                }
+                Err(_) => "a PostgreSQL database".to_owned(),
+            },
+        }
+    }
 }
 
 /// Where the listener binds, the address the APIs reach it at, and its credentials.
@@ -560,12 +618,21 @@ impl Config {
         let listener = listener(&spec, &redactor, &mut |field: &str, message: String| {
             diags.push(&display, index.locate_str(field), format!("{field}: {message}"))
         });
+        let state = StateLocation::parse(spec.state.as_deref(), &base_dir, &redactor).unwrap_or_else(|e| {
+            diags.push(&display, index.locate_str("state"), format!("state: {e}"));
+            StateLocation::Folder(base_dir.join(".ghlflow/state"))
+        });
+        let state_dir = match &state {
+            StateLocation::Folder(dir) => dir.clone(),
+            StateLocation::Postgres(_) => base_dir.join(".ghlflow/state"),
+        };
         diags.into_result()?;
         Ok(Config {
             listener,
             path: path.to_path_buf(),
             connections,
-            state_dir: base_dir.join(spec.state.as_deref().unwrap_or(".ghlflow/state")),
+            state,
+            state_dir,
             recipes_dir: base_dir.join("recipes"),
             retention,
             redactor,

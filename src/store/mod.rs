@@ -55,6 +55,21 @@ pub enum StoreError {
     /// A journal write for a run the store does not hold.
     #[error("no run {0} in the state store")]
     UnknownRun(RunId),
+    /// Something this backend cannot do (yet).
+    #[error("the {backend} state store cannot {what}")]
+    Unsupported { backend: &'static str, what: &'static str },
+}
+
+/// A name for this process among the workers sharing a store: host, process id and a random
+/// suffix (a restarted process on the same host, with the same pid, is still a new worker).
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
 }
 
 /// A run's id: `<creation time in Unix ms, 13 digits>-<sequence, 6 digits>`, so ids sort
@@ -468,6 +483,42 @@ pub fn mark_covers(seen: &str, mark: &str) -> bool {
 /// One stored record: tree (or table) name, key, value.
 pub type DumpedRecord = (String, Vec<u8>, Vec<u8>);
 
+/// A lease as stored (`leases`): who holds it, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub name: String,
+    pub holder: String,
+    /// Unix milliseconds at which it lapses unless renewed.
+    pub expires_at_ms: u64,
+}
+
+/// The answer of `take_request_slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSlot {
+    /// A send may go now; the number names the slot for `settle_request_slot`.
+    Taken(u64),
+    /// The window is full: try again after this long.
+    Wait(std::time::Duration),
+}
+
+/// One record of a state export (`ghlflow state export`): everything a store keeps that
+/// outlives a process, in a backend-neutral form. Spilled poll records and leases are not
+/// exported: they belong to a process in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateRecord {
+    Tokens { connection: String, tokens: StoredTokens },
+    Trigger { recipe: String, state: TriggerState },
+    Seen { recipe: String, item: String, mark: String },
+    Present { recipe: String, item: String },
+    Id { key: String, id: String },
+    Paused { recipe: String, since: String },
+    Subscriptions { subscriptions: Vec<HookSubscription> },
+    /// A delivery id and when it was recorded (Unix seconds).
+    Delivery { id: String, at: u64 },
+    Run { run: RunRecord },
+}
+
 /// Writes `StateStore` (each method returning a `Send` future), the same methods on `Store`
 /// (dispatching to its backend, so callers need no trait import), and `StateStore for Store`
 /// (so the contract suite runs over `Store` too), from one list.
@@ -478,6 +529,9 @@ macro_rules! store_api {
         pub trait StateStore: Clone + Send + Sync + 'static {
             /// A new run id: later than every id this store handed out before.
             fn next_run_id(&self) -> RunId;
+            /// This process's name among the workers sharing the store: the holder of its
+            /// leases and the owner of the runs it creates or claims.
+            fn worker(&self) -> &str;
             $( $(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> impl Future<Output = Result<$ret, StoreError>> + Send; )*
         }
 
@@ -486,6 +540,12 @@ macro_rules! store_api {
             pub fn next_run_id(&self) -> RunId {
                 match self {
                     Store::Sled(s) => StateStore::next_run_id(s),
+                }
+            }
+            /// This process's name among the workers sharing the store.
+            pub fn worker(&self) -> &str {
+                match self {
+                    Store::Sled(s) => StateStore::worker(s),
                 }
             }
             $( $(#[$doc])* pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
@@ -498,6 +558,9 @@ macro_rules! store_api {
         impl StateStore for Store {
             fn next_run_id(&self) -> RunId {
                 Store::next_run_id(self)
+            }
+            fn worker(&self) -> &str {
+                Store::worker(self)
             }
             $( fn $name(&self $(, $arg: $ty)*) -> impl Future<Output = Result<$ret, StoreError>> + Send {
                 Store::$name(self $(, $arg)*)
@@ -609,6 +672,29 @@ store_api! {
     fn renew_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> bool;
     /// Gives the lease up if `holder` holds it; returns whether it did.
     fn release_lease(&self, name: &str, holder: &str) -> bool;
+    /// Says this worker is alive: renews its own lease (`worker:<worker>`) and every lease it
+    /// holds, for `ttl`. Returns how many workers are alive now, itself included.
+    fn heartbeat(&self, ttl: std::time::Duration) -> usize;
+    /// Every lease recorded, live or lapsed.
+    fn leases(&self) -> Vec<LeaseInfo>;
+    /// Open runs (queued or running) that no live worker owns (their worker stopped or
+    /// died and its lease lapsed), now owned by this worker, oldest first: it is to resume
+    /// them. Each such run is handed to one worker only.
+    fn claim_open_runs(&self) -> Vec<RunRecord>;
+
+    /// Takes a send in the shared request budget `budget` (at most `count` sends in any
+    /// `interval`, over every worker), or says how long until one fits.
+    fn take_request_slot(&self, budget: &str, count: u32, interval: std::time::Duration) -> RequestSlot;
+    /// The answer to the send in `slot` arrived: count it from now (the server counted it
+    /// somewhere between the send and the answer).
+    fn settle_request_slot(&self, budget: &str, slot: u64) -> ();
+
+    /// Everything the store keeps apart from the journal, as export records.
+    fn export_state(&self) -> Vec<StateRecord>;
+    /// Journal runs in id order, after `after`, at most `limit` (an export walks them).
+    fn runs_after(&self, after: Option<&RunId>, limit: usize) -> Vec<RunRecord>;
+    /// Writes export records into this store (`ghlflow state import`), atomically per call.
+    fn import_state(&self, records: &[StateRecord]) -> ();
 
     /// Every record, in order: for comparing a store before and after something that must
     /// not change it (a dry run).
@@ -622,6 +708,17 @@ pub enum Store {
 }
 
 impl Store {
+    /// Opens the store `ghlflow.yaml` names: the sled folder (created if missing), or the
+    /// PostgreSQL database (its schema migrated first; a newer schema is refused).
+    pub async fn connect(location: &crate::config::StateLocation) -> Result<Store, StoreError> {
+        match location {
+            crate::config::StateLocation::Folder(dir) => Store::open(dir),
+            crate::config::StateLocation::Postgres(_) => {
+                Err(StoreError::Unsupported { backend: "PostgreSQL", what: "be opened yet" })
+            }
+        }
+    }
+
     /// Opens (or creates) the sled store in `dir`, owner-only, migrating an older format.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         SledStore::open(dir).map(Store::Sled)

@@ -18,8 +18,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::{
-    DeliveryCommit, DumpedRecord, HookSubscription, PollCommit, RunHeader, RunId, RunRecord, RunStatus, StateStore,
-    StepRecord, StepStatus, StoreError, StoredTokens, TriggerState,
+    DeliveryCommit, DumpedRecord, HookSubscription, LeaseInfo, PollCommit, RequestSlot, RunHeader, RunId, RunRecord,
+    RunStatus, StateRecord, StateStore, StepRecord, StepStatus, StoreError, StoredTokens, TriggerState,
 };
 
 /// sled's page cache. Its default (1 GiB) lets a long history fill the process's memory;
@@ -52,6 +52,20 @@ pub struct SledStore {
     paused: sled::Tree,
     sequence: Arc<AtomicU64>,
     flushes: Arc<FlushGate>,
+    /// This process's worker name (see `StateStore::worker`).
+    worker: Arc<str>,
+    /// Whether the open runs left by an earlier process were handed out (`claim_open_runs`):
+    /// only one process opens a sled store, so those are the only runs without a live owner.
+    claimed: Arc<std::sync::atomic::AtomicBool>,
+    /// Request budgets, kept in memory: one process is the only sender on a sled store.
+    request_slots: Arc<std::sync::Mutex<RequestLog>>,
+}
+
+/// The sends of each request budget: (slot, Unix ms counted from), oldest first.
+#[derive(Debug, Default)]
+struct RequestLog {
+    next_slot: u64,
+    budgets: std::collections::HashMap<String, std::collections::VecDeque<(u64, u64)>>,
 }
 
 /// Group commit for `flush_async`: one sled flush runs at a time, and every caller that
@@ -277,6 +291,9 @@ impl SledStore {
             paused: db.open_tree("paused_recipes")?,
             sequence: Arc::new(AtomicU64::new(0)),
             flushes: Arc::default(),
+            worker: super::worker_name().into(),
+            claimed: Arc::default(),
+            request_slots: Arc::default(),
             db,
         })
     }
@@ -379,6 +396,10 @@ impl StateStore for SledStore {
     fn next_run_id(&self) -> RunId {
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed) % 1_000_000;
         RunId::new(now_ms(), seq as u32)
+    }
+
+    fn worker(&self) -> &str {
+        &self.worker
     }
 
     async fn tokens(&self, connection: &str) -> Result<Option<StoredTokens>, StoreError> {
@@ -818,6 +839,85 @@ impl StateStore for SledStore {
             return Ok(false);
         }
         Ok(self.leases.compare_and_swap(name.as_bytes(), Some(current), None::<&[u8]>)?.is_ok())
+    }
+
+    async fn heartbeat(&self, ttl: std::time::Duration) -> Result<usize, StoreError> {
+        let own = format!("worker:{}", self.worker);
+        self.acquire_lease(&own, &self.worker, ttl).await?;
+        let now = now_ms();
+        let mut alive = 0;
+        for lease in self.leases().await? {
+            if lease.holder == *self.worker && lease.expires_at_ms > now && lease.name != own {
+                self.renew_lease(&lease.name, &self.worker, ttl).await?;
+            }
+            if lease.name.starts_with("worker:") && lease.expires_at_ms > now {
+                alive += 1;
+            }
+        }
+        Ok(alive)
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.leases.iter() {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let lease: Lease = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt { key: format!("leases/{name}"), reason: e.to_string() })?;
+            out.push(LeaseInfo { name, holder: lease.holder, expires_at_ms: lease.expires_ms });
+        }
+        Ok(out)
+    }
+
+    async fn claim_open_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        if self.claimed.swap(true, Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        Ok(self.open_runs().await?.into_iter().filter(|r| r.status.is_open()).collect())
+    }
+
+    async fn take_request_slot(
+        &self,
+        budget: &str,
+        count: u32,
+        interval: std::time::Duration,
+    ) -> Result<RequestSlot, StoreError> {
+        let mut log = self.request_slots.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let window = interval.as_millis() as u64;
+        let sends = log.budgets.entry(budget.to_owned()).or_default();
+        sends.retain(|(_, at)| at + window > now);
+        if sends.len() >= count as usize {
+            let oldest = sends.iter().map(|(_, at)| *at).min().unwrap_or(now);
+            return Ok(RequestSlot::Wait(std::time::Duration::from_millis((oldest + window).saturating_sub(now).max(1))));
+        }
+        log.next_slot += 1;
+        let slot = log.next_slot;
+        log.budgets.entry(budget.to_owned()).or_default().push_back((slot, now));
+        Ok(RequestSlot::Taken(slot))
+    }
+
+    async fn settle_request_slot(&self, budget: &str, slot: u64) -> Result<(), StoreError> {
+        let mut log = self.request_slots.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        if let Some(sends) = log.budgets.get_mut(budget)
+            && let Some(entry) = sends.iter_mut().find(|(s, _)| *s == slot)
+        {
+            entry.1 = entry.1.max(now);
+        }
+        Ok(())
+    }
+
+    async fn export_state(&self) -> Result<Vec<StateRecord>, StoreError> {
+        Err(StoreError::Unsupported { backend: "sled", what: "export its state yet" })
+    }
+
+    async fn runs_after(&self, _after: Option<&RunId>, _limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        Err(StoreError::Unsupported { backend: "sled", what: "export its state yet" })
+    }
+
+    async fn import_state(&self, _records: &[StateRecord]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported { backend: "sled", what: "import a state yet" })
     }
 
     async fn dump(&self) -> Result<Vec<DumpedRecord>, StoreError> {
