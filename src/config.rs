@@ -157,6 +157,11 @@ pub struct ConfigSpec {
     /// How long run history is kept, e.g. `30d`. Default 30 days.
     #[serde(default)]
     pub retention: Option<String>,
+    /// With several workers on one PostgreSQL state: how long a worker that stopped
+    /// answering keeps its recipes and runs before another takes them over, e.g. `30s`
+    /// (the default; 3 s to 10 min). Workers renew their leases three times per period.
+    #[serde(default)]
+    pub lease_ttl: Option<String>,
     /// Where `ghlflow run` listens for instant-trigger hooks and serves its endpoints:
     /// `HOST:PORT`. Default `127.0.0.1:8975` (this machine only).
     #[serde(default)]
@@ -326,6 +331,8 @@ pub struct Config {
     /// The recipes folder beside the file.
     pub recipes_dir: PathBuf,
     pub retention: Duration,
+    /// How long a worker's leases last without a heartbeat (`lease_ttl`).
+    pub lease_ttl: Duration,
     pub redactor: Redactor,
     /// The listener's bind address and what it requires.
     pub listener: Listener,
@@ -361,9 +368,9 @@ impl StateLocation {
                 }
                 Ok(StateLocation::Postgres(Secret::new(text)))
             }
-            Some(other) => Err(format!(
-                "`{other}://` is not a state store; write a folder (sled) or a postgres:// URL"
-            )),
+            Some(other) => {
+                Err(format!("`{other}://` is not a state store; write a folder (sled) or a postgres:// URL"))
+            }
             None if text.is_empty() => Err("empty; write a folder (sled) or a postgres:// URL".to_owned()),
             None => Ok(StateLocation::Folder(base_dir.join(text))),
         }
@@ -615,6 +622,19 @@ impl Config {
                 Duration::ZERO
             }
         };
+        let lease_ttl = match spec.lease_ttl.as_deref().map(crate::catalog::parse_duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&d) => d,
+            Some(Ok(d)) => {
+                let problem = format!("lease_ttl: {} is outside 3s to 10m", humantime::format_duration(d));
+                diags.push(&display, index.locate_str("lease_ttl"), problem);
+                Duration::ZERO
+            }
+            Some(Err(e)) => {
+                diags.push(&display, index.locate_str("lease_ttl"), format!("lease_ttl: {e}"));
+                Duration::ZERO
+            }
+        };
         let listener = listener(&spec, &redactor, &mut |field: &str, message: String| {
             diags.push(&display, index.locate_str(field), format!("{field}: {message}"))
         });
@@ -635,6 +655,7 @@ impl Config {
             state_dir,
             recipes_dir: base_dir.join("recipes"),
             retention,
+            lease_ttl,
             redactor,
         })
     }

@@ -73,7 +73,7 @@ impl Workspace {
             std::fs::write(recipes.join(file.path()), file.contents()).map_err(|e| setup(e.to_string()))?;
         }
         let catalog = Arc::new(crate::catalog::load_embedded().map_err(|d| setup(d.to_string()))?);
-        let engine = Arc::new(engine_for(dir.path().join("ghlflow.yaml"), catalog)?);
+        let engine = Arc::new(engine_for(dir.path().join("ghlflow.yaml"), catalog).await?);
         let workspace = Workspace { sandbox, engine, dir };
         let settings = workspace.recipe_settings().await.map_err(setup)?;
         let recipes = crate::recipe::load_recipes(
@@ -108,7 +108,7 @@ impl Workspace {
         let summary = self.engine.run_once(&[]).await;
         add(&mut report, &summary);
         for _ in 0..3 {
-            let replays = self.engine.replay_due(u64::MAX).await;
+            let replays = self.engine.replay_due(u64::MAX, |_| true).await;
             if replays.is_empty() {
                 break;
             }
@@ -204,11 +204,11 @@ impl Workspace {
     }
 }
 
-fn engine_for(config_path: PathBuf, catalog: Arc<Catalog>) -> Result<Engine, DemoError> {
+async fn engine_for(config_path: PathBuf, catalog: Arc<Catalog>) -> Result<Engine, DemoError> {
     let setup = |e: String| DemoError::Setup(e);
     let config =
         Arc::new(Config::load(&config_path, &catalog, &crate::config::process_env).map_err(|d| setup(d.to_string()))?);
-    Engine::open(catalog, config, EngineOptions::default()).map_err(|e| setup(e.to_string()))
+    Engine::open(catalog, config, EngineOptions::default()).await.map_err(|e| setup(e.to_string()))
 }
 
 fn add(report: &mut CycleReport, s: &OnceSummary) {

@@ -65,6 +65,7 @@ pub struct Metrics {
     flush_seconds: Histogram,
     hook_events: Family<HookLabels, Counter>,
     held: Family<RecipeLabels, Gauge>,
+    live_workers: Gauge,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -112,6 +113,12 @@ impl Metrics {
         registry.register("hook_events", "Instant-trigger deliveries, by source and result", hook_events.clone());
         let held = Family::<RecipeLabels, Gauge>::default();
         registry.register("held_runs", "Runs held for release (hold_above), by recipe", held.clone());
+        let live_workers = Gauge::default();
+        registry.register(
+            "live_workers",
+            "Workers alive on this state store at the last heartbeat",
+            live_workers.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -123,6 +130,7 @@ impl Metrics {
             flush_seconds,
             hook_events,
             held,
+            live_workers,
         }
     }
 
@@ -171,6 +179,10 @@ impl Metrics {
 
     pub fn held(&self, recipe: &str, runs: usize) {
         self.held.get_or_create(&RecipeLabels { recipe: recipe.to_owned() }).set(runs as i64);
+    }
+
+    pub fn set_live_workers(&self, live: usize) {
+        self.live_workers.set(live as i64);
     }
 
     /// The whole registry in the Prometheus text format.

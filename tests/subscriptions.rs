@@ -56,13 +56,13 @@ fn folder(sandbox: &Sandbox, extra: &str, recipes: &[(&str, &str)]) -> tempfile:
 }
 
 /// What `ghlflow run` does at start: load everything, open the store.
-fn start(dir: &Path) -> Arc<Engine> {
+async fn start(dir: &Path) -> Arc<Engine> {
     let catalog = Arc::new(ghlflow::catalog::load_embedded().unwrap());
     let config = Arc::new(
         ghlflow::config::Config::load(&dir.join("ghlflow.yaml"), &catalog, &|_| None).unwrap_or_else(|d| panic!("{d}")),
     );
     let recipes = ghlflow::recipe::load_recipes(&config.recipes_dir, &catalog, &config, &|_| None).unwrap();
-    let engine = Engine::open(catalog, config, EngineOptions::default()).unwrap();
+    let engine = Engine::open(catalog, config, EngineOptions::default()).await.unwrap();
     engine.set_recipes(recipes);
     Arc::new(engine)
 }
@@ -90,7 +90,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
     let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[("people", PEOPLE), ("tasks", TASKS)]);
     let mut first = None;
     for restart in 0..3 {
-        let engine = start(dir.path());
+        let engine = start(dir.path()).await;
         let report = subscriptions::reconcile(&engine).await.unwrap();
         assert_eq!(report.errors().count(), 0, "{report:?}");
         let hooks = live(&sandbox);
@@ -123,7 +123,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
 
     // The tasks recipe goes: its two hooks are removed, the people one stays.
     std::fs::remove_file(dir.path().join("recipes/tasks.yaml")).unwrap();
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let report = subscriptions::reconcile(&engine).await.unwrap();
     let removed: Vec<&str> = report.connections[0].removed.iter().map(|h| h.event.as_str()).collect();
     assert_eq!(removed.len(), 2, "{report:?}");
@@ -136,7 +136,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
 
     // No recipe listens any more: the last hook goes and nothing is remembered.
     std::fs::remove_file(dir.path().join("recipes/people.yaml")).unwrap();
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     subscriptions::reconcile(&engine).await.unwrap();
     assert!(live(&sandbox).is_empty(), "{:?}", live(&sandbox));
     assert!(engine.store().hook_subscriptions().await.unwrap().is_empty());
@@ -146,7 +146,7 @@ async fn a_hook_is_subscribed_once_across_three_restarts_and_removed_when_its_re
 async fn a_hook_the_store_forgot_is_taken_back_and_a_duplicate_removed() {
     let sandbox = sandbox().await;
     let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[("people", PEOPLE)]);
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let report = subscriptions::reconcile(&engine).await.unwrap();
     assert_eq!(report.errors().count(), 0, "{report:?}");
     let before = live(&sandbox);
@@ -190,7 +190,7 @@ async fn a_21st_hook_is_refused_with_the_limit_and_what_to_remove() {
     }
     // Three events needed, one place left.
     let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[("people", PEOPLE), ("tasks", TASKS)]);
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let report = subscriptions::reconcile(&engine).await.unwrap();
     let errors: Vec<(&str, &SubscriptionError)> = report.errors().collect();
     assert_eq!(errors.len(), 1, "{report:?}");
@@ -223,7 +223,7 @@ async fn a_loopback_public_url_with_the_real_capsule_subscribes_nothing_and_says
     .unwrap();
     std::fs::create_dir(dir.path().join("recipes")).unwrap();
     std::fs::write(dir.path().join("recipes/people.yaml"), PEOPLE).unwrap();
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let report = subscriptions::reconcile(&engine).await.unwrap();
     assert_eq!(report.connections.len(), 1);
     let why = report.connections[0].skipped.as_deref().expect("skipped");
@@ -237,7 +237,7 @@ async fn a_loopback_public_url_with_the_real_capsule_subscribes_nothing_and_says
 async fn a_config_without_instant_capsule_recipes_asks_capsule_nothing() {
     let sandbox = sandbox().await;
     let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[]);
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let before = sandbox.request_count();
     let report = subscriptions::reconcile(&engine).await.unwrap();
     assert!(report.connections.is_empty(), "{report:?}");
@@ -287,7 +287,7 @@ async fn hooks_prints_what_to_set_in_the_ghl_app_and_the_capsule_hooks_ghlflow_m
     );
     // What `ghlflow run` subscribed at its start; then the tasks recipe went.
     {
-        let engine = start(dir.path());
+        let engine = start(dir.path()).await;
         subscriptions::reconcile(&engine).await.unwrap();
     }
     std::fs::remove_file(dir.path().join("recipes/tasks.yaml")).unwrap();
@@ -366,7 +366,7 @@ async fn hooks_check_finds_the_listener_and_the_live_hooks_and_says_what_is_miss
     let listener = fake_listener().await;
     let dir = folder(&sandbox, &format!("public_url: {listener}\n"), &[("people", PEOPLE), ("welcome", GHL_WELCOME)]);
     {
-        let engine = start(dir.path());
+        let engine = start(dir.path()).await;
         subscriptions::reconcile(&engine).await.unwrap();
     }
     let out = ghlflow(dir.path(), &["hooks", "--check"]).await;
@@ -428,7 +428,7 @@ async fn hooks_with_a_broken_recipe_is_bad_input() {
 async fn a_running_engine_subscribes_when_a_recipe_arrives_and_unsubscribes_when_it_goes() {
     let sandbox = sandbox().await;
     let dir = folder(&sandbox, &format!("public_url: {PUBLIC_URL}\n"), &[]);
-    let engine = start(dir.path());
+    let engine = start(dir.path()).await;
     let scheduler = tokio::spawn(ghlflow::engine::scheduler::run(
         Arc::clone(&engine),
         Some(dir.path().join("recipes")),

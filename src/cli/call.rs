@@ -85,7 +85,7 @@ pub async fn run(args: CallArgs, operations: Option<&Path>) -> CliResult {
     }
 
     let store = match connection.auth {
-        Auth::OAuth2(_) => Some(Store::open(&config.state_dir).map_err(|e| CliError::Runtime(e.to_string()))?),
+        Auth::OAuth2(_) => Some(Store::connect(&config.state).await.map_err(|e| CliError::Runtime(e.to_string()))?),
         Auth::Static(_) => None,
     };
     let client = HttpClient::new(store, config.redactor.clone()).map_err(|e| CliError::Runtime(e.to_string()))?;

@@ -89,14 +89,14 @@ pub async fn run(args: ConnectArgs, operations: Option<&Path>) -> CliResult {
         .await
         .map_err(|e| CliError::Runtime(config.redactor.redact(&e.to_string())))?;
     let stored = tokens.into_stored(None);
-    let store = Store::open(&config.state_dir).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let store = Store::connect(&config.state).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     store.save_tokens(&connection.name, &stored).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     let granted = match (&stored.location_id, &stored.company_id) {
         (Some(l), _) => format!(" for location {l}"),
         (None, Some(c)) => format!(" for company {c}"),
         (None, None) => String::new(),
     };
-    println!("connected `{}`{granted}; tokens stored in {}", connection.name, config.state_dir.display());
+    println!("connected `{}`{granted}; tokens stored in {}", connection.name, config.state.describe());
     Ok(())
 }
 

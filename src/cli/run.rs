@@ -58,8 +58,9 @@ pub async fn run(args: RunArgs, operations: Option<&Path>) -> CliResult {
     // A dry run writes nothing: without a state folder yet, it plans against an empty
     // throwaway store rather than creating one.
     let options = EngineOptions { dry_run: args.dry_run };
-    let engine =
-        Arc::new(Engine::open(catalog, Arc::clone(&config), options).map_err(|e| CliError::Runtime(e.to_string()))?);
+    let engine = Arc::new(
+        Engine::open(catalog, Arc::clone(&config), options).await.map_err(|e| CliError::Runtime(e.to_string()))?,
+    );
     engine.set_recipes(recipes);
 
     // Runs done of runs queued, on a terminal: for `--once` and for a long backfill alike.

@@ -223,7 +223,7 @@ pub async fn recipe(args: RecipeArgs, operations: Option<&Path>) -> CliResult {
 pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: Option<&Path>) -> CliResult {
     let catalog = Arc::new(load_catalog(operations)?);
     let config = Arc::new(load_config(config_path, &catalog)?);
-    let reply = match Store::open(&config.state_dir) {
+    let reply = match Store::connect(&config.state).await {
         Ok(store) => {
             // Reading history needs no recipe: a recipe that does not validate (a setting not
             // exported in this shell, say) must not hide what already ran.

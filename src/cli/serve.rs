@@ -50,7 +50,7 @@ pub async fn run(args: ServeArgs, operations: Option<&Path>) -> CliResult {
             Vec::new()
         }
     };
-    let engine = match Engine::open(catalog, Arc::clone(&config), EngineOptions::default()) {
+    let engine = match Engine::open(catalog, Arc::clone(&config), EngineOptions::default()).await {
         Ok(engine) => Arc::new(engine),
         Err(crate::engine::EngineError::Store(StoreError::Open { .. })) => {
             return Err(CliError::Runtime(format!(

@@ -56,11 +56,12 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
 
     // The id map and history are read from the state store. A running `ghlflow run` holds it;
     // a dry run then goes on with an empty store (and says so), a real send does not.
-    let opened = if !args.send && !config.state_dir.exists() {
+    let fresh_folder = matches!(&config.state, crate::config::StateLocation::Folder(dir) if !dir.exists());
+    let opened = if !args.send && fresh_folder {
         // A dry run writes nothing: no state folder is created for it.
         Store::temporary()
     } else {
-        Store::open(&config.state_dir)
+        Store::connect(&config.state).await
     };
     let store = match opened {
         Ok(s) => s,

@@ -432,11 +432,17 @@ impl Engine {
     /// Automatic replays whose time has come (`autoreplay: true` recipes' failed runs, after
     /// 1, 2, 4, 8 and 16 minutes). `ghlflow run` calls it every half minute with the clock;
     /// the demo and the tests call it with the delays compressed.
-    pub async fn replay_due(&self, now_unix: u64) -> Vec<Result<RunOutcome, EngineError>> {
+    pub async fn replay_due(
+        &self,
+        now_unix: u64,
+        of_recipe: impl Fn(&str) -> bool,
+    ) -> Vec<Result<RunOutcome, EngineError>> {
         let due: Vec<RunId> = match self.store.open_runs().await {
-            Ok(open) => {
-                open.into_iter().filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix)).map(|r| r.id).collect()
-            }
+            Ok(open) => open
+                .into_iter()
+                .filter(|r| r.next_replay_at.is_some_and(|t| t <= now_unix) && of_recipe(&r.recipe))
+                .map(|r| r.id)
+                .collect(),
             Err(e) => return vec![Err(e.into())],
         };
         let mut out = Vec::new();

@@ -22,6 +22,8 @@ pub struct Health {
     beat: Mutex<Option<Instant>>,
     /// Recipes polling now, and when each last made progress.
     polling: Mutex<HashMap<String, Instant>>,
+    /// The last heartbeat's failure, if it failed (the store did not answer).
+    store_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -42,6 +44,16 @@ impl Health {
         }
     }
 
+    /// The recipes polling now.
+    pub fn polling_now(&self) -> std::collections::HashSet<String> {
+        self.polling.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// What the last heartbeat to the state store gave: `None` when it answered.
+    pub fn store_answered(&self, error: Option<String>) {
+        *self.store_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
     /// A recipe's poll and its runs are done.
     pub fn poll_done(&self, recipe: &str) {
         self.polling.lock().unwrap_or_else(|p| p.into_inner()).remove(recipe);
@@ -50,6 +62,9 @@ impl Health {
     /// What keeps the engine from being ready, if anything, at `now`.
     pub fn problems(&self, now: Instant) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(e) = &*self.store_error.lock().unwrap_or_else(|p| p.into_inner()) {
+            out.push(format!("the state store does not answer the heartbeat: {e}"));
+        }
         match *self.beat.lock().unwrap_or_else(|p| p.into_inner()) {
             None => out.push("the scheduler is not running".to_owned()),
             Some(at) if now.saturating_duration_since(at) > SCHEDULER_SILENT_AFTER => {

@@ -18,6 +18,7 @@ mod queries;
 mod render;
 pub mod scheduler;
 pub mod subscriptions;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -74,6 +75,8 @@ pub struct Engine {
     stopping: tokio_util::sync::CancellationToken,
     /// What `/readyz` reports.
     health: health::Health,
+    /// The leases this process holds among the workers sharing the store.
+    workers: workers::Workers,
 }
 
 /// Something that follows a poll's runs: how many are queued, how many are done.
@@ -86,12 +89,14 @@ impl Engine {
     /// The engine of a configuration: its state store opened (created if missing), its
     /// HTTP client. A dry run writes nothing, so without a state folder yet it plans against
     /// an empty scratch store rather than creating one.
-    pub fn open(catalog: Arc<Catalog>, config: Arc<Config>, options: EngineOptions) -> Result<Engine, EngineError> {
-        let store = if options.dry_run && !config.state_dir.exists() {
-            Store::temporary()?
-        } else {
-            Store::open(&config.state_dir)?
-        };
+    pub async fn open(
+        catalog: Arc<Catalog>,
+        config: Arc<Config>,
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let fresh_folder = matches!(&config.state, crate::config::StateLocation::Folder(dir) if !dir.exists());
+        let store =
+            if options.dry_run && fresh_folder { Store::temporary()? } else { Store::connect(&config.state).await? };
         Engine::with_store(catalog, config, store, options)
     }
 
@@ -115,6 +120,7 @@ impl Engine {
             progress: Default::default(),
             stopping: Default::default(),
             health: Default::default(),
+            workers: Default::default(),
         })
     }
 
@@ -221,9 +227,11 @@ impl Engine {
     /// order their `after:` keys give (the same waves `ghlflow run` uses within a tick).
     pub async fn run_once(self: &Arc<Self>, only: &[String]) -> OnceSummary {
         let mut summary = OnceSummary::default();
-        // Runs left open by an earlier process first (crash recovery), in order.
+        // Runs left open by an earlier process (crash recovery) first, in order: those no
+        // live worker owns, claimed by the first heartbeat.
+        let mut alive = None;
         if !self.options.dry_run {
-            match self.store.open_runs().await {
+            match self.heartbeat().await {
                 Ok(runs) => {
                     for run in
                         runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
@@ -236,13 +244,19 @@ impl Engine {
                 }
                 Err(e) => summary.errors.push(e.to_string()),
             }
+            alive = Some(self.keep_alive(false).await);
         }
-        // A paused recipe is not polled (`recipe pause`).
+        // A paused recipe is not polled (`recipe pause`), nor one another worker polls.
         let mut recipes: Vec<Arc<Recipe>> = Vec::new();
         for r in self.recipes().into_iter().filter(|r| only.is_empty() || only.contains(&r.id)) {
-            if !self.is_paused(&r.id).await.unwrap_or(false) {
-                recipes.push(r);
+            if self.is_paused(&r.id).await.unwrap_or(false) {
+                continue;
             }
+            if !self.options.dry_run && !self.take_recipe_once(&r.id).await.unwrap_or(false) {
+                tracing::info!(recipe = %r.id, "another worker polls this recipe; left to it");
+                continue;
+            }
+            recipes.push(r);
         }
         let waves = crate::recipe::poll_order(&recipes)
             .unwrap_or_else(|_| vec![recipes.iter().map(|r| r.id.clone()).collect()]);
@@ -267,6 +281,9 @@ impl Engine {
                     Err(e) => summary.errors.push(format!("a poll task failed: {e}")),
                 }
             }
+        }
+        if alive.take().is_some() {
+            self.leave().await;
         }
         summary
     }

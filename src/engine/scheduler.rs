@@ -65,25 +65,9 @@ pub async fn run(
     let mut tasks: JoinSet<String> = JoinSet::new();
     let polls = Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS));
 
-    // Finish what an earlier process left open.
-    if let Ok(open) = engine.store.open_runs().await {
-        let engine = Arc::clone(&engine);
-        tasks.spawn(async move {
-            // A paused recipe's runs wait for `recipe resume`, which starts them.
-            for run in open.into_iter().filter(|r| r.status.is_open()) {
-                if engine.is_paused(&run.recipe).await.unwrap_or(false) {
-                    continue;
-                }
-                if engine.is_stopping() {
-                    break; // the rest stay open for the next start
-                }
-                if let Err(e) = engine.execute_run(&run.id).await {
-                    tracing::warn!(run = %run.id, error = %e, "could not resume a run");
-                }
-            }
-            String::new()
-        });
-    }
+    // Join the workers on this store: the first heartbeat counts them and claims the open
+    // runs no live worker owns (those an earlier process left), which are resumed first.
+    let alive = engine.keep_alive(true).await;
 
     let mut due: BTreeSet<(Instant, String)> = BTreeSet::new();
     let mut due_of: HashMap<String, Instant> = HashMap::new();
@@ -203,6 +187,9 @@ pub async fn run(
         tracing::warn!("in-flight work did not finish within 30 s; unfinished runs resume at the next start");
     }
     let _ = engine.store.flush_async().await;
+    // Hand the recipes over at once rather than when the leases lapse.
+    drop(alive);
+    engine.leave().await;
 }
 
 /// A schedule as a person writes it: `every 5m` or `cron 0 */5 * * * (UTC)`.
@@ -229,6 +216,15 @@ fn start_poll(
         // Paused (`recipe pause`): its turn passes without a poll.
         if engine.is_paused(&recipe.id).await.unwrap_or(false) {
             return recipe.id.clone();
+        }
+        // Another worker on the store polls it (or polled it less than a period ago).
+        match engine.take_recipe(&recipe).await {
+            Ok(true) => {}
+            Ok(false) => return recipe.id.clone(),
+            Err(e) => {
+                tracing::warn!(recipe = %recipe.id, error = %e, "could not take the recipe's lease; it is not polled this turn");
+                return recipe.id.clone();
+            }
         }
         let _slot = polls.acquire().await.ok();
         engine.health().poll_started(&recipe.id);
@@ -315,7 +311,8 @@ fn maintain_once(engine: &Arc<Engine>, tasks: &mut JoinSet<String>) {
     let now = crate::http::auth::unix_now();
     let replays = Arc::clone(engine);
     tasks.spawn(async move {
-        for result in replays.replay_due(now).await {
+        // Each recipe's failed runs are replayed by the worker polling it.
+        for result in replays.replay_due(now, |recipe| replays.holds_recipe(recipe)).await {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "automatic replay failed to start");
             }

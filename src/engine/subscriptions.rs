@@ -244,6 +244,22 @@ pub async fn reconcile(engine: &Engine) -> Result<Report, SubscriptionError> {
     if engine.options.dry_run {
         return Ok(report);
     }
+    // One worker at a time across the store (workers share the remembered hooks): the next
+    // one reconciles after it, from what it saved, and finds nothing left to do.
+    let ttl = engine.lease_ttl();
+    if !crate::store::wait_for_lease(&engine.store, SUBSCRIPTIONS_LEASE, ttl, 2 * ttl).await? {
+        tracing::info!("another worker is bringing the REST hooks in step; left to it");
+        return Ok(report);
+    }
+    let outcome = reconcile_held(engine, &mut report).await;
+    let _ = engine.store.release_lease(SUBSCRIPTIONS_LEASE, engine.store.worker()).await;
+    outcome.map(|()| report)
+}
+
+/// The lease held while one worker reconciles the subscriptions.
+const SUBSCRIPTIONS_LEASE: &str = "subscriptions";
+
+async fn reconcile_held(engine: &Engine, report: &mut Report) -> Result<(), SubscriptionError> {
     let needed = needed_events(engine);
     let mut remembered = engine.store.hook_subscriptions().await?;
     for connection in engine.config.connections.values().filter(|c| c.app.id == "capsule") {
@@ -268,7 +284,7 @@ pub async fn reconcile(engine: &Engine) -> Result<Report, SubscriptionError> {
         }
         report.connections.push(one);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// `reconcile`, its outcome logged; for `ghlflow run`, which carries on either way.

@@ -5,6 +5,11 @@
 //! its result. A rotated refresh token is written (and flushed) to the state store before
 //! the new access token is used, so a crash never loses the only valid refresh token. A
 //! token stored by an earlier refresh wins over the one in ghlflow.yaml.
+//!
+//! Several workers on one store refresh once between them: the refresh is made under the
+//! store lease `oauth:<connection>`, and the worker that gets it first reads the store again.
+//! If another worker refreshed meanwhile, it takes those tokens instead of refreshing (its own
+//! refresh token may already be revoked by that rotation).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +22,9 @@ use crate::store::{Store, StoredTokens};
 
 /// Refresh this long before the access token expires.
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+/// How long a worker holds the refresh lease at most (it is given back after the refresh),
+/// and how long another waits for it.
+const REFRESH_LEASE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct TokenSource {
@@ -39,6 +47,33 @@ struct OAuthState {
     expires_at: Option<SystemTime>,
     refresh: Option<Secret>,
     granted: StoredTokens,
+    /// The access token the server last refused (a 401): never taken back from the store.
+    rejected: Option<Secret>,
+}
+
+impl OAuthState {
+    /// Takes tokens saved in the store (by an earlier process, or another worker).
+    fn adopt(&mut self, saved: StoredTokens, redactor: &Redactor) {
+        if let Some(a) = &saved.access_token {
+            redactor.add(a);
+        }
+        if let Some(r) = &saved.refresh_token {
+            redactor.add(r);
+        }
+        self.access = saved.access_token.clone().map(Secret::new).filter(|a| self.rejected.as_ref() != Some(a));
+        self.expires_at = saved.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        self.refresh = saved.refresh_token.clone().map(Secret::new).or(self.refresh.take());
+        self.granted = saved;
+    }
+
+    /// The access token, if it does not expire soon.
+    fn fresh_access(&self) -> Option<Secret> {
+        let fresh = match self.expires_at {
+            Some(exp) => exp > SystemTime::now() + REFRESH_AHEAD,
+            None => true,
+        };
+        self.access.clone().filter(|_| fresh)
+    }
 }
 
 /// The token endpoint's answer (GHL and Capsule both follow RFC 6749, with extras).
@@ -105,26 +140,49 @@ impl TokenSource {
             if let Some(store) = store
                 && let Some(saved) = store.tokens(&self.connection).await?
             {
-                if let Some(a) = &saved.access_token {
-                    redactor.add(a);
-                }
-                if let Some(r) = &saved.refresh_token {
-                    redactor.add(r);
-                }
-                state.access = saved.access_token.clone().map(Secret::new);
-                state.expires_at = saved.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s));
-                state.refresh = saved.refresh_token.clone().map(Secret::new).or(state.refresh.take());
-                state.granted = saved;
+                state.adopt(saved, redactor);
             }
         }
-        let fresh = match (&state.access, state.expires_at) {
-            (Some(_), Some(exp)) => exp > SystemTime::now() + REFRESH_AHEAD,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if fresh && let Some(a) = &state.access {
-            return Ok(a.clone());
+        if let Some(a) = state.fresh_access() {
+            return Ok(a);
         }
+        let Some(store) = store else { return self.refresh(http, settings, None, &mut state, redactor).await };
+        // Once across the workers: the first to take the lease refreshes; the others find
+        // its tokens in the store when they get the lease after it.
+        let lease = format!("oauth:{}", self.connection);
+        if !crate::store::wait_for_lease(store, &lease, REFRESH_LEASE, REFRESH_LEASE).await? {
+            return Err(HttpError::Auth {
+                connection: self.connection.clone(),
+                message: "another worker has been refreshing the OAuth token for a minute; try again".into(),
+            });
+        }
+        let refreshed = async {
+            if let Some(saved) = store.tokens(&self.connection).await?
+                && saved.access_token.as_deref() != state.access.as_ref().map(Secret::expose)
+                && saved.access_token.as_deref() != state.rejected.as_ref().map(Secret::expose)
+            {
+                state.adopt(saved, redactor);
+                if let Some(a) = state.fresh_access() {
+                    tracing::info!(connection = %self.connection, "took the OAuth token another worker refreshed");
+                    return Ok(a);
+                }
+            }
+            self.refresh(http, settings, Some(store), &mut state, redactor).await
+        }
+        .await;
+        let _ = store.release_lease(&lease, store.worker()).await;
+        refreshed
+    }
+
+    /// Refreshes with the refresh token held, and saves the answer (durably, before use).
+    async fn refresh(
+        &self,
+        http: &reqwest::Client,
+        settings: &OAuth2Settings,
+        store: Option<&Store>,
+        state: &mut OAuthState,
+        redactor: &Redactor,
+    ) -> Result<Secret, HttpError> {
         let Some(refresh) = state.refresh.clone() else {
             return Err(HttpError::Auth {
                 connection: self.connection.clone(),
@@ -166,6 +224,7 @@ impl TokenSource {
             if state.access.as_ref() == Some(used) {
                 state.access = None;
             }
+            state.rejected = Some(used.clone());
         }
     }
 }

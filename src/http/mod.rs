@@ -189,6 +189,7 @@ impl HttpClient {
                 let token = tokens.bearer(&self.http, self.store.as_ref(), &self.redactor).await?;
                 let _ = SENDS.try_with(|n| n.set(n.get() + 1));
                 let sent = self.send_once(connection, request, token.expose()).await;
+                budget.settle_shared(&permit).await;
                 Ok::<_, HttpError>((token, sent, permit.sent_at()))
             }
             .instrument(span.clone())
@@ -372,8 +373,15 @@ impl HttpClient {
         let key = format!("{}:{owner}", app.id);
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         budgets
-            .entry(key)
-            .or_insert_with(|| Arc::new(Budget::new(&app.rate_limits.limits, app.rate_limits.headers)))
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let budget = Budget::new(&app.rate_limits.limits, app.rate_limits.headers);
+                // Several workers share one store: the budget is theirs together.
+                Arc::new(match &self.store {
+                    Some(store) if store.is_shared() => budget.shared_through(store.clone(), key),
+                    _ => budget,
+                })
+            })
             .clone()
     }
 

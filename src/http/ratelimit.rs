@@ -6,6 +6,12 @@
 //! server that counts in sliding or fixed windows alike); the daily limit is a counter. What
 //! the server reports in its X-RateLimit-* headers corrects the budget downward (other
 //! clients may spend it too), and a 429 pauses the whole budget until the wait it names.
+//!
+//! Several workers on one PostgreSQL store share each budget's sliding windows through the
+//! store (`take_request_slot`): a send needs a slot in this process's budget and then one in
+//! the store's log, which every worker sees, so the limits hold across them together. The
+//! daily counter and 429 pauses stay per process (the daily limit is 2,000 times the short
+//! one; a 429 is answered to the worker that got it).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::catalog::{Rate, RateLimitHeaders};
 use crate::limits::MAX_SERVER_WAIT;
+use crate::store::{RequestSlot, Store};
 
 /// The longest burst window a server's X-RateLimit-Interval-Milliseconds is believed for;
 /// GHL's is 10 s. A longer one is ignored (and logged): believing `u64::MAX` ms would stop
@@ -146,6 +153,8 @@ struct State {
 pub struct Permit<'b> {
     budget: &'b Budget,
     at: Instant,
+    /// The slots taken in the store's shared windows: (window key, slot).
+    shared: Vec<(String, u64)>,
 }
 
 impl Permit<'_> {
@@ -170,6 +179,8 @@ impl Drop for Permit<'_> {
 pub struct Budget {
     headers: RateLimitHeaders,
     state: Mutex<State>,
+    /// Where the budget is shared with other workers: the store, and the budget's name.
+    shared: Option<(Store, String)>,
 }
 
 impl Budget {
@@ -177,7 +188,66 @@ impl Budget {
         let now = Instant::now();
         let mut windows: Vec<Window> = limits.iter().map(|r| Window::new(r, now)).collect();
         windows.sort_by_key(Window::interval);
-        Budget { headers, state: Mutex::new(State { windows, paused_until: None }) }
+        Budget { headers, state: Mutex::new(State { windows, paused_until: None }), shared: None }
+    }
+
+    /// The budget shared through `store` (PostgreSQL) with every worker on it, as `name`.
+    pub fn shared_through(mut self, store: Store, name: String) -> Self {
+        self.shared = Some((store, name));
+        self
+    }
+
+    /// Takes a slot in each of the store's shared windows, waiting while one is full; the
+    /// wait is `Err` when it would be longer than `longest`.
+    async fn take_shared(&self, longest: Duration) -> Result<Vec<(String, u64)>, Duration> {
+        let Some((store, name)) = &self.shared else { return Ok(Vec::new()) };
+        let windows: Vec<(u32, Duration)> = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .windows
+                .iter()
+                .filter_map(|w| match w {
+                    Window::Sliding { count, interval, .. } => Some((*count, *interval)),
+                    Window::Counted { .. } => None,
+                })
+                .collect()
+        };
+        let started = Instant::now();
+        let mut slots = Vec::new();
+        for (count, interval) in windows {
+            let key = format!("{name}/{}ms", interval.as_millis());
+            loop {
+                let wait = match store.take_request_slot(&key, count, interval).await {
+                    Ok(RequestSlot::Taken(slot)) => {
+                        slots.push((key, slot));
+                        break;
+                    }
+                    Ok(RequestSlot::Wait(wait)) => wait,
+                    Err(e) => {
+                        // Without the store no worker can tell what the others sent: wait.
+                        tracing::warn!(budget = %key, error = %e, "the shared request budget cannot be read; waiting");
+                        Duration::from_secs(1)
+                    }
+                };
+                if started.elapsed() + wait > longest {
+                    return Err(started.elapsed() + wait);
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(slots)
+    }
+
+    /// The answer to `permit`'s request arrived (or it was abandoned): its shared slots count
+    /// from now, as the local windows do when the permit is dropped.
+    pub async fn settle_shared(&self, permit: &Permit<'_>) {
+        if let Some((store, _)) = &self.shared {
+            for (key, slot) in &permit.shared {
+                if let Err(e) = store.settle_request_slot(key, *slot).await {
+                    tracing::warn!(budget = %key, error = %e, "could not settle a shared request slot");
+                }
+            }
+        }
     }
 
     /// Waits until one more request fits every window, then counts it; hold the permit until
@@ -196,7 +266,7 @@ impl Budget {
                     for w in state.windows.iter_mut() {
                         w.record(now);
                     }
-                    return Permit { budget: self, at: now };
+                    return Permit { budget: self, at: now, shared: Vec::new() };
                 }
                 wait
             };
@@ -215,7 +285,9 @@ impl Budget {
         if paused_for > longest {
             return Err(paused_for);
         }
-        Ok(self.acquire().await)
+        let mut permit = self.acquire().await;
+        permit.shared = self.take_shared(longest).await?;
+        Ok(permit)
     }
 
     /// Stops every request on this budget for `wait` (at most `MAX_SERVER_WAIT`).

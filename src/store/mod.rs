@@ -25,6 +25,7 @@
 //! only ever exclude holders within it, but they keep the same rules: a lease is its
 //! holder's until it expires (by the wall clock) or is released.
 
+mod lease;
 mod sled_backend;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use lease::wait_for_lease;
 pub use sled_backend::{FORMAT, SledStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -507,16 +509,42 @@ pub enum RequestSlot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StateRecord {
-    Tokens { connection: String, tokens: StoredTokens },
-    Trigger { recipe: String, state: TriggerState },
-    Seen { recipe: String, item: String, mark: String },
-    Present { recipe: String, item: String },
-    Id { key: String, id: String },
-    Paused { recipe: String, since: String },
-    Subscriptions { subscriptions: Vec<HookSubscription> },
+    Tokens {
+        connection: String,
+        tokens: StoredTokens,
+    },
+    Trigger {
+        recipe: String,
+        state: TriggerState,
+    },
+    Seen {
+        recipe: String,
+        item: String,
+        mark: String,
+    },
+    Present {
+        recipe: String,
+        item: String,
+    },
+    Id {
+        key: String,
+        id: String,
+    },
+    Paused {
+        recipe: String,
+        since: String,
+    },
+    Subscriptions {
+        subscriptions: Vec<HookSubscription>,
+    },
     /// A delivery id and when it was recorded (Unix seconds).
-    Delivery { id: String, at: u64 },
-    Run { run: RunRecord },
+    Delivery {
+        id: String,
+        at: u64,
+    },
+    Run {
+        run: RunRecord,
+    },
 }
 
 /// Writes `StateStore` (each method returning a `Send` future), the same methods on `Store`
@@ -727,6 +755,14 @@ impl Store {
     /// A store in a fresh temporary directory that disappears with the process (tests, demo).
     pub fn temporary() -> Result<Store, StoreError> {
         SledStore::temporary().map(Store::Sled)
+    }
+
+    /// Whether other processes may use the store at the same time (PostgreSQL): request
+    /// budgets and OAuth refreshes are then shared through it.
+    pub fn is_shared(&self) -> bool {
+        match self {
+            Store::Sled(_) => false,
+        }
     }
 
     /// The format of the store's contents (see `FORMAT`).

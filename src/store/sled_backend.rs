@@ -889,7 +889,9 @@ impl StateStore for SledStore {
         sends.retain(|(_, at)| at + window > now);
         if sends.len() >= count as usize {
             let oldest = sends.iter().map(|(_, at)| *at).min().unwrap_or(now);
-            return Ok(RequestSlot::Wait(std::time::Duration::from_millis((oldest + window).saturating_sub(now).max(1))));
+            return Ok(RequestSlot::Wait(std::time::Duration::from_millis(
+                (oldest + window).saturating_sub(now).max(1),
+            )));
         }
         log.next_slot += 1;
         let slot = log.next_slot;
