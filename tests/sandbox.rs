@@ -1637,3 +1637,56 @@ async fn capsule_meetings_move_change_category_complete_and_vanish_and_users_hav
         .collect();
     assert!(listed.contains(&id) && listed.contains(&uncategorised) && !listed.contains(&gone));
 }
+
+/// The request log: every API request in arrival order, with the budget it counts against,
+/// its status, and a write's body; the token endpoint and a refused token reach no budget.
+#[tokio::test]
+async fn the_request_log_records_every_api_request_with_its_budget_and_status() {
+    let sandbox =
+        sandbox::start(SandboxOptions { people: 5, limits_scale: 0.02, ..SandboxOptions::default() }).await.unwrap();
+    let raw = reqwest::Client::new();
+    let ghl = sandbox.ghl_base_url();
+    let search = |token: &'static str| {
+        raw.post(format!("{ghl}/contacts/search"))
+            .bearer_auth(token)
+            .header("Version", "2021-07-28")
+            .json(&json!({"locationId": sandbox.location_id(), "pageLimit": 1}))
+            .send()
+    };
+    // Two in the GHL budget (100 × 0.02 per 10 s), the third refused with a 429.
+    for _ in 0..3 {
+        search("sandbox-ghl-token").await.unwrap();
+    }
+    let capsule = raw.get(format!("{}/users?perPage=1", sandbox.capsule_base_url())).bearer_auth("cap-token");
+    assert_eq!(capsule.send().await.unwrap().status().as_u16(), 200);
+    let refused = raw.get(format!("{ghl}/users/?locationId={}", sandbox.location_id())).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let token = raw.post(format!("{ghl}/oauth/token")).form(&[("grant_type", "refresh_token")]).send();
+    assert_eq!(token.await.unwrap().status().as_u16(), 401);
+    let now = sandbox.elapsed_ms();
+
+    let log = sandbox.request_log();
+    assert_eq!(log.len(), 6, "{log:#?}");
+    let seen: Vec<(sandbox::Api, Option<&str>, &str, &str, u16)> = log
+        .iter()
+        .map(|r| (r.api, r.counts_against.as_deref(), r.method.as_str(), r.path.as_str(), r.status))
+        .collect();
+    let location = Some(sandbox.location_id());
+    assert_eq!(
+        seen,
+        [
+            (sandbox::Api::Ghl, location, "POST", "/contacts/search", 200),
+            (sandbox::Api::Ghl, location, "POST", "/contacts/search", 200),
+            (sandbox::Api::Ghl, location, "POST", "/contacts/search", 429),
+            (sandbox::Api::Capsule, Some("cap-token"), "GET", "/api/v2/users", 200),
+            (sandbox::Api::Ghl, None, "GET", "/users/", 401),
+            (sandbox::Api::Ghl, None, "POST", "/oauth/token", 401),
+        ]
+    );
+    assert_eq!(log[3].query.as_deref(), Some("perPage=1"));
+    // A write keeps its body, a read none; times only move forward and end before now.
+    let body: Value = serde_json::from_str(log[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["pageLimit"], 1);
+    assert!(log[3].body.is_none() && !log[0].body_cut);
+    assert!(log.windows(2).all(|w| w[0].at_ms <= w[1].at_ms) && log[5].at_ms <= now);
+}

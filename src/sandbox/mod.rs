@@ -7,7 +7,8 @@
 //! with the real headers, `Version`, unknown body properties, location), OAuth tokens that
 //! expire on the sandbox clock (`oauth`, `clock`), injected faults (`faults`), the events
 //! it pushes as the real services do (`push`: Capsule REST hooks, GHL webhooks signed with
-//! a sandbox Ed25519 key, with their own faults), and the control API (`control` over HTTP,
+//! a sandbox Ed25519 key, with their own faults), a log of every API request (`log`: when,
+//! which budget, what status, a write's body), and the control API (`control` over HTTP,
 //! the methods of `Sandbox` in Rust). Where the real APIs
 //! answer in surprising ways (a 401 for a missing `Version` or an unknown user, a phone
 //! silently dropped by upsert, page numbers that stop at 10,000 results, a booking refused
@@ -22,6 +23,7 @@ mod control;
 mod faults;
 mod ghl;
 mod limits;
+mod log;
 mod oauth;
 mod push;
 mod routes;
@@ -39,8 +41,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::{DeliveryFaults, Faults, LostAs, RetryOn};
+pub use log::{LoggedRequest, MAX_ENTRIES as REQUEST_LOG_ENTRIES};
 pub use oauth::Grant as OAuthGrant;
 pub use push::{DeliveryRecord, MAX_REST_HOOKS, Sender as PushSender};
+pub use routes::Api;
 pub use seed::{COMPANY_ID, LOCATION_ID};
 pub use state::{CapsuleCounts, GhlCounts, RequestCounts};
 
@@ -543,6 +547,19 @@ impl Sandbox {
 
     pub fn request_counts(&self) -> RequestCounts {
         self.state().counts
+    }
+
+    /// Every request to either API so far (the newest `REQUEST_LOG_ENTRIES`), in the order
+    /// they were taken in: when, which API and budget, method, path, status, and a write's
+    /// body.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.state().log.entries()
+    }
+
+    /// Milliseconds since the sandbox started, on the clock of `request_log`'s `at_ms`: a
+    /// test reads it to split the log at a moment of its own (a kill).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.state().log.now_ms()
     }
 }
 

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::faults::{Cut, Fault, LostAs, roll};
+use super::log::{self, LoggedRequest};
 use super::routes::{Api, Lookup, RouteTable, Target};
 use super::state::State;
 use super::wire::{ApiRequest, Reply};
@@ -48,6 +49,9 @@ struct Outcome {
     reply: Reply,
     fault: Fault,
     latency: Duration,
+    /// Which API the request was for, and the budget it was counted against (for the log).
+    api: Api,
+    counts_against: Option<String>,
 }
 
 async fn api(
@@ -62,7 +66,25 @@ async fn api(
     };
     let outcome = {
         let mut state = shared.lock();
-        process(&mut state, &shared.routes, &parts.method, &parts.uri, &parts.headers, &bytes)
+        // Taken under the lock, as the rate limiter reads its own clock: the log's windows
+        // are the limiter's.
+        let at_ms = state.log.now_ms();
+        let incoming = Incoming { method: &parts.method, uri: &parts.uri, headers: &parts.headers, body: &bytes };
+        let outcome = process(&mut state, &shared.routes, &incoming);
+        let (body, body_cut) = log::kept_body(parts.method.as_str(), &bytes);
+        state.log.push(LoggedRequest {
+            at_ms,
+            api: outcome.api,
+            counts_against: outcome.counts_against.clone(),
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            status: outcome.reply.status,
+            lost: matches!(outcome.fault, Fault::Lose(_)),
+            body,
+            body_cut,
+        });
+        outcome
     };
     if !outcome.latency.is_zero() {
         tokio::time::sleep(outcome.latency).await;
@@ -104,16 +126,19 @@ fn method_of(method: &axum::http::Method) -> Option<Method> {
     })
 }
 
-fn process(
-    state: &mut State,
-    routes: &RouteTable,
-    http_method: &axum::http::Method,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Outcome {
+/// A request as read off the wire.
+#[derive(Clone, Copy)]
+struct Incoming<'a> {
+    method: &'a axum::http::Method,
+    uri: &'a axum::http::Uri,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+/// Steps 0 and 1 (the token endpoint, the bearer token), then the rest in `authorized`.
+fn process(state: &mut State, routes: &RouteTable, incoming: &Incoming<'_>) -> Outcome {
+    let Incoming { method: http_method, uri, headers, body } = *incoming;
     let latency = state.faults.latency;
-    let clean = |reply: Reply| Outcome { reply, fault: Fault::None, latency };
     let full_path = uri.path();
     let (api, path) = match full_path.strip_prefix(CAPSULE_PREFIX) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => (Api::Capsule, rest),
@@ -124,6 +149,8 @@ fn process(
         Api::Ghl => state.counts.ghl += 1,
         Api::Capsule => state.counts.capsule += 1,
     }
+
+    let clean = |reply: Reply| Outcome { reply, fault: Fault::None, latency, api, counts_against: None };
 
     // 0. The OAuth token endpoint (both APIs' token URLs end in /oauth/token).
     if full_path == "/oauth/token" && http_method == axum::http::Method::POST {
@@ -155,10 +182,34 @@ fn process(
         });
     };
 
+    // The budget the request counts against from here on: the location's, or the token's.
+    let counts_against = match api {
+        Api::Ghl => state.ghl.location_id.clone(),
+        Api::Capsule => token.clone(),
+    };
+    let mut outcome = authorized(state, routes, incoming, api, path, &token);
+    outcome.counts_against = Some(counts_against);
+    outcome
+}
+
+/// Steps 2 to 7, for a request whose bearer token passed.
+fn authorized(
+    state: &mut State,
+    routes: &RouteTable,
+    incoming: &Incoming<'_>,
+    api: Api,
+    path: &str,
+    token: &str,
+) -> Outcome {
+    let Incoming { method: http_method, uri, headers, body } = *incoming;
+    let latency = state.faults.latency;
+    let clean = |reply: Reply| Outcome { reply, fault: Fault::None, latency, api, counts_against: None };
+    let full_path = uri.path();
+
     // 2. The rate limit.
     let limited = match api {
         Api::Ghl => state.limits.ghl(),
-        Api::Capsule => state.limits.capsule(&token),
+        Api::Capsule => state.limits.capsule(token),
     };
     let limit_headers = match limited {
         Ok(h) => h,
@@ -258,12 +309,13 @@ fn process(
         if writes || state.faults.fault_reads { roll(&state.faults, &mut state.fault_rng) } else { Fault::None };
     if fault == Fault::Fail {
         state.counts.failed += 1;
-        return Outcome { reply: with_limits(Reply::ghl_error(500, "Internal server error")), fault, latency };
+        let reply = with_limits(Reply::ghl_error(500, "Internal server error"));
+        return Outcome { reply, fault, latency, api, counts_against: None };
     }
     if matches!(fault, Fault::Lose(_)) {
         state.counts.lost += 1;
     }
-    Outcome { reply: with_limits(ghl::handle(state, &op, &req)), fault, latency }
+    Outcome { reply: with_limits(ghl::handle(state, &op, &req)), fault, latency, api, counts_against: None }
 }
 
 fn not_found(api: Api, method: &str, path: &str, wrong_method: bool) -> Reply {

@@ -10,6 +10,7 @@ use super::clock::{Clock, Rng};
 use super::faults::Faults;
 use super::ghl::GhlData;
 use super::limits::Limits;
+use super::log::RequestLog;
 use super::oauth::OAuth;
 use super::push::Push;
 use super::seed::{Generator, seed};
@@ -75,6 +76,8 @@ pub struct State {
     /// Access and refresh tokens issued by `/oauth/token`.
     pub oauth: OAuth,
     pub counts: RequestCounts,
+    /// Every request to either API, bounded.
+    pub log: RequestLog,
     /// `http://127.0.0.1:PORT`, for URLs in answers (Link, nextPageUrl).
     pub base_url: String,
     /// Capsule REST hooks, the GHL webhook URL and key, and the delivery faults.
@@ -96,6 +99,7 @@ impl State {
             limits,
             oauth: OAuth::default(),
             counts: RequestCounts::default(),
+            log: RequestLog::default(),
             base_url,
             push: Push::new(seed_value, None, None),
         }
