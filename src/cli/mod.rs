@@ -10,6 +10,7 @@ mod control;
 mod demo;
 mod hooks;
 mod init;
+mod migrate;
 mod ops;
 mod run;
 mod runs;
@@ -98,6 +99,9 @@ Examples:
     Recipe(runs::RecipeArgs),
     /// Serve the status page and /metrics over the state, read-only, without polling.
     Serve(serve::ServeArgs),
+    /// Bring the state store up to this release: apply the PostgreSQL schema migrations it
+    /// lacks (or only list them, `--check`), or rewrite an older sled folder.
+    Migrate(migrate::MigrateArgs),
     /// Print a JSON Schema.
     #[command(
         subcommand,
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Recipe(args) => runs::recipe(args, operations).await,
         Command::Serve(args) => serve::run(args, operations).await,
+        Command::Migrate(args) => migrate::run(args, operations).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Init(args) => init::run(args),
