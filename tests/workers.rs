@@ -251,6 +251,7 @@ async fn three_workers_share_the_mirror_and_a_kill_nine_loses_nothing() {
     let until = Instant::now() + Duration::from_secs(120);
     let (victim, held_at_kill) = loop {
         assert!(Instant::now() < until, "the workers never shared the recipes with runs open:\n{}", tails(&workers));
+        assert!(workers.iter_mut().all(Worker::running), "a worker stopped:\n{}", tails(&workers));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let holders = recipe_holders(&store.leases().await.unwrap(), now_ms());
         let mut by_holder: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -298,6 +299,7 @@ async fn three_workers_share_the_mirror_and_a_kill_nine_loses_nothing() {
     let until = Instant::now() + Duration::from_secs(240);
     loop {
         assert!(Instant::now() < until, "the work never settled after the kill:\n{}", tails(&workers));
+        assert!(workers.iter_mut().all(Worker::running), "a worker stopped:\n{}", tails(&workers));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = now_ms();
         let leases = store.leases().await.unwrap();
@@ -471,7 +473,7 @@ fn tagging_recipe(tag: &str) -> String {
 trigger:
   operation: ghl.contacts.search_contacts
   connection: ghl
-  every: 20s
+  every: 1m
   dedupe: id
   start: backfill
 steps:
@@ -498,9 +500,10 @@ async fn two_workers_on_one_location_stay_within_100_requests_in_any_10_seconds(
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &sandbox, &url);
     std::fs::create_dir(dir.path().join("recipes")).unwrap();
-    // Ids whose first polls fall 5 to 10 s after the start (the scheduler's fixed jitter), when
-    // both workers have counted each other and take two recipes each.
-    let tags = ["tag-b", "tag-one", "tag-gold", "tag-a"];
+    // Ids whose first polls fall 4 to 9 s after the start (the scheduler places a recipe's
+    // first poll by a hash of its id), when both workers have counted each other and take
+    // two recipes each.
+    let tags = ["tag-i", "tag-b", "tag-g", "tag-beta"];
     for tag in tags {
         std::fs::write(dir.path().join(format!("recipes/{tag}.yaml")), tagging_recipe(tag)).unwrap();
     }
@@ -511,6 +514,7 @@ async fn two_workers_on_one_location_stay_within_100_requests_in_any_10_seconds(
     let until = Instant::now() + Duration::from_secs(150);
     loop {
         assert!(Instant::now() < until, "the contacts were never all tagged:\n{}", tails(&workers));
+        assert!(workers.iter_mut().all(Worker::running), "a worker stopped:\n{}", tails(&workers));
         tokio::time::sleep(Duration::from_millis(250)).await;
         for (recipe, holder) in recipe_holders(&store.leases().await.unwrap(), now_ms()) {
             holders_seen.entry(holder).or_default().insert(recipe);
@@ -588,9 +592,10 @@ async fn an_oauth_refresh_happens_once_across_workers() {
     );
     let config = Config::parse(&yaml, Path::new("/nonexistent/ghlflow.yaml"), &catalog, &|_| None).unwrap();
     // The grant's access token has expired (for the sandbox and in the store); its refresh
-    // token is good once.
-    let grant = sandbox.oauth_grant(Some(60));
-    sandbox.advance_clock(Duration::from_secs(120));
+    // token is good once. Tokens last an hour (the ones the refresh issues too): well past
+    // the client's five minutes of refreshing ahead.
+    let grant = sandbox.oauth_grant(Some(3600));
+    sandbox.advance_clock(Duration::from_secs(3601));
     let first = connect(&url).await;
     let expired_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 60;
     let saved = StoredTokens {
