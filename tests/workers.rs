@@ -246,9 +246,10 @@ async fn three_workers_share_the_mirror_and_a_kill_nine_loses_nothing() {
 
     let mut workers: Vec<Worker> = (0..3).map(|n| Worker::start(dir.path(), n, &settings)).collect();
 
-    // Until runs exist and the recipes are spread over more than one worker; then the worker
-    // holding the most recipes, while a recipe it holds has open runs.
-    let until = Instant::now() + Duration::from_secs(120);
+    // Until the recipes are spread over more than one worker and enough runs succeeded for
+    // the check of completed steps below to mean something; then the worker holding the most
+    // recipes, while a recipe it holds has open runs.
+    let until = Instant::now() + Duration::from_secs(150);
     let (victim, held_at_kill) = loop {
         assert!(Instant::now() < until, "the workers never shared the recipes with runs open:\n{}", tails(&workers));
         assert!(workers.iter_mut().all(Worker::running), "a worker stopped:\n{}", tails(&workers));
@@ -258,20 +259,27 @@ async fn three_workers_share_the_mirror_and_a_kill_nine_loses_nothing() {
         for (recipe, holder) in &holders {
             by_holder.entry(holder).or_default().push(recipe);
         }
-        if by_holder.len() < 2 {
+        if by_holder.len() < 2 || count(&store, RunStatus::Succeeded).await < 60 {
             continue;
         }
-        let Some((top, recipes)) = by_holder.iter().max_by_key(|(_, r)| r.len()) else { continue };
-        let mut open = 0;
-        for recipe in recipes {
-            for status in [RunStatus::Queued, RunStatus::Running] {
-                open += store.runs_page(Some(recipe), Some(status), 1).await.unwrap().1;
+        // Of the workers holding the most (there may be a tie), one with open runs.
+        let most = by_holder.values().map(Vec::len).max().unwrap_or(0);
+        let mut chosen = None;
+        for (holder, recipes) in by_holder.iter().filter(|(_, r)| r.len() == most) {
+            let mut open = 0;
+            for recipe in recipes {
+                for status in [RunStatus::Queued, RunStatus::Running] {
+                    open += store.runs_page(Some(recipe), Some(status), 1).await.unwrap().1;
+                }
+            }
+            if open > 0 {
+                println!("sharing after {:?}: {by_holder:?}; killing {holder} ({open} open runs)", began.elapsed());
+                chosen = Some((holder.to_string(), recipes.iter().map(|r| r.to_string()).collect::<Vec<_>>()));
+                break;
             }
         }
-        if open > 0 {
-            let recipes: Vec<String> = recipes.iter().map(|r| r.to_string()).collect();
-            println!("sharing after {:?}: {by_holder:?}; killing {top} ({open} open runs)", began.elapsed());
-            break (top.to_string(), recipes);
+        if let Some(chosen) = chosen {
+            break chosen;
         }
     };
     let index = workers
