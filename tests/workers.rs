@@ -424,7 +424,31 @@ async fn three_workers_share_the_mirror_and_a_kill_nine_loses_nothing() {
         assert!(made.keys().any(|k| k.starts_with(kind)), "no {kind} was made at all");
     }
     for (m, n) in &made {
-        assert_eq!(*n, 1, "{m}] was made {n} times");
+        if *n != 1 {
+            // Which writes carried it, when (the kill was at `kill_at_log`), and the runs of its item.
+            let marker = m.split_once(' ').map(|(_, rest)| format!("{rest}]")).unwrap_or_default();
+            let sends: Vec<(u64, String, String, u16)> = sandbox
+                .request_log()
+                .into_iter()
+                .filter(|r| r.body.as_deref().is_some_and(|b| b.contains(&marker)))
+                .map(|r| (r.at_ms, r.method, r.path, r.status))
+                .collect();
+            let item = marker.trim_end_matches(']').rsplit(' ').next().unwrap_or_default().to_owned();
+            let of_item: Vec<String> = runs
+                .iter()
+                .filter(|r| r.item_id.as_deref() == Some(item.as_str()))
+                .map(|r| {
+                    format!(
+                        "{} {} {} steps {:?}",
+                        r.id,
+                        r.recipe,
+                        r.status.as_str(),
+                        r.steps.iter().map(|s| (s.id.as_str(), s.status, s.attempts)).collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            panic!("{m}] was made {n} times: sends {sends:?} (kill at {kill_at_log} ms); runs {of_item:#?}");
+        }
     }
 
     // No completed step is sent again. Each step recorded as succeeded before the kill sent

@@ -241,7 +241,20 @@ pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: O
             let engine = Engine::with_store(catalog, Arc::clone(&config), store, EngineOptions::default())
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             engine.set_recipes(recipes);
-            handle(req, &Arc::new(engine)).await
+            let engine = Arc::new(engine);
+            // Runs this command starts itself (a replay, a released batch) are its own while
+            // it lives: other workers on a shared store must not take them for orphans.
+            let executes = matches!(req, RunsRequest::Replay { .. } | RunsRequest::Release { .. });
+            let alive = match executes && engine.store().is_shared() {
+                true => Some(engine.hold_worker_lease().await),
+                false => None,
+            };
+            let reply = handle(req, &engine).await;
+            if let Some(alive) = alive {
+                drop(alive);
+                engine.leave().await;
+            }
+            reply
         }
         Err(StoreError::Open { .. }) => {
             super::control::ask(&config.state_dir, &req).await.map_err(CliError::Runtime)?

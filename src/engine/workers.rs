@@ -15,9 +15,10 @@
 //! `lease_ttl` when its worker dies (kill -9, a lost machine), and can be listed. (Runs are
 //! handed out with `SKIP LOCKED`, inside the store: that is one short statement.)
 //!
-//! Open runs belong to the worker that created or claimed them. A worker whose lease lapsed
-//! leaves its queued and running runs to whoever claims them first (`claim_open_runs`), which
-//! resumes each at its first unfinished step.
+//! Open runs belong to the worker that created, claimed or last started them (a waiting or
+//! failed run started again by the recipe's new holder is the holder's). A worker whose
+//! lease lapsed leaves its queued and running runs to whoever claims them first
+//! (`claim_open_runs`), which resumes each at its first unfinished step.
 //!
 //! On sled only one process opens the store, so it is the only worker, holds every recipe,
 //! and claims the runs an earlier process left open once, at its start: the same code.
@@ -122,6 +123,27 @@ impl Engine {
             }
         });
         KeepAlive(task)
+    }
+
+    /// Keeps this process's `worker:` lease while a command executes runs itself (`runs
+    /// replay`, `runs release` on a shared store). The runs it starts are its own (see
+    /// `StateStore::transition`), and a run whose owner has no live lease is claimed by the
+    /// next heartbeat of a worker, which would send its steps a second time. It claims
+    /// nothing itself: a command is not a worker. The beats stop when this is dropped.
+    pub async fn hold_worker_lease(self: &Arc<Self>) -> KeepAlive {
+        let beat = |engine: Arc<Engine>| async move {
+            if let Err(e) = engine.store.heartbeat(engine.lease_ttl()).await {
+                tracing::warn!(error = %e, "heartbeat failed: a worker may take this command's runs for orphans");
+            }
+        };
+        beat(Arc::clone(self)).await;
+        let engine = Arc::clone(self);
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(engine.lease_ttl() / 3).await;
+                beat(Arc::clone(&engine)).await;
+            }
+        }))
     }
 
     async fn beat_once(self: &Arc<Self>, share: bool) {
