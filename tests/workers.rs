@@ -730,3 +730,33 @@ async fn the_control_commands_work_against_the_database_while_workers_run() {
     worker.stop();
     sandbox.shutdown().await;
 }
+
+/// The store side of the bug the kill -9 test found: a waiting run a dead worker created,
+/// started again by another worker (the recipe's new holder), is that worker's. A third
+/// worker's heartbeat must not claim it as an orphan while it runs, or both send its steps.
+#[tokio::test]
+async fn a_run_started_again_by_a_live_worker_is_not_claimed_by_another() {
+    let Some(url) = database().await else { return };
+    let (dead, holder, other) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    // Created by a worker that never beats again (it died).
+    dead.heartbeat(LEASE_TTL).await.unwrap();
+    let id = dead.next_run_id();
+    let created = chrono::Utc::now().to_rfc3339();
+    let run = RunRecord::new(id.clone(), "capsule-notes", RunStatus::Waiting, "1", json!({"id": 1}), created);
+    dead.create_runs(&[run]).await.unwrap();
+    tokio::time::sleep(LEASE_TTL + Duration::from_millis(200)).await;
+
+    holder.heartbeat(LEASE_TTL).await.unwrap();
+    other.heartbeat(LEASE_TTL).await.unwrap();
+    let mut run = holder.run(&id).await.unwrap().unwrap();
+    holder.transition(&mut run, RunStatus::Running).await.unwrap();
+    let claimed = other.claim_open_runs().await.unwrap();
+    assert!(claimed.iter().all(|r| r.id != id), "a run the holder is executing was claimed as an orphan");
+
+    // Once the holder is gone too, the run is an orphan: claimed by exactly one worker.
+    tokio::time::sleep(LEASE_TTL + Duration::from_millis(200)).await;
+    other.heartbeat(LEASE_TTL).await.unwrap();
+    let claimed = other.claim_open_runs().await.unwrap();
+    assert_eq!(claimed.iter().filter(|r| r.id == id).count(), 1);
+    assert!(holder.claim_open_runs().await.unwrap().iter().all(|r| r.id != id), "handed out twice");
+}
