@@ -315,6 +315,10 @@ impl PgStore {
     /// whose schema is newer than this binary's (a migration it does not know was applied).
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let options = options(url).await?;
+        // One plain connection first: the pool retries a refused or unreachable server
+        // until its acquire timeout, which would make a typo in the URL a 30-second hang.
+        let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| connect_error(url, e))?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(1)
