@@ -116,7 +116,7 @@ async fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
 }
 
 fn connect_error(url: &str, e: sqlx::Error) -> StoreError {
-    StoreError::Postgres(format!("cannot connect to the PostgreSQL state store at {}: {e}", place(url)))
+    StoreError::Postgres(format!("cannot connect to the state store at {}: {e}", place(url)))
 }
 
 /// The versions applied to the database (none when the migrations table does not exist).
