@@ -66,6 +66,22 @@ struct IdClock {
     n: u32,
 }
 
+impl IdClock {
+    /// The next (millisecond, counter) pair at wall time `now` (see `next_run_id`).
+    fn next(&mut self, now: u64) -> (u64, u32) {
+        if now > self.ms {
+            self.ms = now;
+            self.n = 0;
+        } else if self.n < 999 {
+            self.n += 1;
+        } else {
+            self.ms += 1;
+            self.n = 0;
+        }
+        (self.ms, self.n)
+    }
+}
+
 /// Where a database's schema stands against this binary's migrations (`ghlflow migrate
 /// --check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,18 +425,8 @@ impl StateStore for PgStore {
     /// otherwise the last id's millisecond, bumped by one when its thousand ids are used
     /// up, so neither a burst nor the clock stepping back can repeat or reorder an id.
     fn next_run_id(&self) -> RunId {
-        let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = unix_ms();
-        if now > clock.ms {
-            clock.ms = now;
-            clock.n = 0;
-        } else if clock.n < 999 {
-            clock.n += 1;
-        } else {
-            clock.ms += 1;
-            clock.n = 0;
-        }
-        RunId::new(clock.ms, self.node * 1000 + clock.n)
+        let (ms, n) = self.clock.lock().unwrap_or_else(|p| p.into_inner()).next(unix_ms());
+        RunId::new(ms, self.node * 1000 + n)
     }
 
     fn worker(&self) -> &str {
@@ -1204,4 +1210,29 @@ async fn replace_subscriptions(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_clock_never_repeats_or_goes_back() {
+        let mut clock = IdClock::default();
+        let node = 42;
+        let id = |(ms, n): (u64, u32)| RunId::new(ms, node * 1000 + n);
+        let mut ids = vec![id(clock.next(5_000))];
+        // A burst: a thousand ids in one millisecond, then the millisecond is borrowed.
+        for _ in 0..1500 {
+            ids.push(id(clock.next(5_000)));
+        }
+        assert_eq!(ids[999], RunId::new(5_000, 42_999));
+        assert_eq!(ids[1000], RunId::new(5_001, 42_000));
+        // The wall clock steps back: ids go on from the last one.
+        ids.push(id(clock.next(4_000)));
+        // It moves past the borrowed time: ids follow it again.
+        ids.push(id(clock.next(9_000)));
+        assert_eq!(ids.last(), Some(&RunId::new(9_000, 42_000)));
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    }
 }
