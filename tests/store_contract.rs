@@ -810,3 +810,56 @@ mod postgres_only {
         assert!(claimed.is_empty(), "its own runs are not orphans: {claimed:?}");
     }
 }
+
+/// `ghlflow migrate` over both kinds of state.
+mod migrate_command {
+    use crate::util::{ghlflow, root, stderr, stdout};
+
+    fn project(state: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::fs::read_to_string(root().join("tests/fixtures/recipes/ghlflow.yaml")).unwrap();
+        std::fs::write(dir.path().join("ghlflow.yaml"), format!("{config}\nstate: {state}\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn migrate_lists_applies_and_then_finds_nothing_pending() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let Some(url) = runtime.block_on(crate::support::postgres::fresh_postgres_url()) else { return };
+        // The test cluster trusts local connections, so any password is accepted.
+        let mut with_password = url::Url::parse(&url).unwrap();
+        with_password.set_password(Some("pw-s3cret")).unwrap();
+        let dir = project(with_password.as_str());
+
+        let check = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+        let text = stdout(&check);
+        assert!(text.contains("schema version 0") && text.contains("pending") && text.contains("  1 state"), "{text}");
+
+        let applied = ghlflow(dir.path(), &["migrate"]);
+        assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+        let text = stdout(&applied);
+        assert!(text.contains("applied 1 state") && text.contains("schema version 1"), "{text}");
+
+        let again = ghlflow(dir.path(), &["migrate"]);
+        assert!(stdout(&again).contains("no migration pending"), "{}", stdout(&again));
+        let check = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert!(stdout(&check).contains("up to date"), "{}", stdout(&check));
+        for out in [&check, &again, &applied] {
+            let all = format!("{}{}", stdout(out), stderr(out));
+            assert!(!all.contains("pw-s3cret"), "the password was printed: {all}");
+        }
+    }
+
+    #[test]
+    fn migrate_opens_a_state_folder_and_prints_its_format() {
+        let dir = project("state");
+        let out = ghlflow(dir.path(), &["migrate"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("state format {}", ghlflow::store::FORMAT)), "{}", stdout(&out));
+        assert!(dir.path().join("state").is_dir());
+        let out = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--check is for a PostgreSQL state store"), "{}", stderr(&out));
+    }
+}
