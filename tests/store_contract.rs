@@ -700,6 +700,23 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn the_engines_store_connects_to_a_postgres_state() {
+        use ghlflow::config::{Secret, StateLocation};
+        let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
+        let store = ghlflow::store::Store::connect(&StateLocation::Postgres(Secret::new(url.clone()))).await.unwrap();
+        assert!(matches!(store, ghlflow::store::Store::Postgres(_)));
+        let status = PgStore::migration_status(&url).await.unwrap();
+        assert!(status.pending.is_empty(), "migrated on connect: {status:?}");
+        let newest = status.applied.iter().max().map(|v| u32::try_from(*v).unwrap());
+        assert!(newest >= Some(1));
+        assert_eq!(store.format().unwrap(), newest, "the schema version");
+        store.flush().unwrap();
+        store.remember_id("party:1", "c1").await.unwrap();
+        assert_eq!(store.id_of("party:1").await.unwrap().as_deref(), Some("c1"));
+        assert!(!store.worker().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_database_migrated_by_a_newer_ghlflow_is_refused() {
         let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
         drop(PgStore::connect(&url).await.unwrap());
