@@ -29,6 +29,10 @@ macro_rules! contract {
                 super::a_request_budget_holds_across_workers($workers).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_record_delivered_to_two_workers_at_once_runs_once() {
+                super::a_record_delivered_to_two_workers_at_once_runs_once($workers).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn run_ids_are_unique_across_workers() {
                 super::run_ids_are_unique_across_workers($workers).await
             }
@@ -664,6 +668,26 @@ async fn a_request_budget_holds_across_workers<S: StateStore>(handles: [S; 3]) {
         b.take_request_slot("capsule", 1, interval).await.unwrap(),
         ghlflow::store::RequestSlot::Taken(_)
     ));
+}
+
+async fn a_record_delivered_to_two_workers_at_once_runs_once<S: StateStore>(handles: [S; 3]) {
+    let [a, b, _] = handles;
+    let deliver = |store: S, item: String| {
+        tokio::spawn(async move {
+            let commit = DeliveryCommit {
+                delivery: None,
+                runs: vec![(run_of(&store, &item), item.clone(), "u:2026-11-30T10:00:05Z".into())],
+            };
+            store.commit_delivery("people", &commit).await.unwrap()
+        })
+    };
+    for n in 0..25 {
+        // The same change reaches both workers (GHL retried, or two listeners).
+        let item = format!("p{n}");
+        let (x, y) = tokio::join!(deliver(a.clone(), item.clone()), deliver(b.clone(), item));
+        assert_eq!(x.unwrap().len() + y.unwrap().len(), 1, "item p{n} recorded once");
+    }
+    assert_eq!(a.runs_page(Some("people"), None, 0).await.unwrap().1, 25);
 }
 
 async fn run_ids_are_unique_across_workers<S: StateStore>(handles: [S; 3]) {
