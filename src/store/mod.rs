@@ -61,7 +61,7 @@ pub enum StoreError {
     UnknownRun(RunId),
     /// A PostgreSQL store's failure: the database's own message or ghlflow's (a refused
     /// schema, say). Never built from the URL, so no password reaches it.
-    #[error("PostgreSQL state store: {0}")]
+    #[error("PostgreSQL: {0}")]
     Postgres(String),
     /// Something this backend cannot do (yet).
     #[error("the {backend} state store cannot {what}")]

@@ -66,6 +66,22 @@ struct IdClock {
     n: u32,
 }
 
+impl IdClock {
+    /// The next (millisecond, counter) pair at wall time `now` (see `next_run_id`).
+    fn next(&mut self, now: u64) -> (u64, u32) {
+        if now > self.ms {
+            self.ms = now;
+            self.n = 0;
+        } else if self.n < 999 {
+            self.n += 1;
+        } else {
+            self.ms += 1;
+            self.n = 0;
+        }
+        (self.ms, self.n)
+    }
+}
+
 /// Where a database's schema stands against this binary's migrations (`ghlflow migrate
 /// --check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,15 +94,10 @@ pub struct MigrationStatus {
     pub unknown: Vec<i64>,
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages (the same text `ghlflow.yaml`'s `state:` is
+/// described with).
 fn place(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "a PostgreSQL database".to_owned(),
-    }
+    crate::config::StateLocation::Postgres(crate::config::Secret::new(url)).describe()
 }
 
 fn newer_schema(version: i64) -> StoreError {
@@ -109,14 +120,14 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
-async fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
+fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
     PgConnectOptions::from_str(url)
         .map(|o| o.application_name("ghlflow"))
         .map_err(|e| StoreError::Postgres(format!("the PostgreSQL URL {} is not usable: {e}", place(url))))
 }
 
 fn connect_error(url: &str, e: sqlx::Error) -> StoreError {
-    StoreError::Postgres(format!("cannot connect to the PostgreSQL state store at {}: {e}", place(url)))
+    StoreError::Postgres(format!("cannot connect to the state store at {}: {e}", place(url)))
 }
 
 /// The versions applied to the database (none when the migrations table does not exist).
@@ -314,7 +325,11 @@ impl PgStore {
     /// Connects to the database at `url`, applies the migrations it lacks, and refuses one
     /// whose schema is newer than this binary's (a migration it does not know was applied).
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let options = options(url).await?;
+        let options = options(url)?;
+        // One plain connection first: the pool retries a refused or unreachable server
+        // until its acquire timeout, which would make a typo in the URL a 30-second hang.
+        let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| connect_error(url, e))?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(1)
@@ -350,8 +365,7 @@ impl PgStore {
 
     /// Where the database at `url` stands against this binary's migrations, applying none.
     pub async fn migration_status(url: &str) -> Result<MigrationStatus, StoreError> {
-        let mut conn =
-            sqlx::PgConnection::connect_with(&options(url).await?).await.map_err(|e| connect_error(url, e))?;
+        let mut conn = sqlx::PgConnection::connect_with(&options(url)?).await.map_err(|e| connect_error(url, e))?;
         let status = status_of(applied_versions(&mut conn).await?);
         let _ = conn.close().await;
         Ok(status)
@@ -405,18 +419,8 @@ impl StateStore for PgStore {
     /// otherwise the last id's millisecond, bumped by one when its thousand ids are used
     /// up, so neither a burst nor the clock stepping back can repeat or reorder an id.
     fn next_run_id(&self) -> RunId {
-        let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = unix_ms();
-        if now > clock.ms {
-            clock.ms = now;
-            clock.n = 0;
-        } else if clock.n < 999 {
-            clock.n += 1;
-        } else {
-            clock.ms += 1;
-            clock.n = 0;
-        }
-        RunId::new(clock.ms, self.node * 1000 + clock.n)
+        let (ms, n) = self.clock.lock().unwrap_or_else(|p| p.into_inner()).next(unix_ms());
+        RunId::new(ms, self.node * 1000 + n)
     }
 
     fn worker(&self) -> &str {
@@ -1206,4 +1210,29 @@ async fn replace_subscriptions(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_clock_never_repeats_or_goes_back() {
+        let mut clock = IdClock::default();
+        let node = 42;
+        let id = |(ms, n): (u64, u32)| RunId::new(ms, node * 1000 + n);
+        let mut ids = vec![id(clock.next(5_000))];
+        // A burst: a thousand ids in one millisecond, then the millisecond is borrowed.
+        for _ in 0..1500 {
+            ids.push(id(clock.next(5_000)));
+        }
+        assert_eq!(ids[999], RunId::new(5_000, 42_999));
+        assert_eq!(ids[1000], RunId::new(5_001, 42_000));
+        // The wall clock steps back: ids go on from the last one.
+        ids.push(id(clock.next(4_000)));
+        // It moves past the borrowed time: ids follow it again.
+        ids.push(id(clock.next(9_000)));
+        assert_eq!(ids.last(), Some(&RunId::new(9_000, 42_000)));
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    }
 }

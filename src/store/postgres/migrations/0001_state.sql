@@ -82,9 +82,11 @@ CREATE SEQUENCE worker_nodes;
 
 -- The run journal: one row per run. The columns are what is queried (the whole header is
 -- in `header` as well, written with them); `owed` is `RunStatus::is_owed` of the header,
--- the open-run index; `owner` is the worker that created or last claimed the run.
+-- the open-run index; `owner` is the worker that created or last claimed the run. Ids
+-- compare bytewise (COLLATE "C"): their order is creation order whatever the database's
+-- locale, and pruning compares them with a time's 13 digits.
 CREATE TABLE runs (
-    id text PRIMARY KEY,
+    id text COLLATE "C" PRIMARY KEY,
     recipe text NOT NULL,
     status text NOT NULL,
     item_id text,
@@ -102,7 +104,7 @@ CREATE INDEX runs_owed ON runs (id) WHERE owed;
 
 -- Each step of a run as last written, by its position in the recipe.
 CREATE TABLE run_steps (
-    run_id text NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    run_id text COLLATE "C" NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     idx integer NOT NULL,
     step jsonb NOT NULL,
     PRIMARY KEY (run_id, idx)
