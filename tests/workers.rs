@@ -2,8 +2,9 @@
 //! real processes against an in-process sandbox, checked through the sandbox's request log
 //! and the store. Three workers share the shipped mirror and one is killed with SIGKILL;
 //! two workers on one GHL location stay within its 100-requests-in-10-seconds limit
-//! together; an OAuth refresh happens once across two workers; and the control commands
-//! work against the database while a worker runs.
+//! together; an OAuth refresh happens once across two workers; the control commands work
+//! against the database while a worker runs; and (at the store) a run a live worker started
+//! again is not claimed as an orphan by another (the bug the kill -9 test found).
 //!
 //! Each test takes a fresh database from `GHLFLOW_TEST_POSTGRES` (`eval "$(.ci/postgres.sh)"`
 //! starts a throwaway cluster) and is skipped without it.
