@@ -761,3 +761,31 @@ async fn a_run_started_again_by_a_live_worker_is_not_claimed_by_another() {
     assert_eq!(claimed.iter().filter(|r| r.id == id).count(), 1);
     assert!(holder.claim_open_runs().await.unwrap().iter().all(|r| r.id != id), "handed out twice");
 }
+
+/// A command that executes runs itself (`runs replay`, `runs release`) holds its worker lease
+/// while it does, renewed past `lease_ttl`, so the runs it started are not taken for orphans;
+/// it gives the lease back when done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_executing_runs_holds_its_worker_lease_until_it_is_done() {
+    let Some(url) = database().await else { return };
+    let catalog = Arc::new(ghlflow::catalog::load_embedded().unwrap());
+    let yaml = format!(
+        "connections:\n  capsule: {{ app: capsule, auth: {{ type: bearer, token: t }} }}\nstate: {url}\nlease_ttl: {}s\n",
+        LEASE_TTL.as_secs()
+    );
+    let config = Arc::new(Config::parse(&yaml, Path::new("/nonexistent/ghlflow.yaml"), &catalog, &|_| None).unwrap());
+    let store = connect(&url).await;
+    let engine = Arc::new(
+        ghlflow::engine::Engine::with_store(catalog, config, store.clone(), ghlflow::engine::EngineOptions::default())
+            .unwrap(),
+    );
+    let own = format!("worker:{}", store.worker());
+    let live = |leases: Vec<LeaseInfo>| leases.iter().any(|l| l.name == own && l.expires_at_ms > now_ms());
+
+    let alive = engine.hold_worker_lease().await;
+    tokio::time::sleep(LEASE_TTL * 2).await;
+    assert!(live(store.leases().await.unwrap()), "the lease lapsed while the command ran");
+    drop(alive);
+    engine.leave().await;
+    assert!(!live(store.leases().await.unwrap()), "the lease outlived the command");
+}
