@@ -274,6 +274,9 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
+        // Only one process opens a sled store at a time, so every lease recorded belongs to a
+        // process that is gone (killed, say): none of them holds anything any more.
+        db.open_tree("leases")?.clear()?;
         Ok(SledStore {
             tokens: db.open_tree("tokens")?,
             triggers: db.open_tree("triggers")?,
