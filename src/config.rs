@@ -361,9 +361,9 @@ impl StateLocation {
                 }
                 Ok(StateLocation::Postgres(Secret::new(text)))
             }
-            Some(other) => Err(format!(
-                "`{other}://` is not a state store; write a folder (sled) or a postgres:// URL"
-            )),
+            Some(other) => {
+                Err(format!("`{other}://` is not a state store; write a folder (sled) or a postgres:// URL"))
+            }
             None if text.is_empty() => Err("empty; write a folder (sled) or a postgres:// URL".to_owned()),
             None => Ok(StateLocation::Folder(base_dir.join(text))),
         }

@@ -25,6 +25,7 @@
 //! only ever exclude holders within it, but they keep the same rules: a lease is its
 //! holder's until it expires (by the wall clock) or is released.
 
+pub mod export;
 mod sled_backend;
 
 use std::future::Future;
@@ -507,16 +508,42 @@ pub enum RequestSlot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StateRecord {
-    Tokens { connection: String, tokens: StoredTokens },
-    Trigger { recipe: String, state: TriggerState },
-    Seen { recipe: String, item: String, mark: String },
-    Present { recipe: String, item: String },
-    Id { key: String, id: String },
-    Paused { recipe: String, since: String },
-    Subscriptions { subscriptions: Vec<HookSubscription> },
+    Tokens {
+        connection: String,
+        tokens: StoredTokens,
+    },
+    Trigger {
+        recipe: String,
+        state: TriggerState,
+    },
+    Seen {
+        recipe: String,
+        item: String,
+        mark: String,
+    },
+    Present {
+        recipe: String,
+        item: String,
+    },
+    Id {
+        key: String,
+        id: String,
+    },
+    Paused {
+        recipe: String,
+        since: String,
+    },
+    Subscriptions {
+        subscriptions: Vec<HookSubscription>,
+    },
     /// A delivery id and when it was recorded (Unix seconds).
-    Delivery { id: String, at: u64 },
-    Run { run: RunRecord },
+    Delivery {
+        id: String,
+        at: u64,
+    },
+    Run {
+        run: RunRecord,
+    },
 }
 
 /// Writes `StateStore` (each method returning a `Send` future), the same methods on `Store`
