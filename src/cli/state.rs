@@ -141,6 +141,7 @@ async fn import_from(config: &crate::config::Config, file: &Path, force: bool) -
     let mut input = if is_std(file) {
         let mut spool = tempfile::tempfile().map_err(|e| CliError::Runtime(format!("cannot spool stdin: {e}")))?;
         std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(cannot_read)?;
+        spool.rewind().map_err(cannot_read)?;
         spool
     } else {
         std::fs::File::open(file).map_err(cannot_read)?
