@@ -30,10 +30,11 @@ pub struct StateArgs {
 
 #[derive(Debug, Subcommand)]
 enum StateCommand {
-    /// Write the whole state into one file: OAuth tokens, trigger positions, seen marks and
-    /// present items, remembered ids, paused recipes, hook subscriptions and delivery ids,
-    /// and every run with its steps. Stop `ghlflow run` first, so nothing changes the state
-    /// while it is read.
+    /// Write the whole state into one file (it holds OAuth refresh tokens: mode 0600).
+    ///
+    /// The file holds OAuth tokens, trigger positions, seen marks and present items,
+    /// remembered ids, paused recipes, hook subscriptions and delivery ids, and every run with
+    /// its steps. Stop `ghlflow run` first, so nothing changes the state while it is read.
     ///
     /// The file holds OAuth refresh tokens: it is created readable by its owner only (mode
     /// 0600). Keep it as you would keep the state folder, and delete it once imported.
@@ -45,8 +46,9 @@ Examples:
         /// The file to write (replaced if it exists), or `-` for stdout.
         file: PathBuf,
     },
-    /// Read a file `state export` wrote into the store ghlflow.yaml names. The whole file
-    /// is checked before anything is written: a truncated file, a damaged line or a file
+    /// Read a file `state export` wrote into the (empty) store ghlflow.yaml names.
+    ///
+    /// The whole file is checked before anything is written: a truncated file, a damaged line or a file
     /// from a newer ghlflow is refused. The store must hold no state yet (no token, trigger
     /// position, run or any other record): two states mixed could run the same item twice.
     #[command(after_help = "\
