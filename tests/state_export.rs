@@ -389,7 +389,10 @@ async fn the_cli_exports_to_an_owner_only_file_and_imports_it_into_an_empty_stor
     let out = ghlflow(from.path(), &["state", "export", "state.jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stdout(&out);
-    assert!(said.contains("2 connection tokens") && said.contains("20 runs") && said.contains("owner only"), "{said}");
+    assert!(
+        said.contains("2 connections' tokens") && said.contains("20 runs") && said.contains("owner only"),
+        "{said}"
+    );
     #[cfg(unix)]
     assert_eq!(mode(&file), 0o600);
     let text = std::fs::read_to_string(&file).unwrap();
@@ -514,7 +517,7 @@ async fn an_import_into_a_store_holding_a_state_needs_force() {
     let out = ghlflow(to.path(), &["state", "import", "state.jsonl"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("already holds a state: 1 trigger states and at least one run"), "{err}");
+    assert!(err.contains("already holds a state: 1 trigger state and at least one run"), "{err}");
     assert!(err.contains("run twice") && err.contains("--force"), "{err}");
     let target = open_when_free(&state_of(to.path()));
     assert!(dump(&target).await == before, "the refused import wrote something");

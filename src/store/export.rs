@@ -92,17 +92,18 @@ pub enum ExportError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts(BTreeMap<&'static str, u64>);
 
-/// Each kind's name in the file (its `kind` tag) and in a summary, in summary order.
-const KINDS: [(&str, &str); 9] = [
-    ("tokens", "connection tokens"),
-    ("trigger", "trigger states"),
-    ("seen", "seen marks"),
-    ("present", "present items"),
-    ("id", "remembered ids"),
-    ("paused", "paused recipes"),
-    ("subscriptions", "subscription lists"),
-    ("delivery", "delivery ids"),
-    ("run", "runs"),
+/// Each kind's name in the file (its `kind` tag) and in a summary (one, several), in
+/// summary order.
+const KINDS: [(&str, &str, &str); 9] = [
+    ("tokens", "connection's tokens", "connections' tokens"),
+    ("trigger", "trigger state", "trigger states"),
+    ("seen", "seen mark", "seen marks"),
+    ("present", "present item", "present items"),
+    ("id", "remembered id", "remembered ids"),
+    ("paused", "paused recipe", "paused recipes"),
+    ("subscriptions", "subscription list", "subscription lists"),
+    ("delivery", "delivery id", "delivery ids"),
+    ("run", "run", "runs"),
 ];
 
 /// A record's `kind` tag.
@@ -145,8 +146,11 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<String> = KINDS
             .iter()
-            .filter(|(kind, _)| self.of(kind) > 0)
-            .map(|(kind, label)| format!("{} {label}", self.of(kind)))
+            .filter(|(kind, _, _)| self.of(kind) > 0)
+            .map(|(kind, one, many)| match self.of(kind) {
+                1 => format!("1 {one}"),
+                n => format!("{n} {many}"),
+            })
             .collect();
         if parts.is_empty() { f.write_str("nothing") } else { f.write_str(&parts.join(", ")) }
     }
@@ -424,7 +428,7 @@ mod tests {
         );
         let counts = read(&text).unwrap();
         assert_eq!((counts.of("id"), counts.of("paused"), counts.total()), (1, 1, 2));
-        assert_eq!(counts.to_string(), "1 remembered ids, 1 paused recipes");
+        assert_eq!(counts.to_string(), "1 remembered id, 1 paused recipe");
     }
 
     #[test]
