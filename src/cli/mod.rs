@@ -16,6 +16,7 @@ mod runs;
 #[cfg(feature = "sandbox")]
 mod sandbox;
 mod serve;
+mod state;
 mod test;
 mod validate;
 
@@ -98,6 +99,8 @@ Examples:
     Recipe(runs::RecipeArgs),
     /// Serve the status page and /metrics over the state, read-only, without polling.
     Serve(serve::ServeArgs),
+    /// Move the whole state through one file: export it, import it (sled to PostgreSQL and back).
+    State(state::StateArgs),
     /// Print a JSON Schema.
     #[command(
         subcommand,
@@ -195,6 +198,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Recipe(args) => runs::recipe(args, operations).await,
         Command::Serve(args) => serve::run(args, operations).await,
+        Command::State(args) => state::run(args, operations).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Init(args) => init::run(args),

@@ -25,6 +25,7 @@
 //! only ever exclude holders within it, but they keep the same rules: a lease is its
 //! holder's until it expires (by the wall clock) or is released.
 
+pub mod export;
 mod lease;
 mod sled_backend;
 
