@@ -241,7 +241,18 @@ pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: O
             let engine = Engine::with_store(catalog, Arc::clone(&config), store, EngineOptions::default())
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             engine.set_recipes(recipes);
-            handle(req, &Arc::new(engine)).await
+            let engine = Arc::new(engine);
+            // On a store other workers share, the runs this command executes (a replay, a
+            // release) are its own while it lives: it beats like a worker meanwhile.
+            let alive = match engine.store().is_shared() {
+                true => Some(engine.keep_alive(crate::engine::Role::Command).await),
+                false => None,
+            };
+            let reply = handle(req, &engine).await;
+            if alive.is_some() {
+                engine.leave().await;
+            }
+            reply
         }
         Err(StoreError::Open { .. }) => {
             super::control::ask(&config.state_dir, &req).await.map_err(CliError::Runtime)?
