@@ -1,6 +1,9 @@
 //! The state store's contract: what any backend of `StateStore` must do, written once over
-//! a backend factory. `contract!` instantiates every test for one backend (each test gets a
-//! fresh, empty store from the factory); a new backend (PostgreSQL) adds one line at the end.
+//! a backend factory. `contract!` instantiates every test for one backend: each test gets a
+//! fresh, empty store from `make`, and the tests of several workers get three handles on one
+//! fresh store from `workers` (on sled, clones of one store: one process is the only worker;
+//! on PostgreSQL, three connects, three workers). The PostgreSQL line skips without a cluster
+//! (see tests/support/postgres.rs).
 
 use std::time::Duration;
 
@@ -11,8 +14,24 @@ use ghlflow::store::{
 use serde_json::json;
 
 macro_rules! contract {
-    ($backend:ident, $make:expr) => {
+    ($backend:ident, make: $make:expr, workers: $workers:expr) => {
         mod $backend {
+            #[tokio::test]
+            async fn leases_are_shared_by_workers_and_kept_alive_by_heartbeats() {
+                super::leases_are_shared_by_workers_and_kept_alive_by_heartbeats($workers).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn each_orphaned_open_run_is_claimed_by_one_worker() {
+                super::each_orphaned_open_run_is_claimed_by_one_worker($workers).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_request_budget_holds_across_workers() {
+                super::a_request_budget_holds_across_workers($workers).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn run_ids_are_unique_across_workers() {
+                super::run_ids_are_unique_across_workers($workers).await
+            }
             #[tokio::test]
             async fn journal_round_trip() {
                 super::journal_round_trip($make).await
@@ -69,9 +88,22 @@ macro_rules! contract {
     };
 }
 
-contract!(sled, ghlflow::store::SledStore::temporary().unwrap());
+contract!(sled, make: ghlflow::store::SledStore::temporary().unwrap(), workers: {
+    let s = ghlflow::store::SledStore::temporary().unwrap();
+    [s.clone(), s.clone(), s]
+});
 // The same contract through the engine's `Store` (the enum that dispatches to a backend).
-contract!(store_enum, ghlflow::store::Store::temporary().unwrap());
+contract!(store_enum, make: ghlflow::store::Store::temporary().unwrap(), workers: {
+    let s = ghlflow::store::Store::temporary().unwrap();
+    [s.clone(), s.clone(), s]
+});
+contract!(postgres, make: match crate::support::postgres::store().await {
+    Some(s) => s,
+    None => return,
+}, workers: match crate::support::postgres::workers().await {
+    Some(w) => w,
+    None => return,
+});
 
 fn run(id: RunId, recipe: &str, status: RunStatus) -> RunRecord {
     let item = json!({"id": id.to_string(), "name": "Ada"});
@@ -489,4 +521,345 @@ async fn a_pause_is_kept_apart_from_the_trigger_state<S: StateStore>(store: S) {
     assert_eq!(store.paused_since("notes").await.unwrap(), None, "one recipe's pause only");
     store.set_paused("people", None).await.unwrap();
     assert_eq!(store.paused_since("people").await.unwrap(), None);
+}
+
+/// Three handles' distinct worker names (one on sled, whose clones are one worker).
+fn distinct_workers<S: StateStore>(handles: &[S]) -> usize {
+    handles.iter().map(|h| h.worker().to_owned()).collect::<std::collections::HashSet<_>>().len()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+async fn leases_are_shared_by_workers_and_kept_alive_by_heartbeats<S: StateStore>(handles: [S; 3]) {
+    let [a, b, _] = handles;
+    let long = Duration::from_secs(60);
+    // One lease, two holders on two handles: the second is refused until the first lets go.
+    assert!(a.acquire_lease("poll:people", "w1", long).await.unwrap());
+    assert!(!b.acquire_lease("poll:people", "w2", long).await.unwrap(), "held by w1 through the other handle");
+    assert!(!b.renew_lease("poll:people", "w2", long).await.unwrap());
+    assert!(b.release_lease("poll:people", "w1").await.unwrap(), "its holder releases it from any handle");
+    assert!(b.acquire_lease("poll:people", "w2", long).await.unwrap());
+
+    // Each worker's heartbeat counts the live workers, itself included.
+    assert_eq!(a.heartbeat(long).await.unwrap(), 1);
+    assert_eq!(b.heartbeat(long).await.unwrap(), distinct_workers(&[a.clone(), b.clone()]));
+    let listed = a.leases().await.unwrap();
+    for w in [a.worker(), b.worker()] {
+        let own = listed.iter().find(|l| l.name == format!("worker:{w}")).expect("a worker's own lease is listed");
+        assert_eq!(own.holder, w);
+        assert!(own.expires_at_ms > now_ms() + 30_000, "{own:?} lasts about a minute");
+    }
+
+    // A heartbeat renews the leases its worker holds, before they lapse...
+    let short = Duration::from_millis(400);
+    assert!(a.acquire_lease("job", a.worker(), short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.heartbeat(long).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the first expiry
+    assert!(!b.acquire_lease("job", "intruder", long).await.unwrap(), "renewed by the heartbeat");
+    let job = b.leases().await.unwrap().into_iter().find(|l| l.name == "job").unwrap();
+    assert_eq!(job.holder, a.worker());
+    assert!(job.expires_at_ms > now_ms() + 30_000, "{job:?}");
+
+    // ...but not one that lapsed: that one another worker takes, and keeps.
+    assert!(a.acquire_lease("lapsing", a.worker(), Duration::from_millis(100)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    a.heartbeat(long).await.unwrap();
+    assert!(b.acquire_lease("lapsing", "w2", long).await.unwrap(), "lapsed: another worker takes it");
+    a.heartbeat(long).await.unwrap();
+    let lapsing = a.leases().await.unwrap().into_iter().find(|l| l.name == "lapsing").unwrap();
+    assert_eq!(lapsing.holder, "w2", "a later heartbeat of its old holder does not take it back");
+    assert!(!a.renew_lease("lapsing", a.worker(), long).await.unwrap());
+}
+
+async fn each_orphaned_open_run_is_claimed_by_one_worker<S: StateStore>(handles: [S; 3]) {
+    let [a, b, dead] = handles;
+    // Runs of a worker that stopped without a word (it never had a live lease).
+    let mut runs = Vec::new();
+    for n in 0..300 {
+        let status = match n % 6 {
+            0..=2 => RunStatus::Queued,
+            3 => RunStatus::Running,
+            4 => RunStatus::Held,
+            _ => RunStatus::Waiting,
+        };
+        runs.push(run(dead.next_run_id(), "people", status));
+    }
+    runs[5].steps = vec![step("contact", StepStatus::Sent, json!(null))];
+    dead.create_runs(&runs).await.unwrap();
+    let open: Vec<RunId> = runs.iter().filter(|r| r.status.is_open()).map(|r| r.id.clone()).collect();
+    let long = Duration::from_secs(60);
+    a.heartbeat(long).await.unwrap();
+    b.heartbeat(long).await.unwrap();
+
+    let (from_a, from_b) = tokio::join!(a.claim_open_runs(), b.claim_open_runs());
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    for list in [&from_a, &from_b] {
+        assert!(list.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    }
+    let mut all: Vec<RunId> = ids(&from_a).into_iter().chain(ids(&from_b)).collect();
+    all.sort();
+    assert_eq!(all, open, "every open run (queued or running) claimed once, by one worker; none other");
+    // Claimed runs come back whole.
+    let with_step = from_a.iter().chain(&from_b).find(|r| r.id == runs[3].id).unwrap();
+    assert_eq!(with_step, &runs[3]);
+    let sent = from_a.iter().chain(&from_b).find(|r| r.id == runs[5].id);
+    assert!(sent.is_none(), "a waiting run is not claimed");
+
+    // Claimed by live workers: nobody claims them again.
+    let (again_a, again_b) = tokio::join!(a.claim_open_runs(), b.claim_open_runs());
+    assert!(again_a.unwrap().is_empty() && again_b.unwrap().is_empty());
+
+    if distinct_workers(&[a.clone(), b.clone()]) == 2 {
+        // One worker stops (its lease goes): the other takes over its runs, and only those.
+        assert!(a.release_lease(&format!("worker:{}", a.worker()), a.worker()).await.unwrap());
+        let taken = b.claim_open_runs().await.unwrap();
+        assert_eq!(ids(&taken), ids(&from_a), "the stopped worker's runs");
+        assert!(b.claim_open_runs().await.unwrap().is_empty());
+    }
+}
+
+async fn a_request_budget_holds_across_workers<S: StateStore>(handles: [S; 3]) {
+    let [a, b, _] = handles;
+    let (count, interval) = (4u32, Duration::from_millis(500));
+    let until = std::time::Instant::now() + Duration::from_millis(1600);
+    // Each send's span: the slot was taken at some moment between these two instants.
+    let sender = |store: S| async move {
+        let mut taken = Vec::new();
+        while std::time::Instant::now() < until {
+            let before = std::time::Instant::now();
+            match store.take_request_slot("ghl:location", count, interval).await.unwrap() {
+                ghlflow::store::RequestSlot::Taken(slot) => {
+                    taken.push((before, std::time::Instant::now()));
+                    store.settle_request_slot("ghl:location", slot).await.unwrap();
+                }
+                ghlflow::store::RequestSlot::Wait(wait) => {
+                    assert!(!wait.is_zero() && wait <= interval, "{wait:?}");
+                    tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+                }
+            }
+        }
+        taken
+    };
+    let (from_a, from_b) = tokio::join!(tokio::spawn(sender(a.clone())), tokio::spawn(sender(b.clone())));
+    let mut all: Vec<(std::time::Instant, std::time::Instant)> =
+        from_a.unwrap().into_iter().chain(from_b.unwrap()).collect();
+    all.sort();
+    // No `count + 1` sends, whichever worker sent them, fit in one interval: for the sends
+    // that began earliest from each one on, the last of them may have been taken as late
+    // as it returned, and the first as early as it began, and even so they span at least
+    // the interval. (A slow machine only widens the spans, it cannot fail this.)
+    for (i, (first_began, _)) in all.iter().enumerate() {
+        let Some(group) = all.get(i..=i + count as usize) else { break };
+        let last_returned = group.iter().map(|(_, returned)| *returned).max().unwrap();
+        let span = last_returned.duration_since(*first_began);
+        assert!(span >= interval, "{} sends within {span:?} (budget {count} per {interval:?})", count + 1);
+    }
+    // ...and the budget is used: about `count` per interval over 1.6 s.
+    assert!(all.len() >= 3 * count as usize, "only {} sends in 1.6 s", all.len());
+    // Another budget is not held up by this one.
+    assert!(matches!(
+        b.take_request_slot("capsule", 1, interval).await.unwrap(),
+        ghlflow::store::RequestSlot::Taken(_)
+    ));
+}
+
+async fn run_ids_are_unique_across_workers<S: StateStore>(handles: [S; 3]) {
+    let [a, b, _] = handles;
+    let make = |store: S| tokio::spawn(async move { (0..5000).map(|_| store.next_run_id()).collect::<Vec<RunId>>() });
+    let (from_a, from_b) = tokio::join!(make(a), make(b));
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    for list in [&from_a, &from_b] {
+        assert!(list.windows(2).all(|w| w[0] < w[1]), "increasing within a worker");
+    }
+    let all: std::collections::HashSet<&RunId> = from_a.iter().chain(&from_b).collect();
+    assert_eq!(all.len(), 10_000, "no id made twice");
+}
+
+/// PostgreSQL only: its schema migrations.
+mod postgres_only {
+    use ghlflow::store::{PgStore, StateStore};
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn connecting_again_applies_nothing_and_keeps_the_data() {
+        let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
+        let first = PgStore::connect(&url).await.unwrap();
+        assert!(!first.applied_migrations().is_empty(), "a fresh database is migrated");
+        assert!(first.schema_version() >= 1);
+        first.remember_id("party:1", "c1").await.unwrap();
+        let status = PgStore::migration_status(&url).await.unwrap();
+        assert!(status.pending.is_empty() && status.unknown.is_empty(), "{status:?}");
+        let second = PgStore::connect(&url).await.unwrap();
+        assert!(second.applied_migrations().is_empty(), "nothing to apply twice: {:?}", second.applied_migrations());
+        assert_eq!(second.schema_version(), first.schema_version());
+        assert_eq!(second.id_of("party:1").await.unwrap().as_deref(), Some("c1"));
+        assert_ne!(first.worker(), second.worker(), "each connect is a worker of its own");
+    }
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_ghlflow_is_refused() {
+        let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
+        drop(PgStore::connect(&url).await.unwrap());
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)              VALUES (99999, 'from the future', true, '\\x00', 1)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let err = PgStore::connect(&url).await.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("schema is newer than this ghlflow") && err.contains("99999"), "{err}");
+        assert!(err.contains("upgrade ghlflow"), "{err}");
+        let status = PgStore::migration_status(&url).await.unwrap();
+        assert_eq!(status.unknown, vec![99999]);
+    }
+
+    #[tokio::test]
+    async fn a_password_never_reaches_a_connect_error() {
+        let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
+        let mut bad = url::Url::parse(&url).unwrap();
+        // A port nobody listens on, with a password in the URL.
+        bad.set_port(Some(1)).unwrap();
+        bad.set_username("ghl").unwrap();
+        bad.set_password(Some("s3cr3t-pw")).unwrap();
+        let err = PgStore::connect(bad.as_str()).await.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("cannot connect") && err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("s3cr3t-pw"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn export_records_and_runs_import_into_another_database() {
+        use ghlflow::store::{RunRecord, RunStatus, StateRecord, StoredTokens, TriggerState};
+        let Some(from) = crate::support::postgres::store().await else { return };
+        let Some(to) = crate::support::postgres::store().await else { return };
+        from.save_tokens("ghl", &StoredTokens { refresh_token: Some("r".into()), ..Default::default() }).await.unwrap();
+        from.save_trigger_state(
+            "people",
+            &TriggerState { fingerprint: "f".into(), generation: 3, ..Default::default() },
+        )
+        .await
+        .unwrap();
+        from.commit_poll(
+            "people",
+            &ghlflow::store::PollCommit {
+                generation: 3,
+                seen: vec![("a".into(), "m".into())],
+                joined: vec!["a".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        from.remember_id("party:1", "c1").await.unwrap();
+        from.set_paused("people", Some("2026-11-30T10:00:00Z")).await.unwrap();
+        let mut runs = Vec::new();
+        for (n, status) in [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Queued].into_iter().enumerate() {
+            runs.push(RunRecord::new(
+                from.next_run_id(),
+                "people",
+                status,
+                &format!("i{n}"),
+                serde_json::json!({"n": n}),
+                "2026-11-30T10:00:00Z".into(),
+            ));
+        }
+        from.create_runs(&runs).await.unwrap();
+        let done = ghlflow::store::StepRecord {
+            status: ghlflow::store::StepStatus::Succeeded,
+            attempts: 1,
+            ..ghlflow::store::StepRecord::pending("contact", "ghl.contacts.upsert_contact")
+        };
+        from.put_step(&runs[0].id, 0, &done).await.unwrap();
+        runs[0].steps = vec![done.clone()];
+
+        let mut records = from.export_state().await.unwrap();
+        assert!(records.contains(&StateRecord::Seen { recipe: "people".into(), item: "a".into(), mark: "m".into() }));
+        assert!(records.contains(&StateRecord::Id { key: "party:1".into(), id: "c1".into() }));
+        let mut after = None;
+        loop {
+            let page = from.runs_after(after.as_ref(), 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            records.extend(page.into_iter().map(|run| StateRecord::Run { run }));
+        }
+        // A run exported with a pending step after one that ran keeps both.
+        let mut replayed = RunRecord::new(
+            ghlflow::store::RunId::new(1_700_000_000_000, 7),
+            "people",
+            RunStatus::Failed,
+            "i9",
+            serde_json::json!({"n": 9}),
+            "2023-11-14T22:13:20Z".into(),
+        );
+        replayed.steps = vec![done, ghlflow::store::StepRecord::pending("note", "ghl.contacts.create_note")];
+        records.push(StateRecord::Run { run: replayed.clone() });
+        to.import_state(&records).await.unwrap();
+        assert_eq!(to.export_state().await.unwrap(), from.export_state().await.unwrap());
+        let moved = to.runs_after(None, 100).await.unwrap();
+        let expected: Vec<RunRecord> = std::iter::once(replayed).chain(runs.iter().cloned()).collect();
+        assert_eq!(moved, expected, "ids, statuses and steps as exported");
+        assert_eq!(super::ids(&to.open_runs().await.unwrap()), vec![runs[2].id.clone()]);
+        // Imported again (a retried import): still one of each.
+        to.import_state(&records).await.unwrap();
+        assert_eq!(to.runs_after(None, 100).await.unwrap(), expected);
+        // Imported runs are the importing worker's.
+        let claimed = to.claim_open_runs().await.unwrap();
+        assert!(claimed.is_empty(), "its own runs are not orphans: {claimed:?}");
+    }
+}
+
+/// `ghlflow migrate` over both kinds of state.
+mod migrate_command {
+    use crate::util::{ghlflow, root, stderr, stdout};
+
+    fn project(state: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::fs::read_to_string(root().join("tests/fixtures/recipes/ghlflow.yaml")).unwrap();
+        std::fs::write(dir.path().join("ghlflow.yaml"), format!("{config}\nstate: {state}\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn migrate_lists_applies_and_then_finds_nothing_pending() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let Some(url) = runtime.block_on(crate::support::postgres::fresh_postgres_url()) else { return };
+        // The test cluster trusts local connections, so any password is accepted.
+        let mut with_password = url::Url::parse(&url).unwrap();
+        with_password.set_password(Some("pw-s3cret")).unwrap();
+        let dir = project(with_password.as_str());
+
+        let check = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+        let text = stdout(&check);
+        assert!(text.contains("schema version 0") && text.contains("pending") && text.contains("  1 state"), "{text}");
+
+        let applied = ghlflow(dir.path(), &["migrate"]);
+        assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+        let text = stdout(&applied);
+        assert!(text.contains("applied 1 state") && text.contains("schema version 1"), "{text}");
+
+        let again = ghlflow(dir.path(), &["migrate"]);
+        assert!(stdout(&again).contains("no migration pending"), "{}", stdout(&again));
+        let check = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert!(stdout(&check).contains("up to date"), "{}", stdout(&check));
+        for out in [&check, &again, &applied] {
+            let all = format!("{}{}", stdout(out), stderr(out));
+            assert!(!all.contains("pw-s3cret"), "the password was printed: {all}");
+        }
+    }
+
+    #[test]
+    fn migrate_opens_a_state_folder_and_prints_its_format() {
+        let dir = project("state");
+        let out = ghlflow(dir.path(), &["migrate"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("state format {}", ghlflow::store::FORMAT)), "{}", stdout(&out));
+        assert!(dir.path().join("state").is_dir());
+        let out = ghlflow(dir.path(), &["migrate", "--check"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--check is for a PostgreSQL state store"), "{}", stderr(&out));
+    }
 }

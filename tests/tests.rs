@@ -2,6 +2,7 @@
 //! from the outside, through the library API or the `ghlflow` binary.
 
 mod fake_api;
+mod support;
 mod util;
 
 mod catalog_counts;

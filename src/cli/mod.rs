@@ -10,6 +10,7 @@ mod control;
 mod demo;
 mod hooks;
 mod init;
+mod migrate;
 mod ops;
 mod run;
 mod runs;
@@ -101,6 +102,9 @@ Examples:
     Serve(serve::ServeArgs),
     /// Move the whole state through one file: export it, import it (sled to PostgreSQL and back).
     State(state::StateArgs),
+    /// Bring the state store up to this release: apply the PostgreSQL schema migrations it
+    /// lacks (or only list them, `--check`), or rewrite an older sled folder.
+    Migrate(migrate::MigrateArgs),
     /// Print a JSON Schema.
     #[command(
         subcommand,
@@ -199,6 +203,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Recipe(args) => runs::recipe(args, operations).await,
         Command::Serve(args) => serve::run(args, operations).await,
         Command::State(args) => state::run(args, operations).await,
+        Command::Migrate(args) => migrate::run(args, operations).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Init(args) => init::run(args),

@@ -3,8 +3,8 @@
 //! It owns OAuth tokens (a rotated refresh token is durable before it is used), each
 //! trigger's position, seen marks and present set, a poll's spill, the id map, leases, and
 //! the run journal with its history queries. `StateStore` says what the engine needs of a
-//! backend; `Store` is what the engine holds: an enum over the backends (only sled, in
-//! `sled_backend`, for now) that dispatches each call.
+//! backend; `Store` is what the engine holds: an enum over the backends (sled, in
+//! `sled_backend`, and PostgreSQL, in `postgres`) that dispatches each call.
 //!
 //! Why a trait with `impl Future + Send` methods and an enum, rather than a trait object:
 //! the next backend (PostgreSQL through an async driver) is async, so every method returns a
@@ -27,6 +27,7 @@
 
 pub mod export;
 mod lease;
+mod postgres;
 mod sled_backend;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use lease::wait_for_lease;
+pub use postgres::{MigrationStatus, PgStore};
 pub use sled_backend::{FORMAT, SledStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +60,25 @@ pub enum StoreError {
     /// A journal write for a run the store does not hold.
     #[error("no run {0} in the state store")]
     UnknownRun(RunId),
+    /// A PostgreSQL store's failure: the database's own message or ghlflow's (a refused
+    /// schema, say). Never built from the URL, so no password reaches it.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// Something this backend cannot do (yet).
     #[error("the {backend} state store cannot {what}")]
     Unsupported { backend: &'static str, what: &'static str },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            // A value the database holds that ghlflow cannot read back.
+            sqlx::Error::ColumnDecode { index, source } => {
+                StoreError::Corrupt { key: format!("column {index}"), reason: source.to_string() }
+            }
+            other => StoreError::Postgres(other.to_string()),
+        }
+    }
 }
 
 /// A name for this process among the workers sharing a store: host, process id and a random
@@ -569,17 +587,20 @@ macro_rules! store_api {
             pub fn next_run_id(&self) -> RunId {
                 match self {
                     Store::Sled(s) => StateStore::next_run_id(s),
+                    Store::Postgres(s) => StateStore::next_run_id(s),
                 }
             }
             /// This process's name among the workers sharing the store.
             pub fn worker(&self) -> &str {
                 match self {
                     Store::Sled(s) => StateStore::worker(s),
+                    Store::Postgres(s) => StateStore::worker(s),
                 }
             }
             $( $(#[$doc])* pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
                 match self {
                     Store::Sled(s) => StateStore::$name(s $(, $arg)*).await,
+                    Store::Postgres(s) => StateStore::$name(s $(, $arg)*).await,
                 }
             } )*
         }
@@ -734,6 +755,7 @@ store_api! {
 #[derive(Clone, Debug)]
 pub enum Store {
     Sled(SledStore),
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -742,9 +764,7 @@ impl Store {
     pub async fn connect(location: &crate::config::StateLocation) -> Result<Store, StoreError> {
         match location {
             crate::config::StateLocation::Folder(dir) => Store::open(dir),
-            crate::config::StateLocation::Postgres(_) => {
-                Err(StoreError::Unsupported { backend: "PostgreSQL", what: "be opened yet" })
-            }
+            crate::config::StateLocation::Postgres(url) => PgStore::connect(url.expose()).await.map(Store::Postgres),
         }
     }
 
@@ -763,13 +783,16 @@ impl Store {
     pub fn is_shared(&self) -> bool {
         match self {
             Store::Sled(_) => false,
+            Store::Postgres(_) => true,
         }
     }
 
-    /// The format of the store's contents (see `FORMAT`).
+    /// The format of the store's contents: sled's `FORMAT`, or the PostgreSQL schema
+    /// version (its newest migration) applied when the store connected.
     pub fn format(&self) -> Result<Option<u32>, StoreError> {
         match self {
             Store::Sled(s) => s.format(),
+            Store::Postgres(s) => Ok(u32::try_from(s.schema_version()).ok()),
         }
     }
 
@@ -777,6 +800,8 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.flush(),
+            // Every PostgreSQL write is a committed transaction when it returns.
+            Store::Postgres(_) => Ok(()),
         }
     }
 }

@@ -1,0 +1,3 @@
+//! Helpers shared by test modules.
+
+pub mod postgres;
