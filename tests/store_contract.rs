@@ -29,6 +29,10 @@ macro_rules! contract {
                 super::a_request_budget_holds_across_workers($workers).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_record_delivered_to_two_workers_at_once_runs_once() {
+                super::a_record_delivered_to_two_workers_at_once_runs_once($workers).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn run_ids_are_unique_across_workers() {
                 super::run_ids_are_unique_across_workers($workers).await
             }
@@ -666,6 +670,26 @@ async fn a_request_budget_holds_across_workers<S: StateStore>(handles: [S; 3]) {
     ));
 }
 
+async fn a_record_delivered_to_two_workers_at_once_runs_once<S: StateStore>(handles: [S; 3]) {
+    let [a, b, _] = handles;
+    let deliver = |store: S, item: String| {
+        tokio::spawn(async move {
+            let commit = DeliveryCommit {
+                delivery: None,
+                runs: vec![(run_of(&store, &item), item.clone(), "u:2026-11-30T10:00:05Z".into())],
+            };
+            store.commit_delivery("people", &commit).await.unwrap()
+        })
+    };
+    for n in 0..25 {
+        // The same change reaches both workers (GHL retried, or two listeners).
+        let item = format!("p{n}");
+        let (x, y) = tokio::join!(deliver(a.clone(), item.clone()), deliver(b.clone(), item));
+        assert_eq!(x.unwrap().len() + y.unwrap().len(), 1, "item p{n} recorded once");
+    }
+    assert_eq!(a.runs_page(Some("people"), None, 0).await.unwrap().1, 25);
+}
+
 async fn run_ids_are_unique_across_workers<S: StateStore>(handles: [S; 3]) {
     let [a, b, _] = handles;
     let make = |store: S| tokio::spawn(async move { (0..5000).map(|_| store.next_run_id()).collect::<Vec<RunId>>() });
@@ -697,6 +721,23 @@ mod postgres_only {
         assert_eq!(second.schema_version(), first.schema_version());
         assert_eq!(second.id_of("party:1").await.unwrap().as_deref(), Some("c1"));
         assert_ne!(first.worker(), second.worker(), "each connect is a worker of its own");
+    }
+
+    #[tokio::test]
+    async fn the_engines_store_connects_to_a_postgres_state() {
+        use ghlflow::config::{Secret, StateLocation};
+        let Some(url) = crate::support::postgres::fresh_postgres_url().await else { return };
+        let store = ghlflow::store::Store::connect(&StateLocation::Postgres(Secret::new(url.clone()))).await.unwrap();
+        assert!(matches!(store, ghlflow::store::Store::Postgres(_)));
+        let status = PgStore::migration_status(&url).await.unwrap();
+        assert!(status.pending.is_empty(), "migrated on connect: {status:?}");
+        let newest = status.applied.iter().max().map(|v| u32::try_from(*v).unwrap());
+        assert!(newest >= Some(1));
+        assert_eq!(store.format().unwrap(), newest, "the schema version");
+        store.flush().unwrap();
+        store.remember_id("party:1", "c1").await.unwrap();
+        assert_eq!(store.id_of("party:1").await.unwrap().as_deref(), Some("c1"));
+        assert!(!store.worker().is_empty());
     }
 
     #[tokio::test]

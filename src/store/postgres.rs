@@ -94,15 +94,10 @@ pub struct MigrationStatus {
     pub unknown: Vec<i64>,
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages (the same text `ghlflow.yaml`'s `state:` is
+/// described with).
 fn place(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "a PostgreSQL database".to_owned(),
-    }
+    crate::config::StateLocation::Postgres(crate::config::Secret::new(url)).describe()
 }
 
 fn newer_schema(version: i64) -> StoreError {
@@ -125,7 +120,7 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
-async fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
+fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
     PgConnectOptions::from_str(url)
         .map(|o| o.application_name("ghlflow"))
         .map_err(|e| StoreError::Postgres(format!("the PostgreSQL URL {} is not usable: {e}", place(url))))
@@ -330,7 +325,7 @@ impl PgStore {
     /// Connects to the database at `url`, applies the migrations it lacks, and refuses one
     /// whose schema is newer than this binary's (a migration it does not know was applied).
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let options = options(url).await?;
+        let options = options(url)?;
         // One plain connection first: the pool retries a refused or unreachable server
         // until its acquire timeout, which would make a typo in the URL a 30-second hang.
         let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| connect_error(url, e))?;
@@ -370,8 +365,7 @@ impl PgStore {
 
     /// Where the database at `url` stands against this binary's migrations, applying none.
     pub async fn migration_status(url: &str) -> Result<MigrationStatus, StoreError> {
-        let mut conn =
-            sqlx::PgConnection::connect_with(&options(url).await?).await.map_err(|e| connect_error(url, e))?;
+        let mut conn = sqlx::PgConnection::connect_with(&options(url)?).await.map_err(|e| connect_error(url, e))?;
         let status = status_of(applied_versions(&mut conn).await?);
         let _ = conn.close().await;
         Ok(status)
