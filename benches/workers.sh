@@ -51,7 +51,7 @@ trap cleanup EXIT
 admin_url="${GHLFLOW_BENCH_POSTGRES:-}"
 if [ -z "$admin_url" ]; then
     echo "== starting a throwaway PostgreSQL cluster (.ci/postgres.sh)" >&2
-    eval "$(.ci/postgres.sh start)"
+    eval "$(.ci/postgres.sh)"
     cluster="$GHLFLOW_TEST_POSTGRES_DIR"
     admin_url="$GHLFLOW_TEST_POSTGRES"
 fi

@@ -262,6 +262,13 @@ async fn every_record_and_run_survives_sled_to_sled_and_the_index_answers_the_sa
     round_trip_through(Store::temporary().unwrap()).await;
 }
 
+/// The move users make: sled → PostgreSQL → sled, nothing lost on the way.
+#[tokio::test]
+async fn every_record_and_run_survives_sled_to_postgres_and_back() {
+    let Some(store) = crate::support::postgres::store().await else { return };
+    round_trip_through(Store::Postgres(store)).await;
+}
+
 /// A state folder migrated from format 2 keeps pending steps at the end of its runs (they
 /// are not trimmed there); an export and import reproduce them as they are.
 #[tokio::test]
