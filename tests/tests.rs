@@ -25,6 +25,7 @@ mod recipe_validate;
 mod sandbox;
 mod sandbox_push;
 mod spec_conformance;
+mod state_export;
 mod store_contract;
 mod subscriptions;
 mod webhook_verify;

@@ -782,7 +782,7 @@ async fn a_command_executing_runs_holds_its_worker_lease_until_it_is_done() {
     let own = format!("worker:{}", store.worker());
     let live = |leases: Vec<LeaseInfo>| leases.iter().any(|l| l.name == own && l.expires_at_ms > now_ms());
 
-    let alive = engine.hold_worker_lease().await;
+    let alive = engine.keep_alive(ghlflow::engine::Role::Command).await;
     tokio::time::sleep(LEASE_TTL * 2).await;
     assert!(live(store.leases().await.unwrap()), "the lease lapsed while the command ran");
     drop(alive);

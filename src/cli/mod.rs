@@ -17,6 +17,7 @@ mod runs;
 #[cfg(feature = "sandbox")]
 mod sandbox;
 mod serve;
+mod state;
 mod test;
 mod validate;
 
@@ -99,6 +100,8 @@ Examples:
     Recipe(runs::RecipeArgs),
     /// Serve the status page and /metrics over the state, read-only, without polling.
     Serve(serve::ServeArgs),
+    /// Move the whole state through one file: export it, import it (sled to PostgreSQL and back).
+    State(state::StateArgs),
     /// Bring the state store up to this release: apply the PostgreSQL schema migrations it
     /// lacks (or only list them, `--check`), or rewrite an older sled folder.
     Migrate(migrate::MigrateArgs),
@@ -199,6 +202,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Trigger(args) => runs::trigger(args, operations).await,
         Command::Recipe(args) => runs::recipe(args, operations).await,
         Command::Serve(args) => serve::run(args, operations).await,
+        Command::State(args) => state::run(args, operations).await,
         Command::Migrate(args) => migrate::run(args, operations).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,

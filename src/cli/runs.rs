@@ -242,16 +242,14 @@ pub(super) async fn dispatch(req: RunsRequest, config_path: &Path, operations: O
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             engine.set_recipes(recipes);
             let engine = Arc::new(engine);
-            // Runs this command starts itself (a replay, a released batch) are its own while
-            // it lives: other workers on a shared store must not take them for orphans.
-            let executes = matches!(req, RunsRequest::Replay { .. } | RunsRequest::Release { .. });
-            let alive = match executes && engine.store().is_shared() {
-                true => Some(engine.hold_worker_lease().await),
+            // On a store other workers share, the runs this command executes (a replay, a
+            // release) are its own while it lives: it beats like a worker meanwhile.
+            let alive = match engine.store().is_shared() {
+                true => Some(engine.keep_alive(crate::engine::Role::Command).await),
                 false => None,
             };
             let reply = handle(req, &engine).await;
-            if let Some(alive) = alive {
-                drop(alive);
+            if alive.is_some() {
                 engine.leave().await;
             }
             reply

@@ -19,6 +19,7 @@ mod render;
 pub mod scheduler;
 pub mod subscriptions;
 mod workers;
+pub use workers::Role;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -231,7 +232,7 @@ impl Engine {
         // live worker owns, claimed by the first heartbeat.
         let mut alive = None;
         if !self.options.dry_run {
-            match self.heartbeat().await {
+            match self.heartbeat(Role::Once).await {
                 Ok(runs) => {
                     for run in
                         runs.into_iter().filter(|r| r.status.is_open() && (only.is_empty() || only.contains(&r.recipe)))
@@ -244,7 +245,7 @@ impl Engine {
                 }
                 Err(e) => summary.errors.push(e.to_string()),
             }
-            alive = Some(self.keep_alive(false).await);
+            alive = Some(self.keep_alive(Role::Once).await);
         }
         // A paused recipe is not polled (`recipe pause`), nor one another worker polls.
         let mut recipes: Vec<Arc<Recipe>> = Vec::new();

@@ -67,7 +67,7 @@ pub async fn run(
 
     // Join the workers on this store: the first heartbeat counts them and claims the open
     // runs no live worker owns (those an earlier process left), which are resumed first.
-    let alive = engine.keep_alive(true).await;
+    let alive = engine.keep_alive(super::Role::Scheduler).await;
 
     let mut due: BTreeSet<(Instant, String)> = BTreeSet::new();
     let mut due_of: HashMap<String, Instant> = HashMap::new();

@@ -15,10 +15,9 @@
 //! `lease_ttl` when its worker dies (kill -9, a lost machine), and can be listed. (Runs are
 //! handed out with `SKIP LOCKED`, inside the store: that is one short statement.)
 //!
-//! Open runs belong to the worker that created, claimed or last started them (a waiting or
-//! failed run started again by the recipe's new holder is the holder's). A worker whose
-//! lease lapsed leaves its queued and running runs to whoever claims them first
-//! (`claim_open_runs`), which resumes each at its first unfinished step.
+//! Open runs belong to the worker that created or claimed them. A worker whose lease lapsed
+//! leaves its queued and running runs to whoever claims them first (`claim_open_runs`), which
+//! resumes each at its first unfinished step.
 //!
 //! On sled only one process opens the store, so it is the only worker, holds every recipe,
 //! and claims the runs an earlier process left open once, at its start: the same code.
@@ -37,9 +36,26 @@ use crate::store::RunRecord;
 pub struct Workers {
     /// Recipes whose lease this worker took and has not given back.
     held: Mutex<HashSet<String>>,
-    /// Live workers at the last heartbeat (this one included), at least 1.
+    /// Live pollers (`ghlflow run` schedulers) at the last heartbeat, this one included if
+    /// it polls; at least 1.
     live: AtomicUsize,
 }
+
+/// What a process does among the workers, which decides what its heartbeat does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `ghlflow run`: polls its share of the recipes, resumes orphaned runs, gives back
+    /// recipes over its share. Holds `poller:<name>`, so the others count it in the shares.
+    Scheduler,
+    /// `ghlflow run --once`: resumes orphaned runs, polls the recipes it could take, leaves.
+    Once,
+    /// A command or `ghlflow serve` that may execute runs (a replay, a release): it only
+    /// keeps its own runs from looking orphaned while it executes them.
+    Command,
+}
+
+/// The prefix of the leases that say a `ghlflow run` scheduler is alive (`poller:<name>`).
+const POLLER: &str = "poller:";
 
 /// The lease of a recipe's poll.
 fn recipe_lease(recipe: &str) -> String {
@@ -52,12 +68,23 @@ impl Engine {
         self.config.lease_ttl
     }
 
-    /// One heartbeat: renews this worker's leases, counts the live workers, and claims the
-    /// open runs no live worker owns (returned, for the caller to resume).
-    pub async fn heartbeat(&self) -> Result<Vec<RunRecord>, EngineError> {
+    /// One heartbeat: renews this worker's leases, counts the live pollers, and (unless a
+    /// mere command) claims the open runs no live worker owns, returned for the caller to
+    /// resume.
+    pub async fn heartbeat(&self, role: Role) -> Result<Vec<RunRecord>, EngineError> {
+        let worker = self.store.worker().to_owned();
+        if role == Role::Scheduler {
+            self.store.acquire_lease(&format!("{POLLER}{worker}"), &worker, self.lease_ttl()).await?;
+        }
         let live = self.store.heartbeat(self.lease_ttl()).await?;
-        self.workers.live.store(live.max(1), Ordering::Relaxed);
         crate::metrics::metrics().set_live_workers(live);
+        if role == Role::Command {
+            return Ok(Vec::new());
+        }
+        let now = crate::http::auth::unix_now() * 1000;
+        let pollers =
+            self.store.leases().await?.iter().filter(|l| l.name.starts_with(POLLER) && l.expires_at_ms > now).count();
+        self.workers.live.store(pollers.max(1), Ordering::Relaxed);
         Ok(self.store.claim_open_runs().await?)
     }
 
@@ -108,46 +135,24 @@ impl Engine {
     /// renews the leases, resumes the runs each beat claims (in the background, so a long
     /// resume never delays the next beat), and gives back recipes over the fair share. The
     /// first beat is done before this returns, so the live workers are counted before any
-    /// recipe is taken. `share`: give back recipes over the fair share (the scheduler, not
-    /// `run --once`, which polls what it took once and leaves).
-    pub async fn keep_alive(self: &Arc<Self>, share: bool) -> KeepAlive {
-        self.beat_once(share).await;
+    /// recipe is taken. What a beat does besides renewing depends on `role`.
+    pub async fn keep_alive(self: &Arc<Self>, role: Role) -> KeepAlive {
+        self.beat_once(role).await;
         let engine = Arc::clone(self);
         let task = tokio::spawn(async move {
             let every = engine.lease_ttl() / 3;
             loop {
                 tokio::select! {
                     _ = engine.stopped() => break,
-                    _ = tokio::time::sleep(every) => engine.beat_once(share).await,
+                    _ = tokio::time::sleep(every) => engine.beat_once(role).await,
                 }
             }
         });
         KeepAlive(task)
     }
 
-    /// Keeps this process's `worker:` lease while a command executes runs itself (`runs
-    /// replay`, `runs release` on a shared store). The runs it starts are its own (see
-    /// `StateStore::transition`), and a run whose owner has no live lease is claimed by the
-    /// next heartbeat of a worker, which would send its steps a second time. It claims
-    /// nothing itself: a command is not a worker. The beats stop when this is dropped.
-    pub async fn hold_worker_lease(self: &Arc<Self>) -> KeepAlive {
-        let beat = |engine: Arc<Engine>| async move {
-            if let Err(e) = engine.store.heartbeat(engine.lease_ttl()).await {
-                tracing::warn!(error = %e, "heartbeat failed: a worker may take this command's runs for orphans");
-            }
-        };
-        beat(Arc::clone(self)).await;
-        let engine = Arc::clone(self);
-        KeepAlive(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(engine.lease_ttl() / 3).await;
-                beat(Arc::clone(&engine)).await;
-            }
-        }))
-    }
-
-    async fn beat_once(self: &Arc<Self>, share: bool) {
-        match self.heartbeat().await {
+    async fn beat_once(self: &Arc<Self>, role: Role) {
+        match self.heartbeat(role).await {
             Ok(claimed) => {
                 self.health.store_answered(None);
                 if !claimed.is_empty() {
@@ -162,7 +167,7 @@ impl Engine {
                 return;
             }
         }
-        if share {
+        if role == Role::Scheduler {
             self.give_back_extra(&self.health.polling_now()).await;
         }
     }
@@ -220,6 +225,7 @@ impl Engine {
         for recipe in held {
             let _ = self.store.release_lease(&recipe_lease(&recipe), &worker).await;
         }
+        let _ = self.store.release_lease(&format!("{POLLER}{worker}"), &worker).await;
         let _ = self.store.release_lease(&format!("worker:{worker}"), &worker).await;
     }
 }

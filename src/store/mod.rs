@@ -25,6 +25,7 @@
 //! only ever exclude holders within it, but they keep the same rules: a lease is its
 //! holder's until it expires (by the wall clock) or is released.
 
+pub mod export;
 mod lease;
 mod postgres;
 mod sled_backend;
@@ -695,8 +696,6 @@ store_api! {
     /// The one way a run's status (and header) changes: checks the stored status may become
     /// `to` (`RunStatus::can_become`, else `StoreError::Transition`), writes `run`'s header
     /// with status `to` and moves its index entries, atomically; then sets `run.status`.
-    /// A run moved into queued or running is this worker's from then on (it executes it;
-    /// `claim_open_runs` of other workers leaves it alone while this worker lives).
     fn transition(&self, run: &mut RunRecord, to: RunStatus) -> ();
 
     /// Runs the engine still owes work on (queued, running, waiting for an id, waiting for an

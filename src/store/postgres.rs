@@ -799,14 +799,10 @@ impl StateStore for PgStore {
         let from_ok: Vec<&str> =
             RunStatus::value_variants().iter().filter(|s| s.can_become(to)).map(|s| s.as_str()).collect();
         let next_replay_at = header.next_replay_at.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-        // A run moved into queued or running belongs to the worker moving it (it executes
-        // it): a waiting or failed run that a dead worker created, started again by the
-        // recipe's new holder, must not look orphaned and be claimed by another worker's
-        // heartbeat while it runs (both would send its steps).
         let row: Option<(String, String, bool)> = sqlx::query_as(
             "WITH cur AS (SELECT id, status, recipe FROM runs WHERE id = $1 FOR UPDATE), \
              upd AS (UPDATE runs r SET status = $3, owed = $4, next_replay_at = $5, item_id = $6, header = $7, \
-                     owner = CASE WHEN $3 IN ('queued', 'running') THEN $9 ELSE r.owner END \
+                            owner = CASE WHEN $3 IN ('queued', 'running') THEN $9 ELSE r.owner END \
                      FROM cur WHERE r.id = cur.id AND cur.status = ANY($2::text[]) AND cur.recipe = $8 \
                      RETURNING r.id) \
              SELECT cur.status, cur.recipe, EXISTS (SELECT 1 FROM upd) FROM cur",
@@ -819,6 +815,8 @@ impl StateStore for PgStore {
         .bind(header.item_id.as_deref())
         .bind(Json(&header))
         .bind(&header.recipe)
+        // Whoever moves a run into the queue or starts it owns it from then on (a replay
+        // from the command line, a release from the page): its heartbeat keeps it theirs.
         .bind(&*self.worker)
         .fetch_optional(&self.pool)
         .await?;

@@ -274,6 +274,9 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
+        // Only one process opens a sled store at a time, so every lease recorded belongs to a
+        // process that is gone (killed, say): none of them holds anything any more.
+        db.open_tree("leases")?.clear()?;
         Ok(SledStore {
             tokens: db.open_tree("tokens")?,
             triggers: db.open_tree("triggers")?,
@@ -911,15 +914,134 @@ impl StateStore for SledStore {
     }
 
     async fn export_state(&self) -> Result<Vec<StateRecord>, StoreError> {
-        Err(StoreError::Unsupported { backend: "sled", what: "export its state yet" })
+        let mut out = Vec::new();
+        for entry in self.tokens.iter() {
+            let (k, v) = entry?;
+            let connection = key_text("tokens", &k)?;
+            let tokens = from_json(&format!("tokens/{connection}"), &v)?;
+            out.push(StateRecord::Tokens { connection, tokens });
+        }
+        for entry in self.triggers.iter() {
+            let (k, v) = entry?;
+            let recipe = key_text("triggers", &k)?;
+            let state = from_json(&format!("triggers/{recipe}"), &v)?;
+            out.push(StateRecord::Trigger { recipe, state });
+        }
+        for entry in self.seen.iter() {
+            let (k, v) = entry?;
+            let (recipe, item) = split_seen_key("seen", &k)?;
+            let mark = key_text(&format!("seen/{recipe}/{item}"), &v)?;
+            out.push(StateRecord::Seen { recipe, item, mark });
+        }
+        for key in self.present.iter().keys() {
+            let (recipe, item) = split_seen_key("present", &key?)?;
+            out.push(StateRecord::Present { recipe, item });
+        }
+        for entry in self.ids.iter() {
+            let (k, v) = entry?;
+            let key = key_text("id_map", &k)?;
+            let id = key_text(&format!("id_map/{key}"), &v)?;
+            out.push(StateRecord::Id { key, id });
+        }
+        for entry in self.paused.iter() {
+            let (k, v) = entry?;
+            let recipe = key_text("paused_recipes", &k)?;
+            let since = key_text(&format!("paused_recipes/{recipe}"), &v)?;
+            out.push(StateRecord::Paused { recipe, since });
+        }
+        if let Some(subscriptions) = get_json(&self.subscriptions, "all")? {
+            out.push(StateRecord::Subscriptions { subscriptions });
+        }
+        for entry in self.deliveries.iter() {
+            let (k, v) = entry?;
+            let id = key_text("hook_deliveries", &k)?;
+            // `prune_deliveries` reads an odd-sized time as 0; an export refuses it instead,
+            // so what it writes is what the store holds.
+            let at = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                key: format!("hook_deliveries/{id}"),
+                reason: format!("the time is {} bytes, not 8", v.len()),
+            })?;
+            out.push(StateRecord::Delivery { id, at });
+        }
+        Ok(out)
     }
 
-    async fn runs_after(&self, _after: Option<&RunId>, _limit: usize) -> Result<Vec<RunRecord>, StoreError> {
-        Err(StoreError::Unsupported { backend: "sled", what: "export its state yet" })
+    async fn runs_after(&self, after: Option<&RunId>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        // Headers are `h` + id, and ids have one length: the first key after `after`'s own
+        // is its key with a byte appended.
+        let start = match after {
+            Some(id) => {
+                let mut k = head_key(id);
+                k.push(0);
+                k
+            }
+            None => vec![b'h'],
+        };
+        let mut out = Vec::new();
+        for key in self.journal.range(start..).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            let key = key?;
+            if key.first() != Some(&b'h') {
+                break;
+            }
+            let id: RunId = key_text("run_journal", &key[1..])?.parse().map_err(|e: super::BadRunId| {
+                StoreError::Corrupt { key: "run_journal".into(), reason: e.to_string() }
+            })?;
+            if let Some(run) = self.assemble(&id)? {
+                out.push(run);
+            }
+        }
+        Ok(out)
     }
 
-    async fn import_state(&self, _records: &[StateRecord]) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported { backend: "sled", what: "import a state yet" })
+    /// One transaction over every tree a record goes to. A run already in the store (an
+    /// import with `--force`, or the same file twice) is replaced whole: its old index
+    /// entries, open mark and surplus steps go, so the index never names a status the
+    /// header no longer has.
+    async fn import_state(&self, records: &[StateRecord]) -> Result<(), StoreError> {
+        let writes = ImportWrites::of(records)?;
+        (
+            &self.tokens,
+            &self.triggers,
+            &self.seen,
+            &self.present,
+            &self.ids,
+            &self.paused,
+            &self.subscriptions,
+            &self.deliveries,
+            &self.journal,
+            &self.items,
+            &self.steps,
+        )
+            .transaction(
+                |(tokens, triggers, seen, present, ids, paused, subscriptions, deliveries, journal, items, steps)| {
+                    let plain = [
+                        (tokens, &writes.tokens),
+                        (triggers, &writes.triggers),
+                        (seen, &writes.seen),
+                        (present, &writes.present),
+                        (ids, &writes.ids),
+                        (paused, &writes.paused),
+                        (subscriptions, &writes.subscriptions),
+                        (deliveries, &writes.deliveries),
+                    ];
+                    for (tree, entries) in plain {
+                        for (k, v) in entries {
+                            tree.insert(k.as_slice(), v.as_slice())?;
+                        }
+                    }
+                    for run in &writes.runs {
+                        replace_run(journal, items, steps, run)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(e) => e,
+            })
     }
 
     async fn dump(&self) -> Result<Vec<DumpedRecord>, StoreError> {
@@ -933,6 +1055,139 @@ impl StateStore for SledStore {
         }
         Ok(out)
     }
+}
+
+/// An import's records encoded per tree, before its transaction (which may run more than
+/// once).
+#[derive(Default)]
+struct ImportWrites {
+    tokens: Vec<(Vec<u8>, Vec<u8>)>,
+    triggers: Vec<(Vec<u8>, Vec<u8>)>,
+    seen: Vec<(Vec<u8>, Vec<u8>)>,
+    present: Vec<(Vec<u8>, Vec<u8>)>,
+    ids: Vec<(Vec<u8>, Vec<u8>)>,
+    paused: Vec<(Vec<u8>, Vec<u8>)>,
+    subscriptions: Vec<(Vec<u8>, Vec<u8>)>,
+    deliveries: Vec<(Vec<u8>, Vec<u8>)>,
+    runs: Vec<EncodedRun>,
+}
+
+impl ImportWrites {
+    fn of(records: &[StateRecord]) -> Result<ImportWrites, StoreError> {
+        let mut w = ImportWrites::default();
+        for record in records {
+            match record {
+                StateRecord::Tokens { connection, tokens } => {
+                    w.tokens.push((connection.as_bytes().to_vec(), to_bytes(connection, tokens)?))
+                }
+                StateRecord::Trigger { recipe, state } => {
+                    w.triggers.push((recipe.as_bytes().to_vec(), to_bytes(recipe, state)?))
+                }
+                StateRecord::Seen { recipe, item, mark } => {
+                    w.seen.push((seen_key(checked_recipe(recipe)?, item), mark.as_bytes().to_vec()))
+                }
+                StateRecord::Present { recipe, item } => {
+                    w.present.push((seen_key(checked_recipe(recipe)?, item), Vec::new()))
+                }
+                StateRecord::Id { key, id } => w.ids.push((key.as_bytes().to_vec(), id.as_bytes().to_vec())),
+                StateRecord::Paused { recipe, since } => {
+                    w.paused.push((recipe.as_bytes().to_vec(), since.as_bytes().to_vec()))
+                }
+                StateRecord::Subscriptions { subscriptions } => {
+                    w.subscriptions.push((b"all".to_vec(), to_bytes("hook_subscriptions", subscriptions)?))
+                }
+                StateRecord::Delivery { id, at } => {
+                    w.deliveries.push((id.as_bytes().to_vec(), at.to_be_bytes().to_vec()))
+                }
+                StateRecord::Run { run } => {
+                    let mut encoded = EncodedRun::of(checked_run(run)?)?;
+                    // Every step the record lists, as the source store held it (a store
+                    // migrated from format 2 keeps pending steps at the end): the run reads
+                    // back equal.
+                    encoded.steps = run
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| Ok((step_key(&run.id, i), to_bytes(run.id.as_str(), s)?)))
+                        .collect::<Result<_, StoreError>>()?;
+                    w.runs.push(encoded);
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// A recipe name as a key prefix: the seen and present keys end it with a NUL byte, so a
+/// name holding one would read back as another recipe's.
+fn checked_recipe(recipe: &str) -> Result<&str, StoreError> {
+    if recipe.contains('\0') {
+        return Err(StoreError::Corrupt {
+            key: format!("recipe {recipe:?}"),
+            reason: "a recipe name holds a NUL byte".into(),
+        });
+    }
+    Ok(recipe)
+}
+
+fn checked_run(run: &RunRecord) -> Result<&RunRecord, StoreError> {
+    checked_recipe(&run.recipe)?;
+    Ok(run)
+}
+
+/// Writes `run` as `write_new_run` does, first removing what an earlier version of the same
+/// run left: index entries under its old recipe and status, its open mark, and step entries
+/// past the new list's end (a run's step keys are always 0 to n, so the first missing one
+/// ends them).
+fn replace_run(
+    journal: &TransactionalTree,
+    items: &TransactionalTree,
+    steps: &TransactionalTree,
+    run: &EncodedRun,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    if let Some(old) = journal.get(head_key(&run.id))? {
+        let old: RunHeader = serde_json::from_slice(&old).map_err(|e| {
+            ConflictableTransactionError::Abort(StoreError::Corrupt {
+                key: format!("header of run {}", run.id),
+                reason: e.to_string(),
+            })
+        })?;
+        journal.remove(with_id(index_recipe(&old.recipe), &run.id))?;
+        journal.remove(with_id(index_both(&old.recipe, old.status), &run.id))?;
+        journal.remove(open_key(&run.id))?;
+        let mut i = run.steps.len();
+        while steps.remove(step_key(&run.id, i))?.is_some() {
+            i += 1;
+        }
+    }
+    write_new_run(journal, items, steps, run).map_err(|e| match e {
+        ConflictableTransactionError::Abort(Moved) => ConflictableTransactionError::Abort(StoreError::Corrupt {
+            key: format!("run {}", run.id),
+            reason: "the write was abandoned".into(),
+        }),
+        ConflictableTransactionError::Conflict => ConflictableTransactionError::Conflict,
+        ConflictableTransactionError::Storage(e) => ConflictableTransactionError::Storage(e),
+    })
+}
+
+/// A key or value that must be text (names, ids, marks), strictly: a lossy conversion would
+/// export a different key than the store holds.
+fn key_text(what: &str, bytes: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| StoreError::Corrupt { key: what.to_owned(), reason: format!("not UTF-8 text ({e})") })
+}
+
+/// A `seen_key` (recipe, NUL, item) taken apart.
+fn split_seen_key(tree: &str, key: &[u8]) -> Result<(String, String), StoreError> {
+    let cut = key.iter().position(|b| *b == 0).ok_or_else(|| StoreError::Corrupt {
+        key: tree.to_owned(),
+        reason: "a key without the NUL byte that ends its recipe".into(),
+    })?;
+    Ok((key_text(tree, &key[..cut])?, key_text(tree, &key[cut + 1..])?))
+}
+
+fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
 
 fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
