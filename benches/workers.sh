@@ -14,7 +14,9 @@
 #
 # One line per (backend, workers): item-runs, seconds from the first run started to the last
 # finished, item-runs per second in that span, CPU ms per item-run (user + sys of every
-# worker process, from start to stop), and the workers' summed peak RSS.
+# worker process, from start to stop), the same for the PostgreSQL server's processes on
+# this machine (every process named `postgres`, so run nothing else on it meanwhile), and
+# the workers' summed peak RSS.
 # Not part of CI: it takes minutes and its figures depend on the machine.
 set -euo pipefail
 
@@ -64,6 +66,12 @@ for app in ghl capsule; do
 done
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU ticks of every process named postgres (the database server, on this machine).
+db_ticks() {
+    local total=0 pid
+    for pid in $(pgrep -x postgres || true); do total=$((total + $(cpu_ticks "$pid"))); done
+    echo "$total"
+}
 rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 start_sandbox() {
@@ -112,7 +120,7 @@ EOF
     done
 }
 
-printf '%-9s %7s %10s %8s %10s %12s %12s\n' backend workers item-runs span_s runs/s cpu_ms/run rss_MB
+printf '%-9s %7s %10s %8s %10s %12s %12s %12s\n' backend workers item-runs span_s runs/s cpu_ms/run db_ms/run rss_MB
 run_case() {
     local backend="$1" workers="$2" dir="$work/$1-$2" state
     mkdir -p "$dir"
@@ -127,6 +135,8 @@ run_case() {
     write_folder "$dir" "$state"
     "$bin" --operations "$ops" migrate --config "$dir/ghlflow.yaml" >/dev/null
     worker_pids=()
+    local db_before
+    db_before=$(db_ticks)
     for w in $(seq 1 "$workers"); do
         "$bin" --operations "$ops" run --config "$dir/ghlflow.yaml" >"$dir/worker-$w.log" 2>&1 &
         worker_pids+=($!)
@@ -150,6 +160,8 @@ print(len(runs), open_, len({r["recipe"] for r in runs}))' || echo "0 1 0")
         ticks=$((ticks + $(cpu_ticks "$pid")))
         rss=$((rss + $(rss_kib "$pid")))
     done
+    local db_used=$(($(db_ticks) - db_before))
+    [ "$backend" = sled ] && db_used=0
     for pid in "${worker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     worker_pids=()
@@ -157,11 +169,12 @@ print(len(runs), open_, len({r["recipe"] for r in runs}))' || echo "0 1 0")
     wait "$sandbox_pid" 2>/dev/null || true
     sandbox_pid=""
     "$bin" runs list --config "$dir/ghlflow.yaml" --json --limit 100000000 >"$dir/runs.json"
-    python3 - "$dir/runs.json" "$backend" "$workers" "$ticks" "$(getconf CLK_TCK)" "$rss" <<'PY'
+    python3 - "$dir/runs.json" "$backend" "$workers" "$ticks" "$(getconf CLK_TCK)" "$rss" "$db_used" <<'PY'
 import json, sys
 from datetime import datetime
 runs = json.load(open(sys.argv[1]))
 backend, workers, ticks, tck, rss = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+db = int(sys.argv[7])
 done = [r for r in runs if r["status"] == "succeeded"]
 if not done:
     sys.exit("workers.sh: no succeeded run")
@@ -170,7 +183,7 @@ span = max(t(r["finished"]) for r in done) - min(t(r["started"]) for r in done)
 bad = [r for r in runs if r["status"] not in ("succeeded", "filtered")]
 if bad:
     sys.exit(f"workers.sh: {len(bad)} runs did not succeed, e.g. {bad[0]['status']}: {bad[0].get('error')}")
-print(f"{backend:<9} {workers:7d} {len(done):10d} {span:8.2f} {len(done) / span:10.0f} {ticks / tck * 1000 / len(done):12.3f} {rss / 1024:12.1f}")
+print(f"{backend:<9} {workers:7d} {len(done):10d} {span:8.2f} {len(done) / span:10.0f} {ticks / tck * 1000 / len(done):12.3f} {db / tck * 1000 / len(done):12.3f} {rss / 1024:12.1f}")
 PY
 }
 
