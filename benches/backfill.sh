@@ -18,6 +18,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+. benches/lib.sh
 
 items_list=("$@")
 if [ ${#items_list[@]} -eq 0 ]; then
@@ -56,25 +57,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The operations override: the two app files with limits lifted. Rate limits become one huge
-# budget (the client never waits; the sandbox runs with --no-limits, so no server headers
-# correct it downward), and the page bound lets one poll read a 200,000-person account
-# (2,000 pages of 100) and more. Everything else (retry, timeout, auth) is as shipped.
+# The operations override: the two app files with limits lifted (the page bound too, so one
+# poll reads a 200,000-person account: 2,000 pages of 100).
 ops="$work/ops"
-for app in ghl capsule; do
-    mkdir -p "$ops/$app"
-    sed -E \
-        -e 's#^  limits: \[.*\]#  limits: [1000000000/1s]#' \
-        -e 's#^page_bound: [0-9]+#page_bound: 1000000#' \
-        "operations/$app/app.yaml" >"$ops/$app/app.yaml"
-    if ! grep -q '^  limits: \[1000000000/1s\]' "$ops/$app/app.yaml" || ! grep -q '^page_bound: 1000000$' "$ops/$app/app.yaml"; then
-        echo "backfill.sh: operations/$app/app.yaml no longer has the \`limits:\` or \`page_bound:\` line this bench lifts" >&2
-        exit 1
-    fi
-done
-
-# The peak RSS (KiB) of a running process: the sandbox's own figure, printed apart.
-rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+lift_limits "$ops"
 # The CPU seconds (user + sys) a running process has used so far.
 cpu_s() {
     awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.1f", ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0

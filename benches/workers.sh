@@ -22,6 +22,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+. benches/lib.sh
 
 items="${1:-3000}"
 recipes="${RECIPES:-6}"
@@ -59,11 +60,7 @@ if [ -z "$admin_url" ]; then
 fi
 
 ops="$work/ops"
-for app in ghl capsule; do
-    mkdir -p "$ops/$app"
-    sed -E -e 's#^  limits: \[.*\]#  limits: [1000000000/1s]#' -e 's#^page_bound: [0-9]+#page_bound: 1000000#' \
-        "operations/$app/app.yaml" >"$ops/$app/app.yaml"
-done
+lift_limits "$ops"
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # CPU ticks of every process named postgres (the database server, on this machine).
@@ -72,7 +69,6 @@ db_ticks() {
     for pid in $(pgrep -x postgres || true); do total=$((total + $(cpu_ticks "$pid"))); done
     echo "$total"
 }
-rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 start_sandbox() {
     local dir="$1"

@@ -376,6 +376,12 @@ impl StateLocation {
         }
     }
 
+    /// A sled folder that does not exist yet (a dry run then plans against a scratch store
+    /// rather than creating it).
+    pub fn is_new_folder(&self) -> bool {
+        matches!(self, StateLocation::Folder(dir) if !dir.exists())
+    }
+
     /// What to call it in messages, without any password.
     pub fn describe(&self) -> String {
         match self {

@@ -10,14 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ghlflow::sandbox::{Faults, SandboxOptions};
+
+use crate::util::{markers, meeting_settings};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-/// The settings capsule-meetings takes from the environment, for this sandbox.
-fn meeting_settings(sandbox: &ghlflow::sandbox::Sandbox) -> [(&'static str, String); 2] {
-    let user = sandbox.ghl_users()[0]["id"].as_str().unwrap_or_default().to_owned();
-    [("GHL_CALENDAR_ID", sandbox.ghl_calendar_id()), ("GHL_DEFAULT_USER_ID", user)]
-}
 
 fn run_once(dir: &std::path::Path, settings: &[(&str, String)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ghlflow"))
@@ -33,14 +29,6 @@ fn run_once(dir: &std::path::Path, settings: &[(&str, String)]) -> std::process:
 
 /// How many times `run --once` is started (and killed, when it has not finished by then).
 const KILLS: usize = 50;
-
-fn markers(items: &[Value], field: &str, prefix: &str) -> Vec<String> {
-    items
-        .iter()
-        .filter_map(|i| i[field].as_str())
-        .filter_map(|b| b.find(prefix).map(|at| b[at..].split(']').next().unwrap_or_default().to_owned()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_at_random_moments_sends_nothing_twice_and_misses_nothing() {

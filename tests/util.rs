@@ -45,3 +45,20 @@ pub fn ghlflow_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     }
     c.output().unwrap()
 }
+
+/// The settings the shipped capsule-meetings recipe takes from the environment, for this
+/// sandbox (its calendar, and its first user for owners without a GHL user).
+pub fn meeting_settings(sandbox: &ghlflow::sandbox::Sandbox) -> Vec<(&'static str, String)> {
+    let user = sandbox.ghl_users()[0]["id"].as_str().unwrap_or_default().to_owned();
+    vec![("GHL_CALENDAR_ID", sandbox.ghl_calendar_id()), ("GHL_DEFAULT_USER_ID", user)]
+}
+
+/// The `[<prefix>…]` markers the shipped recipes write into a field of each record (a note's
+/// body, a task's), to count how many times a record was mirrored.
+pub fn markers(items: &[serde_json::Value], field: &str, prefix: &str) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| i[field].as_str())
+        .filter_map(|b| b.find(prefix).map(|at| b[at..].split(']').next().unwrap_or_default().to_owned()))
+        .collect()
+}

@@ -22,6 +22,8 @@ use ghlflow::sandbox::{Api, LoggedRequest, Sandbox, SandboxOptions};
 use ghlflow::store::{LeaseInfo, RunRecord, RunStatus, StepStatus, Store, StoredTokens};
 use serde_json::{Map, Value, json};
 
+use crate::util::{markers, meeting_settings};
+
 /// The workers' `lease_ttl`: the shortest allowed, so a dead worker's leases lapse quickly.
 const LEASE_TTL: Duration = Duration::from_secs(3);
 
@@ -145,20 +147,6 @@ fn copy_recipes(dir: &Path) {
             .collect();
         std::fs::write(dir.join("recipes").join(path.file_name().unwrap()), text.join("\n") + "\n").unwrap();
     }
-}
-
-/// The settings capsule-meetings takes from the environment, for this sandbox.
-fn meeting_settings(sandbox: &Sandbox) -> Vec<(&'static str, String)> {
-    let user = sandbox.ghl_users()[0]["id"].as_str().unwrap_or_default().to_owned();
-    vec![("GHL_CALENDAR_ID", sandbox.ghl_calendar_id()), ("GHL_DEFAULT_USER_ID", user)]
-}
-
-fn markers(items: &[Value], field: &str, prefix: &str) -> Vec<String> {
-    items
-        .iter()
-        .filter_map(|i| i[field].as_str())
-        .filter_map(|b| b.find(prefix).map(|at| b[at..].split(']').next().unwrap_or_default().to_owned()))
-        .collect()
 }
 
 async fn count(store: &Store, status: RunStatus) -> usize {

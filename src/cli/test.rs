@@ -56,8 +56,7 @@ pub async fn run(args: TestArgs, operations: Option<&Path>) -> CliResult {
 
     // The id map and history are read from the state store. A running `ghlflow run` holds it;
     // a dry run then goes on with an empty store (and says so), a real send does not.
-    let fresh_folder = matches!(&config.state, crate::config::StateLocation::Folder(dir) if !dir.exists());
-    let opened = if !args.send && fresh_folder {
+    let opened = if !args.send && config.state.is_new_folder() {
         // A dry run writes nothing: no state folder is created for it.
         Store::temporary()
     } else {

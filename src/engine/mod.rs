@@ -95,9 +95,11 @@ impl Engine {
         config: Arc<Config>,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
-        let fresh_folder = matches!(&config.state, crate::config::StateLocation::Folder(dir) if !dir.exists());
-        let store =
-            if options.dry_run && fresh_folder { Store::temporary()? } else { Store::connect(&config.state).await? };
+        let store = if options.dry_run && config.state.is_new_folder() {
+            Store::temporary()?
+        } else {
+            Store::connect(&config.state).await?
+        };
         Engine::with_store(catalog, config, store, options)
     }
 
